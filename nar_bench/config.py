@@ -1,0 +1,208 @@
+"""Experiment configuration: OmegaConf structured schemas, YAML files, dotlist overrides, sweeps.
+
+``load_config("experiments/x.yaml", ["model.size=B"])`` merges schema defaults <- YAML <- overrides.
+Unknown keys and wrong types raise ``NarBenchError`` naming the key and the valid ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nar_bench.errors import NarBenchError
+from nar_bench.nn.sampling import SamplingConfig
+from nar_bench.nn.transformer import MODEL_SIZES, TransformerConfig
+
+
+@dataclass
+class DataConfig:
+    name: str = "shapes"  # registry name: shapes | imagefolder | codes | ...
+    root: str | None = None  # folder for real data
+    image_size: int = 64
+    grid_size: int = 16  # token grid side (H = W)
+    num_train: int = 20000
+    num_val: int = 256
+    seed: int = 0
+    batch_size: int = 64
+    num_workers: int = 0
+
+
+@dataclass
+class TokenizerConfig:
+    name: str = "palette"  # palette | vq | msvq | ...
+    checkpoint: str | None = None
+
+
+@dataclass
+class ModelConfig:
+    paradigm: str = "ar"  # nar | ar | par | var
+    size: str = "tiny"  # key of MODEL_SIZES; dim/n_layers/n_heads below override it
+    dim: int | None = None
+    n_layers: int | None = None
+    n_heads: int | None = None
+    token_dropout: float = 0.1
+    resid_dropout: float = 0.1
+    ffn_dropout: float = 0.1
+    class_dropout: float = 0.1
+    checkpoint: str | None = None  # official or nar-bench state dict to load
+    options: dict[str, Any] = field(default_factory=dict)  # paradigm-specific, see Paradigm.Options
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 300
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # ddp, fsdp, ... (Lightning)
+    precision: str = "auto"  # auto = bf16-mixed on GPU, 32-true on CPU
+    val_check_interval: int = 100
+    log_every_n_steps: int = 10
+
+
+@dataclass
+class EvalConfig:
+    samples_per_class: int = 4  # sample grid rows during validation / predict
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: str = "sqlite:///results/mlruns.db"
+    artifact_location: str = "results/mlartifacts"
+    experiment: str = "nar-bench"
+    run_name: str | None = None
+
+
+@dataclass
+class SweepConfig:
+    """Runs = variants x grid x seeds. A variant is a named list of dotlist overrides; ``grid``
+    maps a config key to the values to try (cartesian product)."""
+
+    variants: list[dict[str, Any]] = field(default_factory=list)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ExperimentConfig:
+    seed: int = 0
+    output_dir: str = "results/runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+def _valid_keys(schema: Any, dotted: str) -> list[str]:
+    """Field names valid at the parent of ``dotted`` in the schema, for error messages."""
+    node = schema
+    for part in dotted.split(".")[:-1]:
+        if not is_dataclass(node) or part not in {f.name for f in fields(node)}:
+            return []
+        node = getattr(node, part)
+    return sorted(f.name for f in fields(node)) if is_dataclass(node) else []
+
+
+def _raise_config_error(err: OmegaConfBaseException, source: str, schema: Any) -> None:
+    key = getattr(err, "full_key", None) or ""
+    valid = _valid_keys(schema, key) if key else []
+    hint = f"; valid keys here: {', '.join(valid)}" if valid else ""
+    msg = str(err).splitlines()[0]
+    raise NarBenchError(f"bad config key '{key}' in {source}: {msg}{hint}") from None
+
+
+def merge(base: DictConfig, *layers: Any, source: str = "config") -> DictConfig:
+    try:
+        return OmegaConf.merge(base, *layers)
+    except OmegaConfBaseException as err:
+        _raise_config_error(err, source, ExperimentConfig())
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Schema defaults <- YAML file <- dotlist overrides; validated, read-only result."""
+    cfg = OmegaConf.structured(ExperimentConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise NarBenchError(f"config file '{path}' not found; pass a YAML from experiments/, e.g. experiments/demo.yaml")
+        cfg = merge(cfg, OmegaConf.load(path), source=str(path))
+    if overrides:
+        cfg = merge(cfg, OmegaConf.from_dotlist(list(overrides)), source="command-line overrides")
+    paradigm_options(cfg.model)  # validates model.options against the chosen paradigm
+    model_dims(cfg.model)
+    return cfg
+
+
+def model_dims(model: DictConfig) -> tuple[int, int, int]:
+    if model.size not in MODEL_SIZES:
+        raise NarBenchError(f"unknown model.size '{model.size}'; choose one of: {', '.join(MODEL_SIZES)}")
+    dim, n_layers, n_heads = MODEL_SIZES[model.size]
+    return model.dim or dim, model.n_layers or n_layers, model.n_heads or n_heads
+
+
+def transformer_config(model: DictConfig, vocab_size: int, num_classes: int) -> TransformerConfig:
+    dim, n_layers, n_heads = model_dims(model)
+    return TransformerConfig(
+        dim=dim, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab_size, num_classes=num_classes,
+        token_dropout=model.token_dropout, resid_dropout=model.resid_dropout,
+        ffn_dropout=model.ffn_dropout, class_dropout=model.class_dropout,
+    )
+
+
+def paradigm_options(model: DictConfig) -> Any:
+    """``model.options`` validated against the paradigm's ``Options`` dataclass."""
+    import nar_bench.paradigms  # noqa: F401  (registers the paradigms)
+    from nar_bench.registry import PARADIGMS
+
+    options_cls = PARADIGMS[model.paradigm].Options
+    schema = OmegaConf.structured(options_cls)
+    try:
+        merged = OmegaConf.merge(schema, model.options)
+    except OmegaConfBaseException as err:
+        valid = ", ".join(f.name for f in fields(options_cls)) or "(none)"
+        raise NarBenchError(
+            f"bad key 'model.options.{getattr(err, 'full_key', '')}' for paradigm '{model.paradigm}': "
+            f"{str(err).splitlines()[0]}; valid options: {valid}"
+        ) from None
+    return OmegaConf.to_object(merged)
+
+
+def expand_sweep(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """(run name, config) for each run of ``cfg.sweep``; a config without a sweep is one run."""
+    sweep = cfg.sweep
+    variants = list(sweep.variants) or [{"name": "base", "overrides": []}]
+    grid_keys = list(sweep.grid)
+    grid_points = list(itertools.product(*(sweep.grid[k] for k in grid_keys))) or [()]
+    seeds = list(sweep.seeds) or [cfg.seed]
+    runs = []
+    for variant, point, seed in itertools.product(variants, grid_points, seeds):
+        overrides = list(variant.get("overrides", [])) + [f"{k}={v}" for k, v in zip(grid_keys, point)]
+        run_cfg = merge(copy.deepcopy(cfg), OmegaConf.from_dotlist(overrides + [f"seed={seed}"]),
+                        source=f"sweep variant '{variant.get('name')}'")
+        run_cfg.sweep = OmegaConf.structured(SweepConfig)
+        paradigm_options(run_cfg.model)
+        parts = [str(variant.get("name", "base"))] + [f"{k.split('.')[-1]}={v}" for k, v in zip(grid_keys, point)]
+        if len(seeds) > 1:
+            parts.append(f"seed={seed}")
+        runs.append(("/".join(parts), run_cfg))
+    return runs

@@ -1,0 +1,222 @@
+"""LLaMA-style decoder shared by raster AR, PAR and NAR.
+
+Module and parameter names follow LlamaGen's GPT (``tok_embeddings``, ``cls_embedding``,
+``layers.{i}.attention.wqkv`` ...) so official checkpoints map onto it key for key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# name -> (dim, n_layers, n_heads). B/L/XL/XXL are LlamaGen's GPT sizes, M is NAR's
+# (L minus 6 layers); tiny/small are CPU sizes for tests and the embedded demo.
+MODEL_SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (64, 2, 4),
+    "small": (192, 4, 6),
+    "B": (768, 12, 12),
+    "M": (1024, 18, 16),
+    "L": (1024, 24, 16),
+    "XL": (1280, 36, 20),
+    "XXL": (1536, 48, 24),
+}
+
+
+@dataclass
+class TransformerConfig:
+    dim: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    vocab_size: int = 16384
+    num_classes: int = 1000
+    cls_token_num: int = 1
+    ffn_multiple_of: int = 256
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    token_dropout: float = 0.1
+    resid_dropout: float = 0.1
+    ffn_dropout: float = 0.1
+    class_dropout: float = 0.1
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def ffn_hidden(self) -> int:
+        """LlamaGen's SwiGLU width: 2/3 of 4*dim, rounded up to a multiple of ``ffn_multiple_of``."""
+        hidden = int(2 * (4 * self.dim) / 3)
+        m = self.ffn_multiple_of
+        return hidden if hidden % m == 0 else hidden + m - hidden % m
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+def rope_table(positions: Tensor, head_dim: int, base: float = 10000.0) -> Tensor:
+    """Multi-axis rotary table, LlamaGen's 2D layout generalised to any number of axes.
+
+    positions: (N, A) integer grid coordinates (row, col) or (t, row, col).
+    Returns (N, head_dim // 2, 2) with cos/sin per rotary pair; pairs are split evenly across
+    axes, axis 0 first. For A=2 this equals LlamaGen's ``precompute_freqs_cis_2d``.
+    """
+    n_axes = positions.shape[1]
+    if head_dim % (2 * n_axes):
+        raise ValueError(f"head_dim {head_dim} must be divisible by 2 * {n_axes} axes for rotary embedding")
+    axis_dim = head_dim // n_axes
+    freqs = 1.0 / (base ** (torch.arange(0, axis_dim, 2).float() / axis_dim))  # (axis_dim // 2,)
+    angles = torch.cat([positions[:, a, None].float() * freqs for a in range(n_axes)], dim=-1)
+    return torch.stack([angles.cos(), angles.sin()], dim=-1)
+
+
+def condition_rope(table: Tensor, cls_token_num: int) -> Tensor:
+    """Prepends zero rotary rows for the condition tokens (LlamaGen: they carry no position)."""
+    return torch.cat([table.new_zeros(cls_token_num, *table.shape[1:]), table])
+
+
+def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
+    """x: (B, L, H, D); freqs: (L, D/2, 2) or (B, L, D/2, 2). Interleaved pairs as LlamaGen."""
+    xs = x.float().reshape(*x.shape[:-1], -1, 2)
+    f = freqs.view(-1 if freqs.dim() == 4 else 1, xs.shape[1], 1, xs.shape[3], 2)
+    out = torch.stack(
+        [xs[..., 0] * f[..., 0] - xs[..., 1] * f[..., 1], xs[..., 1] * f[..., 0] + xs[..., 0] * f[..., 1]],
+        dim=-1,
+    )
+    return out.flatten(3).type_as(x)
+
+
+class KVCache(nn.Module):
+    """Static cache, allocated once per generation: (B, heads, max_seq, head_dim)."""
+
+    def __init__(self, batch: int, max_seq: int, n_heads: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (batch, n_heads, max_seq, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Writes k/v (B, H, n, D) at [start, start+n) and returns the filled prefix."""
+        end = start + k.shape[2]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.wqkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.resid_dropout = nn.Dropout(cfg.resid_dropout)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: Tensor, freqs: Tensor, mask: Tensor | None, cache_start: int | None) -> Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.wqkv(x).view(b, n, 3, self.n_heads, self.head_dim).unbind(2)
+        q, k = apply_rope(q, freqs), apply_rope(k, freqs)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        if cache_start is not None:
+            # Every paradigm feeds its cache in decode order, so a step sees exactly the filled
+            # prefix: no mask is needed and SDPA can take its fastest kernel.
+            k, v = self.kv_cache.update(cache_start, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, n, -1)))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.w3 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
+        self.ffn_dropout = nn.Dropout(cfg.ffn_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    def forward(self, x: Tensor, freqs: Tensor, mask: Tensor | None = None, cache_start: int | None = None) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), freqs, mask, cache_start)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding with one extra row (index num_classes) as the null class for CFG."""
+
+    def __init__(self, num_classes: int, dim: int, dropout: float):
+        super().__init__()
+        self.num_classes, self.dropout = num_classes, dropout
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, labels: Tensor) -> Tensor:
+        if self.training and self.dropout > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.dropout
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels)
+
+
+class Transformer(nn.Module):
+    """Class-conditional LLaMA decoder. Sequence = [condition token(s), image tokens...]."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.cls_embedding = LabelEmbedder(cfg.num_classes, cfg.dim, cfg.class_dropout)
+        self.tok_dropout = nn.Dropout(cfg.token_dropout)
+        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=std)
+        nn.init.zeros_(self.output.weight)  # LlamaGen zero-initialises the output layer
+
+    def embed(self, tokens: Tensor, labels: Tensor) -> Tensor:
+        """tokens (B, N) in sequence order, labels (B,) -> (B, cls + N, dim)."""
+        cond = self.cls_embedding(labels)[:, None].expand(-1, self.cfg.cls_token_num, -1)
+        return self.tok_dropout(torch.cat([cond, self.tok_embeddings(tokens)], dim=1))
+
+    def run_blocks(self, h: Tensor, freqs: Tensor, mask: Tensor | None = None, cache_start: int | None = None) -> Tensor:
+        for layer in self.layers:
+            h = layer(h, freqs, mask, cache_start)
+        return h
+
+    def head(self, h: Tensor) -> Tensor:
+        return self.output(self.norm(h)).float()
+
+def setup_kv_caches(module: nn.Module, batch: int, max_seq: int, dtype: torch.dtype | None = None) -> None:
+    """Gives every attention layer inside ``module`` a static cache; reused when it already fits."""
+    for attn in (m for m in module.modules() if isinstance(m, Attention)):
+        w = attn.wqkv.weight
+        want_dtype = dtype or w.dtype
+        c = attn.kv_cache
+        if c is None or c.k.shape[0] != batch or c.k.shape[2] < max_seq or c.k.dtype != want_dtype or c.k.device != w.device:
+            attn.kv_cache = KVCache(batch, max_seq, attn.n_heads, attn.head_dim, want_dtype, w.device)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,28 @@
+"""Raster-order next-token prediction (LlamaGen): one token per step, H*W steps."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from nar_bench.paradigms.base import SequenceParadigm, visibility_mask
+from nar_bench.registry import PARADIGMS
+
+
+@PARADIGMS.register("ar")
+class RasterAR(SequenceParadigm):
+    name = "ar"
+
+    def schedule(self) -> list[Tensor]:
+        return list(torch.arange(self.num_tokens).view(-1, 1))
+
+    def train_mask(self) -> Tensor:
+        return visibility_mask(torch.arange(self.num_tokens), self.model_cfg.cls_token_num)  # causal
+
+    def forward(self, tokens: Tensor, labels: Tensor) -> Tensor:
+        h = self.hidden_states(tokens, labels)
+        start = self.model_cfg.cls_token_num - 1  # the last condition token predicts token 0
+        return self.backbone.head(h[:, start : start + self.num_tokens])
+
+    def step_logits(self, step: int, fed: Tensor) -> Tensor:
+        return self.backbone.head(fed[:, -1:])
