@@ -144,7 +144,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise NarBenchError(f"config file '{path}' not found; pass a YAML from experiments/, e.g. experiments/demo.yaml")
+            raise NarBenchError(f"config file '{path}' not found; pass a YAML from experiments/, "
+                                "e.g. experiments/demo.yaml")
         cfg = merge(cfg, OmegaConf.load(path), source=str(path))
     if overrides:
         cfg = merge(cfg, OmegaConf.from_dotlist(list(overrides)), source="command-line overrides")
@@ -196,12 +197,13 @@ def expand_sweep(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     seeds = list(sweep.seeds) or [cfg.seed]
     runs = []
     for variant, point, seed in itertools.product(variants, grid_points, seeds):
-        overrides = list(variant.get("overrides", [])) + [f"{k}={v}" for k, v in zip(grid_keys, point)]
+        overrides = list(variant.get("overrides", [])) + [f"{k}={v}" for k, v in zip(grid_keys, point, strict=True)]
         run_cfg = merge(copy.deepcopy(cfg), OmegaConf.from_dotlist(overrides + [f"seed={seed}"]),
                         source=f"sweep variant '{variant.get('name')}'")
         run_cfg.sweep = OmegaConf.structured(SweepConfig)
         paradigm_options(run_cfg.model)
-        parts = [str(variant.get("name", "base"))] + [f"{k.split('.')[-1]}={v}" for k, v in zip(grid_keys, point)]
+        point_names = [f"{k.split('.')[-1]}={v}" for k, v in zip(grid_keys, point, strict=True)]
+        parts = [str(variant.get("name", "base")), *point_names]
         if len(seeds) > 1:
             parts.append(f"seed={seed}")
         runs.append(("/".join(parts), run_cfg))

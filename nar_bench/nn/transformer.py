@@ -200,7 +200,8 @@ class Transformer(nn.Module):
         cond = self.cls_embedding(labels)[:, None].expand(-1, self.cfg.cls_token_num, -1)
         return self.tok_dropout(torch.cat([cond, self.tok_embeddings(tokens)], dim=1))
 
-    def run_blocks(self, h: Tensor, freqs: Tensor, mask: Tensor | None = None, cache_start: int | None = None) -> Tensor:
+    def run_blocks(self, h: Tensor, freqs: Tensor, mask: Tensor | None = None,
+                   cache_start: int | None = None) -> Tensor:
         for layer in self.layers:
             h = layer(h, freqs, mask, cache_start)
         return h
@@ -214,7 +215,8 @@ def setup_kv_caches(module: nn.Module, batch: int, max_seq: int, dtype: torch.dt
         w = attn.wqkv.weight
         want_dtype = dtype or w.dtype
         c = attn.kv_cache
-        if c is None or c.k.shape[0] != batch or c.k.shape[2] < max_seq or c.k.dtype != want_dtype or c.k.device != w.device:
+        fits = c is not None and c.k.shape[0] == batch and c.k.shape[2] >= max_seq
+        if not fits or c.k.dtype != want_dtype or c.k.device != w.device:
             attn.kv_cache = KVCache(batch, max_seq, attn.n_heads, attn.head_dim, want_dtype, w.device)
 
 

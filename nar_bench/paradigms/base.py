@@ -65,6 +65,9 @@ class Paradigm(nn.Module, ABC):
         logits = self(tokens, labels)
         return F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
 
+    def attach_tokenizer(self, tokenizer: nn.Module) -> None:
+        """Hook for paradigms whose inputs depend on the tokenizer (VAR's multi-scale features)."""
+
     @abstractmethod
     def generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
         """Samples codes for ``labels`` (B,); returns (B, *grid) in raster layout."""

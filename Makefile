@@ -1,0 +1,44 @@
+# User-facing verbs. Every target bootstraps .venv on first use.
+#   make demo    train + sample the embedded default (synthetic shapes, local MLflow store, CPU ok)
+#   make test    run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU machines get this pinned torch before anything else, so the package's torch range never
+# pulls a multi-GB CUDA build; a machine that already has torch (e.g. a CUDA build) keeps it.
+TORCH_CPU ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+CONFIG ?= experiments/demo.yaml
+ARGS   ?=
+
+.PHONY: setup demo train test lint mlflow-ui clean
+
+$(STAMP): pyproject.toml
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
+		echo "using the torch already installed: $$($(PYTHON) -c 'import torch; print(torch.__version__)')"; \
+		$(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+		$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q "$(TORCH_CPU)"; \
+	fi
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $@
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/nar-bench train $(CONFIG) $(ARGS)
+
+train: demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check nar_bench tests
+
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlruns.db \
+		--default-artifact-root $(CURDIR)/results/mlartifacts --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf $(VENV) results/runs results/mlruns.db results/mlartifacts results/cache

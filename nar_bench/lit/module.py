@@ -1,0 +1,101 @@
+"""GeneratorModule: trains and samples any Paradigm + Tokenizer pair under Lightning."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from nar_bench.build import build_paradigm, build_tokenizer
+from nar_bench.images import save_grid, to_uint8
+from nar_bench.nn.sampling import SamplingConfig
+
+
+class GeneratorModule(L.LightningModule):
+    def __init__(self, cfg: DictConfig | dict, num_classes: int):
+        super().__init__()
+        cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+        # Stored as a plain dict: logged as MLflow params and enough to rebuild from a .ckpt.
+        self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True), "num_classes": num_classes})
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.tokenizer = build_tokenizer(cfg)
+        self.tokenizer.requires_grad_(False)
+        self.paradigm = build_paradigm(cfg, self.tokenizer, num_classes)
+        self.sampling = SamplingConfig(**cfg.eval.sampling)
+
+    # --- data -> codes ----------------------------------------------------------------------------
+    def to_codes(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Batches hold images (float) or pre-extracted codes (integer)."""
+        x, labels = batch
+        if x.is_floating_point():
+            with torch.no_grad():
+                x = self.tokenizer.encode(x)
+        return x.flatten(1), labels
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self.paradigm.loss(*self.to_codes(batch))
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.log("val/loss", self.paradigm.loss(*self.to_codes(batch)), prog_bar=True, sync_dist=True)
+
+    # --- sampling ---------------------------------------------------------------------------------
+    def sample_images(self, labels: Tensor, sampling: SamplingConfig | None = None,
+                      generator: torch.Generator | None = None) -> Tensor:
+        """labels (B,) -> uint8 images (B, 3, H, W)."""
+        codes = self.paradigm.generate(labels, sampling or self.sampling, generator)
+        return to_uint8(self.tokenizer.decode(codes))
+
+    def predict_step(self, batch: Tensor | tuple, batch_idx: int) -> dict[str, Tensor]:
+        labels = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return {"labels": labels, "images": self.sample_images(labels)}
+
+    def sample_grid_labels(self) -> Tensor:
+        """samples_per_class rows of every class (capped at 16 classes) for the grid artifact."""
+        classes = min(self.num_classes, 16)
+        return torch.arange(classes, device=self.device).repeat(self.cfg.eval.samples_per_class)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        generator = torch.Generator(self.device).manual_seed(self.cfg.seed)
+        images = self.sample_images(self.sample_grid_labels(), generator=generator)
+        nrow = min(self.num_classes, 16)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_grid(images, Path(tmp) / f"samples_step{self.global_step:06d}.png", nrow)
+            log_artifact(self.logger, path, "samples")
+
+    # --- optimisation -----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        # LlamaGen: weight decay on matrices only, not on norms / biases / embeddings' 1-D params
+        decay = [p for p in self.paradigm.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.paradigm.parameters() if p.requires_grad and p.dim() < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr, betas=tuple(o.betas), fused=torch.cuda.is_available(),
+        )
+        total = max(self.cfg.trainer.max_steps, 1)
+
+        def warmup_cosine(step: int) -> float:  # linear warm-up, cosine decay to 10%
+            if step < o.warmup_steps:
+                return (step + 1) / o.warmup_steps
+            progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+            return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def log_artifact(logger, path: Path, subdir: str | None = None) -> None:
+    """Logs a file to the MLflow run behind a Lightning MLFlowLogger (no-op for other loggers)."""
+    run_id = getattr(logger, "run_id", None)
+    if run_id is not None:
+        logger.experiment.log_artifact(run_id, str(path), subdir)

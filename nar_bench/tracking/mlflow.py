@@ -1,0 +1,77 @@
+"""MLflow wiring: Lightning's MLFlowLogger for runs, MlflowClient for parent runs of sweeps.
+
+The default store is an embedded SQLite DB (results/mlruns.db) with artifacts under
+results/mlartifacts; point ``tracking.tracking_uri`` at an MLflow server to scale out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests child runs under the parent
+
+
+def tracking_uri(tracking: DictConfig) -> str:
+    """Relative sqlite paths are made absolute so runs land in the same DB from any directory."""
+    uri = tracking.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        db = Path(uri[len(prefix):]).resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return prefix + str(db)
+    return uri
+
+
+def artifact_location(tracking: DictConfig) -> str | None:
+    loc = tracking.artifact_location
+    if loc and "://" not in loc:
+        return Path(loc).resolve().as_uri()
+    return loc
+
+
+def client(tracking: DictConfig) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri(tracking))
+
+
+def experiment_id(tracking: DictConfig) -> str:
+    c = client(tracking)
+    exp = c.get_experiment_by_name(tracking.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    return c.create_experiment(tracking.experiment, artifact_location=artifact_location(tracking))
+
+
+def make_logger(tracking: DictConfig, run_name: str | None = None, parent_run_id: str | None = None,
+                tags: dict[str, str] | None = None) -> MLFlowLogger:
+    experiment_id(tracking)  # creates the experiment with our artifact location on first use
+    tags = dict(tags or {})
+    if parent_run_id:
+        tags[PARENT_TAG] = parent_run_id
+    return MLFlowLogger(
+        experiment_name=tracking.experiment,
+        run_name=run_name or tracking.run_name,
+        tracking_uri=tracking_uri(tracking),
+        artifact_location=artifact_location(tracking),
+        tags=tags or None,
+    )
+
+
+@contextlib.contextmanager
+def parent_run(tracking: DictConfig, name: str, params: dict | None = None) -> Iterator[str]:
+    """Opens a parent run for a sweep; yields its id. Marked FAILED if the sweep raises."""
+    c = client(tracking)
+    run = c.create_run(experiment_id(tracking), run_name=name)
+    for key, value in (params or {}).items():
+        c.log_param(run.info.run_id, key, value)
+    try:
+        yield run.info.run_id
+    except BaseException:
+        c.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    c.set_terminated(run.info.run_id, status="FINISHED")

@@ -1,0 +1,106 @@
+"""Train one configured generator with Lightning, log it to MLflow, write samples and a summary."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig
+
+from nar_bench.errors import NarBenchError
+from nar_bench.images import save_grid
+from nar_bench.lit.data import GeneratorDataModule
+from nar_bench.lit.module import GeneratorModule, log_artifact
+from nar_bench.nn.transformer import count_parameters
+from nar_bench.tracking.mlflow import make_logger
+
+
+def resolve_precision(trainer_cfg: DictConfig) -> str:
+    if trainer_cfg.precision != "auto":
+        return trainer_cfg.precision
+    gpu = torch.cuda.is_available() and trainer_cfg.accelerator in ("auto", "gpu", "cuda")
+    return "bf16-mixed" if gpu else "32-true"
+
+
+def make_trainer(cfg: DictConfig, logger, run_dir: Path) -> L.Trainer:
+    t = cfg.trainer
+    return L.Trainer(
+        max_steps=t.max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=resolve_precision(t),
+        val_check_interval=min(t.val_check_interval, t.max_steps),
+        check_val_every_n_epoch=None,
+        log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        logger=logger,
+        callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+                   LearningRateMonitor("step")],
+        default_root_dir=run_dir,
+        enable_model_summary=False,
+    )
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """Fails before anything is created (no half-written runs) on missing input files."""
+    for key, path in (("model.checkpoint", cfg.model.checkpoint), ("tokenizer.checkpoint", cfg.tokenizer.checkpoint)):
+        if path and not Path(path).is_file():
+            raise NarBenchError(f"{key}: file '{path}' not found; download it or point {key} at the right path")
+
+
+def train(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None = None) -> dict:
+    """Fits ``cfg`` and returns a summary row (also written as CSV/Markdown and logged to MLflow)."""
+    check_inputs(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    data = GeneratorDataModule(cfg.data)
+    module = GeneratorModule(cfg, data.num_classes)
+    run_name = run_name or cfg.tracking.run_name or f"{cfg.model.paradigm}-{cfg.model.size}"
+    logger = make_logger(cfg.tracking, run_name, parent_run_id)
+    run_dir = Path(cfg.output_dir) / f"{run_name.replace('/', '_')}-{logger.run_id[:8]}"
+    trainer = make_trainer(cfg, logger, run_dir)
+    trainer.fit(module, data)
+    if not trainer.is_global_zero:
+        return {}
+    return finish_run(cfg, module, trainer, logger, run_dir, run_name)
+
+
+def finish_run(cfg: DictConfig, module: GeneratorModule, trainer: L.Trainer, logger, run_dir: Path,
+               run_name: str) -> dict:
+    """Final sample grid (timed) and a one-row summary table, written and logged as artifacts."""
+    labels = module.sample_grid_labels()
+    generator = torch.Generator(module.device).manual_seed(cfg.seed)
+    start = time.perf_counter()
+    images = module.sample_images(labels, generator=generator)
+    if module.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    metrics = trainer.callback_metrics
+    summary = {
+        "run": run_name,
+        "paradigm": cfg.model.paradigm,
+        "size": cfg.model.size,
+        "params_M": round(count_parameters(module.paradigm) / 1e6, 3),
+        "steps_per_image": module.paradigm.num_steps,
+        "train_steps": trainer.global_step,
+        "train_loss": round(float(metrics.get("train/loss", float("nan"))), 4),
+        "val_loss": round(float(metrics.get("val/loss", float("nan"))), 4),
+        "sample_batch": len(labels),
+        "sample_seconds": round(seconds, 3),
+        "device": str(module.device),
+        "mlflow_run_id": logger.run_id,
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    grid = save_grid(images, run_dir / "samples.png", nrow=min(module.num_classes, 16))
+    table = pd.DataFrame([summary])
+    table.to_csv(run_dir / "summary.csv", index=False)
+    (run_dir / "summary.md").write_text(table.to_markdown(index=False) + "\n")
+    for path in (grid, run_dir / "summary.csv", run_dir / "summary.md"):
+        log_artifact(logger, path)
+    logger.experiment.log_metric(logger.run_id, "sample_seconds", seconds)
+    return summary

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+import nar_bench  # noqa: F401  (first: makes torchvision importable before Lightning imports it)
+from nar_bench.nn.transformer import TransformerConfig
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def tiny_cfg() -> TransformerConfig:
+    return TransformerConfig(dim=32, n_layers=2, n_heads=4, vocab_size=24, num_classes=5)
+
+
+def randomize_heads(module: torch.nn.Module, std: float = 0.3) -> None:
+    """Output layers are zero-initialised (all logits equal); equivalence tests need real logits."""
+    for name, p in module.named_parameters():
+        if "output" in name:
+            torch.nn.init.normal_(p, std=std)
+
+
+def record_step_logits(paradigm, labels, sampling):
+    """Runs generate() and returns (tokens (B, N), logits (B, N, V) the decoder used for each
+    raster position), conditional half only when CFG is on."""
+    recorded = {}
+    schedule = paradigm.schedule()
+    original = paradigm.step_logits
+
+    def spy(step, fed):
+        logits = original(step, fed)
+        recorded[step] = logits[: len(labels)]
+        return logits
+
+    paradigm.step_logits = spy
+    try:
+        tokens = paradigm.generate(labels, sampling)
+    finally:
+        del paradigm.step_logits
+    vocab = recorded[0].shape[-1]
+    logits = torch.zeros(len(labels), paradigm.num_tokens, vocab)
+    for step, idx in enumerate(schedule):
+        logits[:, idx] = recorded[step]
+    return tokens.flatten(1), logits

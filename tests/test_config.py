@@ -1,0 +1,56 @@
+import pytest
+from omegaconf import OmegaConf
+
+from nar_bench.config import expand_sweep, load_config, model_dims
+from nar_bench.errors import NarBenchError
+
+
+def test_yaml_and_dotlist_overrides_merge_over_schema_defaults():
+    cfg = load_config("experiments/demo.yaml", ["model.size=B", "trainer.max_steps=10", "eval.sampling.top_k=5"])
+    assert cfg.model.size == "B" and cfg.trainer.max_steps == 10 and cfg.eval.sampling.top_k == 5
+    assert cfg.data.name == "shapes" and list(cfg.optim.betas) == [0.9, 0.95]  # YAML value, schema default
+    assert model_dims(cfg.model) == (768, 12, 12)
+
+
+def test_unknown_key_names_the_key_and_the_valid_ones():
+    with pytest.raises(NarBenchError) as err:
+        load_config("experiments/demo.yaml", ["trainer.max_stepz=3"])
+    assert "max_stepz" in str(err.value) and "max_steps" in str(err.value)
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  paradigm: ar\n  sise: B\n")
+    with pytest.raises(NarBenchError, match="sise.*valid keys here: .*size"):
+        load_config(bad)
+
+
+def test_wrong_type_and_unknown_names():
+    with pytest.raises(NarBenchError, match="max_steps"):
+        load_config(None, ["trainer.max_steps=lots"])
+    with pytest.raises(NarBenchError, match="unknown paradigm 'nope'; choose one of: .*ar"):
+        load_config(None, ["model.paradigm=nope"])
+    with pytest.raises(NarBenchError, match="unknown model.size 'Q'"):
+        load_config(None, ["model.size=Q"])
+    with pytest.raises(NarBenchError, match="not found"):
+        load_config("experiments/missing.yaml")
+
+
+def test_paradigm_options_are_validated():
+    with pytest.raises(NarBenchError, match="model.options.*valid options"):
+        load_config(None, ["model.paradigm=ar", "model.options.foo=1"])
+
+
+def test_sweep_expansion_variants_grid_seeds():
+    cfg = OmegaConf.merge(load_config(None), {"sweep": {
+        "variants": [{"name": "a", "overrides": ["model.size=tiny"]}, {"name": "b", "overrides": ["model.size=small"]}],
+        "grid": {"data.batch_size": [8, 16]},
+        "seeds": [0, 1],
+    }})
+    runs = expand_sweep(cfg)
+    assert len(runs) == 2 * 2 * 2
+    names = [name for name, _ in runs]
+    assert names[0] == "a/batch_size=8/seed=0" and len(set(names)) == 8
+    b16s1 = dict(runs)["b/batch_size=16/seed=1"]
+    assert b16s1.model.size == "small" and b16s1.data.batch_size == 16 and b16s1.seed == 1
+    assert not b16s1.sweep.variants  # a run does not carry the sweep again
