@@ -123,6 +123,14 @@ class SequenceParadigm(Paradigm):
         ``step_logits`` needs (by default the backbone's hidden states)."""
         return self.backbone.run_blocks(x, rope, cache_start=cache_start)
 
+    def decode_inputs(self, step: int, tokens: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Inputs fed after sampling ``step``: embedded tokens (B', m, dim) and their rotary rows
+        (m, head_dim/2, 2), from the step's new tokens (B', n) at raster indices ``idx`` (n,).
+        By default m = n; paradigms that feed extra inputs (PAR's transition tokens) append them.
+        The cache holds cls + N positions and the last step is never fed, so up to
+        ``len(schedule()[-1])`` extra inputs fit."""
+        return self.backbone.tok_embeddings(tokens), self.rope[self.model_cfg.cls_token_num + idx]
+
     @abstractmethod
     def step_logits(self, step: int, fed: Any) -> Tensor:
         """Logits (B, n_step, V) for the tokens of ``step`` from the state fed at step-1 (or the
@@ -153,7 +161,8 @@ class SequenceParadigm(Paradigm):
             out[:, idx] = new
             if s + 1 < len(steps):
                 fed_tokens = new.repeat(2, 1) if sampling.uses_cfg else new
-                fed = self.feed(self.backbone.tok_embeddings(fed_tokens), self.rope[cls_n + idx], cache_start=pos)
-                pos += idx.numel()
+                x, rope = self.decode_inputs(s, fed_tokens, idx)
+                fed = self.feed(x, rope, cache_start=pos)
+                pos += x.shape[1]
         self.train(was_training)
         return out.view(labels.shape[0], *self.grid)
