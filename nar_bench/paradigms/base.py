@@ -136,6 +136,15 @@ class SequenceParadigm(Paradigm):
         """Logits (B, n_step, V) for the tokens of ``step`` from the state fed at step-1 (or the
         condition, for step 0), in the order of ``schedule()[step]``."""
 
+    def device_schedule(self, device: torch.device) -> list[Tensor]:
+        """The schedule's index tensors on ``device``, copied once: the decode loop then does no
+        host-to-device copies (required to capture it in a CUDA graph)."""
+        cached = getattr(self, "_device_schedule", None)
+        if cached is None or cached[0].device != device:
+            cached = [idx.to(device) for idx in self.schedule()]
+            self._device_schedule = cached
+        return cached
+
     def cache_dtype(self) -> torch.dtype:
         device = self.rope.device.type
         if torch.is_autocast_enabled(device):
@@ -154,8 +163,7 @@ class SequenceParadigm(Paradigm):
         fed = self.feed(x, self.rope[:cls_n], cache_start=0)
         out = labels.new_empty(labels.shape[0], self.num_tokens)
         pos = cls_n
-        for s, idx in enumerate(steps):
-            idx = idx.to(labels.device)
+        for s, idx in enumerate(self.device_schedule(labels.device)):
             guided = sampling.cfg_interval < 0 or s < sampling.cfg_interval
             new = sample_step(self.step_logits(s, fed), sampling, guided, generator)
             out[:, idx] = new
