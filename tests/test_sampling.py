@@ -34,3 +34,14 @@ def test_sample_step_batches_all_tokens_and_drops_guidance_when_told():
     cfg = SamplingConfig(cfg_scale=3.0, temperature=0)
     assert sample_step(logits, cfg, guided=True).shape == (2, 5)
     assert torch.equal(sample_step(logits, cfg, guided=False), logits[:2].argmax(-1))
+
+
+def test_top_k_candidate_draw_matches_the_filtered_distribution():
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().expand(40000, 4)
+    gen = torch.Generator().manual_seed(1)
+    freq = torch.bincount(sample(logits, top_k=2, generator=gen), minlength=4).float() / 40000
+    assert torch.allclose(freq, torch.tensor([0.625, 0.375, 0.0, 0.0]), atol=0.01)
+    freq = torch.bincount(sample(logits, top_k=3, top_p=0.7, generator=gen), minlength=4).float() / 40000
+    assert torch.allclose(freq, torch.tensor([0.625, 0.375, 0.0, 0.0]), atol=0.01)
+    hot = torch.tensor([0.0, 5.0, 0.0, 0.0]).expand(100, 4)
+    assert torch.equal(sample(hot, temperature=0.01, top_k=3), torch.ones(100, dtype=torch.long))

@@ -80,7 +80,7 @@ class GeneratorModule(L.LightningModule):
         no_decay = [p for p in self.paradigm.parameters() if p.requires_grad and p.dim() < 2]
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=tuple(o.betas), fused=torch.cuda.is_available(),
+            lr=o.lr, betas=tuple(o.betas),
         )
         total = max(self.cfg.trainer.max_steps, 1)
 

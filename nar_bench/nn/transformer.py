@@ -207,7 +207,8 @@ class Transformer(nn.Module):
         return h
 
     def head(self, h: Tensor) -> Tensor:
-        return self.output(self.norm(h)).float()
+        """Logits in the compute dtype; the loss and CFG upcast where precision matters."""
+        return self.output(self.norm(h))
 
 def setup_kv_caches(module: nn.Module, batch: int, max_seq: int, dtype: torch.dtype | None = None) -> None:
     """Gives every attention layer inside ``module`` a static cache; reused when it already fits."""

@@ -63,7 +63,7 @@ class Paradigm(nn.Module, ABC):
 
     def loss(self, tokens: Tensor, labels: Tensor) -> Tensor:
         logits = self(tokens, labels)
-        return F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+        return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
 
     def attach_tokenizer(self, tokenizer: nn.Module) -> None:
         """Hook for paradigms whose inputs depend on the tokenizer (VAR's multi-scale features)."""

@@ -151,7 +151,7 @@ class NAR(SequenceParadigm):
         """(B, n, dim) -> logits (B, n, V) predicting the token below each position."""
         if self.options.heads == "single":
             return self.backbone.head(v)
-        return self.vertical_output(self.vertical_norm(v)).float()
+        return self.vertical_output(self.vertical_norm(v))
 
     def neighbor_logits(self, h: Tensor, v: Tensor, src: Tensor, weight: Tensor) -> Tensor:
         """Logits (B, n, V) for n targets: weight[:, 0] * horizontal head at h[:, src[:, 0]]
