@@ -1,0 +1,230 @@
+"""Domain feature extractor for the synthetic shapes data.
+
+InceptionV3 features say little about 64px palette images of coloured shapes, so metrics on the
+synthetic default use a small CNN classifier trained on the shapes dataset itself (through
+Lightning, a few hundred steps, seconds on CPU). It is trained once per dataset setting and cached
+under ``<cache root>/domain/<key>.pt``; the file is self-describing and is what torch-fidelity's
+``feature_extractor_weights_path`` points at. It provides
+
+- ``features``: max-pooled conv features, for FID / KID / precision-recall;
+- ``logits``: class logits, for the Inception Score and for class consistency (is a sample
+  classified as the class it was generated for?).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import torch_fidelity  # importable on CPU-only installs thanks to nar_bench/__init__ (see _torchvision_compat)
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from nar_bench.data.shapes import NUM_CLASSES, ShapesDataset, class_name
+from nar_bench.errors import NarBenchError
+from nar_bench.metrics.cache import atomic_save, cache_root
+
+TORCH_FIDELITY_NAME = "nar-bench-shapes-cnn"
+_ARCHITECTURE_VERSION = 1  # bump when ShapesClassifier changes: old cache files stop matching
+
+
+@dataclass(frozen=True)
+class DomainClassifierSpec:
+    """Everything that determines the trained classifier; its hash names the cache file.
+    image_size / grid / seed are the shapes dataset settings (``data.*`` in the config)."""
+
+    image_size: int = 64
+    grid: int = 16
+    seed: int = 0
+    steps: int = 300
+    batch_size: int = 64
+    width: int = 32
+    lr: float = 1e-2
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> DomainClassifierSpec:
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - valid)
+        if unknown:
+            raise NarBenchError(f"unknown domain classifier option(s) {unknown}; valid: {', '.join(sorted(valid))}")
+        return cls(**options)
+
+    def key(self) -> str:
+        blob = json.dumps({**asdict(self), "arch": _ARCHITECTURE_VERSION}, sort_keys=True)
+        return f"shapes{self.image_size}g{self.grid}s{self.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+class ShapesClassifier(nn.Module):
+    """(B, 3, S, S) images in [-1, 1] -> class logits (B, num_classes).
+
+    Average-pools to the token grid first: shapes images are grid cells upsampled by nearest
+    neighbour, so this is lossless for them and makes the net cheap. Global max pooling (not
+    mean) keeps the evidence of the shape's outline, which is what separates the shape classes.
+    Features are layer-normalised (see ``body``)."""
+
+    def __init__(self, image_size: int, grid: int, width: int, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.image_size = image_size
+
+        def conv(c_in: int, c_out: int, stride: int) -> nn.Module:
+            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1), nn.GELU())
+
+        self.body = nn.Sequential(
+            nn.AvgPool2d(image_size // grid),
+            conv(3, width, 1), conv(width, 2 * width, 2), conv(2 * width, 4 * width, 2), conv(4 * width, 4 * width, 1),
+            nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+            # unit-scale features, like Inception's: KID's polynomial kernel (x.y/d + 1)^3 is only
+            # well-conditioned for x.y/d ~ 1; raw max-pooled activations make it explode
+            nn.LayerNorm(4 * width, elementwise_affine=False),
+        )
+        self.head = nn.Linear(4 * width, num_classes)
+
+    def features(self, images: Tensor) -> Tensor:
+        """(B, 3, S, S) in [-1, 1] -> (B, 4 * width)."""
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise NarBenchError(
+                f"domain classifier expects {self.image_size}px images, got {tuple(images.shape[-2:])}; "
+                "set the domain extractor's image_size to the data's image_size"
+            )
+        return self.body(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.features(images))
+
+
+class ShapesClassifierModule(L.LightningModule):
+    """Trains a ShapesClassifier with cross-entropy; AdamW with a one-cycle schedule."""
+
+    def __init__(self, spec: DomainClassifierSpec):
+        super().__init__()
+        self.spec = spec
+        self.net = ShapesClassifier(spec.image_size, spec.grid, spec.width)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        loss = F.cross_entropy(self.net(images), labels)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.spec.lr)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, self.spec.lr, total_steps=self.spec.steps, pct_start=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def train_domain_classifier(spec: DomainClassifierSpec) -> ShapesClassifier:
+    """A freshly trained classifier; every step sees new images (the dataset is procedural)."""
+    data = ShapesDataset(spec.steps * spec.batch_size, spec.image_size, spec.grid, spec.seed, split="train")
+    with torch.random.fork_rng(devices=[]):  # seed our training without resetting the caller's RNG
+        torch.manual_seed(spec.seed)
+        loader = DataLoader(data, batch_size=spec.batch_size, shuffle=True)
+        module = ShapesClassifierModule(spec)
+        trainer = L.Trainer(
+            max_steps=spec.steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(module, loader)
+    return module.net.cpu().eval()
+
+
+def domain_classifier_path(spec: DomainClassifierSpec, root: str | Path | None = None) -> Path:
+    """The cache file for ``spec``, trained and written on first use."""
+    path = cache_root(root) / "domain" / f"{spec.key()}.pt"
+    if not path.is_file():
+        net = train_domain_classifier(spec)
+        atomic_save({"spec": asdict(spec), "state_dict": net.state_dict()}, path)
+    return path
+
+
+def domain_classifier(spec: DomainClassifierSpec | None = None, cache_dir: str | Path | None = None
+                      ) -> ShapesClassifier:
+    """The cached classifier for ``spec`` (default settings if None), trained on first use."""
+    return load_domain_classifier(domain_classifier_path(spec or DomainClassifierSpec(), cache_dir))
+
+
+def load_domain_classifier(path: str | Path) -> ShapesClassifier:
+    """Classifier from a file written by :func:`domain_classifier_path`, in eval mode."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    spec = DomainClassifierSpec(**saved["spec"])
+    net = ShapesClassifier(spec.image_size, spec.grid, spec.width)
+    net.load_state_dict(saved["state_dict"])
+    return net.eval().requires_grad_(False)
+
+
+def uint8_to_unit(images: Tensor) -> Tensor:
+    """(B, 3, H, W) uint8 -> float in [-1, 1], the inverse of the data pipeline's scaling."""
+    return images.float() / 127.5 - 1.0
+
+
+class DomainFeatureExtractor(torch_fidelity.FeatureExtractorBase):
+    """torch-fidelity view of a cached ShapesClassifier; ``feature_extractor_weights_path`` is the
+    classifier file. Input: (B, 3, H, W) uint8, as torch-fidelity feeds every extractor."""
+
+    _FEATURE_FOR_METRIC = {"isc": "logits", "fid": "features", "kid": "features", "prc": "features"}
+
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
+                 **kwargs: Any):
+        super().__init__(name, features_list)
+        if feature_extractor_weights_path is None:
+            raise NarBenchError(f"feature extractor '{TORCH_FIDELITY_NAME}' needs feature_extractor_weights_path: "
+                                "a classifier file from nar_bench.metrics.domain.domain_classifier_path")
+        self.net = load_domain_classifier(feature_extractor_weights_path)
+
+    @staticmethod
+    def get_provided_features_list() -> tuple[str, ...]:
+        return ("features", "logits")
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        return DomainFeatureExtractor._FEATURE_FOR_METRIC[metric]
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        features = self.net.features(uint8_to_unit(images))
+        out = {"features": features, "logits": self.net.head(features)}
+        return tuple(out[name] for name in self.features_list)
+
+
+torch_fidelity.register_feature_extractor(TORCH_FIDELITY_NAME, DomainFeatureExtractor)
+
+
+@dataclass
+class ClassConsistency:
+    """``accuracy``: fraction of samples classified as their conditioning class.
+    ``per_class``: one row per class (index = class id) with name, count, correct, accuracy
+    (NaN for classes without samples)."""
+
+    accuracy: float
+    per_class: pd.DataFrame
+
+
+@torch.no_grad()
+def class_consistency(samples: Tensor, labels: Tensor, classifier: ShapesClassifier,
+                      batch_size: int = 256) -> ClassConsistency:
+    """samples: (N, 3, H, W) uint8; labels: (N,) conditioning classes; classifier e.g. from
+    :func:`domain_classifier`."""
+    if len(samples) != len(labels):
+        raise NarBenchError(f"{len(samples)} samples but {len(labels)} labels; pass one label per sample")
+    device = next(classifier.parameters()).device
+    preds = torch.cat([classifier(uint8_to_unit(chunk.to(device))).argmax(-1).cpu()
+                       for chunk in samples.split(batch_size)])
+    labels = labels.cpu().long()
+    num_classes = classifier.head.out_features
+    count = torch.bincount(labels, minlength=num_classes)
+    correct = torch.bincount(labels[preds == labels], minlength=num_classes)
+    per_class = pd.DataFrame(
+        {"name": [class_name(c) for c in range(num_classes)], "count": count.numpy(), "correct": correct.numpy()},
+        index=pd.RangeIndex(num_classes, name="class"),
+    )
+    per_class["accuracy"] = per_class["correct"] / per_class["count"].where(per_class["count"] > 0)
+    return ClassConsistency(accuracy=float(correct.sum()) / max(len(labels), 1), per_class=per_class)
