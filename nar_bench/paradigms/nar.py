@@ -33,6 +33,7 @@ import itertools
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
@@ -147,18 +148,32 @@ class NAR(SequenceParadigm):
             return h
         return self.vertical_block(h, rope, mask, cache_start)
 
+    def vertical_projection(self) -> tuple[nn.Module, Tensor]:
+        """(norm, output weight (V, dim)) of the head predicting the token below."""
+        if self.options.heads == "single":
+            return self.backbone.norm, self.backbone.output.weight
+        return self.vertical_norm, self.vertical_output.weight
+
     def vertical_head(self, v: Tensor) -> Tensor:
         """(B, n, dim) -> logits (B, n, V) predicting the token below each position."""
-        if self.options.heads == "single":
-            return self.backbone.head(v)
-        return self.vertical_output(self.vertical_norm(v))
+        norm, weight = self.vertical_projection()
+        return F.linear(norm(v), weight)
 
     def neighbor_logits(self, h: Tensor, v: Tensor, src: Tensor, weight: Tensor) -> Tensor:
         """Logits (B, n, V) for n targets: weight[:, 0] * horizontal head at h[:, src[:, 0]]
-        + weight[:, 1] * vertical head at v[:, src[:, 1]]. h, v: (B, S, dim)."""
-        horizontal = self.backbone.head(h[:, src[:, 0]])
-        vertical = self.vertical_head(v[:, src[:, 1]])
-        return weight[:, 0, None] * horizontal + weight[:, 1, None] * vertical
+        + weight[:, 1] * vertical head at v[:, src[:, 1]]. h, v: (B, S, dim).
+
+        Both heads are linear after their norms, so the weighted sum is one matmul plus one
+        accumulating matmul on weighted features: no per-head logit tensors, which would dominate
+        decoding's memory traffic (V = 16384 per token).
+        """
+        vertical_norm, vertical_weight = self.vertical_projection()
+        xh = self.backbone.norm(h[:, src[:, 0]]) * weight[:, 0, None].to(h.dtype)
+        xv = vertical_norm(v[:, src[:, 1]]) * weight[:, 1, None].to(v.dtype)
+        logits = self.backbone.output(xh)
+        flat = logits.view(-1, logits.shape[-1])
+        flat.addmm_(xv.flatten(0, 1).to(logits.dtype), vertical_weight.to(logits.dtype).t())
+        return logits
 
     def forward(self, tokens: Tensor, labels: Tensor) -> Tensor:
         h = self.hidden_states(tokens, labels)
