@@ -1,0 +1,1 @@
+"""Metrics: efficiency (latency / throughput / peak memory protocol)."""
