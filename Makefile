@@ -1,6 +1,7 @@
 # User-facing verbs. Every target bootstraps .venv on first use.
 #   make demo    train + sample the embedded default (synthetic shapes, local MLflow store, CPU ok)
 #   make test    run the test suite
+#   make throughput-sweep   paradigm x size x batch size throughput sweep (GPU; results/throughput/)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,7 +12,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= experiments/demo.yaml
 ARGS   ?=
 
-.PHONY: setup demo train test lint mlflow-ui clean
+.PHONY: setup demo train test lint throughput-sweep mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -35,6 +36,9 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check nar_bench tests
+
+throughput-sweep: $(STAMP)
+	$(BIN)/nar-bench bench experiments/throughput_sweep.yaml $(ARGS)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlruns.db \

@@ -2,11 +2,13 @@
 
     nar-bench train experiments/demo.yaml model.paradigm=nar trainer.max_steps=10
     nar-bench sample --ckpt results/runs/<run>/checkpoints/last.ckpt eval.sampling.cfg_scale=3
+    nar-bench bench experiments/throughput_sweep.yaml bench.batch_sizes=[1,8,64]
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -43,6 +45,15 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(save_grid(images, args.out, nrow=min(module.num_classes, 16)))
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from nar_bench.bench import run_throughput_sweep
+    from nar_bench.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    run_throughput_sweep(cfg, command=shlex.join(["nar-bench", "bench", args.config, *args.overrides]))
+    print(f"results in {cfg.bench.output_dir}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nar-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.png")
     p.add_argument("overrides", nargs="*", help="e.g. eval.sampling.cfg_scale=3")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("bench", help="throughput sweep: paradigm x size x batch size (tables, plots, MLflow)")
+    p.add_argument("config", help="experiment YAML, e.g. experiments/throughput_sweep.yaml")
+    p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. bench.batch_sizes=[1,8,64]")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

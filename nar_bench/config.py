@@ -100,6 +100,40 @@ class SweepConfig:
 
 
 @dataclass
+class BenchPoint:
+    """One model of the throughput sweep: a paradigm at a size, with its options and any further
+    dotlist overrides of the experiment config (e.g. ``eval.sampling.top_k=900``)."""
+
+    name: str | None = None  # label in tables and plots; default "<paradigm>-<size>"
+    paradigm: str = "nar"
+    size: str = "B"
+    options: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BenchConfig:
+    """Throughput sweep (``nar-bench bench``): points x batch sizes with random weights. Sampling
+    (CFG scale, top-k, top-p) comes from ``eval.sampling``; batch sizes ascend and the first
+    out-of-memory batch ends a model's row (recorded as its limit)."""
+
+    points: list[BenchPoint] = field(default_factory=list)  # empty = the configured model alone
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024])
+    dtype: str = "bf16"  # bf16 (autocast) | fp32
+    warmup: int = 1
+    repeats: int = 3
+    include_decode: bool = False  # time tokenizer decode of the codes too
+    compile: bool = False  # use the paradigm's compiled decode path
+    # Token-only stand-in for the tokenizer: codes in [0, vocab_size) on the data.grid_size grid.
+    # null = the configured tokenizer's code space (needed for include_decode and for VAR).
+    vocab_size: int | None = None
+    num_classes: int = 1000
+    device: str = "auto"  # auto = cuda when available, else cpu
+    profile_batch: int = 0  # > 0: write a torch.profiler table per model at this batch size
+    output_dir: str = "results/throughput"
+
+
+@dataclass
 class ExperimentConfig:
     seed: int = 0
     output_dir: str = "results/runs"
@@ -111,6 +145,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 def _valid_keys(schema: Any, dotted: str) -> list[str]:

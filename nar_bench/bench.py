@@ -1,0 +1,205 @@
+"""Throughput sweep (``nar-bench bench``): paradigm x model size x batch size with random weights.
+
+Each model of ``bench.points`` is built through the registry, given random weights and measured
+with the efficiency protocol at ascending batch sizes until one runs out of GPU memory (recorded
+as the model's limit). One MLflow parent run ("throughput-sweep") holds a child run per point; the
+tables and plots go to ``bench.output_dir`` and are logged to the parent run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm import tqdm
+
+from nar_bench.bench_report import write_report
+from nar_bench.build import build_paradigm, build_tokenizer
+from nar_bench.config import merge, model_dims, paradigm_options
+from nar_bench.errors import NarBenchError
+from nar_bench.metrics.efficiency import DTYPES, measure_batch_sizes, profile_generation, randomize_weights
+from nar_bench.nn.sampling import SamplingConfig
+from nar_bench.provenance import provenance, provenance_line
+from nar_bench.registry import PARADIGMS
+from nar_bench.tracking.mlflow import PARENT_TAG, client, experiment_id, parent_run
+
+log = logging.getLogger(__name__)
+
+SWEEP_NAME = "throughput-sweep"
+RUN_PARAMS = ("model", "paradigm", "size", "params", "steps", "batch_size", "dtype", "cfg", "cfg_scale", "top_k",
+              "top_p", "tokenizer_decode", "compiled", "device", "status")
+RUN_METRICS = ("latency_s", "throughput_img_s", "peak_mem_gb")
+
+
+@dataclass
+class CodeSpace:
+    """Stand-in tokenizer for token-only timing: just the code space (vocab, grid) a paradigm is
+    built against, so paper-size vocabularies can be timed without the tokenizer's weights."""
+
+    vocab_size: int
+    grid: tuple[int, ...]
+
+
+def check_bench(bench: DictConfig) -> None:
+    """Fails on bad bench settings before any run is opened."""
+    if bench.dtype not in DTYPES:
+        raise NarBenchError(f"unknown bench.dtype '{bench.dtype}'; choose one of: {', '.join(DTYPES)}")
+    if not bench.batch_sizes or min(bench.batch_sizes) < 1:
+        raise NarBenchError(f"bench.batch_sizes must be positive integers; got {list(bench.batch_sizes)}")
+    if bench.warmup < 0 or bench.repeats < 1:
+        raise NarBenchError(f"need bench.warmup >= 0 and bench.repeats >= 1; got {bench.warmup}, {bench.repeats}")
+    if bench.include_decode and bench.vocab_size is not None:
+        raise NarBenchError("bench.include_decode times the tokenizer's decode, which needs the real tokenizer; "
+                            "set bench.vocab_size=null")
+
+
+def point_label(point: DictConfig) -> str:
+    if point.name:
+        return point.name
+    options = "".join(f"-{key}{value}" for key, value in point.options.items())
+    return f"{point.paradigm}-{point.size}{options}"
+
+
+def bench_points(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """(label, experiment config) of each model in ``bench.points`` (the configured model when the
+    list is empty), each validated up front. Points whose paradigm is not registered are skipped with a
+    warning, so a config can list a paradigm that lands later."""
+    points = list(cfg.bench.points) or [OmegaConf.create({
+        "name": None, "paradigm": cfg.model.paradigm, "size": cfg.model.size, "options": cfg.model.options,
+        "overrides": []})]
+    out = []
+    for point in points:
+        label = point_label(point)
+        if point.paradigm not in PARADIGMS:
+            log.warning("bench point '%s' skipped: paradigm '%s' is not registered (registered: %s)",
+                        label, point.paradigm, ", ".join(sorted(PARADIGMS)))
+            continue
+        base = copy.deepcopy(cfg)
+        base.model.options = {}  # the point's options replace the configured model's
+        model = {"paradigm": point.paradigm, "size": point.size, "options": OmegaConf.to_container(point.options)}
+        point_cfg = merge(base, {"model": model}, OmegaConf.from_dotlist(list(point.overrides)),
+                          source=f"bench point '{label}'")
+        paradigm_options(point_cfg.model)
+        model_dims(point_cfg.model)
+        check_bench(point_cfg.bench)
+        out.append((label, point_cfg))
+    if not out:
+        raise NarBenchError(f"no bench point has a registered paradigm; registered: {', '.join(sorted(PARADIGMS))}")
+    return out
+
+
+def bench_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise NarBenchError(f"bad bench.device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NarBenchError("bench.device is cuda but no CUDA GPU is available; use bench.device=cpu")
+    return device
+
+
+def bench_tokenizer(cfg: DictConfig) -> nn.Module | CodeSpace:
+    """The configured tokenizer, or the ``bench.vocab_size`` code space for token-only timing."""
+    if cfg.bench.vocab_size is None:
+        return build_tokenizer(cfg)
+    return CodeSpace(cfg.bench.vocab_size, (cfg.data.grid_size, cfg.data.grid_size))
+
+
+def settings_line(cfg: DictConfig) -> str:
+    b, s = cfg.bench, SamplingConfig(**cfg.eval.sampling)
+    cfg_text = f"CFG on (scale {s.cfg_scale:g})" if s.uses_cfg else "CFG off"
+    return (f"{b.dtype}, {cfg_text}, top-k {s.top_k}, top-p {s.top_p:g} (per-model overrides in the table), "
+            f"{'tokens + tokenizer decode' if b.include_decode else 'tokens only'}, "
+            f"{'compiled' if b.compile else 'eager'}, median of {b.repeats} after {b.warmup} warm-up, random weights")
+
+
+def log_point(mlflow: MlflowClient, exp_id: str, parent_id: str, row: dict) -> None:
+    """One child run under the sweep's parent run: the point's settings as params, its timings as
+    metrics (none for an out-of-memory point)."""
+    run = mlflow.create_run(exp_id, run_name=f"{row['model']}/bs={row['batch_size']}",
+                            tags={PARENT_TAG: parent_id, "status": row["status"]})
+    now = int(time.time() * 1000)
+    params = [Param(key, str(row[key])) for key in RUN_PARAMS]
+    metrics = [Metric(key, float(row[key]), now, 0) for key in RUN_METRICS if row[key] is not None]
+    mlflow.log_batch(run.info.run_id, metrics=metrics, params=params)
+    mlflow.set_terminated(run.info.run_id)
+
+
+def bench_model(label: str, cfg: DictConfig, device: torch.device, prov: dict[str, str]) -> Iterator[dict]:
+    """Result rows of one model at ascending batch sizes, up to and including its OOM point."""
+    bench = cfg.bench
+    torch.manual_seed(cfg.seed)
+    tokenizer = bench_tokenizer(cfg)
+    paradigm = build_paradigm(cfg, tokenizer, bench.num_classes)
+    randomize_weights(paradigm)
+    if isinstance(tokenizer, nn.Module):
+        tokenizer.to(device).eval()  # paradigms like VAR use it while generating
+    sampling = SamplingConfig(**cfg.eval.sampling)
+    protocol = {"dtype": bench.dtype, "warmup": bench.warmup, "repeats": bench.repeats, "device": device,
+                "decode_fn": tokenizer.decode if bench.include_decode else None, "compile": bench.compile,
+                "size": cfg.model.size, "seed": cfg.seed}
+    sampling_cols = {"cfg_scale": sampling.cfg_scale, "top_k": sampling.top_k, "top_p": sampling.top_p}
+    profile_path(bench.output_dir, label).unlink(missing_ok=True)  # no stale profile if this one is skipped
+    fits = 0
+    for result in measure_batch_sizes(paradigm, bench.batch_sizes, sampling, **protocol):
+        fits = max(fits, result.batch_size if result.status == "ok" else 0)
+        yield {"model": label, **asdict(result), **sampling_cols}
+    if bench.profile_batch > fits:
+        log.warning("no profile for '%s': batch %d is above the largest that fits (%d)", label, bench.profile_batch,
+                    fits)
+    elif bench.profile_batch > 0:
+        table = profile_generation(paradigm, bench.profile_batch, sampling, bench.dtype, device=device,
+                                   decode_fn=protocol["decode_fn"])
+        path = profile_path(bench.output_dir, label)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# {label}, batch {bench.profile_batch}, {settings_line(cfg)}\n# {provenance_line(prov)}\n"
+                        f"{table}\n")
+
+
+def profile_path(output_dir: str, label: str) -> Path:
+    return Path(output_dir) / f"profile_{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}.txt"
+
+
+def run_throughput_sweep(cfg: DictConfig, command: str | None = None) -> pd.DataFrame:
+    """Runs the sweep of ``cfg.bench``; returns the table of points (one row per model and batch
+    size, ``status`` ok | oom) and writes it with the summary and plots to ``bench.output_dir``."""
+    bench = cfg.bench
+    device = bench_device(bench.device)
+    points = bench_points(cfg)
+    prov = provenance(device, command)
+    settings = settings_line(cfg)
+    mlflow, exp_id = client(cfg.tracking), experiment_id(cfg.tracking)
+    params = {"points": ", ".join(label for label, _ in points), "batch_sizes": list(bench.batch_sizes),
+              "settings": settings, **{k: v[:500] for k, v in prov.items()}}
+    rows = []
+    per_model = len(set(bench.batch_sizes))
+    with parent_run(cfg.tracking, SWEEP_NAME, params) as parent_id, \
+            tqdm(total=len(points) * per_model, desc=SWEEP_NAME, leave=False) as bar:
+        for i, (label, point_cfg) in enumerate(points):
+            for row in bench_model(label, point_cfg, device, prov):
+                bar.set_postfix_str(f"{label} bs={row['batch_size']} {row['status']}")
+                bar.update()
+                log_point(mlflow, exp_id, parent_id, row)
+                rows.append(row)
+            bar.update((i + 1) * per_model - bar.n)  # batch sizes past an OOM are skipped
+        table = pd.DataFrame(rows)
+        files = write_report(table, bench.output_dir, prov, settings)
+        if bench.profile_batch > 0:
+            files += [p for label, _ in points if (p := profile_path(bench.output_dir, label)).is_file()]
+        for path in files:
+            mlflow.log_artifact(parent_id, str(path))
+    log.info("throughput sweep: %s", provenance_line(prov))
+    return table

@@ -1,0 +1,47 @@
+"""Where a result came from: command, device, git commit, torch version and date, recorded in
+every results file so a table or plot can be traced back to the run that made it."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import subprocess
+import sys
+
+import torch
+
+
+def device_name(device: torch.device | str) -> str:
+    """Human-readable name of ``device``: the GPU model for CUDA, the CPU otherwise."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def git_commit() -> str:
+    """HEAD of the repository in the working directory, suffixed ``-dirty`` when tracked files
+    have uncommitted changes; 'unknown' outside a git checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.strip() + ("-dirty" if dirty.strip() else "")
+
+
+def provenance(device: torch.device | str, command: str | None = None) -> dict[str, str]:
+    """{command, device, commit, torch, date}; ``command`` defaults to this process's argv."""
+    return {
+        "command": command or " ".join(sys.argv),
+        "device": device_name(device),
+        "commit": git_commit(),
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def provenance_line(prov: dict[str, str]) -> str:
+    """One line for plot footers and Markdown headers."""
+    return " | ".join(f"{key}: {value}" for key, value in prov.items())

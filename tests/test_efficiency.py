@@ -1,0 +1,189 @@
+import logging
+import statistics
+import time
+
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from nar_bench.build import build_paradigm, build_tokenizer
+from nar_bench.cli import main
+from nar_bench.config import load_config
+from nar_bench.errors import NarBenchError
+from nar_bench.metrics.efficiency import (
+    find_max_batch,
+    measure_generation,
+    profile_generation,
+    randomize_weights,
+)
+from nar_bench.nn.sampling import SamplingConfig
+from nar_bench.nn.transformer import count_parameters
+from nar_bench.paradigms.nar import NAR
+
+GRID = ["data.grid_size=4", "data.image_size=16"]  # 16 tokens: AR 16 steps, NAR 7, PAR-4x 7
+SAMPLING = SamplingConfig(cfg_scale=2.0, top_k=5)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_cpu_thread():
+    """Tiny models gain nothing from threads, and on a busy shared CPU threads make them crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_paradigm(paradigm: str, *options: str):
+    cfg = load_config(None, [f"model.paradigm={paradigm}", "model.size=tiny", *GRID, *options])
+    tokenizer = build_tokenizer(cfg)
+    model = build_paradigm(cfg, tokenizer, num_classes=5)
+    randomize_weights(model)
+    return model, tokenizer
+
+
+def fake_generate(model, calls, slow_calls=0, oom_above=None):
+    """Stands in for generate(): records (batch, autocast on, autocast dtype); sleeps 0.3 s on the
+    first ``slow_calls`` calls; raises CUDA OOM for batches above ``oom_above``."""
+
+    def generate(labels, sampling, generator=None):
+        calls.append((labels.shape[0], torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        if oom_above is not None and labels.shape[0] > oom_above:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        if len(calls) <= slow_calls:
+            time.sleep(0.3)
+        return torch.zeros(labels.shape[0], *model.grid, dtype=torch.long)
+
+    return generate
+
+
+@pytest.mark.parametrize("paradigm, options", [("ar", []), ("nar", []), ("par", ["model.options.regions=4"])])
+def test_protocol_returns_sane_fields_for_real_generation(paradigm, options):
+    model, _ = tiny_paradigm(paradigm, *options)
+    r = measure_generation(model, 3, SAMPLING, dtype="fp32", warmup=1, repeats=3, device="cpu", size="tiny")
+    assert r.status == "ok" and r.paradigm == paradigm and r.size == "tiny"
+    assert r.steps == model.num_steps and r.params == count_parameters(model)
+    assert r.batch_size == 3 and r.dtype == "fp32" and r.cfg and not r.tokenizer_decode and not r.compiled
+    assert len(r.latency_all) == 3 and all(t > 0 for t in r.latency_all)
+    assert r.latency_s == statistics.median(r.latency_all)
+    assert r.throughput_img_s == pytest.approx(3 / r.latency_s)
+    assert r.peak_mem_gb is None and r.device.startswith("cpu") and r.torch == torch.__version__
+
+
+def test_random_weights_leave_no_zero_initialised_matrix():
+    model, _ = tiny_paradigm("nar")  # NAR zero-initialises both output heads
+    matrices = {name: p for name, p in model.named_parameters() if p.dim() >= 2}
+    assert {"backbone.output.weight", "vertical_output.weight"} <= set(matrices)
+    assert all(p.std() > 0.01 for p in matrices.values())
+
+
+def test_warmup_is_not_timed_and_flags_are_real(monkeypatch):
+    model, tokenizer = tiny_paradigm("ar")
+    calls, decoded = [], []
+    monkeypatch.setattr(model, "generate", fake_generate(model, calls, slow_calls=2))
+    decode = lambda codes: decoded.append(codes.shape) or tokenizer.decode(codes)
+    r = measure_generation(model, 4, SamplingConfig(cfg_scale=1.0), dtype="bf16", warmup=2, repeats=3,
+                           decode_fn=decode, device="cpu")
+    assert len(calls) == 5 and len(r.latency_all) == 3  # 2 warm-up + 3 timed
+    assert max(r.latency_all) < 0.3  # the slow warm-up calls are not in the timings
+    assert all(batch == 4 and on and dtype == torch.bfloat16 for batch, on, dtype in calls)
+    assert decoded == [(4, 4, 4)] * 5 and r.tokenizer_decode and r.dtype == "bf16" and not r.cfg
+
+
+def test_out_of_memory_is_recorded_and_ends_the_batch_sizes(monkeypatch):
+    model, _ = tiny_paradigm("nar")
+    calls = []
+    monkeypatch.setattr(model, "generate", fake_generate(model, calls, oom_above=4))
+    max_batch, results = find_max_batch(model, [16, 1, 8, 2, 4], SAMPLING, dtype="fp32", warmup=1, repeats=1,
+                                        device="cpu")
+    assert max_batch == 4
+    assert [(r.batch_size, r.status) for r in results] == [(1, "ok"), (2, "ok"), (4, "ok"), (8, "oom")]
+    assert results[-1].latency_s is None and results[-1].throughput_img_s is None
+    assert 16 not in {batch for batch, _, _ in calls}
+
+
+def test_compile_uses_the_paradigms_compiled_path_or_fails_clearly(monkeypatch):
+    model, _ = tiny_paradigm("ar")
+    monkeypatch.setattr(model, "generate", fake_generate(model, []))
+    with pytest.raises(NarBenchError, match="compile_decoding"):
+        measure_generation(model, 1, SAMPLING, dtype="fp32", repeats=1, compile=True)
+    compiled = []
+    monkeypatch.setattr(model, "compile_decoding", lambda: compiled.append(True), raising=False)
+    r = measure_generation(model, 1, SAMPLING, dtype="fp32", repeats=1, compile=True)
+    assert compiled and r.compiled
+
+
+def test_profile_lists_the_top_ops():
+    model, _ = tiny_paradigm("par", "model.options.regions=4")
+    table = profile_generation(model, 2, SAMPLING, "fp32", row_limit=5)
+    op_rows = [line for line in table.splitlines() if "aten::" in line]
+    assert 0 < len(op_rows) <= 5 and "CPU total" in table
+
+
+def bench_args(tmp_path, *extra):
+    points = "[{name: AR-t, paradigm: ar, size: tiny}, {paradigm: nar, size: tiny}, {paradigm: not-a-paradigm}]"
+    return ["bench", "experiments/throughput_sweep.yaml", f"bench.points={points}", "bench.batch_sizes=[1,2,4]",
+            "bench.device=cpu", "bench.dtype=fp32", "bench.warmup=1", "bench.repeats=1", "bench.vocab_size=24",
+            "bench.num_classes=5", "bench.profile_batch=1", *GRID, f"bench.output_dir={tmp_path}/out",
+            f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", f"tracking.artifact_location={tmp_path}/art",
+            *extra]
+
+
+def test_sweep_runs_points_as_child_runs_records_oom_and_writes_tables_and_plots(tmp_path, monkeypatch, caplog):
+    original = NAR.generate
+
+    def nar_generate(self, labels, sampling, generator=None):
+        if labels.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, labels, sampling, generator)
+
+    monkeypatch.setattr(NAR, "generate", nar_generate)
+    with caplog.at_level(logging.WARNING):
+        assert main(bench_args(tmp_path)) == 0
+    assert "not-a-paradigm" in caplog.text  # skipped with a note, like VAR before it is merged
+
+    out = tmp_path / "out"
+    points = pd.read_csv(out / "points.csv")
+    assert list(zip(points.model, points.batch_size, points.status, strict=True)) == [
+        ("AR-t", 1, "ok"), ("AR-t", 2, "ok"), ("AR-t", 4, "ok"), ("nar-tiny", 1, "ok"), ("nar-tiny", 2, "oom")]
+    assert (points.top_k == 2000).all() and (points.steps == [16, 16, 16, 7, 7]).all()
+    summary = pd.read_csv(out / "summary.csv").set_index("model")
+    assert summary.loc["nar-tiny", "max_batch"] == 1 and summary.loc["nar-tiny", "oom_at"] == 2
+    assert summary.loc["AR-t", "best_batch"] in (1, 2, 4) and pd.isna(summary.loc["AR-t", "oom_at"])
+
+    command = points.command.iloc[0]
+    assert command.startswith("nar-bench bench experiments/throughput_sweep.yaml") and "bench.batch_sizes" in command
+    assert {"commit", "date", "device", "torch"} <= set(points.columns) and points.commit.iloc[0]
+    md = (out / "throughput.md").read_text()
+    assert command in md and points.commit.iloc[0] in md and "| nar-tiny" in md
+    for name in ("figure6", "latency_s_vs_batch", "peak_mem_gb_vs_batch", "throughput_img_s_vs_batch"):
+        assert command in Image.open(out / f"{name}.png").text["Description"]
+    assert "aten::" in (out / "profile_AR-t.txt").read_text()
+    assert "aten::" in (out / "profile_nar-tiny.txt").read_text()
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    runs = client.search_runs([client.get_experiment_by_name("throughput").experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name == "throughput-sweep"]
+    children = [r for r in runs if r is not parent]
+    assert parent.info.status == "FINISHED" and len(children) == 5
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    by_name = {r.info.run_name: r for r in children}
+    ok, oom = by_name["AR-t/bs=4"].data, by_name["nar-tiny/bs=2"].data
+    assert ok.params["paradigm"] == "ar" and ok.params["batch_size"] == "4" and ok.params["steps"] == "16"
+    assert {"latency_s", "throughput_img_s"} <= set(ok.metrics) and "peak_mem_gb" not in ok.metrics
+    assert oom.params["status"] == "oom" and not oom.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"points.csv", "summary.csv", "throughput.md", "figure6.png", "profile_AR-t.txt"} <= artifacts
+
+
+@pytest.mark.parametrize("override, message", [
+    ("bench.dtype=fp16", "unknown bench.dtype 'fp16'"),
+    ("bench.include_decode=true", "bench.include_decode"),
+    ("bench.points=[{paradigm: par, size: tiny, options: {regionz: 4}}]", "regionz"),
+])
+def test_bad_bench_settings_fail_before_any_run(tmp_path, capsys, override, message):
+    assert main(bench_args(tmp_path, override)) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "mlruns.db").exists() and not (tmp_path / "out").exists()
