@@ -31,12 +31,14 @@ class DataConfig:
     seed: int = 0
     batch_size: int = 64
     num_workers: int = 0
+    upscale_small_images: bool = False  # imagefolder: upscale images smaller than image_size (ADM does)
 
 
 @dataclass
 class TokenizerConfig:
-    name: str = "palette"  # palette | vq | msvq | ...
+    name: str = "palette"  # palette | vq | msvq | codes | ...
     checkpoint: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # tokenizer-specific: preset, architecture fields
 
 
 @dataclass

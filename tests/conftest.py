@@ -48,3 +48,12 @@ def record_step_logits(paradigm, labels, sampling):
     for step, idx in enumerate(schedule):
         logits[:, idx] = recorded[step]
     return tokens.flatten(1), logits
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny conv nets run faster on one thread, and much faster on a busy shared CPU (no spinning)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
