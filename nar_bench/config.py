@@ -125,7 +125,7 @@ class BenchConfig:
     warmup: int = 1
     repeats: int = 3
     include_decode: bool = False  # time tokenizer decode of the codes too
-    compile: bool = False  # use the paradigm's compiled decode path
+    cuda_graph: bool = False  # replay each batch's whole generation from one CUDA graph (GPU only)
     # Token-only stand-in for the tokenizer: codes in [0, vocab_size) on the data.grid_size grid.
     # null = the configured tokenizer's code space (needed for include_decode and for VAR).
     vocab_size: int | None = None

@@ -18,6 +18,7 @@ from nar_bench.metrics.efficiency import (
     profile_generation,
     randomize_weights,
 )
+from nar_bench.nn.cuda_graph import GraphedGenerate
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import count_parameters
 from nar_bench.paradigms.nar import NAR
@@ -44,11 +45,11 @@ def tiny_paradigm(paradigm: str, *options: str):
 
 
 def fake_generate(model, calls, slow_calls=0, oom_above=None):
-    """Stands in for generate(): records (batch, autocast on, autocast dtype); sleeps 0.3 s on the
+    """Stands in for generate(): records (batch, weight dtype); sleeps 0.3 s on the
     first ``slow_calls`` calls; raises CUDA OOM for batches above ``oom_above``."""
 
     def generate(labels, sampling, generator=None):
-        calls.append((labels.shape[0], torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        calls.append((labels.shape[0], model.backbone.output.weight.dtype))
         if oom_above is not None and labels.shape[0] > oom_above:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         if len(calls) <= slow_calls:
@@ -64,7 +65,7 @@ def test_protocol_returns_sane_fields_for_real_generation(paradigm, options):
     r = measure_generation(model, 3, SAMPLING, dtype="fp32", warmup=1, repeats=3, device="cpu", size="tiny")
     assert r.status == "ok" and r.paradigm == paradigm and r.size == "tiny"
     assert r.steps == model.num_steps and r.params == count_parameters(model)
-    assert r.batch_size == 3 and r.dtype == "fp32" and r.cfg and not r.tokenizer_decode and not r.compiled
+    assert r.batch_size == 3 and r.dtype == "fp32" and r.cfg and not r.tokenizer_decode and not r.cuda_graph
     assert len(r.latency_all) == 3 and all(t > 0 for t in r.latency_all)
     assert r.latency_s == statistics.median(r.latency_all)
     assert r.throughput_img_s == pytest.approx(3 / r.latency_s)
@@ -87,7 +88,7 @@ def test_warmup_is_not_timed_and_flags_are_real(monkeypatch):
                            decode_fn=decode, device="cpu")
     assert len(calls) == 5 and len(r.latency_all) == 3  # 2 warm-up + 3 timed
     assert max(r.latency_all) < 0.3  # the slow warm-up calls are not in the timings
-    assert all(batch == 4 and on and dtype == torch.bfloat16 for batch, on, dtype in calls)
+    assert all(batch == 4 and dtype == torch.bfloat16 for batch, dtype in calls)
     assert decoded == [(4, 4, 4)] * 5 and r.tokenizer_decode and r.dtype == "bf16" and not r.cfg
 
 
@@ -100,18 +101,26 @@ def test_out_of_memory_is_recorded_and_ends_the_batch_sizes(monkeypatch):
     assert max_batch == 4
     assert [(r.batch_size, r.status) for r in results] == [(1, "ok"), (2, "ok"), (4, "ok"), (8, "oom")]
     assert results[-1].latency_s is None and results[-1].throughput_img_s is None
-    assert 16 not in {batch for batch, _, _ in calls}
+    assert 16 not in {batch for batch, _ in calls}
 
 
-def test_compile_uses_the_paradigms_compiled_path_or_fails_clearly(monkeypatch):
+def test_cuda_graph_needs_a_gpu_and_says_so():
     model, _ = tiny_paradigm("ar")
-    monkeypatch.setattr(model, "generate", fake_generate(model, []))
-    with pytest.raises(NarBenchError, match="compile_decoding"):
-        measure_generation(model, 1, SAMPLING, dtype="fp32", repeats=1, compile=True)
-    compiled = []
-    monkeypatch.setattr(model, "compile_decoding", lambda: compiled.append(True), raising=False)
-    r = measure_generation(model, 1, SAMPLING, dtype="fp32", repeats=1, compile=True)
-    assert compiled and r.compiled
+    with pytest.raises(NarBenchError, match="cuda_graph needs a CUDA device"):
+        measure_generation(model, 1, SAMPLING, dtype="fp32", repeats=1, device="cpu", cuda_graph=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("paradigm, options", [("ar", []), ("nar", []), ("par", ["model.options.regions=4"])])
+def test_cuda_graph_replay_equals_eager_generation(paradigm, options):
+    model, _ = tiny_paradigm(paradigm, *options)
+    model = model.cuda()
+    greedy = SamplingConfig(cfg_scale=2.0, temperature=0)
+    labels = torch.tensor([0, 3, 1], device="cuda")
+    graphed = GraphedGenerate(model, 3, greedy)
+    assert torch.equal(graphed(labels), model.generate(labels, greedy))
+    r = measure_generation(model, 3, SAMPLING, dtype="bf16", repeats=2, cuda_graph=True)
+    assert r.status == "ok" and r.cuda_graph and r.peak_mem_gb > 0
 
 
 def test_profile_lists_the_top_ops():
@@ -124,7 +133,7 @@ def test_profile_lists_the_top_ops():
 def bench_args(tmp_path, *extra):
     points = "[{name: AR-t, paradigm: ar, size: tiny}, {paradigm: nar, size: tiny}, {paradigm: not-a-paradigm}]"
     return ["bench", "experiments/throughput_sweep.yaml", f"bench.points={points}", "bench.batch_sizes=[1,2,4]",
-            "bench.device=cpu", "bench.dtype=fp32", "bench.warmup=1", "bench.repeats=1", "bench.vocab_size=24",
+            "bench.device=cpu", "bench.cuda_graph=false", "bench.dtype=fp32", "bench.warmup=1", "bench.repeats=1", "bench.vocab_size=24",
             "bench.num_classes=5", "bench.profile_batch=1", *GRID, f"bench.output_dir={tmp_path}/out",
             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", f"tracking.artifact_location={tmp_path}/art",
             *extra]

@@ -11,6 +11,7 @@ memory comes back with status "oom" instead of raising.
 
 from __future__ import annotations
 
+import functools
 import gc
 import statistics
 import time
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
+from nar_bench.nn.cuda_graph import GraphedGenerate
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import MODEL_SIZES, count_parameters
 from nar_bench.paradigms.base import Paradigm
@@ -42,7 +44,7 @@ class EfficiencyResult:
     dtype: str
     cfg: bool
     tokenizer_decode: bool  # latency includes decoding codes to images
-    compiled: bool
+    cuda_graph: bool  # whole generation replayed from one CUDA graph
     device: str
     torch: str
     status: str = "ok"  # ok | oom
@@ -69,10 +71,11 @@ def randomize_weights(module: nn.Module, std: float = 0.02) -> None:
                 p.normal_(0.0, std)
 
 
-def autocast(device: torch.device, dtype: str):
+def inference_dtype(dtype: str) -> torch.dtype:
+    """Weights and activations are cast to this dtype, as the official sample scripts do."""
     if dtype not in DTYPES:
         raise NarBenchError(f"unknown dtype '{dtype}'; choose one of: {', '.join(DTYPES)}")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    return torch.bfloat16 if dtype == "bf16" else torch.float32
 
 
 def release_decode_state(paradigm: nn.Module) -> None:
@@ -85,15 +88,6 @@ def release_decode_state(paradigm: nn.Module) -> None:
     if torch.cuda.is_available():
         gc.collect()  # tensors held by reference cycles (e.g. an OOM traceback) go too
         torch.cuda.empty_cache()
-
-
-def enable_compiled_decoding(paradigm: Paradigm) -> None:
-    """Switches the paradigm to its compiled decode path (its ``compile_decoding()`` method)."""
-    hook = getattr(paradigm, "compile_decoding", None)
-    if hook is None:
-        raise NarBenchError(f"paradigm '{paradigm.name}' has no compiled decode path (compile_decoding()); "
-                            "set bench.compile=false")
-    hook()
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -117,14 +111,20 @@ def random_labels(paradigm: Paradigm, batch_size: int, device: torch.device, see
     return torch.randint(paradigm.model_cfg.num_classes, (batch_size,), generator=gen).to(device)
 
 
-def generation_run(paradigm: Paradigm, labels: Tensor, sampling: SamplingConfig, dtype: str,
-                   decode_fn: DecodeFn | None) -> Callable[[], None]:
-    """One generation of ``labels`` (and decode, if given) under the dtype's autocast."""
-    device = labels.device
+def generation_run(paradigm: Paradigm, labels: Tensor, sampling: SamplingConfig, decode_fn: DecodeFn | None,
+                   cuda_graph: bool) -> Callable[[], None]:
+    """One generation of ``labels`` (and decode, if given). With ``cuda_graph`` the whole
+    generation is captured once (here) and replayed by each call."""
+    if cuda_graph:
+        if labels.device.type != "cuda":
+            raise NarBenchError("bench.cuda_graph needs a CUDA device; set bench.cuda_graph=false on CPU")
+        generate = GraphedGenerate(paradigm, len(labels), sampling)
+    else:
+        generate = functools.partial(paradigm.generate, sampling=sampling)
 
     def run() -> None:
-        with torch.inference_mode(), autocast(device, dtype):
-            codes = paradigm.generate(labels, sampling)
+        with torch.inference_mode():
+            codes = generate(labels)
             if decode_fn is not None:
                 decode_fn(codes)
 
@@ -148,29 +148,28 @@ def measure_generation(
     repeats: int = 3,
     decode_fn: DecodeFn | None = None,
     device: torch.device | str | None = None,
-    compile: bool = False,
+    cuda_graph: bool = False,
     size: str | None = None,
     seed: int = 0,
 ) -> EfficiencyResult:
     """Latency, throughput and peak memory of generating ``batch_size`` images (module docstring
     has the protocol). ``decode_fn`` (e.g. ``tokenizer.decode``) is timed with the generation;
-    ``compile`` switches to the paradigm's compiled decode path first (warm-up runs compile it)."""
+    ``cuda_graph`` captures the whole generation in a CUDA graph before the warm-up runs."""
     if batch_size < 1 or warmup < 0 or repeats < 1:
         raise NarBenchError(f"need batch_size >= 1, warmup >= 0, repeats >= 1; got {batch_size}, {warmup}, {repeats}")
     device = resolve_device(paradigm, device)
-    autocast(device, dtype)  # fails on an unknown dtype before anything runs
-    if compile:
-        enable_compiled_decoding(paradigm)
+    paradigm.to(dtype=inference_dtype(dtype))  # fails on an unknown dtype before anything runs
     result = EfficiencyResult(
         paradigm=paradigm.name, size=size or size_name(paradigm), params=count_parameters(paradigm),
         steps=paradigm.num_steps, batch_size=batch_size, dtype=dtype, cfg=sampling.uses_cfg,
-        tokenizer_decode=decode_fn is not None, compiled=compile, device=device_name(device),
+        tokenizer_decode=decode_fn is not None, cuda_graph=cuda_graph, device=device_name(device),
         torch=torch.__version__,
     )
     release_decode_state(paradigm)
-    run = generation_run(paradigm, random_labels(paradigm, batch_size, device, seed), sampling, dtype, decode_fn)
+    labels = random_labels(paradigm, batch_size, device, seed)
     cuda = device.type == "cuda"
     try:
+        run = generation_run(paradigm, labels, sampling, decode_fn, cuda_graph)
         for _ in range(warmup):
             run()
         if cuda:
@@ -214,8 +213,9 @@ def profile_generation(paradigm: Paradigm, batch_size: int, sampling: SamplingCo
     """torch.profiler table of one generation after warm-up: the top ``row_limit`` ops by total
     CUDA time (CPU time on CPU), to show where the time goes."""
     device = resolve_device(paradigm, device)
+    paradigm.to(dtype=inference_dtype(dtype))
     release_decode_state(paradigm)
-    run = generation_run(paradigm, random_labels(paradigm, batch_size, device), sampling, dtype, decode_fn)
+    run = generation_run(paradigm, random_labels(paradigm, batch_size, device), sampling, decode_fn, False)
     for _ in range(warmup):
         run()
     cuda = device.type == "cuda"
