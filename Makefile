@@ -1,6 +1,8 @@
 # User-facing verbs. Every target bootstraps .venv on first use.
 #   make demo    train + sample the embedded default (synthetic shapes, local MLflow store, CPU ok)
 #   make test    run the test suite
+#   make order-gifs  results/order_{ar,nar,par}.gif: generation order, one GIF frame per decoding step
+#                    (tiny random models; ARGS="--ckpt nar=path/last.ckpt ..." for trained ones)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,7 +13,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= experiments/demo.yaml
 ARGS   ?=
 
-.PHONY: setup demo train test lint mlflow-ui clean
+.PHONY: setup demo train test lint order-gifs mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -35,6 +37,9 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check nar_bench tests
+
+order-gifs: $(STAMP)
+	$(BIN)/python -m nar_bench.visualize --out results $(ARGS)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlruns.db \

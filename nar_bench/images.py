@@ -35,9 +35,10 @@ def save_grid(images: Tensor, path: str | Path, nrow: int) -> Path:
     return path
 
 
-def save_gif(frames: list[np.ndarray], path: str | Path, duration_ms: int = 250) -> Path:
+def save_gif(frames: list[np.ndarray], path: str | Path, duration_ms: int | list[int] = 250) -> Path:
     """Writes uint8 frames (H, W, 3) as a looping GIF, one GIF frame per array (callers keep
-    consecutive frames distinct: PIL merges identical ones)."""
+    consecutive frames distinct: PIL merges identical ones). ``duration_ms``: one for all frames
+    or one per frame."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     first, *rest = (Image.fromarray(np.ascontiguousarray(f)) for f in frames)
