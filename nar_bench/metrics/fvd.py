@@ -44,10 +44,10 @@ class VideoClassifierSpec:
     image_size: int = 32
     grid: int = 8
     seed: int = 0
-    steps: int = 200
+    steps: int = 300
     batch_size: int = 32
     width: int = 16
-    lr: float = 3e-3
+    lr: float = 1e-2
 
     def key(self) -> str:
         blob = json.dumps({**asdict(self), "arch": _ARCHITECTURE_VERSION}, sort_keys=True)
