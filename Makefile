@@ -2,6 +2,8 @@
 #   make demo    train + sample the embedded default (synthetic shapes, local MLflow store, CPU ok)
 #   make test    run the test suite
 #   make throughput-sweep   paradigm x size x batch size throughput sweep (GPU; results/throughput/)
+#   make order-gifs  results/order_{ar,nar,par}.gif: generation order, one GIF frame per decoding step
+#                    (tiny random models; ARGS="--ckpt nar=path/last.ckpt ..." for trained ones)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -12,7 +14,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= experiments/demo.yaml
 ARGS   ?=
 
-.PHONY: setup demo train test lint throughput-sweep mlflow-ui clean
+.PHONY: setup demo train test lint throughput-sweep order-gifs mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -39,6 +41,8 @@ lint: $(STAMP)
 
 throughput-sweep: $(STAMP)
 	$(BIN)/nar-bench bench experiments/throughput_sweep.yaml $(ARGS)
+order-gifs: $(STAMP)
+	$(BIN)/python -m nar_bench.visualize --out results $(ARGS)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlruns.db \

@@ -29,7 +29,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from omegaconf import OmegaConf
 
     from nar_bench.config import merge
-    from nar_bench.images import save_grid
+    from nar_bench.images import save_samples
     from nar_bench.lit.module import GeneratorModule
     from nar_bench.nn.sampling import SamplingConfig
 
@@ -42,7 +42,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     labels = module.sample_grid_labels()
     gen = torch.Generator(module.device).manual_seed(cfg.seed)
     images = module.sample_images(labels, SamplingConfig(**cfg.eval.sampling), gen)
-    print(save_grid(images, args.out, nrow=min(module.num_classes, 16)))
+    print(save_samples(images, args.out, nrow=min(module.num_classes, 16)))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

@@ -26,6 +26,7 @@ class DataConfig:
     root: str | None = None  # folder for real data
     image_size: int = 64
     grid_size: int = 16  # token grid side (H = W)
+    frames: int | None = None  # video datasets (moving_shapes): frames per clip T; None = still images
     num_train: int = 20000
     num_val: int = 256
     seed: int = 0

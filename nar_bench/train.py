@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig
 
 from nar_bench.errors import NarBenchError
-from nar_bench.images import save_grid
+from nar_bench.images import save_samples
 from nar_bench.lit.data import GeneratorDataModule
 from nar_bench.lit.module import GeneratorModule, log_artifact
 from nar_bench.nn.transformer import count_parameters
@@ -96,7 +96,7 @@ def finish_run(cfg: DictConfig, module: GeneratorModule, trainer: L.Trainer, log
         "mlflow_run_id": logger.run_id,
     }
     run_dir.mkdir(parents=True, exist_ok=True)
-    grid = save_grid(images, run_dir / "samples.png", nrow=min(module.num_classes, 16))
+    grid = save_samples(images, run_dir / "samples.png", nrow=min(module.num_classes, 16))  # .gif for video
     table = pd.DataFrame([summary])
     table.to_csv(run_dir / "summary.csv", index=False)
     (run_dir / "summary.md").write_text(table.to_markdown(index=False) + "\n")

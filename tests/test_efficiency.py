@@ -133,7 +133,8 @@ def test_profile_lists_the_top_ops():
 def bench_args(tmp_path, *extra):
     points = "[{name: AR-t, paradigm: ar, size: tiny}, {paradigm: nar, size: tiny}, {paradigm: not-a-paradigm}]"
     return ["bench", "experiments/throughput_sweep.yaml", f"bench.points={points}", "bench.batch_sizes=[1,2,4]",
-            "bench.device=cpu", "bench.cuda_graph=false", "bench.dtype=fp32", "bench.warmup=1", "bench.repeats=1", "bench.vocab_size=24",
+            "bench.device=cpu", "bench.cuda_graph=false",
+            "bench.dtype=fp32", "bench.warmup=1", "bench.repeats=1", "bench.vocab_size=24",
             "bench.num_classes=5", "bench.profile_batch=1", *GRID, f"bench.output_dir={tmp_path}/out",
             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", f"tracking.artifact_location={tmp_path}/art",
             *extra]

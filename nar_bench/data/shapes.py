@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from nar_bench.errors import NarBenchError
 from nar_bench.registry import DATASETS
 
 SHAPES = ("square", "circle", "triangle", "cross")
@@ -51,23 +52,33 @@ def shape_mask(shape: str, y: np.ndarray, x: np.ndarray, r: float) -> np.ndarray
     return ((np.abs(x) <= arm) & (np.abs(y) <= r)) | ((np.abs(y) <= arm) & (np.abs(x) <= r))
 
 
-def render_codes(label: int, grid: int, rng: np.random.Generator) -> np.ndarray:
-    """(grid, grid) palette indices for one image of class ``label``."""
-    shape, colour = divmod(label, len(COLOURS))
+def background_codes(grid: int, rng: np.random.Generator) -> np.ndarray:
+    """(grid, grid) palette indices: two adjacent background tones in diagonal or straight bands."""
     yy, xx = np.mgrid[0:grid, 0:grid] + 0.5
-    # background: two adjacent tones in diagonal or straight bands
     angle = rng.uniform(0, 2 * np.pi)
     phase = (np.cos(angle) * xx + np.sin(angle) * yy) / grid * rng.uniform(1.0, 3.0)
     tone = rng.integers(0, len(BACKGROUND) - 1)
-    codes = np.where(np.floor(phase + rng.uniform()) % 2 == 0, tone, tone + 1)
-    r = rng.uniform(0.2, 0.35) * grid
-    cy, cx = rng.uniform(r, grid - r, size=2)
+    return np.where(np.floor(phase + rng.uniform()) % 2 == 0, tone, tone + 1)
+
+
+def paint_shape(codes: np.ndarray, shape: str, colour: int, cy: float, cx: float, r: float) -> np.ndarray:
+    """``codes`` (grid, grid) with a shaded shape of radius r (cells) centred at (cy, cx) on top."""
+    yy, xx = np.mgrid[0 : codes.shape[0], 0 : codes.shape[1]] + 0.5
     y, x = yy - cy, xx - cx
-    inside = shape_mask(SHAPES[shape], y, x, r)
+    inside = shape_mask(shape, y, x, r)
     # light from the upper left: dark / base / light shades by position along the diagonal
     shade = np.digitize((x + y) / (2 * r), [-0.35, 0.35])
     first = len(BACKGROUND) + 3 * colour
     return np.where(inside, first + (2 - shade), codes).astype(np.int64)
+
+
+def render_codes(label: int, grid: int, rng: np.random.Generator) -> np.ndarray:
+    """(grid, grid) palette indices for one image of class ``label``."""
+    shape, colour = divmod(label, len(COLOURS))
+    codes = background_codes(grid, rng)
+    r = rng.uniform(0.2, 0.35) * grid
+    cy, cx = rng.uniform(r, grid - r, size=2)
+    return paint_shape(codes, SHAPES[shape], colour, cy, cx, r)
 
 
 class ShapesDataset(Dataset):
@@ -88,17 +99,21 @@ class ShapesDataset(Dataset):
 
     def codes(self, index: int) -> tuple[np.ndarray, int]:
         rng = np.random.default_rng([self.seed, self.split_id, index])
-        label = index % NUM_CLASSES  # class-balanced
+        label = index % self.num_classes  # class-balanced
         return render_codes(label, self.grid, rng), label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """(3, S, S) image in [-1, 1] (subclasses: (3, ..., S, S)) and its label."""
         codes, label = self.codes(index)
         patch = self.image_size // self.grid
-        img = PALETTE[codes].repeat(patch, 0).repeat(patch, 1)  # (S, S, 3) uint8
-        return torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1.0, label
+        pixels = PALETTE[codes].repeat(patch, -3).repeat(patch, -2)  # (..., S, S, 3) uint8
+        return torch.from_numpy(pixels).movedim(-1, 0).float() / 127.5 - 1.0, label
 
 
 @DATASETS.register("shapes")
 def shapes(data_cfg, split: str) -> ShapesDataset:
+    if data_cfg.frames is not None:
+        raise NarBenchError(f"data.frames={data_cfg.frames} is set but dataset 'shapes' has still images; "
+                            "remove data.frames or use data.name=moving_shapes")
     size = data_cfg.num_train if split == "train" else data_cfg.num_val
     return ShapesDataset(size, data_cfg.image_size, data_cfg.grid_size, data_cfg.seed, split)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from nar_bench.build import build_paradigm, build_tokenizer
-from nar_bench.images import save_grid, to_uint8
+from nar_bench.images import save_samples, to_uint8
 from nar_bench.nn.sampling import SamplingConfig
 
 
@@ -49,7 +49,7 @@ class GeneratorModule(L.LightningModule):
     # --- sampling ---------------------------------------------------------------------------------
     def sample_images(self, labels: Tensor, sampling: SamplingConfig | None = None,
                       generator: torch.Generator | None = None) -> Tensor:
-        """labels (B,) -> uint8 images (B, 3, H, W)."""
+        """labels (B,) -> uint8 images (B, 3, H, W) (video tokenizers: (B, 3, T, H, W))."""
         codes = self.paradigm.generate(labels, sampling or self.sampling, generator)
         return to_uint8(self.tokenizer.decode(codes))
 
@@ -69,7 +69,7 @@ class GeneratorModule(L.LightningModule):
         images = self.sample_images(self.sample_grid_labels(), generator=generator)
         nrow = min(self.num_classes, 16)
         with tempfile.TemporaryDirectory() as tmp:
-            path = save_grid(images, Path(tmp) / f"samples_step{self.global_step:06d}.png", nrow)
+            path = save_samples(images, Path(tmp) / f"samples_step{self.global_step:06d}.png", nrow)
             log_artifact(self.logger, path, "samples")
 
     # --- optimisation -----------------------------------------------------------------------------

@@ -1,35 +1,40 @@
-"""Next-neighbour prediction (NAR, arXiv 2503.10696) on an H x W token grid.
+"""Next-neighbour prediction (NAR, arXiv 2503.10696) on H x W image and T x H x W video token grids.
 
-Step k produces every token (h, w) with h + w = k (one anti-diagonal), so a grid takes H + W - 1
-steps. The training sequence stays [condition, tokens in raster order]; the proximity mask lets a
-token at distance k attend to every token of distance <= k (and the condition).
+Step k produces every token whose coordinates sum to k (h + w = k: one anti-diagonal of an image;
+t + h + w = k: one diagonal plane of a video), so a grid takes sum(side - 1) + 1 steps: H + W - 1
+for images, T + H + W - 2 for video. The training sequence stays [condition, tokens in raster
+order]; the proximity mask lets a token at distance k attend to every token of distance <= k (and
+the condition). RoPE has one axis per grid axis (``rope_table``), so video needs head_dim % 6 == 0.
 
-Heads (``Options.heads``):
+Heads (``Options.heads``), one per grid axis, each predicting the next token along its axis:
 - ``"dimension"`` (the paper's model): the horizontal head is the backbone's norm + output, its
-  output at (h, w) predicts (h, w+1); the vertical head is one extra transformer block on the
-  backbone's hidden states (before the final norm) plus its own RMSNorm + linear, predicting
-  (h+1, w). Targets: (0,0) from the condition token, mean of both heads; first row from the
-  horizontal head of the left neighbour; first column from the vertical head of the upper
-  neighbour; interior tokens (h>0, w>0) can be predicted by both, ``Options.overlap_head`` picks
-  ``"mixed"`` (mean of the two logits), ``"horizontal"`` or ``"vertical"`` (paper Table 5), the
-  same rule in training and decoding.
-- ``"single"`` (Table 4, "NAR order w/o dimension-oriented heads"): same order and mask, but one
-  head, the backbone's output head, predicts every neighbour: its output at (h, w) serves both
-  the right target (h, w+1) and the lower target (h+1, w). Each token is therefore predicted
-  exactly as with dimension heads, with the vertical head replaced by the shared head (no extra
-  block or parameters): edges from their only neighbour, interior per ``overlap_head`` (mixed =
-  mean of the shared head's logits at the left and upper neighbours).
+  output at (.., h, w) predicts (.., h, w+1); the vertical head is one extra transformer block on
+  the backbone's hidden states (before the final norm) plus its own RMSNorm + linear, predicting
+  (.., h+1, w); video adds a temporal head built the same way, predicting (t+1, h, w).
+  Each token is predicted by the heads of the neighbours that can reach it (left via horizontal,
+  above via vertical, previous frame via temporal); the start token by every head from the
+  condition token. Where several heads can reach a token (the overlapped region),
+  ``Options.overlap_head`` picks ``"mixed"`` (mean of their logits; paper default) or one head
+  name (paper Table 5 for images). In video a token can be reached by two heads that do not
+  include the named one (e.g. t, h > 0 at w = 0 for ``"horizontal"``); such tokens keep the mean
+  of the heads that reach them. Tokens reached by one head use it; the same rule in training and
+  decoding.
+- ``"single"`` (Table 4, "NAR order w/o dimension-oriented heads"): same order, mask and targets,
+  but the backbone's output head serves every direction (no extra blocks or parameters).
 
-Logits are a weighted sum ``w_h * horizontal(left source) + w_v * vertical(upper source)`` with
-weights in {0, 0.5, 1} precomputed per target, so training and decoding share one code path.
-Decoding runs on the shared engine (``SequenceParadigm.generate``): one cached forward per
-anti-diagonal (backbone and vertical block, each attention with its own KV cache), and the next
-anti-diagonal's logits gathered from the tokens just fed, all sampled in one batched call.
+Logits are a weighted sum over heads ``sum_j weight[j] * head_j(source_j)`` with weights
+precomputed per target, so training and decoding share one code path. Decoding runs on the
+shared engine (``SequenceParadigm.generate``): one cached forward per step (backbone and head
+blocks, each attention with its own KV cache), and the next step's logits gathered from the
+tokens just fed, all sampled in one batched call.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,13 +47,15 @@ from nar_bench.paradigms.base import SequenceParadigm, visibility_mask
 from nar_bench.registry import PARADIGMS
 
 HEADS = ("dimension", "single")
-OVERLAP_HEADS = ("mixed", "horizontal", "vertical")
+# Head j predicts the next token along grid axis -(j + 1): w, then h, then t.
+HEAD_NAMES = ("horizontal", "vertical", "temporal")
+OVERLAP_HEADS = ("mixed", *HEAD_NAMES)
 
 
 @dataclass
 class NAROptions:
-    heads: str = "dimension"  # "dimension": horizontal + vertical head | "single": one shared head
-    overlap_head: str = "mixed"  # head(s) predicting interior tokens: mixed | horizontal | vertical
+    heads: str = "dimension"  # "dimension": one head per grid axis | "single": one shared head
+    overlap_head: str = "mixed"  # head(s) predicting overlapped tokens: mixed | horizontal | vertical | temporal
 
     def __post_init__(self) -> None:
         if self.heads not in HEADS:
@@ -58,43 +65,56 @@ class NAROptions:
                                 f"choose one of: {', '.join(OVERLAP_HEADS)}")
 
 
-def neighbor_distance(grid: tuple[int, int]) -> Tensor:
-    """(H*W,) raster-order distance h + w from the start token (0, 0) = the decoding step."""
-    rows, cols = torch.arange(grid[0]), torch.arange(grid[1])
-    return (rows[:, None] + cols[None, :]).flatten()
+def grid_coords(grid: tuple[int, ...]) -> Tensor:
+    """(N, D) coordinates of the raster-order tokens of a D-dimensional grid."""
+    axes = torch.meshgrid(*(torch.arange(g) for g in grid), indexing="ij")
+    return torch.stack(axes, -1).reshape(-1, len(grid))
 
 
-def neighbor_schedule(grid: tuple[int, int]) -> list[Tensor]:
-    """Raster indices of anti-diagonal k (h + w = k, ascending h) for k = 0 .. H+W-2."""
-    H, W = grid
-    rows = [torch.arange(max(0, k - W + 1), min(k, H - 1) + 1) for k in range(H + W - 1)]
-    return [h * W + (k - h) for k, h in enumerate(rows)]
+def neighbor_distance(grid: tuple[int, ...]) -> Tensor:
+    """(N,) raster-order distance from the start token (sum of coordinates) = the decoding step."""
+    return grid_coords(grid).sum(1)
 
 
-def proximity_mask(grid: tuple[int, int], cls_token_num: int) -> Tensor:
-    """(cls + H*W, cls + H*W) bool: a token at distance k sees all tokens at distance <= k."""
+def neighbor_schedule(grid: tuple[int, ...]) -> list[Tensor]:
+    """Raster indices (ascending) of the tokens at distance k, for k = 0 .. sum(side - 1)."""
+    steps: list[list[int]] = [[] for _ in range(sum(g - 1 for g in grid) + 1)]
+    for n, coords in enumerate(itertools.product(*map(range, grid))):  # raster order
+        steps[sum(coords)].append(n)
+    return [torch.tensor(idx) for idx in steps]
+
+
+def proximity_mask(grid: tuple[int, ...], cls_token_num: int) -> Tensor:
+    """(cls + N, cls + N) bool: a token at distance k sees all tokens at distance <= k."""
     return visibility_mask(neighbor_distance(grid), cls_token_num)
 
 
-def head_sources(grid: tuple[int, int], overlap_head: str, cls_token_num: int) -> tuple[Tensor, Tensor]:
-    """Which sequence positions predict each raster target, and with which weight.
+def head_sources(grid: tuple[int, ...], overlap_head: str, cls_token_num: int) -> tuple[Tensor, Tensor]:
+    """Which sequence positions predict each raster target, through which head, with which weight.
 
-    Returns ``src`` (N, 2) long: sequence positions (condition tokens first) whose horizontal /
-    vertical head output predicts the target (the last condition token for (0, 0)); ``weight``
-    (N, 2) float in {0, 0.5, 1} for the two heads (0 where the head does not predict the target,
-    its source is then a placeholder).
+    Head j (``HEAD_NAMES[j]``) predicts along grid axis -(j+1). Returns ``src`` (N, D) long:
+    sequence positions (condition tokens first) whose head-j output predicts the target (its
+    predecessor along that axis; the last condition token for the start token); ``weight``
+    (N, D) float: 1 / (number of heads used) for the heads used, 0 for the others (their source
+    is then a placeholder).
     """
-    H, W = grid
-    n = torch.arange(H * W)
-    h, w = n // W, n % W
-    cond = cls_token_num - 1
-    src = torch.stack([torch.where(w > 0, cls_token_num + n - 1, cond),
-                       torch.where(h > 0, cls_token_num + n - W, cond)], dim=1)
-    interior = (h > 0) & (w > 0)  # overlapped region: both neighbours exist
-    overlap = {"mixed": (0.5, 0.5), "horizontal": (1.0, 0.0), "vertical": (0.0, 1.0)}[overlap_head]
-    weight = torch.stack([(w > 0).float(), (h > 0).float()], dim=1)  # first row / first column
-    weight[interior] = torch.tensor(overlap)
-    weight[0] = 0.5  # (0, 0): mean of both heads on the condition token
+    dims = len(grid)
+    if overlap_head not in ("mixed", *HEAD_NAMES[:dims]):
+        raise NarBenchError(f"model.options.overlap_head='{overlap_head}' needs a grid axis this {dims}D grid "
+                            f"{tuple(grid)} lacks; choose one of: mixed, {', '.join(HEAD_NAMES[:dims])}")
+    axes = list(range(dims - 1, -1, -1))  # axis of head j
+    strides = torch.tensor([math.prod(grid[a + 1 :]) for a in axes])
+    reach = grid_coords(grid)[:, axes] > 0  # (N, D): head j can reach the target from its predecessor
+    position = cls_token_num + torch.arange(math.prod(grid))[:, None] - strides
+    src = torch.where(reach, position, cls_token_num - 1)
+    used = reach.clone()
+    if overlap_head != "mixed":
+        j = HEAD_NAMES.index(overlap_head)
+        chosen = (reach.sum(1) > 1) & reach[:, j]  # overlapped and reachable by the chosen head
+        used[chosen] = False
+        used[chosen, j] = True
+    used[0] = True  # start token: every head on the condition token
+    weight = used.float() / used.sum(1, keepdim=True)
     return src, weight
 
 
@@ -102,26 +122,30 @@ def head_sources(grid: tuple[int, int], overlap_head: str, cls_token_num: int) -
 class NAR(SequenceParadigm):
     name = "nar"
     Options = NAROptions
+    grid_axes: tuple[str, ...] = ("H", "W")
+    other_grids = "for T x H x W video use model.paradigm=nar_video"
 
-    def __init__(self, model: TransformerConfig, grid: tuple[int, int], options: NAROptions | None = None):
-        if len(grid) != 2:
-            raise NarBenchError(f"NAR supports 2D token grids (H, W); got grid {tuple(grid)}")
+    def __init__(self, model: TransformerConfig, grid: tuple[int, ...], options: NAROptions | None = None):
+        dims = len(self.grid_axes)
+        if len(grid) != dims:
+            raise NarBenchError(f"paradigm '{self.name}' supports {dims}D token grids ({', '.join(self.grid_axes)}); "
+                                f"got grid {tuple(grid)}; {self.other_grids}")
+        if model.head_dim % (2 * dims):
+            raise NarBenchError(f"paradigm '{self.name}' splits RoPE over {dims} axes, so head_dim "
+                                f"(model dim / n_heads = {model.head_dim}) must be divisible by {2 * dims}; "
+                                "change model.dim or model.n_heads (e.g. dim 96 with 4 heads)")
         super().__init__(model, grid, options)
+        self.head_names = HEAD_NAMES[:dims]
         if self.options.heads == "dimension":
-            self.vertical_block = TransformerBlock(model)
-            self.vertical_norm = RMSNorm(model.dim, model.norm_eps)
-            self.vertical_output = nn.Linear(model.dim, model.vocab_size, bias=False)
-            for m in self.vertical_block.modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.normal_(m.weight, std=0.02)  # as the backbone (LlamaGen init)
-            nn.init.zeros_(self.vertical_output.weight)  # zero-initialised like the output layer
+            for name in self.head_names[1:]:  # the horizontal head is the backbone's own output
+                self.add_axis_head(name, model)
 
         src, weight = head_sources(self.grid, self.options.overlap_head, model.cls_token_num)
-        self.register_buffer("head_src", src, persistent=False)  # (N, 2) training-sequence positions
-        self.register_buffer("head_weight", weight, persistent=False)  # (N, 2)
-        # Decoding: the same sources as indices into the previous step's fed chunk (anti-diagonal
-        # k-1 in schedule order, or the condition chunk for step 0), laid out in decode order so
-        # step k's rows are the contiguous slice decode_offsets[k]:decode_offsets[k+1].
+        self.register_buffer("head_src", src, persistent=False)  # (N, D) training-sequence positions
+        self.register_buffer("head_weight", weight, persistent=False)  # (N, D)
+        # Decoding: the same sources as indices into the previous step's fed chunk (distance k-1 in
+        # schedule order, or the condition chunk for step 0), laid out in decode order so step k's
+        # rows are the contiguous slice decode_offsets[k]:decode_offsets[k+1].
         schedule = self.schedule()
         rank = torch.empty(self.num_tokens, dtype=torch.long)
         for idx in schedule:
@@ -134,6 +158,19 @@ class NAR(SequenceParadigm):
         self.register_buffer("decode_head_weight", weight[order], persistent=False)
         self.decode_offsets = [0, *itertools.accumulate(len(idx) for idx in schedule)]
 
+    def add_axis_head(self, name: str, model: TransformerConfig) -> None:
+        """``{name}_block`` + ``{name}_norm`` + ``{name}_output``: the official checkpoint layout
+        of the vertical head (converted to layers.{L} / medusa_norm / medusa_output)."""
+        block = TransformerBlock(model)
+        for m in block.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)  # as the backbone (LlamaGen init)
+        output = nn.Linear(model.dim, model.vocab_size, bias=False)
+        nn.init.zeros_(output.weight)  # zero-initialised like the backbone's output layer
+        setattr(self, f"{name}_block", block)
+        setattr(self, f"{name}_norm", RMSNorm(model.dim, model.norm_eps))
+        setattr(self, f"{name}_output", output)
+
     def schedule(self) -> list[Tensor]:
         return neighbor_schedule(self.grid)
 
@@ -141,50 +178,69 @@ class NAR(SequenceParadigm):
         return proximity_mask(self.grid, self.model_cfg.cls_token_num)
 
     # --- heads ----------------------------------------------------------------------------------
-    def vertical_hidden(self, h: Tensor, rope: Tensor, mask: Tensor | None = None,
-                        cache_start: int | None = None) -> Tensor:
-        """Input of the vertical head for backbone hidden states h (B, n, dim)."""
-        if self.options.heads == "single":
+    def head_input(self, name: str, h: Tensor, rope: Tensor, mask: Tensor | None = None,
+                   cache_start: int | None = None) -> Tensor:
+        """Input of head ``name`` for backbone hidden states h (B, n, dim)."""
+        if name == "horizontal" or self.options.heads == "single":
             return h
-        return self.vertical_block(h, rope, mask, cache_start)
+        return getattr(self, f"{name}_block")(h, rope, mask, cache_start)
 
-    def vertical_projection(self) -> tuple[nn.Module, Tensor]:
-        """(norm, output weight (V, dim)) of the head predicting the token below."""
-        if self.options.heads == "single":
+    def head_projection(self, name: str) -> tuple[nn.Module, Tensor]:
+        """(norm, output weight (V, dim)) of the head predicting the next token along its axis."""
+        if name == "horizontal" or self.options.heads == "single":
             return self.backbone.norm, self.backbone.output.weight
-        return self.vertical_norm, self.vertical_output.weight
+        return getattr(self, f"{name}_norm"), getattr(self, f"{name}_output").weight
 
-    def vertical_head(self, v: Tensor) -> Tensor:
-        """(B, n, dim) -> logits (B, n, V) predicting the token below each position."""
-        norm, weight = self.vertical_projection()
-        return F.linear(norm(v), weight)
+    def head_output(self, name: str, x: Tensor) -> Tensor:
+        """(B, n, dim) -> logits (B, n, V) predicting the next token along the head's axis."""
+        norm, weight = self.head_projection(name)
+        return F.linear(norm(x), weight)
 
-    def neighbor_logits(self, h: Tensor, v: Tensor, src: Tensor, weight: Tensor) -> Tensor:
-        """Logits (B, n, V) for n targets: weight[:, 0] * horizontal head at h[:, src[:, 0]]
-        + weight[:, 1] * vertical head at v[:, src[:, 1]]. h, v: (B, S, dim).
+    # The image head by its own name (tests and tools written for 2D NAR).
+    vertical_hidden = functools.partialmethod(head_input, "vertical")
+    vertical_head = functools.partialmethod(head_output, "vertical")
 
-        Both heads are linear after their norms, so the weighted sum is one matmul plus one
-        accumulating matmul on weighted features: no per-head logit tensors, which would dominate
-        decoding's memory traffic (V = 16384 per token).
+    def head_inputs(self, h: Tensor, rope: Tensor, mask: Tensor | None = None,
+                    cache_start: int | None = None) -> list[Tensor]:
+        return [self.head_input(name, h, rope, mask, cache_start) for name in self.head_names]
+
+    def neighbor_logits(self, inputs: Sequence[Tensor], src: Tensor, weight: Tensor) -> Tensor:
+        """Logits (B, n, V) for n targets: sum_j weight[:, j] * head_j(inputs[j][:, src[:, j]]).
+        inputs: one (B, S, dim) tensor per head.
+
+        Every head is linear after its norm, so the weighted sum is one matmul plus one
+        accumulating matmul per further head, on weighted features: no per-head logit tensors,
+        which would dominate decoding's memory traffic (V = 16384 per token).
         """
-        vertical_norm, vertical_weight = self.vertical_projection()
-        xh = self.backbone.norm(h[:, src[:, 0]]) * weight[:, 0, None].to(h.dtype)
-        xv = vertical_norm(v[:, src[:, 1]]) * weight[:, 1, None].to(v.dtype)
-        logits = self.backbone.output(xh)
-        flat = logits.view(-1, logits.shape[-1])
-        flat.addmm_(xv.flatten(0, 1).to(logits.dtype), vertical_weight.to(logits.dtype).t())
+        logits = None
+        for j, (name, x) in enumerate(zip(self.head_names, inputs, strict=True)):
+            norm, out_weight = self.head_projection(name)
+            features = norm(x[:, src[:, j]]) * weight[:, j, None].to(x.dtype)
+            if logits is None:
+                logits = F.linear(features, out_weight)
+            else:
+                logits.view(-1, logits.shape[-1]).addmm_(features.flatten(0, 1).to(logits.dtype),
+                                                         out_weight.to(logits.dtype).t())
         return logits
 
     def forward(self, tokens: Tensor, labels: Tensor) -> Tensor:
         h = self.hidden_states(tokens, labels)
-        v = self.vertical_hidden(h, self.rope, self.mask)
-        return self.neighbor_logits(h, v, self.head_src, self.head_weight)
+        return self.neighbor_logits(self.head_inputs(h, self.rope, self.mask), self.head_src, self.head_weight)
 
     # --- decoding (the shared engine in SequenceParadigm.generate) ------------------------------
-    def feed(self, x: Tensor, rope: Tensor, cache_start: int) -> tuple[Tensor, Tensor]:
+    def feed(self, x: Tensor, rope: Tensor, cache_start: int) -> list[Tensor]:
         h = self.backbone.run_blocks(x, rope, cache_start=cache_start)
-        return h, self.vertical_hidden(h, rope, cache_start=cache_start)
+        return self.head_inputs(h, rope, cache_start=cache_start)
 
-    def step_logits(self, step: int, fed: tuple[Tensor, Tensor]) -> Tensor:
+    def step_logits(self, step: int, fed: list[Tensor]) -> Tensor:
         rows = slice(self.decode_offsets[step], self.decode_offsets[step + 1])
-        return self.neighbor_logits(*fed, self.decode_head_src[rows], self.decode_head_weight[rows])
+        return self.neighbor_logits(fed, self.decode_head_src[rows], self.decode_head_weight[rows])
+
+
+@PARADIGMS.register("nar_video")
+class VideoNAR(NAR):
+    """NAR on T x H x W video token grids: step k = {t + h + w = k}, plus the temporal head."""
+
+    name = "nar_video"
+    grid_axes = ("T", "H", "W")
+    other_grids = "for H x W images use model.paradigm=nar"

@@ -13,8 +13,8 @@ class Tokenizer(nn.Module, ABC):
 
     @abstractmethod
     def encode(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) in [-1, 1] -> codes (B, N), raster order."""
+        """(B, 3, H, W) (video: (B, 3, T, H, W)) in [-1, 1] -> codes (B, N), raster order."""
 
     @abstractmethod
     def decode(self, codes: Tensor) -> Tensor:
-        """codes (B, N) or (B, *grid) -> (B, 3, H, W) in [-1, 1]."""
+        """codes (B, N) or (B, *grid) -> (B, 3, H, W) (video: (B, 3, T, H, W)) in [-1, 1]."""

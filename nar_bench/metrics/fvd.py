@@ -1,0 +1,199 @@
+"""FVD-style metric: Fréchet distance between features of real and generated videos.
+
+Real FVD uses Kinetics-400 I3D features. Its weights (StyleGAN-V's TorchScript export,
+``i3d_torchscript.pt``) are not bundled and never downloaded here (the benchmark machines are
+offline): ``I3DFeatures`` loads them from a local path and raises ``NarBenchError`` without one.
+For the synthetic moving-shapes data the default extractor is a domain one, a tiny 3D-conv
+classifier trained through Lightning on the clips themselves (seconds on CPU), cached per setting
+under ``<cache_dir>/<key>.pt``. Both take uint8 clips (B, 3, T, H, W).
+
+The distance itself is torch-fidelity's (``fid_features_to_statistics`` /
+``fid_statistics_to_metric``), so FID and this FVD share one implementation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+
+from nar_bench.data.moving_shapes import NUM_CLASSES, MovingShapesDataset
+from nar_bench.errors import NarBenchError
+from nar_bench.registry import DATASETS, FEATURE_EXTRACTORS
+
+DEFAULT_CACHE_DIR = "results/cache/video_domain"
+_ARCHITECTURE_VERSION = 1  # bump when VideoClassifier changes: old cache files stop matching
+
+
+@dataclass(frozen=True)
+class VideoClassifierSpec:
+    """Everything that determines the trained classifier; its hash names the cache file.
+    frames / image_size / grid / seed are the moving-shapes settings (``data.*``)."""
+
+    frames: int = 4
+    image_size: int = 32
+    grid: int = 8
+    seed: int = 0
+    steps: int = 300
+    batch_size: int = 32
+    width: int = 16
+    lr: float = 1e-2
+
+    def key(self) -> str:
+        blob = json.dumps({**asdict(self), "arch": _ARCHITECTURE_VERSION}, sort_keys=True)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return f"moving_shapes{self.frames}x{self.image_size}g{self.grid}s{self.seed}-{digest}"
+
+
+class VideoClassifier(nn.Module):
+    """(B, 3, T, S, S) clips in [-1, 1] -> class logits; ``features`` gives the (B, 4 * width)
+    layer-normalised features the Fréchet distance compares. Average-pools each frame to the token
+    grid first (lossless for palette clips, and cheap), then 3D convolutions mix space and time."""
+
+    def __init__(self, image_size: int, grid: int, width: int, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        patch = image_size // grid
+
+        def conv(c_in: int, c_out: int, stride: tuple[int, int, int]) -> nn.Module:
+            return nn.Sequential(nn.Conv3d(c_in, c_out, 3, stride, 1), nn.GELU())
+
+        self.body = nn.Sequential(
+            nn.AvgPool3d((1, patch, patch)),
+            conv(3, width, (1, 1, 1)), conv(width, 2 * width, (1, 2, 2)), conv(2 * width, 4 * width, (2, 2, 2)),
+            nn.AdaptiveMaxPool3d(1), nn.Flatten(),
+            nn.LayerNorm(4 * width, elementwise_affine=False),
+        )
+        self.head = nn.Linear(4 * width, num_classes)
+
+    def features(self, videos: Tensor) -> Tensor:
+        return self.body(videos)
+
+    def forward(self, videos: Tensor) -> Tensor:
+        return self.head(self.features(videos))
+
+
+class VideoClassifierModule(L.LightningModule):
+    def __init__(self, spec: VideoClassifierSpec):
+        super().__init__()
+        self.spec = spec
+        self.net = VideoClassifier(spec.image_size, spec.grid, spec.width)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        videos, labels = batch
+        loss = F.cross_entropy(self.net(videos), labels)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.spec.lr)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, self.spec.lr, total_steps=self.spec.steps, pct_start=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def train_video_classifier(spec: VideoClassifierSpec) -> VideoClassifier:
+    """A freshly trained classifier; every step sees new clips (the dataset is procedural)."""
+    data = MovingShapesDataset(spec.steps * spec.batch_size, spec.frames, spec.image_size, spec.grid, spec.seed)
+    with torch.random.fork_rng(devices=[]):  # seeds our training without touching the caller's RNG
+        torch.manual_seed(spec.seed)
+        module = VideoClassifierModule(spec)
+        trainer = L.Trainer(max_steps=spec.steps, accelerator="auto", devices=1, logger=False,
+                            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
+        trainer.fit(module, DataLoader(data, batch_size=spec.batch_size, shuffle=True))
+    return module.net.cpu().eval().requires_grad_(False)
+
+
+def video_classifier(spec: VideoClassifierSpec | None = None, cache_dir: str | Path | None = None) -> VideoClassifier:
+    """The classifier for ``spec`` from ``<cache_dir>/<spec.key()>.pt``, trained and written on
+    first use (through a temporary file, so a concurrent reader never sees half a file)."""
+    spec = spec or VideoClassifierSpec()
+    path = Path(cache_dir or DEFAULT_CACHE_DIR) / f"{spec.key()}.pt"
+    if not path.is_file():
+        net = train_video_classifier(spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"spec": asdict(spec), "state_dict": net.state_dict()}, tmp)
+        os.replace(tmp, path)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    net = VideoClassifier(spec.image_size, spec.grid, spec.width)
+    net.load_state_dict(saved["state_dict"])
+    return net.eval().requires_grad_(False)
+
+
+class DomainVideoFeatures(nn.Module):
+    """uint8 clips (B, 3, T, H, W) -> features (B, F) of the cached moving-shapes classifier."""
+
+    def __init__(self, spec: VideoClassifierSpec | None = None, cache_dir: str | Path | None = None):
+        super().__init__()
+        self.net = video_classifier(spec, cache_dir)
+
+    @torch.no_grad()
+    def forward(self, videos: Tensor) -> Tensor:
+        return self.net.features(videos.float() / 127.5 - 1.0)
+
+
+class I3DFeatures(nn.Module):
+    """uint8 clips (B, 3, T, H, W) -> 400-class I3D features (B, 400) from StyleGAN-V's TorchScript
+    I3D (``i3d_torchscript.pt``), called as there: pixels in [0, 255], the detector rescales to
+    [-1, 1] and resizes to 224px itself, returning the features before the softmax."""
+
+    def __init__(self, weights_path: str | Path | None):
+        super().__init__()
+        if not weights_path or not Path(weights_path).is_file():
+            raise NarBenchError(
+                f"I3D weights '{weights_path}' not found: real FVD needs StyleGAN-V's TorchScript I3D "
+                "(i3d_torchscript.pt), which nar-bench never downloads; copy it to this machine and pass its "
+                "path, or use the domain extractor 'video_domain' for the synthetic data")
+        self.detector = torch.jit.load(str(weights_path), map_location="cpu").eval()
+
+    @torch.no_grad()
+    def forward(self, videos: Tensor) -> Tensor:
+        return self.detector(videos.float(), rescale=True, resize=True, return_features=True)
+
+
+FEATURE_EXTRACTORS.register("video_domain")(
+    lambda root=None, **options: DomainVideoFeatures(VideoClassifierSpec(**options), root))
+FEATURE_EXTRACTORS.register("i3d")(lambda root=None, weights_path=None: I3DFeatures(weights_path))
+
+
+def frechet_distance(real: Tensor, fake: Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to features real (N, F) and fake (M, F)."""
+    stats = [fid_features_to_statistics(f.detach().double().cpu()) for f in (real, fake)]
+    return float(fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID])
+
+
+def batched_features(extractor: nn.Module, videos: Tensor, batch_size: int = 64) -> Tensor:
+    """uint8 clips (N, 3, T, H, W) -> (N, F) features, ``batch_size`` clips at a time."""
+    device = next(extractor.parameters(), torch.empty(0)).device
+    return torch.cat([extractor(chunk.to(device)).float().cpu() for chunk in videos.split(batch_size)])
+
+
+def fvd(real: Tensor, fake: Tensor, extractor: nn.Module, batch_size: int = 64) -> float:
+    """FVD-style distance between uint8 clips real (N, 3, T, H, W) and fake (M, 3, T, H, W)."""
+    features = (batched_features(extractor, clips, batch_size) for clips in (real, fake))
+    return frechet_distance(*features)
+
+
+@torch.no_grad()
+def module_fvd(module, num_videos: int, extractor: nn.Module, batch_size: int = 64, seed: int = 0) -> float:
+    """FVD between the first ``num_videos`` validation clips of a trained GeneratorModule's data
+    and as many clips it samples for the same labels (its ``eval.sampling``)."""
+    data = DATASETS[module.cfg.data.name](module.cfg.data, "val")
+    if len(data) < num_videos:
+        raise NarBenchError(f"num_videos={num_videos} exceeds the {len(data)} validation clips; "
+                            "raise data.num_val or lower num_videos")
+    clips, labels = zip(*(data[i] for i in range(num_videos)), strict=True)
+    real = ((torch.stack(clips) + 1) * 127.5).round().to(torch.uint8)
+    labels = torch.tensor(labels, device=module.device)
+    generator = torch.Generator(module.device).manual_seed(seed)
+    fake = torch.cat([module.sample_images(chunk, generator=generator).cpu() for chunk in labels.split(batch_size)])
+    return fvd(real, fake, extractor, batch_size)

@@ -1,0 +1,189 @@
+"""Generation-order visualisation: a GIF with one frame per decoding step of a paradigm.
+
+Each frame shows two panels: the token grid, with the tokens decoded at this step
+highlighted (earlier ones dark, later ones light), and the partial image so far (the code grid
+decoded by the tokenizer with not-yet-decoded tokens filled by code 0, their cells greyed out).
+Video grids (T, H, W) show the T frames in a row in each panel, the panels stacked. Works for every paradigm whose
+``schedule()`` lists raster indices per step (ar, par, nar, nar_video).
+
+    python -m nar_bench.visualize --out results                      # order_{ar,nar,par}.gif, tiny random models
+    python -m nar_bench.visualize --ckpt nar=results/runs/<run>/checkpoints/last.ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from nar_bench.errors import NarBenchError
+from nar_bench.images import save_gif, to_uint8
+from nar_bench.lit.module import GeneratorModule, log_artifact
+from nar_bench.nn.sampling import SamplingConfig
+from nar_bench.paradigms.base import Paradigm, step_of_positions
+from nar_bench.tokenizers.base import Tokenizer
+
+DONE, CURRENT, PENDING = (60, 90, 150), (255, 50, 150), (225, 225, 230)  # token-panel colours
+UNDECODED_GREY = 128
+GIF_SECONDS = 6.0  # whole animation; the last frame is held for LAST_FRAME_MS on top
+LAST_FRAME_MS = 1500
+
+
+def partial_images(schedule: list[Tensor], tokenizer: Tokenizer, codes: Tensor, batch_size: int = 64) -> Tensor:
+    """uint8 (S, 3, *pixels) image after each of the S steps for raster codes (N,): the code grid
+    with tokens of later steps set to 0, decoded by the tokenizer, their cells painted grey."""
+    n, steps = codes.numel(), len(schedule)
+    step = step_of_positions(schedule, n).to(codes.device)
+    decoded = step[None, :] <= torch.arange(steps, device=codes.device)[:, None]  # (S, N)
+    partial = torch.where(decoded, codes[None, :], torch.zeros_like(codes))
+    with torch.no_grad():
+        images = torch.cat([to_uint8(tokenizer.decode(chunk)).cpu() for chunk in partial.split(batch_size)])
+    cells = cell_pixels(decoded.cpu().view(steps, *tokenizer.grid), images.shape[-2:])
+    return torch.where(cells[:, None], images, torch.full_like(images, UNDECODED_GREY))
+
+
+def cell_pixels(cells: Tensor, pixels: Sequence[int]) -> Tensor:
+    """(..., h, w) per-token values -> (..., H, W) per-pixel, each token covering its cell."""
+    h, w = cells.shape[-2:]
+    return cells.repeat_interleave(pixels[0] // h, -2).repeat_interleave(pixels[1] // w, -1)
+
+
+def token_panel(step: Tensor, current: int, grid: Sequence[int], pixels: Sequence[int]) -> Tensor:
+    """uint8 (3, *grid[:-2], H, W): tokens of steps < ``current`` dark, == current highlighted,
+    later ones light, from the (N,) step of each raster token; thin lines between cells."""
+    palette = torch.tensor([DONE, CURRENT, PENDING], dtype=torch.uint8)
+    kind = 1 + torch.sign(step - current).view(*grid)  # 0 done, 1 current, 2 pending
+    panel = palette[cell_pixels(kind, pixels)].movedim(-1, 0)
+    ch, cw = pixels[0] // grid[-2], pixels[1] // grid[-1]
+    if min(ch, cw) >= 6:  # cell borders once cells are big enough to show them
+        panel[..., ch - 1 :: ch, :] = panel[..., ch - 1 :: ch, :] // 2 + 100
+        panel[..., :, cw - 1 :: cw] = panel[..., :, cw - 1 :: cw] // 2 + 100
+    return panel
+
+
+def frames_in_a_row(panel: Tensor, gap: int) -> np.ndarray:
+    """uint8 (3, H, W) or video (3, T, H, W) -> (H, W', 3) array, video frames left to right."""
+    if panel.dim() == 3:
+        panel = panel[:, None]
+    c, t, h, w = panel.shape
+    row = torch.full((c, h, t * (w + gap) - gap), 255, dtype=torch.uint8)
+    for i in range(t):
+        row[:, :, i * (w + gap) : i * (w + gap) + w] = panel[:, i]
+    return row.permute(1, 2, 0).numpy()
+
+
+def order_frames(paradigm: Paradigm, tokenizer: Tokenizer, codes: Tensor, panel_size: int = 256) -> list[np.ndarray]:
+    """One uint8 RGB frame (H, W, 3) per decoding step of ``paradigm`` for raster codes (N,) or
+    (*grid): caption, token panel and partial image. Image panels sit side by side, about
+    ``panel_size`` pixels tall; video panels (rows of T frames, up to 3 * panel_size wide) are
+    stacked."""
+    codes = codes.flatten()
+    schedule = [idx.to(codes.device) for idx in paradigm.schedule()]
+    images = partial_images(schedule, tokenizer, codes)
+    video = images.dim() == 5
+    row_width = images.shape[-1] * (images.shape[2] if video else 1)
+    scale = max(1, min(panel_size // images.shape[-2], 3 * panel_size // row_width))
+    images = images.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+    step = step_of_positions([idx.cpu() for idx in schedule], codes.numel())
+    font = ImageFont.load_default(size=14)
+    frames = []
+    for s, idx in enumerate(schedule):
+        tokens = token_panel(step, s, tokenizer.grid, images.shape[-2:])
+        body = stack_panels([frames_in_a_row(p, gap=4) for p in (tokens, images[s])], axis=0 if video else 1)
+        frame = Image.new("RGB", (body.shape[1], body.shape[0] + 24), "white")
+        frame.paste(Image.fromarray(body), (0, 24))
+        done = int((step <= s).sum())
+        caption = (f"{paradigm.name}  step {s + 1}/{len(schedule)}  +{len(idx)} tokens  "
+                   f"({done}/{codes.numel()} decoded)")
+        ImageDraw.Draw(frame).text((4, 4), caption, fill=(0, 0, 0), font=font)
+        frames.append(np.asarray(frame))
+    return frames
+
+
+def stack_panels(panels: list[np.ndarray], axis: int, gap: int = 12) -> np.ndarray:
+    """(H, W, 3) arrays of equal size joined along ``axis`` (0: stacked, 1: side by side)."""
+    shape = list(panels[0].shape)
+    shape[axis] = gap
+    spacer = np.full(shape, 255, np.uint8)
+    return np.concatenate([panels[0], spacer, panels[1]], axis=axis)
+
+
+def order_gif(source: GeneratorModule | Paradigm, label: int, path: str | Path, tokenizer: Tokenizer | None = None,
+              sampling: SamplingConfig | None = None, seed: int = 0) -> Path:
+    """Samples one image (or clip) of class ``label`` and writes its generation order as a GIF
+    with exactly one frame per decoding step. ``source`` is a GeneratorModule (its tokenizer and
+    ``eval.sampling`` are used) or a paradigm together with ``tokenizer`` (``sampling`` defaults
+    to ``SamplingConfig()``). Returns the GIF path."""
+    if isinstance(source, GeneratorModule):
+        paradigm, tokenizer, sampling = source.paradigm, source.tokenizer, sampling or source.sampling
+    elif tokenizer is None:
+        raise TypeError("order_gif(paradigm, ...) needs the tokenizer that decodes its codes")
+    else:
+        paradigm, sampling = source, sampling or SamplingConfig()
+    device = next(paradigm.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    codes = paradigm.generate(torch.tensor([label], device=device), sampling, generator)[0]
+    frames = order_frames(paradigm, tokenizer, codes)
+    step_ms = int(np.clip(GIF_SECONDS * 1000 / len(frames), 40, 500))
+    return save_gif(frames, path, duration_ms=[step_ms] * (len(frames) - 1) + [LAST_FRAME_MS])
+
+
+def log_order_gif(module: GeneratorModule, logger, label: int = 0, seed: int = 0) -> None:
+    """Writes ``order_<paradigm>.gif`` for ``label`` and logs it under ``order/`` of the MLflow run
+    behind a Lightning MLFlowLogger (what train / the CLI call after fitting)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = order_gif(module, label, Path(tmp) / f"order_{module.paradigm.name}.gif", seed=seed)
+        log_artifact(logger, path, "order")
+
+
+def write_order_gifs(out_dir: str | Path = "results", paradigms: Sequence[str] = ("ar", "nar", "par"),
+                     config: str | Path = "experiments/demo.yaml", overrides: Sequence[str] = (),
+                     checkpoints: dict[str, str] | None = None, label: int = 0) -> list[Path]:
+    """``<out_dir>/order_<paradigm>.gif`` for each paradigm: from its Lightning checkpoint when
+    ``checkpoints`` names one, else from a freshly initialised model of ``config`` (random
+    tokens, same order)."""
+    from nar_bench.config import load_config
+    from nar_bench.lit.data import GeneratorDataModule
+
+    paths = []
+    for name in paradigms:
+        if checkpoints and name in checkpoints:
+            module = GeneratorModule.load_from_checkpoint(checkpoints[name], map_location="cpu")
+        else:
+            cfg = load_config(config, [f"model.paradigm={name}", *overrides])
+            torch.manual_seed(cfg.seed)
+            module = GeneratorModule(cfg, GeneratorDataModule(cfg.data).num_classes)
+        paths.append(order_gif(module, label, Path(out_dir) / f"order_{name}.gif", seed=module.cfg.seed))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nar_bench.visualize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="results", help="folder for order_<paradigm>.gif")
+    parser.add_argument("--paradigms", nargs="+", default=["ar", "nar", "par"])
+    parser.add_argument("--config", default="experiments/demo.yaml")
+    parser.add_argument("--ckpt", action="append", default=[], metavar="PARADIGM=PATH",
+                        help="trained Lightning checkpoint for a paradigm (repeatable)")
+    parser.add_argument("--label", type=int, default=0)
+    parser.add_argument("overrides", nargs="*", help="config dotlist overrides for untrained models")
+    args = parser.parse_args(argv)
+    checkpoints = dict(item.split("=", 1) for item in args.ckpt)
+    try:
+        for path in write_order_gifs(args.out, args.paradigms, args.config, args.overrides, checkpoints, args.label):
+            print(path)
+    except NarBenchError as err:
+        print(f"nar-bench: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Generation-order GIFs: one frame per decoding step for every sequence paradigm, the highlighted
+tokens are the step's, the partial image grows to the final decode; MLflow logging."""
+
+import math
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from nar_bench.config import load_config
+from nar_bench.lit.module import GeneratorModule
+from nar_bench.nn.sampling import SamplingConfig
+from nar_bench.nn.transformer import TransformerConfig
+from nar_bench.paradigms.nar import NAR, VideoNAR
+from nar_bench.paradigms.par import PAR
+from nar_bench.paradigms.raster_ar import RasterAR
+from nar_bench.tokenizers.palette import PaletteTokenizer
+from nar_bench.tracking.mlflow import make_logger
+from nar_bench.visualize import (
+    CURRENT,
+    UNDECODED_GREY,
+    log_order_gif,
+    order_gif,
+    partial_images,
+    token_panel,
+    write_order_gifs,
+)
+
+TINY = TransformerConfig(dim=48, n_layers=1, n_heads=2, vocab_size=16, num_classes=4)  # head_dim 24: 2D and 3D RoPE
+IMAGE_TOKENIZER = PaletteTokenizer(16, 4)
+VIDEO_TOKENIZER = PaletteTokenizer(16, 4, frames=3)
+PARADIGMS = {  # name -> (paradigm on a 4x4 image grid or a 3x4x4 video grid, tokenizer, steps)
+    "ar": (lambda: RasterAR(TINY, (4, 4)), IMAGE_TOKENIZER, 16),
+    "nar": (lambda: NAR(TINY, (4, 4)), IMAGE_TOKENIZER, 7),
+    "par": (lambda: PAR(TINY, (4, 4)), IMAGE_TOKENIZER, 4 + 4 - 1),
+    "nar_video": (lambda: VideoNAR(TINY, (3, 4, 4)), VIDEO_TOKENIZER, 3 + 4 + 4 - 2),
+}
+SAMPLING = SamplingConfig(cfg_scale=2.0)
+
+
+@pytest.mark.parametrize("name", list(PARADIGMS))
+def test_order_gif_has_exactly_one_frame_per_decoding_step(name, tmp_path):
+    make, tokenizer, steps = PARADIGMS[name]
+    torch.manual_seed(0)
+    paradigm = make()
+    assert paradigm.num_steps == steps
+    path = order_gif(paradigm, 2, tmp_path / f"order_{name}.gif", tokenizer=tokenizer, sampling=SAMPLING)
+    with Image.open(path) as gif:
+        assert gif.n_frames == steps
+        sizes = set()
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            sizes.add(gif.size)
+        assert len(sizes) == 1
+
+
+@pytest.mark.parametrize("name", ["ar", "par", "nar_video"])
+def test_partial_images_grow_step_by_step_to_the_final_decode(name):
+    make, tokenizer, _ = PARADIGMS[name]
+    schedule = make().schedule()
+    codes = torch.randint(4, 16, (math.prod(tokenizer.grid),), generator=torch.Generator().manual_seed(0))
+    images = partial_images(schedule, tokenizer, codes)
+    full = ((tokenizer.decode(codes[None]) + 1) * 127.5).round().to(torch.uint8)[0]
+    assert images.shape == (len(schedule), *full.shape)
+    assert torch.equal(images[-1], full)
+    patch = tokenizer.patch
+    for s in (0, len(schedule) // 2):
+        cells = images[s][..., ::patch, ::patch].flatten(1)  # (3, N) one pixel per token, raster order
+        decoded = torch.cat(schedule[: s + 1])
+        grey = (cells == UNDECODED_GREY).all(0)
+        assert torch.equal(cells[:, decoded], full[..., ::patch, ::patch].flatten(1)[:, decoded])
+        assert grey.sum() == codes.numel() - len(decoded) and not grey[decoded].any()
+
+
+def test_token_panel_highlights_exactly_the_tokens_of_the_step():
+    grid = (3, 4, 4)
+    schedule = VideoNAR(TINY, grid).schedule()
+    step = torch.empty(48, dtype=torch.long)
+    for s, idx in enumerate(schedule):
+        step[idx] = s
+    panel = token_panel(step, 4, grid, (16, 16))  # (3, T, 16, 16)
+    highlighted = (panel[..., 1::4, 1::4].flatten(1) == torch.tensor(CURRENT)[:, None]).all(0)
+    assert torch.equal(highlighted.nonzero().flatten(), schedule[4])
+
+
+def test_module_order_gif_is_logged_to_mlflow(tmp_path):
+    tracking = [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", f"tracking.artifact_location={tmp_path}/art",
+                "tracking.experiment=test"]
+    cfg = load_config("experiments/demo.yaml", ["model.paradigm=nar", "model.size=tiny", "data.image_size=16",
+                                                "data.grid_size=4", "model.n_layers=1", *tracking])
+    module = GeneratorModule(cfg, 16)
+    logger = make_logger(cfg.tracking, "order")
+    log_order_gif(module, logger, label=3)
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    (artifact,) = client.list_artifacts(logger.run_id, "order")
+    assert artifact.path == "order/order_nar.gif"
+    local = client.download_artifacts(logger.run_id, artifact.path, str(tmp_path))
+    assert Image.open(local).n_frames == 7
+
+
+def test_write_order_gifs_for_ar_nar_par(tmp_path):
+    paths = write_order_gifs(tmp_path, overrides=["model.size=tiny", "model.n_layers=1", "data.image_size=16",
+                                                  "data.grid_size=4"])
+    assert [p.name for p in paths] == ["order_ar.gif", "order_nar.gif", "order_par.gif"]
+    assert [Image.open(p).n_frames for p in paths] == [16, 7, 7]
