@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_NAME = "throughput-sweep"
 RUN_PARAMS = ("model", "paradigm", "size", "params", "steps", "batch_size", "dtype", "cfg", "cfg_scale", "top_k",
-              "top_p", "tokenizer_decode", "cuda_graph", "device", "status")
+              "top_p", "tokenizer_decode", "cuda_graph", "compiled", "device", "status")
 RUN_METRICS = ("latency_s", "throughput_img_s", "peak_mem_gb")
 
 
@@ -123,8 +123,8 @@ def settings_line(cfg: DictConfig) -> str:
     cfg_text = f"CFG on (scale {s.cfg_scale:g})" if s.uses_cfg else "CFG off"
     return (f"{b.dtype}, {cfg_text}, top-k {s.top_k}, top-p {s.top_p:g} (per-model overrides in the table), "
             f"{'tokens + tokenizer decode' if b.include_decode else 'tokens only'}, "
-            f"{'CUDA graph' if b.cuda_graph else 'eager'}, median of {b.repeats} after {b.warmup} warm-up, "
-            "random weights")
+            f"{'compiled, ' if b.compile else ''}{'CUDA graph' if b.cuda_graph else 'eager'}, "
+            f"median of {b.repeats} after {b.warmup} warm-up, random weights")
 
 
 def log_point(mlflow: MlflowClient, exp_id: str, parent_id: str, row: dict) -> None:
@@ -150,7 +150,8 @@ def bench_model(label: str, cfg: DictConfig, device: torch.device, prov: dict[st
         tokenizer.to(device).eval()  # paradigms like VAR use it while generating
     sampling = SamplingConfig(**cfg.eval.sampling)
     protocol = {"dtype": bench.dtype, "warmup": bench.warmup, "repeats": bench.repeats, "device": device,
-                "decode_fn": tokenizer.decode if bench.include_decode else None, "cuda_graph": bench.cuda_graph,
+                "decode_fn": tokenizer.decode if bench.include_decode else None,
+                "cuda_graph": bench.cuda_graph, "compile": bench.compile,
                 "size": cfg.model.size, "seed": cfg.seed}
     sampling_cols = {"cfg_scale": sampling.cfg_scale, "top_k": sampling.top_k, "top_p": sampling.top_p}
     profile_path(bench.output_dir, label).unlink(missing_ok=True)  # no stale profile if this one is skipped

@@ -127,6 +127,7 @@ class BenchConfig:
     repeats: int = 3
     include_decode: bool = False  # time tokenizer decode of the codes too
     cuda_graph: bool = False  # replay each batch's whole generation from one CUDA graph (GPU only)
+    compile: bool = False  # torch.compile the per-step forward (paradigm.compile_decoding)
     # Token-only stand-in for the tokenizer: codes in [0, vocab_size) on the data.grid_size grid.
     # null = the configured tokenizer's code space (needed for include_decode and for VAR).
     vocab_size: int | None = None

@@ -197,3 +197,14 @@ def test_bad_bench_settings_fail_before_any_run(tmp_path, capsys, override, mess
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "mlruns.db").exists() and not (tmp_path / "out").exists()
+
+
+def test_compiled_decoding_generates_the_same_tokens_as_eager():
+    model, _ = tiny_paradigm("nar")
+    greedy = SamplingConfig(cfg_scale=2.0, temperature=0)
+    labels = torch.tensor([0, 3])
+    eager = model.generate(labels, greedy)
+    r = measure_generation(model, 2, greedy, dtype="fp32", warmup=1, repeats=1, device="cpu", compile=True)
+    assert r.compiled and r.status == "ok"
+    assert hasattr(model.feed, "_torchdynamo_orig_callable")
+    assert torch.equal(model.generate(labels, greedy), eager)

@@ -45,6 +45,7 @@ class EfficiencyResult:
     cfg: bool
     tokenizer_decode: bool  # latency includes decoding codes to images
     cuda_graph: bool  # whole generation replayed from one CUDA graph
+    compiled: bool  # per-step forward compiled with torch.compile
     device: str
     torch: str
     status: str = "ok"  # ok | oom
@@ -149,20 +150,27 @@ def measure_generation(
     decode_fn: DecodeFn | None = None,
     device: torch.device | str | None = None,
     cuda_graph: bool = False,
+    compile: bool = False,
     size: str | None = None,
     seed: int = 0,
 ) -> EfficiencyResult:
     """Latency, throughput and peak memory of generating ``batch_size`` images (module docstring
     has the protocol). ``decode_fn`` (e.g. ``tokenizer.decode``) is timed with the generation;
-    ``cuda_graph`` captures the whole generation in a CUDA graph before the warm-up runs."""
+    ``cuda_graph`` captures the whole generation in a CUDA graph before the warm-up runs;
+    ``compile`` compiles the per-step forward first (``paradigm.compile_decoding()``)."""
     if batch_size < 1 or warmup < 0 or repeats < 1:
         raise NarBenchError(f"need batch_size >= 1, warmup >= 0, repeats >= 1; got {batch_size}, {warmup}, {repeats}")
     device = resolve_device(paradigm, device)
     paradigm.to(dtype=inference_dtype(dtype))  # fails on an unknown dtype before anything runs
+    if compile:
+        if not hasattr(paradigm, "compile_decoding"):
+            raise NarBenchError(f"paradigm '{paradigm.name}' has no compiled decode path; set bench.compile=false")
+        paradigm.compile_decoding()
     result = EfficiencyResult(
         paradigm=paradigm.name, size=size or size_name(paradigm), params=count_parameters(paradigm),
         steps=paradigm.num_steps, batch_size=batch_size, dtype=dtype, cfg=sampling.uses_cfg,
-        tokenizer_decode=decode_fn is not None, cuda_graph=cuda_graph, device=device_name(device),
+        tokenizer_decode=decode_fn is not None, cuda_graph=cuda_graph, compiled=compile,
+        device=device_name(device),
         torch=torch.__version__,
     )
     release_decode_state(paradigm)

@@ -60,8 +60,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        # normalised in fp32, cast back, then scaled: LlamaGen's order (checkpoint-exact logits)
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
 def rope_table(positions: Tensor, head_dim: int, base: float = 10000.0) -> Tensor:
@@ -86,13 +86,19 @@ def condition_rope(table: Tensor, cls_token_num: int) -> Tensor:
 
 
 def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
-    """x: (B, L, H, D); freqs: (L, D/2, 2) or (B, L, D/2, 2). Interleaved pairs as LlamaGen."""
+    """x: (B, L, H, D); freqs: (L, D/2, 2) or (B, L, D/2, 2). Interleaved pairs as LlamaGen.
+
+    Eager: rotating pair (x0, x1) by (cos, sin) is the complex product (x0 + i x1)(cos + i sin),
+    one kernel instead of LlamaGen's four products and a stack (decoding is elementwise-bound).
+    Under torch.compile the real form is used, since Inductor fuses it but not complex ops.
+    """
     xs = x.float().reshape(*x.shape[:-1], -1, 2)
-    f = freqs.view(-1 if freqs.dim() == 4 else 1, xs.shape[1], 1, xs.shape[3], 2)
-    out = torch.stack(
-        [xs[..., 0] * f[..., 0] - xs[..., 1] * f[..., 1], xs[..., 1] * f[..., 0] + xs[..., 0] * f[..., 1]],
-        dim=-1,
-    )
+    f = freqs.float().view(-1 if freqs.dim() == 4 else 1, xs.shape[1], 1, xs.shape[3], 2)
+    if torch.compiler.is_compiling():
+        out = torch.stack([xs[..., 0] * f[..., 0] - xs[..., 1] * f[..., 1],
+                           xs[..., 1] * f[..., 0] + xs[..., 0] * f[..., 1]], dim=-1)
+    else:
+        out = torch.view_as_real(torch.view_as_complex(xs) * torch.view_as_complex(f.contiguous()))
     return out.flatten(3).type_as(x)
 
 

@@ -136,6 +136,13 @@ class SequenceParadigm(Paradigm):
         """Logits (B, n_step, V) for the tokens of ``step`` from the state fed at step-1 (or the
         condition, for step 0), in the order of ``schedule()[step]``."""
 
+    def compile_decoding(self) -> None:
+        """Compiles the per-step forward (``feed``) with torch.compile, one dynamic-shape graph
+        for every step: it fuses the elementwise work (RoPE, norms, SwiGLU, residuals) that
+        dominates decoding. Safe to call twice."""
+        if not hasattr(self.feed, "_torchdynamo_orig_callable"):
+            self.feed = torch.compile(self.feed, dynamic=True)
+
     def device_schedule(self, device: torch.device) -> list[Tensor]:
         """The schedule's index tensors on ``device``, copied once: the decode loop then does no
         host-to-device copies (required to capture it in a CUDA graph)."""
