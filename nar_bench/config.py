@@ -37,6 +37,7 @@ class DataConfig:
 class TokenizerConfig:
     name: str = "palette"  # palette | vq | msvq | ...
     checkpoint: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # tokenizer-specific, read by its from_config
 
 
 @dataclass
