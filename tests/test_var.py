@@ -13,7 +13,7 @@ from nar_bench.nn.sampling import SamplingConfig, guide
 from nar_bench.nn.transformer import MODEL_SIZES, TransformerConfig, count_parameters
 from nar_bench.paradigms.base import step_of_positions
 from nar_bench.paradigms.var import VAR, VAROptions
-from nar_bench.registry import PARADIGMS
+from nar_bench.registry import PARADIGMS, TOKENIZERS
 from nar_bench.tokenizers.msvq import PAPER_SCALES
 
 
@@ -168,23 +168,31 @@ def test_selectable_from_config():
 
 
 def test_tiny_end_to_end_train_and_sample(tmp_path):
-    """Lightning trains the msvq tokenizer on shapes, VAR learns its codes, then samples images."""
+    """Everything built from one config: Lightning trains the msvq tokenizer on shapes, its checkpoint
+    reloads through ``tokenizer.checkpoint``, VAR learns the codes, then samples images."""
     import lightning as L  # here, so that a broken Lightning install fails this test only
 
     from nar_bench.lit.tokenizer_module import TokenizerModule
 
     torch.manual_seed(0)
+    tokenizer = {"ch": 8, "ch_mult": "[1,2]", "norm_groups": 4, "vocab_size": 64, "z_channels": 8}  # = tiny_msvq()
+    overrides = ["data.image_size=16", "tokenizer.name=msvq", "model.paradigm=var", "model.size=d2",
+                 "model.options.scales=[1,2,4,8]", "model.options.vae_channels=8", "optim.lr=3e-3",
+                 "optim.warmup_steps=0"] + [f"tokenizer.options.{k}={v}" for k, v in tokenizer.items()]
+    cfg = load_config(None, overrides)
     images = shapes_images(64)
     labels = torch.arange(64) % 4
-    module = TokenizerModule(tiny_msvq(), lr=3e-3)
+    module = TokenizerModule.from_config(cfg)
     trainer = L.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=16, shuffle=True))
-    tok = module.tokenizer.eval()
+    trainer.save_checkpoint(tmp_path / "msvq.ckpt")
+    reloaded = load_config(None, overrides + [f"tokenizer.checkpoint={tmp_path / 'msvq.ckpt'}"])
+    tok = TOKENIZERS["msvq"].from_config(reloaded).eval()
     codes = tok.encode(images)
+    assert torch.equal(codes, module.tokenizer.eval().encode(images))
 
-    cfg = TransformerConfig(*MODEL_SIZES["d2"], vocab_size=tok.vocab_size, num_classes=4)
-    var = VAR(cfg, tok.grid, VAROptions(scales=list(tok.scales), vae_channels=tok.z_channels))
+    var = PARADIGMS["var"](transformer_config(cfg.model, tok.vocab_size, 4), tok.grid, paradigm_options(cfg.model))
     var.attach_tokenizer(tok)
     opt = torch.optim.AdamW(var.parameters(), lr=2e-3)
     losses = []
