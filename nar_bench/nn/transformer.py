@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # name -> (dim, n_layers, n_heads). B/L/XL/XXL are LlamaGen's GPT sizes, M is NAR's
-# (L minus 6 layers); tiny/small are CPU sizes for tests and the embedded demo.
+# (L minus 6 layers); tiny/small are CPU sizes for tests and the embedded demo. d{depth} are VAR's
+# sizes (width 64 * depth, heads = depth); d2 is a CPU-sized one on the same rule.
 MODEL_SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (64, 2, 4),
     "small": (192, 4, 6),
@@ -22,6 +23,11 @@ MODEL_SIZES: dict[str, tuple[int, int, int]] = {
     "L": (1024, 24, 16),
     "XL": (1280, 36, 20),
     "XXL": (1536, 48, 24),
+    "d2": (128, 2, 2),
+    "d16": (1024, 16, 16),
+    "d20": (1280, 20, 20),
+    "d24": (1536, 24, 24),
+    "d30": (1920, 30, 30),
 }
 
 

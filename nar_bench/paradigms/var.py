@@ -1,0 +1,211 @@
+"""VAR-style next-scale prediction: all tokens of one scale per step, coarse to fine.
+
+The code sequence is the msvq tokenizer's: per-scale token maps concatenated coarse to fine,
+L = sum pn^2 tokens (680 for the paper's 10 scales, 341 for the synthetic 1,2,4,8,16). Position n of
+the sequence predicts code n. The first scale's positions hold the start token (class embedding +
+``pos_start``); every later scale's positions hold the f_hat of all coarser scales, downsampled to
+that scale's side and embedded by ``word_embed``; ``lvl_embed`` (scale id) and ``pos_1LC`` (absolute
+position) are added to all. Attention is block-causal over scales, and every block is AdaLN
+conditioned on the class (``nar_bench.nn.adaln``). Parameter names follow VAR's ``models/var.py``.
+
+Building the next scale's input needs the tokenizer's codebook and phi convs, so the paradigm must
+be given its tokenizer with ``attach_tokenizer`` before ``forward`` or ``generate``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from nar_bench.errors import NarBenchError
+from nar_bench.nn.adaln import AdaLNBeforeHead, AdaLNSelfAttn, setup_adaln_caches
+from nar_bench.nn.sampling import SamplingConfig, guide, sample, with_null_class
+from nar_bench.nn.transformer import TransformerConfig
+from nar_bench.paradigms.base import Paradigm, visibility_mask
+from nar_bench.registry import PARADIGMS
+from nar_bench.tokenizers.msvq import SYNTHETIC_SCALES, check_scales, scale_bounds
+
+
+@dataclass
+class VAROptions:
+    # Token-map sides, coarse to fine; the last must equal the tokenizer's latent side. Default: the
+    # synthetic 1,2,4,8,16 (16x16 latent, 5 steps); VAR's paper/checkpoints use 1,2,3,4,5,6,8,10,13,16.
+    scales: list[int] = field(default_factory=lambda: list(SYNTHETIC_SCALES))
+    # Guidance grows linearly from none at the first scale to ``cfg_scale`` at the last (VAR). Our
+    # cfg_scale is uncond + s * (cond - uncond), so VAR's ``cfg=1.5`` is ``cfg_scale=2.5`` here.
+    cfg_ramp: bool = True
+    vae_channels: int = 32  # VAR's Cvae: must equal the tokenizer's z_channels
+    attn_l2_norm: bool = True  # VAR's released models use it
+    drop_path: float | None = None  # stochastic depth at the last block; None = VAR's 0.1 * depth / 24
+
+
+@PARADIGMS.register("var")
+class VAR(Paradigm):
+    """Next-scale prediction with AdaLN blocks. Width ``model.dim`` (VAR: 64 * depth), heads
+    ``model.n_heads`` (VAR: depth), MLP ratio 4. Dropouts from the model config: class_dropout =
+    label dropout, resid_dropout = attention output, ffn_dropout = MLP output (VAR trains with 0 for
+    both); token_dropout is unused."""
+
+    name = "var"
+    Options = VAROptions
+
+    def __init__(self, model: TransformerConfig, grid: tuple[int, ...], options: Any = None):
+        super().__init__(model, grid, options)
+        opt = self.options
+        self.scales = check_scales(opt.scales)
+        if self.grid != (self.scales[-1], self.scales[-1]):
+            raise NarBenchError(f"VAR: the last of model.options.scales {list(self.scales)} must equal the token grid "
+                                f"side {self.grid}; end the scales at {self.grid[0]}")
+        self.scale_bounds = scale_bounds(self.scales)  # [begin, end) of each scale in the sequence
+        dim, depth, seq = model.dim, model.n_layers, self.scale_bounds[-1][1]
+        self.first_l = self.scales[0] ** 2
+
+        self.word_embed = nn.Linear(opt.vae_channels, dim)
+        self.class_emb = nn.Embedding(model.num_classes + 1, dim)  # last row: null class for CFG
+        self.pos_start = nn.Parameter(torch.empty(1, self.first_l, dim))
+        self.pos_1LC = nn.Parameter(torch.empty(1, seq, dim))
+        self.lvl_embed = nn.Embedding(len(self.scales), dim)
+        drop_path = 0.1 * depth / 24 if opt.drop_path is None else opt.drop_path
+        self.blocks = nn.ModuleList(
+            AdaLNSelfAttn(dim, dim, model.n_heads, 4.0, opt.attn_l2_norm, model.resid_dropout, model.ffn_dropout,
+                          drop_path * i / max(depth - 1, 1))
+            for i in range(depth)
+        )
+        self.head_nm = AdaLNBeforeHead(dim, dim)
+        self.head = nn.Linear(dim, model.vocab_size)
+
+        level = torch.cat([torch.full((s * s,), i) for i, s in enumerate(self.scales)])
+        self.register_buffer("lvl_1L", level, persistent=False)  # (L,) scale id of each position
+        self.register_buffer("mask", self.train_mask(), persistent=False)  # (L, L) bool
+        self._tokenizer: tuple = ()  # a tuple keeps the tokenizer out of parameters / state dict
+        self.reset_parameters()
+
+    def reset_parameters(self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5,
+                         init_head: float = 0.02) -> None:
+        """VAR's ``init_weights`` with its defaults: truncated normal std sqrt(1 / 3C), residual
+        projections scaled by 1/sqrt(2 depth), AdaLN gates near zero (blocks start as identity)."""
+        std = math.sqrt(1 / self.model_cfg.dim / 3)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(m.weight, std=std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        for p in (self.pos_start, self.pos_1LC):
+            nn.init.trunc_normal_(p, std=std)
+        with torch.no_grad():
+            self.head.weight.mul_(init_head)
+            self.head_nm.ada_lin[-1].weight.mul_(init_adaln)
+            dim, depth = self.model_cfg.dim, len(self.blocks)
+            for block in self.blocks:
+                block.attn.proj.weight.div_(math.sqrt(2 * depth))
+                block.ffn.fc2.weight.div_(math.sqrt(2 * depth))
+                block.ada_lin[-1].weight[2 * dim :].mul_(init_adaln)
+                block.ada_lin[-1].weight[: 2 * dim].mul_(init_adaln_gamma)  # gammas g1, g2
+
+    # --- tokenizer ------------------------------------------------------------------------------
+    def attach_tokenizer(self, tokenizer: nn.Module) -> None:
+        """Gives VAR the msvq tokenizer whose codebook and phi convs build next-scale inputs
+        (``teacher_inputs`` for training, ``next_input`` for decoding). It is not registered as a
+        submodule: VAR's parameters, optimizer and state dict stay the transformer's alone."""
+        problems = []
+        if tuple(getattr(tokenizer, "scales", ())) != self.scales:
+            problems.append(f"scales {getattr(tokenizer, 'scales', None)} != model.options.scales {list(self.scales)}")
+        if getattr(tokenizer, "z_channels", None) != self.options.vae_channels:
+            problems.append(f"z_channels {getattr(tokenizer, 'z_channels', None)} != model.options.vae_channels "
+                            f"{self.options.vae_channels}")
+        if getattr(tokenizer, "vocab_size", None) != self.model_cfg.vocab_size:
+            problems.append(f"vocab_size {getattr(tokenizer, 'vocab_size', None)} != the model's "
+                            f"{self.model_cfg.vocab_size}")
+        if problems:
+            raise NarBenchError("VAR needs the msvq tokenizer it was built for: " + "; ".join(problems))
+        self._tokenizer = (tokenizer,)
+
+    @property
+    def tokenizer(self) -> nn.Module:
+        if not self._tokenizer:
+            raise RuntimeError("VAR has no tokenizer: call attach_tokenizer(msvq_tokenizer) after building it")
+        return self._tokenizer[0]
+
+    # --- schedule and mask ----------------------------------------------------------------------
+    @property
+    def num_tokens(self) -> int:
+        """Length of the multi-scale code sequence, sum pn^2 (not prod(grid))."""
+        return self.scale_bounds[-1][1]
+
+    def schedule(self) -> list[Tensor]:
+        """Step k produces scale k: its positions in the concatenated code sequence."""
+        return [torch.arange(a, b) for a, b in self.scale_bounds]
+
+    def train_mask(self) -> Tensor:
+        """(L, L) block-causal: a position sees its own scale and every coarser one (the step of a
+        position is its scale id)."""
+        level = torch.cat([torch.full((s * s,), i) for i, s in enumerate(self.scales)])
+        return visibility_mask(level, cls_token_num=0)
+
+    def guidance_scales(self, cfg_scale: float) -> list[float]:
+        """Guidance scale used at each step: 1 + (cfg_scale - 1) * si / (K - 1) with ``cfg_ramp``
+        (VAR's t = cfg * si / (K - 1) with t = cfg_scale - 1), else ``cfg_scale`` everywhere."""
+        k = len(self.scales)
+        if not self.options.cfg_ramp:
+            return [cfg_scale] * k
+        return [1 + (cfg_scale - 1) * si / (k - 1) for si in range(k)]
+
+    # --- model ------------------------------------------------------------------------------------
+    def _logits(self, h: Tensor, cond: Tensor) -> Tensor:
+        return self.head(self.head_nm(h, cond)).float()
+
+    def forward(self, tokens: Tensor, labels: Tensor) -> Tensor:
+        """Teacher-forced logits (B, L, V) for multi-scale codes ``tokens`` (B, L); row n predicts code n."""
+        b = tokens.shape[0]
+        if self.training and self.model_cfg.class_dropout > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.model_cfg.class_dropout
+            labels = torch.where(drop, torch.full_like(labels, self.model_cfg.num_classes), labels)
+        cond = self.class_emb(labels)
+        with torch.no_grad():
+            inputs = self.tokenizer.teacher_inputs(tokens)  # (B, L - first_l, Cvae)
+        start = cond[:, None].expand(b, self.first_l, -1) + self.pos_start
+        x = torch.cat([start, self.word_embed(inputs.to(self.word_embed.weight.dtype))], dim=1)
+        x = x + self.lvl_embed(self.lvl_1L) + self.pos_1LC
+        for block in self.blocks:
+            x = block(x, cond, self.mask)
+        return self._logits(x, cond)
+
+    def cache_dtype(self) -> torch.dtype:
+        device = self.head.weight.device.type
+        return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.head.weight.dtype
+
+    @torch.inference_mode()
+    def generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
+        """One cached forward per scale; returns codes (B, L) in the tokenizer's multi-scale layout
+        (decode them with the tokenizer). CFG doubles the batch; its scale ramps per ``guidance_scales``."""
+        was_training = self.training
+        self.eval()
+        tok, b = self.tokenizer, labels.shape[0]
+        cond = self.class_emb(with_null_class(labels, self.model_cfg.num_classes) if sampling.uses_cfg else labels)
+        setup_adaln_caches(self, cond.shape[0], self.num_tokens, self.cache_dtype())
+        lvl_pos = self.lvl_embed(self.lvl_1L) + self.pos_1LC  # (1, L, C)
+        x = cond[:, None] + self.pos_start + lvl_pos[:, : self.first_l]
+        f_hat = torch.zeros(b, tok.z_channels, *self.grid, device=labels.device)
+        out = labels.new_empty(b, self.num_tokens)
+        guidance = self.guidance_scales(sampling.cfg_scale)
+        for si, ((begin, end), scale) in enumerate(zip(self.scale_bounds, guidance, strict=True)):
+            h = x
+            for block in self.blocks:
+                h = block(h, cond, cache_start=begin)
+            logits = self._logits(h, cond)
+            if sampling.uses_cfg:
+                guided = sampling.cfg_interval < 0 or si < sampling.cfg_interval
+                logits = guide(logits, scale) if guided else logits.chunk(2, dim=0)[0]
+            idx = sample(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)
+            out[:, begin:end] = idx
+            f_hat, nxt = tok.next_input(si, f_hat, idx)
+            if nxt is not None:
+                nxt_end = self.scale_bounds[si + 1][1]
+                x = self.word_embed(nxt.to(self.word_embed.weight.dtype)) + lvl_pos[:, end:nxt_end]
+                x = x.repeat(2, 1, 1) if sampling.uses_cfg else x
+        self.train(was_training)
+        return out

@@ -1,0 +1,209 @@
+"""VAR-style next-scale prediction: schedule, block-causal mask, cached decoding vs full forward,
+CFG ramp, parameter counts, official checkpoint round trip, a tiny end-to-end train + sample."""
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from nar_bench.checkpoints_var import load_var_state_dict, var_to_official
+from nar_bench.config import load_config, paradigm_options, transformer_config
+from nar_bench.errors import NarBenchError
+from nar_bench.nn.sampling import SamplingConfig, guide
+from nar_bench.nn.transformer import MODEL_SIZES, TransformerConfig, count_parameters
+from nar_bench.paradigms.base import step_of_positions
+from nar_bench.paradigms.var import VAR, VAROptions
+from nar_bench.registry import PARADIGMS, TOKENIZERS
+from nar_bench.tokenizers.msvq import PAPER_SCALES
+from tests.test_msvq import TINY_SCALES, shapes_images, tiny_msvq
+
+
+def tiny_var(scales=TINY_SCALES, depth: int = 2, randomize: bool = True, **options) -> VAR:
+    cfg = TransformerConfig(dim=32, n_layers=depth, n_heads=2, vocab_size=64, num_classes=4,
+                            resid_dropout=0.0, ffn_dropout=0.0, class_dropout=0.1)
+    var = VAR(cfg, (scales[-1], scales[-1]), VAROptions(scales=list(scales), vae_channels=8, **options))
+    if randomize:  # VAR's init gates every block to ~identity and shrinks the head: use random weights
+        with torch.no_grad():
+            for p in var.parameters():
+                p.normal_(0, 0.3)
+    return var
+
+
+def paper_var(depth: int) -> VAR:
+    with torch.device("meta"):
+        cfg = TransformerConfig(dim=64 * depth, n_layers=depth, n_heads=depth, vocab_size=4096, num_classes=1000)
+        return VAR(cfg, (16, 16), VAROptions(scales=list(PAPER_SCALES)))
+
+
+def record_head_outputs(var: VAR) -> tuple[list, object]:
+    """Every logits tensor the head produces (one per decoding step), and the hook handle."""
+    recorded = []
+    return recorded, var.head.register_forward_hook(lambda m, i, o: recorded.append(o.float().clone()))
+
+
+def test_one_step_per_scale():
+    var = paper_var(16)
+    assert var.num_steps == 10 and var.num_tokens == 680
+    steps = var.schedule()
+    assert [len(s) for s in steps] == [s * s for s in PAPER_SCALES]
+    assert torch.equal(torch.cat(steps), torch.arange(680))
+    synthetic = tiny_var(scales=(1, 2, 4, 8, 16))
+    assert synthetic.num_steps == 5 and synthetic.num_tokens == 341
+
+
+def test_block_causal_mask_matches_schedule():
+    var = tiny_var()
+    step = step_of_positions(var.schedule(), var.num_tokens)
+    assert torch.equal(var.mask, step[None, :] <= step[:, None])
+    # scale 2 (positions 5..20) sees scales 0-2 entirely and nothing of scale 3
+    assert var.mask[5:21, :21].all() and not var.mask[5:21, 21:].any()
+    assert var.mask[0].sum() == 1  # the start token sees only itself
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_cached_decoding_equals_full_forward(cfg_scale):
+    """Per-scale logits recorded during KV-cached generation equal the teacher-forced forward on the
+    generated codes; with CFG, the conditional and the null-class halves each match."""
+    torch.manual_seed(0)
+    tok, var = tiny_msvq().eval(), tiny_var().eval()
+    var.attach_tokenizer(tok)
+    recorded, hook = record_head_outputs(var)
+    labels = torch.tensor([0, 3, 1])
+    codes = var.generate(labels, SamplingConfig(cfg_scale=cfg_scale, top_k=10), torch.Generator().manual_seed(1))
+    hook.remove()
+    assert codes.shape == (3, var.num_tokens) and len(recorded) == var.num_steps
+    cached = torch.cat(recorded, dim=1)
+    with torch.no_grad():
+        full = var(codes, labels)
+        assert torch.allclose(cached[:3], full, atol=1e-4), (cached[:3] - full).abs().max()
+        if cfg_scale != 1.0:
+            null = var(codes, torch.full_like(labels, 4))
+            assert torch.allclose(cached[3:], null, atol=1e-4)
+
+
+def test_cfg_ramps_linearly_over_scales():
+    var = paper_var(16)
+    assert var.guidance_scales(2.5) == pytest.approx([1 + 1.5 * si / 9 for si in range(10)])  # VAR cfg=1.5
+    assert var.guidance_scales(1.0) == [1.0] * 10
+
+
+def test_generate_applies_the_ramped_scale_per_step():
+    """Greedy decoding: each scale's codes are the argmax of the guided logits at that scale's
+    ramped guidance scale (and would differ at the un-ramped one)."""
+    torch.manual_seed(0)
+    for ramp in (True, False):
+        tok, var = tiny_msvq().eval(), tiny_var(cfg_ramp=ramp).eval()
+        var.attach_tokenizer(tok)
+        recorded, hook = record_head_outputs(var)
+        codes = var.generate(torch.tensor([0, 2]), SamplingConfig(cfg_scale=4.0, temperature=0))
+        hook.remove()
+        scales = var.guidance_scales(4.0)
+        assert scales == ([1.0, 2.0, 3.0, 4.0] if ramp else [4.0] * 4)
+        for (begin, end), logits, s in zip(var.scale_bounds, recorded, scales, strict=True):
+            assert torch.equal(codes[:, begin:end], guide(logits, s).argmax(-1))
+
+
+def test_paper_parameter_counts():
+    """VAR-d16 310M and d20 600M within 2%; d24 1.0B and d30 2.0B as the paper rounds them."""
+    for depth in (16, 20, 24, 30):
+        assert MODEL_SIZES[f"d{depth}"] == (64 * depth, depth, depth)
+    assert abs(count_parameters(paper_var(16)) / 310e6 - 1) < 0.02
+    assert abs(count_parameters(paper_var(20)) / 600e6 - 1) < 0.02
+    assert round(count_parameters(paper_var(24)) / 1e9, 1) == 1.0
+    assert round(count_parameters(paper_var(30)) / 1e9, 1) == 2.0
+
+
+def test_official_key_names():
+    keys = set(tiny_var(randomize=False).state_dict())
+    for key in ("word_embed.weight", "class_emb.weight", "pos_start", "pos_1LC", "lvl_embed.weight",
+                "blocks.1.attn.mat_qkv.weight", "blocks.1.attn.q_bias", "blocks.1.attn.v_bias",
+                "blocks.1.attn.scale_mul_1H11", "blocks.1.attn.proj.bias", "blocks.1.ffn.fc1.weight",
+                "blocks.1.ffn.fc2.bias", "blocks.1.ada_lin.1.weight", "head_nm.ada_lin.1.bias", "head.weight"):
+        assert key in keys, key
+    assert tiny_var(randomize=False).class_emb.weight.shape[0] == 5  # 4 classes + the null class
+
+
+def test_official_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    tok, var = tiny_msvq().eval(), tiny_var().eval()
+    path = tmp_path / "var_d2.pth"
+    torch.save(var_to_official(var), path)
+    assert {"lvl_1L", "attn_bias_for_masking", "blocks.0.attn.zero_k_bias"} <= set(torch.load(path))
+    fresh = tiny_var(randomize=False).eval()
+    load_var_state_dict(fresh, path)
+    for m in (var, fresh):
+        m.attach_tokenizer(tok)
+    codes = torch.randint(0, 64, (2, var.num_tokens))
+    labels = torch.tensor([1, 2])
+    with torch.no_grad():
+        assert torch.equal(fresh(codes, labels), var(codes, labels))
+    with pytest.raises(NarBenchError, match="model.size=d2"):
+        load_var_state_dict(tiny_var(depth=3, randomize=False), path)
+    with pytest.raises(NarBenchError, match="scales"):
+        load_var_state_dict(tiny_var(scales=(1, 2, 3, 8), randomize=False), path)
+    with pytest.raises(NarBenchError, match="attn_l2_norm"):
+        load_var_state_dict(tiny_var(attn_l2_norm=False, randomize=False), path)
+
+
+def test_tokenizer_must_match():
+    var = tiny_var(randomize=False)
+    with pytest.raises(RuntimeError, match="attach_tokenizer"):
+        var(torch.zeros(1, var.num_tokens, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(NarBenchError, match="scales"):
+        var.attach_tokenizer(tiny_msvq(scales=(1, 4, 8)))
+    with pytest.raises(NarBenchError, match="vocab_size"):
+        var.attach_tokenizer(tiny_msvq(vocab_size=32))
+    with pytest.raises(NarBenchError, match="last of model.options.scales"):
+        VAR(var.model_cfg, (16, 16), VAROptions(scales=[1, 2, 4, 8]))
+
+
+def test_selectable_from_config():
+    cfg = load_config(None, ["model.paradigm=var", "model.size=d2", "model.options.scales=[1,2,4,8]",
+                             "model.options.cfg_ramp=false"])
+    options = paradigm_options(cfg.model)
+    var = PARADIGMS["var"](transformer_config(cfg.model, 64, 4), (8, 8), options)
+    assert var.options.cfg_ramp is False and var.guidance_scales(2.0) == [2.0] * 4
+    assert len(var.blocks) == 2 and var.model_cfg.dim == 128
+    with pytest.raises(NarBenchError, match="valid options"):
+        load_config(None, ["model.paradigm=var", "model.options.scale=[1]"])
+
+
+def test_tiny_end_to_end_train_and_sample(tmp_path):
+    """Everything built from one config: Lightning trains the msvq tokenizer on shapes, its checkpoint
+    reloads through ``tokenizer.checkpoint``, VAR learns the codes, then samples images."""
+    import lightning as L  # here, so that a broken Lightning install fails this test only
+
+    from nar_bench.lit.tokenizer_module import TokenizerModule
+
+    torch.manual_seed(0)
+    tokenizer = {"ch": 8, "ch_mult": "[1,2]", "norm_groups": 4, "vocab_size": 64, "z_channels": 8}  # = tiny_msvq()
+    overrides = ["data.image_size=16", "tokenizer.name=msvq", "model.paradigm=var", "model.size=d2",
+                 "model.options.scales=[1,2,4,8]", "model.options.vae_channels=8", "optim.lr=3e-3",
+                 "optim.warmup_steps=0"] + [f"tokenizer.options.{k}={v}" for k, v in tokenizer.items()]
+    cfg = load_config(None, overrides)
+    images = shapes_images(64)
+    labels = torch.arange(64) % 4
+    module = TokenizerModule(cfg)
+    trainer = L.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=16, shuffle=True))
+    trainer.save_checkpoint(tmp_path / "msvq.ckpt")
+    reloaded = load_config(None, overrides + [f"tokenizer.checkpoint={tmp_path / 'msvq.ckpt'}"])
+    tok = TOKENIZERS["msvq"].from_config(reloaded).eval()
+    codes = tok.encode(images)
+    assert torch.equal(codes, module.tokenizer.eval().encode(images))
+
+    var = PARADIGMS["var"](transformer_config(cfg.model, tok.vocab_size, 4), tok.grid, paradigm_options(cfg.model))
+    var.attach_tokenizer(tok)
+    opt = torch.optim.AdamW(var.parameters(), lr=2e-3)
+    losses = []
+    for step in range(30):
+        idx = torch.arange(16) + 16 * (step % 4)
+        loss = var.loss(codes[idx], labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.3, losses
+    out = var.generate(torch.tensor([0, 1, 2, 3]), SamplingConfig(cfg_scale=2.0, top_k=20, top_p=0.95))
+    samples = tok.decode(out)
+    assert out.shape == (4, 85) and samples.shape == (4, 3, 16, 16) and samples.abs().max() <= 1
