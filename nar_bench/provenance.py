@@ -4,6 +4,7 @@ every results file so a table or plot can be traced back to the run that made it
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import subprocess
 import sys
@@ -21,13 +22,14 @@ def device_name(device: torch.device | str) -> str:
 
 def git_commit() -> str:
     """HEAD of the repository in the working directory, suffixed ``-dirty`` when tracked files
-    have uncommitted changes; 'unknown' outside a git checkout."""
+    have uncommitted changes. Outside a checkout (e.g. a copied tree on a GPU machine) the
+    ``NAR_BENCH_COMMIT`` environment variable names it; else 'unknown'."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("NAR_BENCH_COMMIT", "unknown")
     return commit.strip() + ("-dirty" if dirty.strip() else "")
 
 
