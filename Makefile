@@ -1,6 +1,9 @@
 # User-facing verbs. Every target bootstraps .venv on first use.
 #   make demo    train + sample the embedded default (synthetic shapes, local MLflow store, CPU ok)
 #   make test    run the test suite
+#   make ablation-heads   paper Tables 4/5 (heads, overlap head) as one MLflow sweep -> results/ablation_heads/
+#   make cfg-sweep        FID/IS/accuracy vs CFG scale per paradigm -> results/cfg_sweep/
+#   make report CONFIG=experiments/ablation_heads.yaml ARGS="--parent latest"   tables + plot from MLflow
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,7 +14,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= experiments/demo.yaml
 ARGS   ?=
 
-.PHONY: setup demo train test lint mlflow-ui clean
+.PHONY: setup demo train test lint mlflow-ui clean ablation-heads cfg-sweep report
 
 $(STAMP): pyproject.toml
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -29,6 +32,15 @@ demo: $(STAMP)
 	$(BIN)/nar-bench train $(CONFIG) $(ARGS)
 
 train: demo
+
+ablation-heads: $(STAMP)
+	$(BIN)/nar-bench sweep experiments/ablation_heads.yaml $(ARGS)
+
+cfg-sweep: $(STAMP)
+	$(BIN)/nar-bench sweep experiments/cfg_sweep.yaml $(ARGS)
+
+report: $(STAMP)
+	$(BIN)/nar-bench report $(CONFIG) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
