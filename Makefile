@@ -4,6 +4,9 @@
 #   make throughput-sweep   paradigm x size x batch size throughput sweep (GPU; results/throughput/)
 #   make order-gifs  results/order_{ar,nar,par}.gif: generation order, one GIF frame per decoding step
 #                    (tiny random models; ARGS="--ckpt nar=path/last.ckpt ..." for trained ones)
+#   make ablation-heads   paper Tables 4/5 (heads, overlap head) as one MLflow sweep -> results/ablation_heads/
+#   make cfg-sweep        FID/IS/accuracy vs CFG scale per paradigm -> results/cfg_sweep/
+#   make report CONFIG=experiments/ablation_heads.yaml ARGS="--parent latest"   tables + plot from MLflow
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -14,7 +17,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= experiments/demo.yaml
 ARGS   ?=
 
-.PHONY: setup demo train test lint throughput-sweep order-gifs mlflow-ui clean
+.PHONY: setup demo train test lint throughput-sweep order-gifs mlflow-ui clean ablation-heads cfg-sweep report
 
 $(STAMP): pyproject.toml
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -32,6 +35,15 @@ demo: $(STAMP)
 	$(BIN)/nar-bench train $(CONFIG) $(ARGS)
 
 train: demo
+
+ablation-heads: $(STAMP)
+	$(BIN)/nar-bench sweep experiments/ablation_heads.yaml $(ARGS)
+
+cfg-sweep: $(STAMP)
+	$(BIN)/nar-bench sweep experiments/cfg_sweep.yaml $(ARGS)
+
+report: $(STAMP)
+	$(BIN)/nar-bench report $(CONFIG) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)

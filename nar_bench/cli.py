@@ -3,11 +3,14 @@
     nar-bench train experiments/demo.yaml model.paradigm=nar trainer.max_steps=10
     nar-bench sample --ckpt results/runs/<run>/checkpoints/last.ckpt eval.sampling.cfg_scale=3
     nar-bench bench experiments/throughput_sweep.yaml bench.batch_sizes=[1,8,64]
+    nar-bench sweep experiments/ablation_heads.yaml [--only ntp_raster,nar_dim_heads_mixed] trainer.max_steps=50
+    nar-bench report experiments/ablation_heads.yaml --parent latest
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import shlex
 import sys
 from pathlib import Path
@@ -54,6 +57,51 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(f"results in {cfg.bench.output_dir}")
 
 
+def select_variants(cfg, only: str | None):
+    """``cfg`` with just the sweep variants named in the comma-separated ``only``."""
+    if not only:
+        return cfg
+    names = [name.strip() for name in only.split(",")]
+    known = [variant.get("name") for variant in cfg.sweep.variants]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise NarBenchError(f"--only: no sweep variant named {', '.join(unknown)}; "
+                            f"variants: {', '.join(map(str, known))}")
+    cfg = copy.deepcopy(cfg)
+    cfg.sweep.variants = [variant for variant in cfg.sweep.variants if variant.get("name") in names]
+    return cfg
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from nar_bench.config import load_config
+    from nar_bench.sweep import run_sweep
+    from nar_bench.tracking.report import provenance, write_report
+    from nar_bench.train_eval import TrainAndEvaluate
+
+    cfg = select_variants(load_config(args.config, args.overrides), args.only)
+    name = cfg.tracking.run_name or Path(args.config).stem
+    table = run_sweep(cfg, TrainAndEvaluate(cfg), name)
+    if rank_zero_only.rank != 0:
+        return
+    grid = [key.split(".")[-1] for key in cfg.sweep.grid]
+    info = provenance(args.command_line, experiment=cfg.tracking.experiment)
+    paths = write_report(table, grid, args.out or Path("results") / Path(args.config).stem, info)
+    print("\n".join(str(path) for path in paths.values()))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from nar_bench.config import load_config
+    from nar_bench.tracking.report import fetch_runs, provenance, write_report
+
+    cfg = load_config(args.config, args.overrides)
+    table, grid = fetch_runs(cfg.tracking, args.parent)
+    info = provenance(args.command_line, experiment=cfg.tracking.experiment, parent_run=str(args.parent))
+    out = args.out or Path("results") / "report" / cfg.tracking.experiment
+    print("\n".join(str(path) for path in write_report(table, grid, out, info).values()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nar-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,11 +122,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment YAML, e.g. experiments/throughput_sweep.yaml")
     p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. bench.batch_sizes=[1,8,64]")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("sweep", help="train + evaluate every point of a sweep YAML (one MLflow parent run, a child "
+                                     "per point); writes tables and a plot to results/<yaml name>/")
+    p.add_argument("config", help="sweep YAML, e.g. experiments/ablation_heads.yaml")
+    p.add_argument("overrides", nargs="*", help="dotlist overrides applied to every point, e.g. trainer.max_steps=50")
+    p.add_argument("--only", help="comma-separated variant names to run (default: all)")
+    p.add_argument("--out", help="results folder (default: results/<yaml name>)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="tables and a plot of the MLflow runs of an experiment")
+    p.add_argument("config", help="YAML whose tracking settings name the MLflow store and experiment")
+    p.add_argument("overrides", nargs="*", help="e.g. tracking.experiment=cfg_sweep")
+    p.add_argument("--parent", help="only the child runs of this sweep (parent) run id; 'latest' = newest sweep")
+    p.add_argument("--out", help="results folder (default: results/report/<experiment>)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    # overrides may follow options (`sweep x.yaml --only a k=v`), which plain parse_args rejects
+    args, extra = parser.parse_known_args(argv)
+    if any(arg.startswith("-") for arg in extra) or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    args.command_line = shlex.join(["nar-bench", *argv])  # provenance of written results
     try:
         args.func(args)
     except NarBenchError as err:

@@ -82,6 +82,16 @@ class TrainerConfig:
 class EvalConfig:
     samples_per_class: int = 4  # sample grid rows during validation / predict
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # quality evaluation (nar_bench.evaluate): class-balanced samples vs real reference images
+    num_samples: int = 1024  # generated images per evaluation
+    batch_size: int = 128  # images generated per device and batch (CFG doubles the forward batch)
+    metrics: list[str] = field(default_factory=lambda: ["fid", "isc", "kid", "prc"])  # torch-fidelity names
+    extractor: str = "domain"  # domain (synthetic shapes classifier) | inception (local weights file)
+    extractor_options: dict[str, Any] = field(default_factory=dict)  # e.g. weights_path, domain classifier steps
+    reference_size: int = 2048  # real images in the reference set
+    reference_split: str = "val"
+    reference_data: str | None = None  # dataset of reference images (default data.name), e.g. imagefolder
+    reference_root: str | None = None  # its folder (default data.root)
 
 
 @dataclass

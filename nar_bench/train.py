@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
 
 from nar_bench.errors import NarBenchError
@@ -54,8 +56,19 @@ def check_inputs(cfg: DictConfig) -> None:
             raise NarBenchError(f"{key}: file '{path}' not found; download it or point {key} at the right path")
 
 
-def train(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None = None) -> dict:
-    """Fits ``cfg`` and returns a summary row (also written as CSV/Markdown and logged to MLflow)."""
+@dataclass
+class FittedRun:
+    """A trained module and the run it was logged to (for evaluation after training)."""
+
+    module: GeneratorModule
+    trainer: L.Trainer
+    logger: MLFlowLogger
+    run_dir: Path
+    run_name: str
+
+
+def fit(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None = None) -> FittedRun:
+    """Trains ``cfg`` in a new MLflow run (a child of ``parent_run_id`` if given); every rank returns."""
     check_inputs(cfg)
     L.seed_everything(cfg.seed, workers=True)
     data = GeneratorDataModule(cfg.data)
@@ -65,9 +78,15 @@ def train(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | Non
     run_dir = Path(cfg.output_dir) / f"{run_name.replace('/', '_')}-{logger.run_id[:8]}"
     trainer = make_trainer(cfg, logger, run_dir)
     trainer.fit(module, data)
-    if not trainer.is_global_zero:
+    return FittedRun(module, trainer, logger, run_dir, run_name)
+
+
+def train(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None = None) -> dict:
+    """Fits ``cfg`` and returns a summary row (also written as CSV/Markdown and logged to MLflow)."""
+    run = fit(cfg, run_name, parent_run_id)
+    if not run.trainer.is_global_zero:
         return {}
-    return finish_run(cfg, module, trainer, logger, run_dir, run_name)
+    return finish_run(cfg, run.module, run.trainer, run.logger, run.run_dir, run.run_name)
 
 
 def finish_run(cfg: DictConfig, module: GeneratorModule, trainer: L.Trainer, logger, run_dir: Path,

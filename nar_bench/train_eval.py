@@ -1,0 +1,74 @@
+"""A sweep point = train + evaluate, in its own MLflow child run (the ``run_point`` of run_sweep).
+
+Points whose configs differ only in ``eval.*`` (e.g. a CFG-scale grid) share one training: CFG is a
+sampling-time setting, so retraining per scale would only add training noise and cost. The first
+such point trains in its child run; the others evaluate the same in-memory model in their own child
+runs, tagged with the id of the run that trained it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from nar_bench.evaluate import evaluate
+from nar_bench.tracking.mlflow import make_logger
+from nar_bench.tracking.report import POINT_TAG, SEED_TAG, TRAINED_IN_TAG, VARIANT_TAG
+from nar_bench.train import FittedRun, finish_run, fit
+
+SUMMARY_COLUMNS = ("paradigm", "size", "params_M", "steps_per_image", "train_steps", "train_loss", "val_loss",
+                   "device")
+
+
+def training_key(cfg: DictConfig) -> str:
+    """Everything that determines the trained weights: the config without eval / tracking / output."""
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("eval", "tracking", "sweep", "output_dir"):
+        settings.pop(key, None)
+    return json.dumps(settings, sort_keys=True)
+
+
+def point_columns(name: str, cfg: DictConfig, grid_keys: list[str]) -> dict:
+    """variant, seed and one column per grid key (short name, as in the point name)."""
+    columns = {"variant": name.split("/")[0], "seed": cfg.seed}
+    columns.update({key.split(".")[-1]: OmegaConf.select(cfg, key) for key in grid_keys})
+    return columns
+
+
+class TrainAndEvaluate:
+    """run_point for :func:`nar_bench.sweep.run_sweep`; one result row per point (rank 0; {} elsewhere)."""
+
+    def __init__(self, sweep_cfg: DictConfig):
+        self.grid_keys = list(sweep_cfg.sweep.grid)
+        self.trained: dict[str, tuple[FittedRun, dict]] = {}
+
+    def __call__(self, name: str, cfg: DictConfig, parent_run_id: str) -> dict:
+        key, rank_zero = training_key(cfg), rank_zero_only.rank == 0
+        if key in self.trained:
+            run, summary = self.trained[key]
+            logger = make_logger(cfg.tracking, name, parent_run_id, tags={TRAINED_IN_TAG: run.logger.run_id})
+            logger.log_hyperparams({"cfg": OmegaConf.to_container(cfg, resolve=True),
+                                    "num_classes": run.module.num_classes})
+        else:
+            run = fit(cfg, name, parent_run_id)
+            logger = run.logger
+            summary = finish_run(cfg, run.module, run.trainer, logger, run.run_dir, name) if rank_zero else {}
+            self.trained[key] = (run, summary)
+        columns = point_columns(name, cfg, self.grid_keys)
+        if rank_zero:
+            tags = {VARIANT_TAG: columns["variant"], SEED_TAG: str(cfg.seed)}
+            tags.update({POINT_TAG + k.split(".")[-1]: str(OmegaConf.select(cfg, k)) for k in self.grid_keys})
+            for tag, value in tags.items():
+                logger.experiment.set_tag(logger.run_id, tag, value)
+        try:
+            metrics = evaluate(run.module, cfg, logger=logger, out_dir=run.run_dir / "eval" / name.replace("/", "_"))
+        except BaseException:
+            logger.finalize("failed")
+            raise
+        logger.finalize("success")  # closes the eval-only runs; the training run is already closed by fit
+        if not rank_zero:
+            return {}
+        return {**columns, **{k: summary.get(k) for k in SUMMARY_COLUMNS}, **metrics,
+                "mlflow_run_id": logger.run_id, "trained_in_run": run.logger.run_id}

@@ -1,0 +1,144 @@
+"""Ablation / CFG sweep configs, `nar-bench sweep` (parent + child MLflow runs) and `nar-bench report`.
+
+The tiny sweeps train for a few steps on 16px images with a 4x4 token grid and evaluate 32 samples
+against a domain classifier trained for a few steps into a tmp cache.
+"""
+
+import ast
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from nar_bench.cli import main
+from nar_bench.config import expand_sweep, load_config
+from nar_bench.metrics.cache import CACHE_ENV
+from nar_bench.tracking.mlflow import PARENT_TAG
+from nar_bench.train_eval import training_key
+
+TINY = ["data.image_size=16", "data.grid_size=4", "data.batch_size=8", "data.num_val=16", "trainer.max_steps=4",
+        "trainer.val_check_interval=4", "trainer.log_every_n_steps=1", "eval.num_samples=32", "eval.batch_size=16",
+        "eval.reference_size=64", "eval.samples_per_class=1", "eval.extractor_options.steps=20",
+        "eval.extractor_options.width=8"]
+PAPER_VARIANTS = {  # name -> (paradigm, options)
+    "ntp_raster": ("ar", {}),
+    "nar_single_head": ("nar", {"heads": "single", "overlap_head": "mixed"}),
+    "nar_dim_heads_mixed": ("nar", {"heads": "dimension", "overlap_head": "mixed"}),
+    "nar_dim_heads_horizontal": ("nar", {"heads": "dimension", "overlap_head": "horizontal"}),
+    "nar_dim_heads_vertical": ("nar", {"heads": "dimension", "overlap_head": "vertical"}),
+}
+
+
+@pytest.fixture(autouse=True)
+def metrics_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.getbasetemp() / "metrics-cache"))
+
+
+def tracking(tmp_path: Path) -> list[str]:
+    return [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", f"tracking.artifact_location={tmp_path}/art",
+            f"output_dir={tmp_path}/runs"]
+
+
+def experiment_runs(tmp_path: Path, experiment: str) -> list:
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+@pytest.mark.parametrize("path", ["experiments/ablation_heads.yaml", "experiments/ablation_heads_gpu.yaml"])
+def test_ablation_config_expands_to_one_run_per_paper_variant_with_equal_budget(path):
+    runs = expand_sweep(load_config(path, ["sweep.seeds=[0,1]"]))
+    assert [name for name, _ in runs] == [f"{v}/seed={s}" for v in PAPER_VARIANTS for s in (0, 1)]
+    for name, cfg in runs:
+        paradigm, options = PAPER_VARIANTS[name.split("/")[0]]
+        assert cfg.model.paradigm == paradigm and dict(cfg.model.options) == options
+        assert cfg.seed == int(name[-1])
+    budgets = {(cfg.trainer.max_steps, cfg.data.batch_size, cfg.model.size, cfg.model.dim) for _, cfg in runs}
+    assert len(budgets) == 1
+    assert len({training_key(cfg) for _, cfg in runs}) == 10  # every run trains
+
+
+def test_cfg_sweep_trains_each_paradigm_once_and_evaluates_it_at_every_scale():
+    runs = expand_sweep(load_config("experiments/cfg_sweep.yaml"))
+    scales = [1.0, 1.5, 2.0, 3.0]
+    assert [name for name, _ in runs] == [f"{p}/cfg_scale={s}" for p in ("ar", "par", "nar") for s in scales]
+    keys = {}
+    for name, cfg in runs:
+        keys.setdefault(cfg.model.paradigm, set()).add(training_key(cfg))
+        assert cfg.eval.sampling.cfg_scale == float(name.split("=")[-1])
+    assert all(len(k) == 1 for k in keys.values()) and len(set.union(*keys.values())) == 3
+
+
+def test_tiny_ablation_sweep_logs_parent_and_child_runs_and_report_rebuilds_its_table(tmp_path):
+    out = tmp_path / "results"
+    argv = ["sweep", "experiments/ablation_heads.yaml", "--only", "ntp_raster,nar_dim_heads_mixed", "--out", str(out),
+            *TINY, *tracking(tmp_path)]
+    assert main(argv) == 0
+
+    runs = experiment_runs(tmp_path, "ablation_heads")
+    (parent,) = [r for r in runs if PARENT_TAG not in r.data.tags]
+    children = [r for r in runs if PARENT_TAG in r.data.tags]
+    assert parent.info.run_name == "ablation_heads" and parent.info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == ["nar_dim_heads_mixed", "ntp_raster"]
+    for child in children:
+        assert child.data.tags[PARENT_TAG] == parent.info.run_id and child.info.status == "FINISHED"
+        assert child.data.tags["nar_bench.variant"] == child.info.run_name
+        assert {"eval/fid", "eval/is", "eval/precision", "eval/recall", "eval/kid", "eval/class_accuracy",
+                "val/loss"} <= set(child.data.metrics)
+
+    table = pd.read_csv(out / "runs.csv")
+    assert table["variant"].tolist() == ["ntp_raster", "nar_dim_heads_mixed"]
+    assert table["paradigm"].tolist() == ["ar", "nar"] and (table["train_steps"] == 4).all()
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["variant"].tolist() == table["variant"].tolist() and (summary["seeds"] == 1).all()
+    assert summary["fid_mean"].tolist() == pytest.approx(table["fid"].tolist())
+    info = json.loads((out / "provenance.json").read_text())
+    assert info["command"].startswith("nar-bench sweep experiments/ablation_heads.yaml --only")
+    assert {"device", "torch", "git_commit"} <= set(info)
+    assert "git_commit" in (out / "summary.md").read_text() and (out / "metrics.png").stat().st_size > 0
+
+    report_out = tmp_path / "report"
+    assert main(["report", "experiments/ablation_heads.yaml", "--parent", "latest", "--out", str(report_out),
+                 *tracking(tmp_path)]) == 0
+    fetched = pd.read_csv(report_out / "runs.csv").set_index("point")
+    for _, row in table.iterrows():
+        assert fetched.loc[row["point"], "fid"] == pytest.approx(row["fid"])
+        assert fetched.loc[row["point"], "class_accuracy"] == pytest.approx(row["class_accuracy"])
+    assert pd.read_csv(report_out / "summary.csv")["variant"].tolist() == table["variant"].tolist()
+    assert (report_out / "metrics.png").stat().st_size > 0
+    assert main(["report", "experiments/ablation_heads.yaml", "tracking.experiment=nope", *tracking(tmp_path)]) == 2
+
+
+def test_cfg_sweep_points_of_one_paradigm_share_one_training(tmp_path):
+    out = tmp_path / "results"
+    assert main(["sweep", "experiments/cfg_sweep.yaml", "--only", "nar", "--out", str(out), *TINY, *tracking(tmp_path),
+                 "sweep.grid={eval.sampling.cfg_scale: [1.0, 3.0]}"]) == 0
+    children = {r.info.run_name: r for r in experiment_runs(tmp_path, "cfg_sweep") if PARENT_TAG in r.data.tags}
+    trained, reused = children["nar/cfg_scale=1.0"], children["nar/cfg_scale=3.0"]
+    assert reused.data.tags["nar_bench.trained_in_run"] == trained.info.run_id
+    assert "val/loss" in trained.data.metrics and "val/loss" not in reused.data.metrics
+    assert reused.data.params["cfg/eval/sampling/cfg_scale"] == "3.0" and reused.info.status == "FINISHED"
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # one training run directory
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["cfg_scale"].tolist() == [1.0, 3.0] and (out / "metrics.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sweep", "experiments/ablation_heads.yaml", "--only", "nar_typo"], "no sweep variant named nar_typo"),
+    (["report", "experiments/ablation_heads.yaml"], "no MLflow store at"),
+])
+def test_bad_sweep_or_report_input_is_one_clear_error(tmp_path, capsys, argv, message):
+    assert main([*argv, *tracking(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_runs_notebook_is_valid_and_calls_the_report_functions():
+    notebook = json.loads(Path("notebooks/compare_runs.ipynb").read_text())
+    assert notebook["nbformat"] == 4 and notebook["cells"]
+    code = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    source = "\n".join("".join(cell["source"]) for cell in code)
+    for cell in code:
+        ast.parse("".join(cell["source"]))
+    assert all(f"report.{fn}(" in source for fn in ("fetch_runs", "summarize", "plot_summary"))
