@@ -75,7 +75,9 @@ def fit(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None 
     module = GeneratorModule(cfg, data.num_classes)
     run_name = run_name or cfg.tracking.run_name or f"{cfg.model.paradigm}-{cfg.model.size}"
     logger = make_logger(cfg.tracking, run_name, parent_run_id)
-    run_dir = Path(cfg.output_dir) / f"{run_name.replace('/', '_')}-{logger.run_id[:8]}"
+    # Only rank 0 owns the MLflow run; the checkpoint folder is broadcast from rank 0 under DDP.
+    run_id = logger.run_id or "rank-nonzero"
+    run_dir = Path(cfg.output_dir) / f"{run_name.replace('/', '_')}-{run_id[:8]}"
     trainer = make_trainer(cfg, logger, run_dir)
     trainer.fit(module, data)
     return FittedRun(module, trainer, logger, run_dir, run_name)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
@@ -64,7 +65,11 @@ def make_logger(tracking: DictConfig, run_name: str | None = None, parent_run_id
 
 @contextlib.contextmanager
 def parent_run(tracking: DictConfig, name: str, params: dict | None = None) -> Iterator[str]:
-    """Opens a parent run for a sweep; yields its id. Marked FAILED if the sweep raises."""
+    """Opens a parent run for a sweep; yields its id. Marked FAILED if the sweep raises.
+    Under DDP only rank 0 creates it (other ranks yield ""; their loggers log nothing)."""
+    if rank_zero_only.rank != 0:
+        yield ""
+        return
     c = client(tracking)
     run = c.create_run(experiment_id(tracking), run_name=name)
     for key, value in (params or {}).items():
