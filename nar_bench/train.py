@@ -94,6 +94,8 @@ def train(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | Non
 def finish_run(cfg: DictConfig, module: GeneratorModule, trainer: L.Trainer, logger, run_dir: Path,
                run_name: str) -> dict:
     """Final sample grid (timed) and a one-row summary table, written and logged as artifacts."""
+    if resolve_precision(cfg.trainer) == "bf16-mixed":  # Lightning hands the model back on the CPU
+        module = module.cuda()
     labels = module.sample_grid_labels()
     generator = torch.Generator(module.device).manual_seed(cfg.seed)
     start = time.perf_counter()
