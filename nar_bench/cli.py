@@ -3,11 +3,14 @@
     nar-bench train experiments/demo.yaml model.paradigm=nar trainer.max_steps=10
     nar-bench sample --ckpt results/runs/<run>/checkpoints/last.ckpt eval.sampling.cfg_scale=3
     nar-bench bench experiments/throughput_sweep.yaml bench.batch_sizes=[1,8,64]
+    nar-bench train-tokenizer experiments/demo.yaml tokenizer.name=vq tokenizer.options.preset=synthetic
+    nar-bench extract-codes experiments/demo.yaml results/codes/imagenet data.name=imagefolder data.root=...
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -54,6 +57,28 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(f"results in {cfg.bench.output_dir}")
 
 
+def cmd_extract_codes(args: argparse.Namespace) -> None:
+    from nar_bench.config import load_config
+    from nar_bench.data.codes import MANIFEST
+    from nar_bench.extract_codes import extract_codes
+
+    shard = {} if args.shard_size is None else {"shard_size": args.shard_size}
+    out = extract_codes(load_config(args.config, args.overrides), args.out_dir, **shard)
+    manifest = json.loads((out / MANIFEST).read_text())
+    counts = " ".join(f"{split}={entry['count']}" for split, entry in manifest["splits"].items())
+    print(f"codes={out} {counts} num_tokens={manifest['num_tokens']} vocab_size={manifest['vocab_size']} "
+          f"num_classes={manifest['num_classes']}")
+
+
+def cmd_train_tokenizer(args: argparse.Namespace) -> None:
+    from nar_bench.config import load_config
+    from nar_bench.train_tokenizer import train_tokenizer
+
+    summary = train_tokenizer(load_config(args.config, args.overrides))
+    if summary:
+        print(" ".join(f"{k}={v}" for k, v in summary.items()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nar-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,11 +99,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment YAML, e.g. experiments/throughput_sweep.yaml")
     p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. bench.batch_sizes=[1,8,64]")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("extract-codes", help="tokenize an image dataset once into sharded .npy codes + labels "
+                                             "(train on them with data.name=codes data.root=<out_dir>)")
+    p.add_argument("config", help="experiment YAML naming the data and the tokenizer")
+    p.add_argument("out_dir", help="new folder for the codes (must not exist)")
+    p.add_argument("--shard-size", type=int, default=None, help="codes per .npy shard (default 100000)")
+    p.add_argument("overrides", nargs="*", help="e.g. data.name=imagefolder data.root=... tokenizer.checkpoint=...")
+    p.set_defaults(func=cmd_extract_codes)
+
+    p = sub.add_parser("train-tokenizer", help="train a learned tokenizer (vq, msvq); prints the weights' path, "
+                                               "usable as tokenizer.checkpoint")
+    p.add_argument("config", help="experiment YAML naming the data and the tokenizer")
+    p.add_argument("overrides", nargs="*", help="e.g. tokenizer.name=vq trainer.max_steps=2000")
+    p.set_defaults(func=cmd_train_tokenizer)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops a command's positional overrides at its first option: dotlist overrides
+    # after an option (extract-codes cfg out --shard-size 8 data.root=...) arrive here
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.func(args)
     except NarBenchError as err:
