@@ -180,14 +180,19 @@ def load_official(module: nn.Module, source: str | Path | Mapping, name: str | N
     to change and, for paradigms, the model size the checkpoint looks like.
     """
     name, layout = layout_of(module, name)
-    state = read_checkpoint(source, prefix, layout.download)
+    origin = "checkpoint" if isinstance(source, Mapping) else f"checkpoint '{source}'"
+    return load_official_state(module, read_checkpoint(source, prefix, layout.download), name, origin)
+
+
+def load_official_state(module: nn.Module, state: Mapping[str, Tensor], name: str | None, origin: str) -> nn.Module:
+    """``load_official`` of an unwrapped state dict; ``origin`` names it in errors."""
+    name, layout = layout_of(module, name)
     state = {k: v for k, v in state.items() if not re.fullmatch(layout.derived, k)}
     own = module.state_dict()
     mapping = key_map(module, name)
     for key in layout.optional:
         state.setdefault(mapping[key], own[key])
     layout.check(module, state)
-    origin = "checkpoint" if isinstance(source, Mapping) else f"checkpoint '{source}'"
     if layout.tokenizer_fix:
         what, fix = f"the '{name}' tokenizer configured by tokenizer.options", layout.tokenizer_fix
     else:
@@ -208,7 +213,7 @@ def load_generator_weights(paradigm: nn.Module, path: str | Path) -> nn.Module:
     checkpoint = load_file(path, LAYOUTS[name].download if name in LAYOUTS else DOWNLOAD_HINT)
     lightning = checkpoint.get("state_dict")
     if not (isinstance(lightning, Mapping) and any(k.startswith(LIGHTNING_PREFIX) for k in lightning)):
-        return load_official(paradigm, checkpoint)
+        return load_official_state(paradigm, unwrap(checkpoint), None, f"checkpoint '{path}'")
     trained = (checkpoint.get("hyper_parameters") or {}).get("cfg", {}).get("model", {})
     was = f"model.paradigm={trained.get('paradigm')} model.size={trained.get('size')}" if trained else "unknown"
     return load_checked(paradigm, unwrap(checkpoint, LIGHTNING_PREFIX), {k: k for k in paradigm.state_dict()},
