@@ -1,40 +1,49 @@
-"""Converters between official checkpoints and nar-bench models, so released weights give the
-same logits in nar-bench.
+"""Converters between official checkpoints and nar-bench modules, so released weights give the
+same logits (and codes) in nar-bench.
 
-A converter is a function ``model -> {nar-bench state-dict key: official key}``; one per
-paradigm name in ``OFFICIAL_KEY_MAPS`` at the bottom of this file. ``load_official`` and
-``to_official`` work for every paradigm through that map.
+Every official layout is a ``Layout`` in ``LAYOUTS`` (bottom of this file), named like the
+paradigm or tokenizer it fits: LlamaGen GPT (``ar``), NAR-images GPT (``nar``), PAR GPT + transition
+tokens (``par``), VAR transformer ``var_d*.pth`` (``var``), VAR's VQ-VAE ``vae_ch160v4096z32.pth``
+(``msvq``) and LlamaGen's VQ-16 ``vq_ds16_c2i.pt`` (``vq``). ``load_official`` and ``to_official``
+work for all of them; ``load_generator_weights`` also reads nar-bench's own Lightning checkpoints.
+One reader (``read_checkpoint``: safe load, wrapper unwrapping) and one strict loader
+(``load_checked``: names missing / unexpected / mis-shaped keys and the setting to change) serve all.
 """
 
 from __future__ import annotations
 
 import argparse
 import pickle
+import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.transformer import MODEL_SIZES
-from nar_bench.paradigms.base import Paradigm
 
-WRAPPERS = ("model", "module")  # DDP saves {"model": ...}, DeepSpeed {"module": ...}, FSDP raw
-DROPPED_KEYS = ("freqs_cis",)  # LlamaGen's RoPE table: nar-bench rebuilds it
-SHOWN_KEYS = 5  # how many missing / unexpected keys an error message lists
+# DDP saves {"model": ...}, DeepSpeed {"module": ...}, Lightning {"state_dict": ...}, FSDP the raw dict
+WRAPPERS = ("model", "module", "state_dict")
+LIGHTNING_PREFIX = "paradigm."  # GeneratorModule keeps the paradigm under this attribute name
+SHOWN_KEYS = 5  # how many keys of each kind an error message lists
 DOWNLOAD_HINT = (
     "download the official GPT weights (LlamaGen: c2i_{B,L,XL,XXL}_256.pt from the LlamaGen release on "
     "Hugging Face, FoundationVision/LlamaGen; NAR: the NAR authors' released NAR-images checkpoints) "
     "and point model.checkpoint at the .pt file"
 )
+PARADIGM_FIX = "set model.paradigm / model.size (and data vocab / classes) to match"
+PAR_TRANSITION_KEY = "spe_tok_embeddings.special_embeddings.weight"  # PAR's gpt.py: n-1 rows
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """Loads a checkpoint file on the CPU and unwraps it to the raw state dict."""
+# --- reading --------------------------------------------------------------------------------------------
+def load_file(path: str | Path, download: str = DOWNLOAD_HINT) -> Mapping:
+    """``torch.load`` on the CPU of tensors and plain containers only (no arbitrary pickles)."""
     path = Path(path)
     if not path.is_file():
-        raise NarBenchError(f"checkpoint file '{path}' not found; {DOWNLOAD_HINT}")
+        raise NarBenchError(f"checkpoint file '{path}' not found; {download}")
     # Official training scripts also save their argparse namespace next to the weights.
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
@@ -43,74 +52,190 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
             culprit = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), "")
             raise NarBenchError(f"checkpoint '{path}' holds objects other than tensors, which are not loaded "
                                 f"for safety ({culprit}); re-save just its state dict with torch.save") from None
-    return unwrap(checkpoint)
+    if not isinstance(checkpoint, Mapping):
+        raise NarBenchError(f"checkpoint '{path}' holds a {type(checkpoint).__name__}, expected a state dict")
+    return checkpoint
 
 
-def unwrap(checkpoint: Mapping) -> dict[str, Tensor]:
-    """State dict inside a "model" (DDP) / "module" (DeepSpeed) wrapper, or the raw (FSDP) dict."""
+def unwrap(checkpoint: Mapping, prefix: str = "") -> dict[str, Tensor]:
+    """The state dict inside a "model" / "module" / "state_dict" wrapper (or the raw dict); with
+    ``prefix`` (a Lightning module's attribute, e.g. ``"tokenizer."``) and keys carrying it, just
+    those keys, prefix stripped."""
     if not isinstance(checkpoint, Mapping):
         raise NarBenchError(f"checkpoint holds a {type(checkpoint).__name__}, expected a state dict")
     for key in WRAPPERS:
         if isinstance(checkpoint.get(key), Mapping):
             checkpoint = checkpoint[key]
             break
-    return {k: v for k, v in checkpoint.items() if k not in DROPPED_KEYS}
+    if prefix and any(k.startswith(prefix) for k in checkpoint):
+        return {k.removeprefix(prefix): v for k, v in checkpoint.items() if k.startswith(prefix)}
+    return dict(checkpoint)
 
 
-def key_map(model: Paradigm) -> dict[str, str]:
-    """{nar-bench key: official key} of ``model``, by its paradigm name."""
-    if model.name not in OFFICIAL_KEY_MAPS:
-        raise NarBenchError(f"no official checkpoint converter for paradigm '{model.name}'; "
-                            f"available: {', '.join(OFFICIAL_KEY_MAPS)}")
-    mapping = OFFICIAL_KEY_MAPS[model.name](model)
-    unmapped = sorted(set(model.state_dict()) - set(mapping))
-    if unmapped:
-        raise ValueError(f"converter for '{model.name}' leaves keys unmapped: {unmapped[:SHOWN_KEYS]}")
-    return mapping
+def read_checkpoint(source: str | Path | Mapping, prefix: str = "", download: str = DOWNLOAD_HINT
+                    ) -> dict[str, Tensor]:
+    """State dict from a file path or an already loaded (wrapped or raw) mapping; see ``unwrap``."""
+    return unwrap(source if isinstance(source, Mapping) else load_file(source, download), prefix)
 
 
-def to_official(model: Paradigm) -> dict[str, Tensor]:
-    """The model's weights under the official key names (a raw, FSDP-style state dict)."""
-    mapping = key_map(model)
-    return {mapping[k]: v for k, v in model.state_dict().items()}
-
-
-def load_official(model: Paradigm, source: str | Path | Mapping) -> Paradigm:
-    """Loads an official checkpoint (file path, wrapped or raw state dict) into ``model`` in place.
-
-    Raises NarBenchError naming missing / unexpected / mis-shaped keys and the model size the
-    checkpoint looks like when it does not fit ``model``.
-    """
-    state = read_checkpoint(source) if isinstance(source, (str, Path)) else unwrap(source)
-    mapping = key_map(model)
-    expected = model.state_dict()
-    missing = sorted((o for o in mapping.values() if o not in state), key=top_level_first)
-    unexpected = sorted(set(state) - set(mapping.values()), key=top_level_first)
-    misshaped = [f"{o} {tuple(state[o].shape)} vs {tuple(expected[k].shape)}"
-                 for k, o in mapping.items() if o in state and state[o].shape != expected[k].shape]
-    if missing or unexpected or misshaped:
-        problems = [f"{what} ({len(keys)}): {', '.join(keys[:SHOWN_KEYS])}{', ...' if len(keys) > SHOWN_KEYS else ''}"
-                    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                       ("shape mismatches, checkpoint vs model", misshaped)) if keys]
-        raise NarBenchError(f"checkpoint does not fit {describe_model(model)}: {'; '.join(problems)}. "
-                            f"The checkpoint looks like {describe_checkpoint(state)}; "
-                            "set model.paradigm / model.size (and data vocab / classes) to match")
-    model.load_state_dict({k: state[o] for k, o in mapping.items()})
-    return model
-
-
-# --- describing mismatches in error messages ------------------------------------------------------------
+# --- strict loading with one readable error ---------------------------------------------------------------
 def top_level_first(key: str) -> tuple[int, str]:
     """Sort key listing top-level weights (medusa_norm.weight) before per-layer ones: they tell
     the architectures apart."""
     return key.count("."), key
 
 
+def describe_keys(label: str, keys: list[str], entries: list[str], hints: Mapping[str, str], count: bool) -> str:
+    """'label (n): first entries (+m more) (hints of the listed keys: the first pattern each matches)'."""
+    more = f" (+{len(entries) - SHOWN_KEYS} more)" if len(entries) > SHOWN_KEYS else ""
+    first_hints = (next((h for pattern, h in hints.items() if re.fullmatch(pattern, k)), None)
+                   for k in keys[:SHOWN_KEYS])
+    matched = dict.fromkeys(h for h in first_hints if h)
+    return (f"{label}{f' ({len(keys)})' if count else ''}: {', '.join(entries[:SHOWN_KEYS])}{more}"
+            + (f" ({'; '.join(matched)})" if matched else ""))
+
+
+def load_checked(module: nn.Module, state: Mapping[str, Tensor], mapping: Mapping[str, str], mismatch: str,
+                 fix: str, hints: Mapping[str, str] | None = None) -> nn.Module:
+    """Loads ``state`` (keys as named in the file) into ``module`` through ``mapping`` {module key:
+    file key}, or raises NarBenchError '<mismatch>: <every missing, unexpected and mis-shaped key,
+    with the ``hints`` whose key regex matches them>. <fix>'."""
+    hints = hints or {}
+    expected = module.state_dict()
+    missing = sorted((o for o in mapping.values() if o not in state), key=top_level_first)
+    unexpected = sorted(set(state) - set(mapping.values()), key=top_level_first)
+    misshaped = sorted(((o, k) for k, o in mapping.items() if o in state and state[o].shape != expected[k].shape),
+                       key=lambda pair: top_level_first(pair[0]))
+    problems = [describe_keys(label, keys, keys, hints, count=True)
+                for label, keys in (("missing keys", missing), ("unexpected keys", unexpected)) if keys]
+    if misshaped:
+        entries = [f"{o} {tuple(state[o].shape)} vs {tuple(expected[k].shape)}" for o, k in misshaped]
+        problems.append(describe_keys("shape (file vs config)", [o for o, _ in misshaped], entries, hints, count=False))
+    if problems:
+        raise NarBenchError(f"{mismatch}: {'; '.join(problems)}. {fix}")
+    module.load_state_dict({k: state[o] for k, o in mapping.items()})
+    return module
+
+
+# --- official layouts -------------------------------------------------------------------------------------
+def same_keys(module: nn.Module) -> dict[str, str]:
+    """Modules that use the official names already (VAR, msvq, vq)."""
+    return {k: k for k in module.state_dict()}
+
+
+def no_buffers(module: nn.Module) -> dict[str, Tensor]:
+    return {}
+
+
+def no_check(module: nn.Module, state: Mapping[str, Tensor]) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one kind of nar-bench module maps onto an official checkpoint layout."""
+
+    key_map: Callable[[nn.Module], dict[str, str]] = same_keys  # {nar-bench key: official key}
+    derived: str = "freqs_cis"  # regex of official buffers nar-bench rebuilds from the config: not loaded
+    official_buffers: Callable[[nn.Module], dict[str, Tensor]] = no_buffers  # derived buffers to_official writes
+    check: Callable[[nn.Module, Mapping[str, Tensor]], None] = no_check  # targeted errors before the key check
+    hints: dict[str, str] = field(default_factory=dict)  # official-key regex -> the setting to change
+    optional: tuple[str, ...] = ()  # keys older files lack: the module keeps its own value
+    download: str = DOWNLOAD_HINT  # where to get the file (missing-file error)
+    tokenizer_fix: str | None = None  # set for tokenizers: the fix named on a mismatch (else PARADIGM_FIX)
+
+
+def layout_of(module: nn.Module, name: str | None = None) -> tuple[str, Layout]:
+    name = name or getattr(module, "name", type(module).__name__)
+    if name not in LAYOUTS:
+        raise NarBenchError(f"no official checkpoint converter for '{name}'; available: {', '.join(LAYOUTS)} "
+                            "(a nar-bench Lightning checkpoint, .ckpt, loads into every paradigm)")
+    return name, LAYOUTS[name]
+
+
+def key_map(module: nn.Module, name: str | None = None) -> dict[str, str]:
+    """{nar-bench key: official key} of ``module`` (layout ``name``, default the paradigm's name)."""
+    name, layout = layout_of(module, name)
+    mapping = layout.key_map(module)
+    unmapped = sorted(set(module.state_dict()) - set(mapping))
+    if unmapped:
+        raise ValueError(f"converter for '{name}' leaves keys unmapped: {unmapped[:SHOWN_KEYS]}")
+    return mapping
+
+
+def to_official(module: nn.Module, name: str | None = None) -> dict[str, Tensor]:
+    """The module's weights under the official key names, with the derived buffers the official
+    files carry (a raw, FSDP-style state dict)."""
+    mapping = key_map(module, name)
+    state = {mapping[k]: v.detach().clone() for k, v in module.state_dict().items()}
+    return state | layout_of(module, name)[1].official_buffers(module)
+
+
+def load_official(module: nn.Module, source: str | Path | Mapping, name: str | None = None,
+                  prefix: str = "") -> nn.Module:
+    """Loads an official checkpoint (file path, wrapped or raw state dict) into ``module`` in place.
+
+    ``name`` picks the layout (default: the paradigm's name; tokenizers pass theirs); ``prefix``
+    see ``unwrap``. Raises NarBenchError naming missing / unexpected / mis-shaped keys, the setting
+    to change and, for paradigms, the model size the checkpoint looks like.
+    """
+    name, layout = layout_of(module, name)
+    origin = "checkpoint" if isinstance(source, Mapping) else f"checkpoint '{source}'"
+    return load_official_state(module, read_checkpoint(source, prefix, layout.download), name, origin)
+
+
+def load_official_state(module: nn.Module, state: Mapping[str, Tensor], name: str | None, origin: str) -> nn.Module:
+    """``load_official`` of an unwrapped state dict; ``origin`` names it in errors."""
+    name, layout = layout_of(module, name)
+    state = {k: v for k, v in state.items() if not re.fullmatch(layout.derived, k)}
+    own = module.state_dict()
+    mapping = key_map(module, name)
+    for key in layout.optional:
+        state.setdefault(mapping[key], own[key])
+    layout.check(module, state)
+    if layout.tokenizer_fix:
+        what, fix = f"the '{name}' tokenizer configured by tokenizer.options", layout.tokenizer_fix
+    else:
+        what, fix = describe_model(module), f"The checkpoint looks like {describe_checkpoint(state)}; {PARADIGM_FIX}"
+    return load_checked(module, state, mapping, f"{origin} does not fit {what}", fix, layout.hints)
+
+
+def load_tokenizer_weights(tokenizer: nn.Module, path: str | Path, name: str) -> nn.Module:
+    """``tokenizer.checkpoint``: an official file in layout ``name`` (msvq, vq) or a nar-bench
+    Lightning checkpoint holding the tokenizer under ``tokenizer.`` (TokenizerModule, GeneratorModule)."""
+    return load_official(tokenizer, path, name, prefix="tokenizer.")
+
+
+def load_generator_weights(paradigm: nn.Module, path: str | Path) -> nn.Module:
+    """``model.checkpoint``: a nar-bench Lightning checkpoint (``state_dict`` with the paradigm under
+    ``paradigm.``, any paradigm) or an official file in the paradigm's layout (ar, nar, par, var)."""
+    name = getattr(paradigm, "name", "")
+    checkpoint = load_file(path, LAYOUTS[name].download if name in LAYOUTS else DOWNLOAD_HINT)
+    lightning = checkpoint.get("state_dict")
+    if not (isinstance(lightning, Mapping) and any(k.startswith(LIGHTNING_PREFIX) for k in lightning)):
+        return load_official_state(paradigm, unwrap(checkpoint), None, f"checkpoint '{path}'")
+    trained = (checkpoint.get("hyper_parameters") or {}).get("cfg", {}).get("model", {})
+    was = f"model.paradigm={trained.get('paradigm')} model.size={trained.get('size')}" if trained else "unknown"
+    return load_checked(paradigm, unwrap(checkpoint, LIGHTNING_PREFIX), {k: k for k in paradigm.state_dict()},
+                        f"checkpoint '{path}' does not fit {describe_model(paradigm)}",
+                        f"The run that wrote it used {was}; {PARADIGM_FIX}")
+
+
+def load_par_checkpoint(paradigm: nn.Module, source: str | Path | Mapping,
+                        transition_key: str = PAR_TRANSITION_KEY) -> nn.Module:
+    """``load_official`` for PAR files that keep the transition tokens under another key."""
+    state = read_checkpoint(source, download=LAYOUTS["par"].download)
+    if transition_key in state:
+        state[PAR_TRANSITION_KEY] = state.pop(transition_key)
+    return load_official(paradigm, state, "par")
+
+
+# --- describing mismatches in error messages ----------------------------------------------------------------
 def size_name(dim: int, n_layers: int) -> str | None:
     return next((name for name, (d, n, _) in MODEL_SIZES.items() if (d, n) == (dim, n_layers)), None)
 
 
-def describe_model(model: Paradigm) -> str:
+def describe_model(model: nn.Module) -> str:
     cfg = model.model_cfg
     size = size_name(cfg.dim, cfg.n_layers)
     return (f"paradigm '{model.name}' model.size={size or 'custom'} (dim {cfg.dim}, {cfg.n_layers} layers, "
@@ -118,14 +243,26 @@ def describe_model(model: Paradigm) -> str:
 
 
 def describe_checkpoint(state: Mapping[str, Tensor]) -> str:
-    """Architecture inferred from an official GPT state dict, e.g. 'NAR ... model.size=B (dim 768, ...)'."""
+    """Architecture inferred from an official state dict, e.g. 'a NAR GPT ... model.size=B (dim 768, ...)'."""
+    if "class_emb.weight" in state:  # VAR: width 64 * depth, class table with a null row
+        classes, width = state["class_emb.weight"].shape
+        depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+        vocab = state["head.weight"].shape[0] if "head.weight" in state else "?"
+        return (f"a VAR transformer of depth {depth}, width {width}, vocab {vocab}, {classes - 1} classes "
+                f"(var_d{depth}.pth; model.size=d{depth})")
     if "tok_embeddings.weight" not in state:
-        return "no LlamaGen-style GPT (it has no tok_embeddings.weight)"
+        return "neither a LlamaGen-style GPT (no tok_embeddings.weight) nor a VAR (no class_emb.weight)"
     vocab, dim = state["tok_embeddings.weight"].shape
     blocks = {int(k.split(".")[1]) for k in state if k.startswith("layers.")}
     vertical = "medusa_output.weight" in state
     n_layers = len(blocks) - int(vertical)  # NAR stores its vertical block as one more layer
-    kind = "a NAR GPT (with vertical head: use model.paradigm=nar)" if vertical else "a LlamaGen GPT (no vertical head)"
+    if vertical:
+        kind = "a NAR GPT (with vertical head: use model.paradigm=nar)"
+    elif PAR_TRANSITION_KEY in state:
+        kind = (f"a PAR GPT ({state[PAR_TRANSITION_KEY].shape[0] + 1} regions: use model.paradigm=par "
+                f"model.options.regions={state[PAR_TRANSITION_KEY].shape[0] + 1})")
+    else:
+        kind = "a LlamaGen GPT (no vertical head)"
     size = size_name(dim, n_layers)
     table = state.get("cls_embedding.embedding_table.weight")
     classes = f", {table.shape[0] - 1} classes" if table is not None else ""
@@ -133,13 +270,13 @@ def describe_checkpoint(state: Mapping[str, Tensor]) -> str:
             f"(dim {dim}, {n_layers} layers, vocab {vocab}{classes})")
 
 
-# --- converters, one per paradigm ---------------------------------------------------------------------
-def llamagen_key_map(model: Paradigm) -> dict[str, str]:
+# --- LlamaGen family: raster AR, NAR, PAR ----------------------------------------------------------------
+def llamagen_key_map(model: nn.Module) -> dict[str, str]:
     """LlamaGen GPT: nar-bench's backbone uses LlamaGen's names, only the "backbone." prefix differs."""
     return {k: k.removeprefix("backbone.") for k in model.state_dict() if k.startswith("backbone.")}
 
 
-def nar_key_map(model: Paradigm) -> dict[str, str]:
+def nar_key_map(model: nn.Module) -> dict[str, str]:
     """NAR-images GPT: LlamaGen GPT + vertical block as layers.{L} + medusa_norm / medusa_output."""
     renames = {"vertical_block.": f"layers.{model.model_cfg.n_layers}.",
                "vertical_norm.": "medusa_norm.", "vertical_output.": "medusa_output."}
@@ -151,7 +288,74 @@ def nar_key_map(model: Paradigm) -> dict[str, str]:
     return mapping
 
 
-OFFICIAL_KEY_MAPS: dict[str, Callable[[Paradigm], dict[str, str]]] = {
-    "ar": llamagen_key_map,
-    "nar": nar_key_map,
+def par_key_map(model: nn.Module) -> dict[str, str]:
+    """PAR GPT (PAR-XL-4x.pt, PAR-3B-16x.pt, ...): LlamaGen GPT + the n-1 transition tokens, which
+    PAR's gpt.py keeps as an embedding table of ``spe_token_num`` = n-1 rows."""
+    return llamagen_key_map(model) | {"transition_tokens": PAR_TRANSITION_KEY}
+
+
+def check_par(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    if PAR_TRANSITION_KEY not in state:
+        raise NarBenchError(
+            f"no transition tokens under '{PAR_TRANSITION_KEY}' in the checkpoint (is it a LlamaGen, not a PAR, "
+            "checkpoint?); load_par_checkpoint(..., transition_key=<name>) reads files that store them elsewhere")
+    rows = state[PAR_TRANSITION_KEY].shape[0]
+    if rows != model.num_regions - 1:
+        raise NarBenchError(f"the checkpoint has {rows} transition tokens, i.e. {rows + 1} regions, but "
+                            f"model.options.regions={model.num_regions}; set model.options.regions={rows + 1}")
+
+
+# --- VAR transformer and its multi-scale VQ-VAE -------------------------------------------------------------
+def var_buffers(var: nn.Module) -> dict[str, Tensor]:
+    """The buffers VAR's own ``load_state_dict(strict=True)`` expects: level ids, the additive
+    attention mask and each block's zero k-bias."""
+    bias = torch.zeros(var.mask.shape).masked_fill(~var.mask.cpu(), float("-inf"))
+    buffers = {"lvl_1L": var.lvl_1L.view(1, -1).clone(), "attn_bias_for_masking": bias[None, None]}
+    for i, block in enumerate(var.blocks):
+        buffers[f"blocks.{i}.attn.zero_k_bias"] = torch.zeros_like(block.attn.q_bias)
+    return buffers
+
+
+def msvq_buffers(tokenizer: nn.Module) -> dict[str, Tensor]:
+    """VAR's codebook-usage statistics (zeros: they do not change the codes)."""
+    return {"quantize.ema_vocab_hit_SV": torch.zeros(len(tokenizer.scales), tokenizer.vocab_size)}
+
+
+VAR_HINTS = {
+    r"pos_1LC|lvl_embed\.weight|pos_start": "token count / scales differ: official checkpoints use "
+                                           "model.options.scales=[1,2,3,4,5,6,8,10,13,16]",
+    r"class_emb\.weight": "number of classes + 1 null class differs (ImageNet: 1000)",
+    r"head\.(weight|bias)": "vocabulary differs: the official msvq codebook has 4096 codes",
+    r"word_embed\.weight": "latent channels differ: set model.options.vae_channels to the tokenizer's z_channels",
+    r"blocks\.\d+\.attn\.scale_mul_1H11": "attention l2-norm setting differs: set model.options.attn_l2_norm "
+                                          "(true for the released checkpoints)",
+    r"blocks\..*|head_nm\..*": "width or depth differs: VAR width is 64 * depth; use model.size=d<depth>",
+}
+MSVQ_HINTS = {
+    r"quantize\.embedding\.weight": "codebook size / latent channels differ: set tokenizer.options.vocab_size "
+                                    "and z_channels (official: preset vae_ch160v4096z32)",
+    r"quantize\.quant_resi\..*": "phi convs differ: set tokenizer.options.share_quant_resi / quant_resi",
+    r"(encoder|decoder)\..*|(post_)?quant_conv\..*": "encoder/decoder layout differs: set tokenizer.options "
+                                                   "(ch, ch_mult, num_res_blocks, using_sa, using_mid_sa) or "
+                                                   "preset=vae_ch160v4096z32 for the official file",
+}
+TOKENIZER_FIX = "Set tokenizer.options to the architecture the checkpoint was trained with"
+
+LAYOUTS: dict[str, Layout] = {
+    "ar": Layout(llamagen_key_map),
+    "nar": Layout(nar_key_map),
+    "par": Layout(par_key_map, check=check_par,
+                  download="download e.g. PAR-XL-4x.pt from the PAR release and point model.checkpoint at it"),
+    "var": Layout(derived=r"lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias", official_buffers=var_buffers,
+                  hints=VAR_HINTS, download="download var_d{16,20,24,30}.pth from the VAR release (Hugging Face, "
+                                            "FoundationVision/var) and point model.checkpoint at it"),
+    "msvq": Layout(derived=r"quantize\.ema_vocab_hit_SV", official_buffers=msvq_buffers, hints=MSVQ_HINTS,
+                   tokenizer_fix=TOKENIZER_FIX,
+                   download="download vae_ch160v4096z32.pth from the VAR release, or train one "
+                            "(nar-bench train-tokenizer), and set tokenizer.checkpoint to it"),
+    "vq": Layout(optional=("quantize.codebook_used",),  # a usage log, not a weight
+                 tokenizer_fix=f"{TOKENIZER_FIX} (preset vq_ds16 for vq_ds16_c2i.pt)",
+                 download="download LlamaGen's VQ-16 tokenizer vq_ds16_c2i.pt (Hugging Face, FoundationVision/"
+                          "LlamaGen) and set tokenizer.checkpoint to its path, or train one "
+                          "(nar-bench train-tokenizer)"),
 }

@@ -5,12 +5,15 @@
     nar-bench bench experiments/throughput_sweep.yaml bench.batch_sizes=[1,8,64]
     nar-bench sweep experiments/ablation_heads.yaml [--only ntp_raster,nar_dim_heads_mixed] trainer.max_steps=50
     nar-bench report experiments/ablation_heads.yaml --parent latest
+    nar-bench train-tokenizer experiments/demo.yaml tokenizer.name=vq tokenizer.options.preset=synthetic
+    nar-bench extract-codes experiments/demo.yaml results/codes/imagenet data.name=imagefolder data.root=...
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -102,6 +105,28 @@ def cmd_report(args: argparse.Namespace) -> None:
     print("\n".join(str(path) for path in write_report(table, grid, out, info).values()))
 
 
+def cmd_extract_codes(args: argparse.Namespace) -> None:
+    from nar_bench.config import load_config
+    from nar_bench.data.codes import MANIFEST
+    from nar_bench.extract_codes import extract_codes
+
+    shard = {} if args.shard_size is None else {"shard_size": args.shard_size}
+    out = extract_codes(load_config(args.config, args.overrides), args.out_dir, **shard)
+    manifest = json.loads((out / MANIFEST).read_text())
+    counts = " ".join(f"{split}={entry['count']}" for split, entry in manifest["splits"].items())
+    print(f"codes={out} {counts} num_tokens={manifest['num_tokens']} vocab_size={manifest['vocab_size']} "
+          f"num_classes={manifest['num_classes']}")
+
+
+def cmd_train_tokenizer(args: argparse.Namespace) -> None:
+    from nar_bench.config import load_config
+    from nar_bench.train_tokenizer import train_tokenizer
+
+    summary = train_tokenizer(load_config(args.config, args.overrides))
+    if summary:
+        print(" ".join(f"{k}={v}" for k, v in summary.items()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nar-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,6 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent", help="only the child runs of this sweep (parent) run id; 'latest' = newest sweep")
     p.add_argument("--out", help="results folder (default: results/report/<experiment>)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("extract-codes", help="tokenize an image dataset once into sharded .npy codes + labels "
+                                             "(train on them with data.name=codes data.root=<out_dir>)")
+    p.add_argument("config", help="experiment YAML naming the data and the tokenizer")
+    p.add_argument("out_dir", help="new folder for the codes (must not exist)")
+    p.add_argument("--shard-size", type=int, default=None, help="codes per .npy shard (default 100000)")
+    p.add_argument("overrides", nargs="*", help="e.g. data.name=imagefolder data.root=... tokenizer.checkpoint=...")
+    p.set_defaults(func=cmd_extract_codes)
+
+    p = sub.add_parser("train-tokenizer", help="train a learned tokenizer (vq, msvq); prints the weights' path, "
+                                               "usable as tokenizer.checkpoint")
+    p.add_argument("config", help="experiment YAML naming the data and the tokenizer")
+    p.add_argument("overrides", nargs="*", help="e.g. tokenizer.name=vq trainer.max_steps=2000")
+    p.set_defaults(func=cmd_train_tokenizer)
     return parser
 
 

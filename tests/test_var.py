@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from nar_bench.checkpoints_var import load_var_state_dict, var_to_official
+from nar_bench.checkpoints import load_official, to_official
 from nar_bench.config import load_config, paradigm_options, transformer_config
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.sampling import SamplingConfig, guide
@@ -126,10 +126,10 @@ def test_official_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     tok, var = tiny_msvq().eval(), tiny_var().eval()
     path = tmp_path / "var_d2.pth"
-    torch.save(var_to_official(var), path)
+    torch.save(to_official(var), path)
     assert {"lvl_1L", "attn_bias_for_masking", "blocks.0.attn.zero_k_bias"} <= set(torch.load(path))
     fresh = tiny_var(randomize=False).eval()
-    load_var_state_dict(fresh, path)
+    load_official(fresh, path)
     for m in (var, fresh):
         m.attach_tokenizer(tok)
     codes = torch.randint(0, 64, (2, var.num_tokens))
@@ -137,11 +137,11 @@ def test_official_checkpoint_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(fresh(codes, labels), var(codes, labels))
     with pytest.raises(NarBenchError, match="model.size=d2"):
-        load_var_state_dict(tiny_var(depth=3, randomize=False), path)
+        load_official(tiny_var(depth=3, randomize=False), path)
     with pytest.raises(NarBenchError, match="scales"):
-        load_var_state_dict(tiny_var(scales=(1, 2, 3, 8), randomize=False), path)
+        load_official(tiny_var(scales=(1, 2, 3, 8), randomize=False), path)
     with pytest.raises(NarBenchError, match="attn_l2_norm"):
-        load_var_state_dict(tiny_var(attn_l2_norm=False, randomize=False), path)
+        load_official(tiny_var(attn_l2_norm=False, randomize=False), path)
 
 
 def test_tokenizer_must_match():

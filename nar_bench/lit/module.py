@@ -12,12 +12,17 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from nar_bench.build import build_paradigm, build_tokenizer
+from nar_bench.checkpoints import load_generator_weights
 from nar_bench.images import save_samples, to_uint8
 from nar_bench.nn.sampling import SamplingConfig
 
 
 class GeneratorModule(L.LightningModule):
-    def __init__(self, cfg: DictConfig | dict, num_classes: int):
+    """Any paradigm (``model.paradigm``) on any tokenizer. The paradigm starts from
+    ``model.checkpoint`` when set (official layout or a nar-bench Lightning .ckpt), else from its
+    own initialisation; ``load_initial_weights=False`` skips that (``load_from_checkpoint``)."""
+
+    def __init__(self, cfg: DictConfig | dict, num_classes: int, load_initial_weights: bool = True):
         super().__init__()
         cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
         # Stored as a plain dict: logged as MLflow params and enough to rebuild from a .ckpt.
@@ -27,7 +32,15 @@ class GeneratorModule(L.LightningModule):
         self.tokenizer = build_tokenizer(cfg)
         self.tokenizer.requires_grad_(False)
         self.paradigm = build_paradigm(cfg, self.tokenizer, num_classes)
+        if cfg.model.checkpoint and load_initial_weights:
+            load_generator_weights(self.paradigm, cfg.model.checkpoint)
         self.sampling = SamplingConfig(**cfg.eval.sampling)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs) -> GeneratorModule:
+        """Lightning's loader; the trained weights come from the .ckpt, so the run's starting
+        weights (``model.checkpoint``, maybe a multi-GB file moved since) are not read again."""
+        return super().load_from_checkpoint(checkpoint_path, *args, load_initial_weights=False, **kwargs)
 
     # --- data -> codes ----------------------------------------------------------------------------
     def to_codes(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:

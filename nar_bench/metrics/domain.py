@@ -19,17 +19,15 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import pandas as pd
 import torch
-import torch.nn.functional as F
 import torch_fidelity  # importable on CPU-only installs thanks to nar_bench/__init__ (see _torchvision_compat)
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from nar_bench.data.shapes import NUM_CLASSES, ShapesDataset, class_name
 from nar_bench.errors import NarBenchError
 from nar_bench.metrics.cache import atomic_save, cache_root
+from nar_bench.metrics.classifier import fit_classifier
 
 TORCH_FIDELITY_NAME = "nar-bench-shapes-cnn"
 _ARCHITECTURE_VERSION = 1  # bump when ShapesClassifier changes: old cache files stop matching
@@ -99,39 +97,11 @@ class ShapesClassifier(nn.Module):
         return self.head(self.features(images))
 
 
-class ShapesClassifierModule(L.LightningModule):
-    """Trains a ShapesClassifier with cross-entropy; AdamW with a one-cycle schedule."""
-
-    def __init__(self, spec: DomainClassifierSpec):
-        super().__init__()
-        self.spec = spec
-        self.net = ShapesClassifier(spec.image_size, spec.grid, spec.width)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        images, labels = batch
-        loss = F.cross_entropy(self.net(images), labels)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.net.parameters(), lr=self.spec.lr)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, self.spec.lr, total_steps=self.spec.steps, pct_start=0.1)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
 def train_domain_classifier(spec: DomainClassifierSpec) -> ShapesClassifier:
     """A freshly trained classifier; every step sees new images (the dataset is procedural)."""
     data = ShapesDataset(spec.steps * spec.batch_size, spec.image_size, spec.grid, spec.seed, split="train")
-    with torch.random.fork_rng(devices=[]):  # seed our training without resetting the caller's RNG
-        torch.manual_seed(spec.seed)
-        loader = DataLoader(data, batch_size=spec.batch_size, shuffle=True)
-        module = ShapesClassifierModule(spec)
-        trainer = L.Trainer(
-            max_steps=spec.steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-            enable_model_summary=False,
-        )
-        trainer.fit(module, loader)
-    return module.net.cpu().eval()
+    return fit_classifier(lambda: ShapesClassifier(spec.image_size, spec.grid, spec.width), data, spec.steps,
+                          spec.batch_size, spec.lr, spec.seed)
 
 
 def domain_classifier_path(spec: DomainClassifierSpec, root: str | Path | None = None) -> Path:

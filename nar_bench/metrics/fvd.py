@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 
 from nar_bench.data.moving_shapes import NUM_CLASSES, MovingShapesDataset
 from nar_bench.errors import NarBenchError
+from nar_bench.metrics.cache import atomic_save
+from nar_bench.metrics.classifier import fit_classifier
 from nar_bench.registry import DATASETS, FEATURE_EXTRACTORS
 
 DEFAULT_CACHE_DIR = "results/cache/video_domain"
@@ -82,34 +79,11 @@ class VideoClassifier(nn.Module):
         return self.head(self.features(videos))
 
 
-class VideoClassifierModule(L.LightningModule):
-    def __init__(self, spec: VideoClassifierSpec):
-        super().__init__()
-        self.spec = spec
-        self.net = VideoClassifier(spec.image_size, spec.grid, spec.width)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        videos, labels = batch
-        loss = F.cross_entropy(self.net(videos), labels)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.net.parameters(), lr=self.spec.lr)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, self.spec.lr, total_steps=self.spec.steps, pct_start=0.1)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
 def train_video_classifier(spec: VideoClassifierSpec) -> VideoClassifier:
     """A freshly trained classifier; every step sees new clips (the dataset is procedural)."""
     data = MovingShapesDataset(spec.steps * spec.batch_size, spec.frames, spec.image_size, spec.grid, spec.seed)
-    with torch.random.fork_rng(devices=[]):  # seeds our training without touching the caller's RNG
-        torch.manual_seed(spec.seed)
-        module = VideoClassifierModule(spec)
-        trainer = L.Trainer(max_steps=spec.steps, accelerator="auto", devices=1, logger=False,
-                            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
-        trainer.fit(module, DataLoader(data, batch_size=spec.batch_size, shuffle=True))
-    return module.net.cpu().eval().requires_grad_(False)
+    return fit_classifier(lambda: VideoClassifier(spec.image_size, spec.grid, spec.width), data, spec.steps,
+                          spec.batch_size, spec.lr, spec.seed)
 
 
 def video_classifier(spec: VideoClassifierSpec | None = None, cache_dir: str | Path | None = None) -> VideoClassifier:
@@ -118,11 +92,7 @@ def video_classifier(spec: VideoClassifierSpec | None = None, cache_dir: str | P
     spec = spec or VideoClassifierSpec()
     path = Path(cache_dir or DEFAULT_CACHE_DIR) / f"{spec.key()}.pt"
     if not path.is_file():
-        net = train_video_classifier(spec)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"spec": asdict(spec), "state_dict": net.state_dict()}, tmp)
-        os.replace(tmp, path)
+        atomic_save({"spec": asdict(spec), "state_dict": train_video_classifier(spec).state_dict()}, path)
     saved = torch.load(path, map_location="cpu", weights_only=True)
     net = VideoClassifier(spec.image_size, spec.grid, spec.width)
     net.load_state_dict(saved["state_dict"])

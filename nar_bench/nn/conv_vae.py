@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nar_bench.nn.conv_blocks import Downsample2x, ResnetBlock, Upsample2x, group_norm
+
 
 @dataclass
 class ConvVAEConfig:
@@ -30,32 +32,12 @@ class ConvVAEConfig:
         return 2 ** (len(self.ch_mult) - 1)
 
 
-def _norm(cfg: ConvVAEConfig, channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(cfg.norm_groups, channels, eps=1e-6, affine=True)
-
-
-class ResnetBlock(nn.Module):
-    def __init__(self, cfg: ConvVAEConfig, in_channels: int, out_channels: int):
-        super().__init__()
-        self.norm1 = _norm(cfg, in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = _norm(cfg, out_channels)
-        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.nin_shortcut(x) + h
-
-
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention with a residual connection."""
 
     def __init__(self, cfg: ConvVAEConfig, channels: int):
         super().__init__()
-        self.norm = _norm(cfg, channels)
+        self.norm = group_norm(cfg, channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
@@ -64,24 +46,6 @@ class AttnBlock(nn.Module):
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)  # (B, hw, C)
         out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
         return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, h, w))
-
-
-class Downsample2x(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric pad, as taming/VAR
-
-
-class Upsample2x(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 def _mid(cfg: ConvVAEConfig, channels: int) -> nn.Module:
@@ -113,7 +77,7 @@ class Encoder(nn.Module):
                 level.downsample = Downsample2x(block_in)
             self.down.append(level)
         self.mid = _mid(cfg, block_in)
-        self.norm_out = _norm(cfg, block_in)
+        self.norm_out = group_norm(cfg, block_in)
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -151,7 +115,7 @@ class Decoder(nn.Module):
                 level.upsample = Upsample2x(block_in)
             up.insert(0, level)  # stored finest-first, run coarsest-first (VAR's order)
         self.up = nn.ModuleList(up)
-        self.norm_out = _norm(cfg, block_in)
+        self.norm_out = group_norm(cfg, block_in)
         self.conv_out = nn.Conv2d(block_in, 3, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:

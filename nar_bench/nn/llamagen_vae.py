@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nar_bench.nn.conv_blocks import Downsample2x, ResnetBlock, Upsample2x, group_norm
+
 
 @dataclass
 class ConvNetConfig:
@@ -30,32 +32,12 @@ class ConvNetConfig:
         return 2 ** (len(self.ch_mult) - 1)
 
 
-def _norm(cfg: ConvNetConfig, channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(cfg.norm_groups, channels, eps=1e-6, affine=True)
-
-
-class ResnetBlock(nn.Module):
-    def __init__(self, cfg: ConvNetConfig, in_channels: int, out_channels: int):
-        super().__init__()
-        self.norm1 = _norm(cfg, in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = _norm(cfg, out_channels)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.nin_shortcut(x) + h
-
-
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention (separate 1x1 q/k/v convs, as in the checkpoint)."""
 
     def __init__(self, cfg: ConvNetConfig, channels: int):
         super().__init__()
-        self.norm = _norm(cfg, channels)
+        self.norm = group_norm(cfg, channels)
         self.q, self.k, self.v = (nn.Conv2d(channels, channels, 1) for _ in range(3))
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
@@ -65,24 +47,6 @@ class AttnBlock(nn.Module):
         q, k, v = (conv(hn).reshape(b, 1, c, h * w).transpose(-1, -2) for conv in (self.q, self.k, self.v))
         out = F.scaled_dot_product_attention(q, k, v)  # (B, 1, hw, C), scale C^-0.5 as the original
         return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, h, w))
-
-
-class Downsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric pad, as taming / LlamaGen
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 def _mid(cfg: ConvNetConfig, channels: int) -> nn.ModuleList:
@@ -118,11 +82,11 @@ class Encoder(nn.Module):
         for i, width in enumerate(widths):
             level = _level(cfg, block_in, width, cfg.num_res_blocks, attn=i == last)
             if i != last:
-                level.downsample = Downsample(width)
+                level.downsample = Downsample2x(width)
             self.conv_blocks.append(level)
             block_in = width
         self.mid = _mid(cfg, block_in)
-        self.norm_out = _norm(cfg, block_in)
+        self.norm_out = group_norm(cfg, block_in)
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -149,10 +113,10 @@ class Decoder(nn.Module):
         for i in reversed(range(len(widths))):  # lowest resolution first
             level = _level(cfg, block_in, widths[i], cfg.num_res_blocks + 1, attn=i == len(widths) - 1)
             if i != 0:
-                level.upsample = Upsample(widths[i])
+                level.upsample = Upsample2x(widths[i])
             self.conv_blocks.append(level)
             block_in = widths[i]
-        self.norm_out = _norm(cfg, block_in)
+        self.norm_out = group_norm(cfg, block_in)
         self.conv_out = nn.Conv2d(block_in, 3, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ scales 1,2,3,4,5,6,8,10,13,16 and 341 for the synthetic default 1,2,4,8,16.
 
 Module and parameter names match VAR's VQVAE (``encoder.*``, ``decoder.*``, ``quant_conv``,
 ``post_quant_conv``, ``quantize.embedding``, ``quantize.quant_resi.qresi_ls.{k}``), so the official
-``vae_ch160v4096z32.pth`` loads through ``nar_bench.checkpoints_var.load_msvq_state_dict``.
+``vae_ch160v4096z32.pth`` loads through ``nar_bench.checkpoints`` (layout ``msvq``).
 """
 
 from __future__ import annotations
@@ -215,9 +215,9 @@ class MultiScaleVQ(Tokenizer):
                 f"{latent} or change tokenizer.options.ch_mult (downsample = 2 ** (len(ch_mult) - 1))")
         tok = cls(tcfg, scales)
         if cfg.tokenizer.checkpoint:
-            from nar_bench.checkpoints_var import load_msvq_state_dict
+            from nar_bench.checkpoints import load_tokenizer_weights
 
-            load_msvq_state_dict(tok, cfg.tokenizer.checkpoint)
+            load_tokenizer_weights(tok, cfg.tokenizer.checkpoint, "msvq")
         return tok
 
     @property

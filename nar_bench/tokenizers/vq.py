@@ -20,7 +20,6 @@ numbers and train this one for small or synthetic data.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +33,6 @@ from nar_bench.registry import TOKENIZERS
 from nar_bench.tokenizers.base import Tokenizer
 
 USAGE_WINDOW = 65536  # LlamaGen's ``codebook_used``: the indices of the last 65536 encoded tokens
-DOWNLOAD_HINT = ("download LlamaGen's VQ-16 tokenizer vq_ds16_c2i.pt (Hugging Face, FoundationVision/LlamaGen) "
-                 "and set tokenizer.checkpoint to its path, or train one with the tokenizer trainer")
 
 
 @dataclass
@@ -123,7 +120,9 @@ class VQTokenizer(Tokenizer):
         loads ``tokenizer.checkpoint`` when set (official or nar-bench, weights under "model")."""
         tok = cls(vq_config(cfg.tokenizer.get("options") or {}), cfg.data.image_size)
         if cfg.tokenizer.checkpoint:
-            load_vq_checkpoint(tok, cfg.tokenizer.checkpoint)
+            from nar_bench.checkpoints import load_tokenizer_weights
+
+            load_tokenizer_weights(tok, cfg.tokenizer.checkpoint, "vq")
         return tok
 
     def latents(self, images: Tensor) -> Tensor:
@@ -187,25 +186,3 @@ def vq_config(options) -> VQConfig:
         raise NarBenchError(f"vq: channel widths {widths} must be multiples of tokenizer.options.norm_groups "
                             f"{cfg.norm_groups}; change ch / ch_mult or norm_groups")
     return cfg
-
-
-def load_vq_checkpoint(tok: VQTokenizer, path: str | Path) -> VQTokenizer:
-    """Loads official LlamaGen or nar-bench VQ weights (raw or under "model") into ``tok`` in place."""
-    from nar_bench.checkpoints import read_checkpoint
-
-    if not Path(path).is_file():
-        raise NarBenchError(f"tokenizer.checkpoint '{path}' not found; {DOWNLOAD_HINT}")
-    state = read_checkpoint(path)
-    own = tok.state_dict()
-    state.setdefault("quantize.codebook_used", own["quantize.codebook_used"])  # a usage log, not a weight
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        problems = (("missing", missing), ("unexpected", unexpected), ("shape (file vs config)", shapes))
-        parts = [f"{name}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}" for name, keys in problems if keys]
-        raise NarBenchError(f"tokenizer.checkpoint '{path}' does not fit the 'vq' tokenizer configured by "
-                            f"tokenizer.options ({'; '.join(parts)}); set tokenizer.options to the architecture "
-                            "it was trained with (preset vq_ds16 for vq_ds16_c2i.pt)")
-    tok.load_state_dict(state)
-    return tok
