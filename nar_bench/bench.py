@@ -28,7 +28,13 @@ from nar_bench.bench_report import write_report
 from nar_bench.build import build_paradigm, build_tokenizer
 from nar_bench.config import merge, model_dims, paradigm_options
 from nar_bench.errors import NarBenchError
-from nar_bench.metrics.efficiency import DTYPES, measure_batch_sizes, profile_generation, randomize_weights
+from nar_bench.metrics.efficiency import (
+    DTYPES,
+    inference_decoder,
+    measure_batch_sizes,
+    profile_generation,
+    randomize_weights,
+)
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.provenance import provenance, provenance_line
 from nar_bench.registry import PARADIGMS
@@ -150,7 +156,7 @@ def bench_model(label: str, cfg: DictConfig, device: torch.device, prov: dict[st
         tokenizer.to(device).eval()  # paradigms like VAR use it while generating
     sampling = SamplingConfig(**cfg.eval.sampling)
     protocol = {"dtype": bench.dtype, "warmup": bench.warmup, "repeats": bench.repeats, "device": device,
-                "decode_fn": tokenizer.decode if bench.include_decode else None,
+                "decode_fn": inference_decoder(tokenizer, bench.dtype, bench.compile) if bench.include_decode else None,
                 "cuda_graph": bench.cuda_graph, "compile": bench.compile,
                 "size": cfg.model.size, "seed": cfg.seed}
     sampling_cols = {"cfg_scale": sampling.cfg_scale, "top_k": sampling.top_k, "top_p": sampling.top_p}

@@ -208,3 +208,20 @@ def test_compiled_decoding_generates_the_same_tokens_as_eager():
     assert r.compiled and r.status == "ok"
     assert hasattr(model.feed, "_torchdynamo_orig_callable")
     assert torch.equal(model.generate(labels, greedy), eager)
+
+
+def test_inference_decoder_casts_to_bf16_channels_last_and_decodes_like_fp32():
+    from tests.test_vq import tiny_tokenizer
+
+    from nar_bench.metrics.efficiency import inference_decoder
+
+    tok = tiny_tokenizer()
+    codes = tok.encode(torch.rand(2, 3, 16, 16) * 2 - 1)
+    reference = tok.decode(codes)
+    decode = inference_decoder(tok, "bf16")
+    convs = [m.weight for m in tok.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.dtype == torch.bfloat16 for w in convs)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs if w.shape[-1] > 1)
+    images = decode(codes)
+    assert images.shape == reference.shape
+    assert (images.float() - reference).abs().mean() < 0.05  # bf16 rounding, not a different decoder
