@@ -211,9 +211,8 @@ def test_compiled_decoding_generates_the_same_tokens_as_eager():
 
 
 def test_inference_decoder_casts_to_bf16_channels_last_and_decodes_like_fp32():
-    from tests.test_vq import tiny_tokenizer
-
     from nar_bench.metrics.efficiency import inference_decoder
+    from tests.test_vq import tiny_tokenizer
 
     tok = tiny_tokenizer()
     codes = tok.encode(torch.rand(2, 3, 16, 16) * 2 - 1)
