@@ -24,36 +24,3 @@ def randomize_heads(module: torch.nn.Module, std: float = 0.3) -> None:
     for name, p in module.named_parameters():
         if "output" in name:
             torch.nn.init.normal_(p, std=std)
-
-
-def record_step_logits(paradigm, labels, sampling):
-    """Runs generate() and returns (tokens (B, N), logits (B, N, V) the decoder used for each
-    raster position), conditional half only when CFG is on."""
-    recorded = {}
-    schedule = paradigm.schedule()
-    original = paradigm.step_logits
-
-    def spy(step, fed):
-        logits = original(step, fed)
-        recorded[step] = logits[: len(labels)]
-        return logits
-
-    paradigm.step_logits = spy
-    try:
-        tokens = paradigm.generate(labels, sampling)
-    finally:
-        del paradigm.step_logits
-    vocab = recorded[0].shape[-1]
-    logits = torch.zeros(len(labels), paradigm.num_tokens, vocab)
-    for step, idx in enumerate(schedule):
-        logits[:, idx] = recorded[step]
-    return tokens.flatten(1), logits
-
-
-@pytest.fixture
-def single_thread():
-    """Tiny conv nets run faster on one thread, and much faster on a busy shared CPU (no spinning)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -229,13 +229,3 @@ def test_options_are_validated():
 def test_grid_must_be_two_dimensional():
     with pytest.raises(NarBenchError, match="2D"):
         NAR(tiny_config(), (2, 3, 4))
-
-
-# --- NTP baseline (raster AR, Table 4) ----------------------------------------------------------
-@pytest.mark.parametrize("sampling", [NO_CFG, CFG], ids=["cfg_off", "cfg_on"])
-def test_raster_ar_cached_decoding_matches_forward(sampling):
-    torch.manual_seed(0)
-    model = randomize_outputs(RasterAR(tiny_config(), (3, 4))).eval()
-    assert model.num_steps == 12
-    gap = decode_forward_gap(model, torch.tensor([0, 4]), sampling, torch.Generator().manual_seed(0))
-    assert gap < DECODE_ATOL
