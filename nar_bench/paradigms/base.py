@@ -99,7 +99,7 @@ class SequenceParadigm(Paradigm):
 
     The training sequence is [condition, tokens in raster order] under ``train_mask``. Decoding
     fills a static KV cache in schedule order, so each step attends to the filled prefix without a
-    mask. Subclasses define the schedule, the mask and ``predict`` / ``step_logits`` (how hidden
+    mask. Subclasses define the schedule, the mask, ``forward`` and ``step_logits`` (how hidden
     states become logits for their targets).
     """
 
@@ -162,7 +162,7 @@ class SequenceParadigm(Paradigm):
     def generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
         was_training = self.training
         self.eval()
-        cls_n, steps = self.model_cfg.cls_token_num, self.schedule()
+        cls_n, steps = self.model_cfg.cls_token_num, self.device_schedule(labels.device)
         cond = with_null_class(labels, self.model_cfg.num_classes) if sampling.uses_cfg else labels
         setup_kv_caches(self, cond.shape[0], cls_n + self.num_tokens, self.cache_dtype())
 
@@ -170,7 +170,7 @@ class SequenceParadigm(Paradigm):
         fed = self.feed(x, self.rope[:cls_n], cache_start=0)
         out = labels.new_empty(labels.shape[0], self.num_tokens)
         pos = cls_n
-        for s, idx in enumerate(self.device_schedule(labels.device)):
+        for s, idx in enumerate(steps):
             guided = sampling.cfg_interval < 0 or s < sampling.cfg_interval
             new = sample_step(self.step_logits(s, fed), sampling, guided, generator)
             out[:, idx] = new
