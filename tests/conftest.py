@@ -24,3 +24,12 @@ def randomize_heads(module: torch.nn.Module, std: float = 0.3) -> None:
     for name, p in module.named_parameters():
         if "output" in name:
             torch.nn.init.normal_(p, std=std)
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny conv nets run faster on one thread, and much faster on a busy shared CPU (no spinning)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
