@@ -127,6 +127,14 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
 
 
+def cmd_order_gifs(args: argparse.Namespace) -> None:
+    from nar_bench.visualize import write_order_gifs
+
+    checkpoints = dict(item.split("=", 1) for item in args.ckpt)
+    for path in write_order_gifs(args.out, args.paradigms, args.config, args.overrides, checkpoints, args.label):
+        print(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nar-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment YAML naming the data and the tokenizer")
     p.add_argument("overrides", nargs="*", help="e.g. tokenizer.name=vq trainer.max_steps=2000")
     p.set_defaults(func=cmd_train_tokenizer)
+    p = sub.add_parser("order-gifs", help="GIFs of the generation order, one frame per decoding step")
+    p.add_argument("--out", default="results", help="folder for order_<paradigm>.gif")
+    p.add_argument("--paradigms", nargs="+", default=["ar", "nar", "par"])
+    p.add_argument("--config", default="experiments/demo.yaml")
+    p.add_argument("--ckpt", action="append", default=[], metavar="PARADIGM=PATH",
+                   help="trained Lightning checkpoint for a paradigm (repeatable)")
+    p.add_argument("--label", type=int, default=0)
+    p.add_argument("overrides", nargs="*", help="config dotlist overrides for untrained models")
+    p.set_defaults(func=cmd_order_gifs)
     return parser
 
 

@@ -6,14 +6,12 @@ decoded by the tokenizer with not-yet-decoded tokens filled by code 0, their cel
 Video grids (T, H, W) show the T frames in a row in each panel, the panels stacked. Works for every paradigm whose
 ``schedule()`` lists raster indices per step (ar, par, nar, nar_video).
 
-    python -m nar_bench.visualize --out results                      # order_{ar,nar,par}.gif, tiny random models
-    python -m nar_bench.visualize --ckpt nar=results/runs/<run>/checkpoints/last.ckpt
+    nar-bench order-gifs --out results                      # order_{ar,nar,par}.gif, tiny random models
+    nar-bench order-gifs --ckpt nar=results/runs/<run>/checkpoints/last.ckpt
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +21,6 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from nar_bench.errors import NarBenchError
 from nar_bench.images import save_gif, to_uint8
 from nar_bench.lit.module import GeneratorModule, log_artifact
 from nar_bench.nn.sampling import SamplingConfig
@@ -162,28 +159,3 @@ def write_order_gifs(out_dir: str | Path = "results", paradigms: Sequence[str] =
             module = GeneratorModule(cfg, GeneratorDataModule(cfg.data).num_classes)
         paths.append(order_gif(module, label, Path(out_dir) / f"order_{name}.gif", seed=module.cfg.seed))
     return paths
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nar_bench.visualize", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="results", help="folder for order_<paradigm>.gif")
-    parser.add_argument("--paradigms", nargs="+", default=["ar", "nar", "par"])
-    parser.add_argument("--config", default="experiments/demo.yaml")
-    parser.add_argument("--ckpt", action="append", default=[], metavar="PARADIGM=PATH",
-                        help="trained Lightning checkpoint for a paradigm (repeatable)")
-    parser.add_argument("--label", type=int, default=0)
-    parser.add_argument("overrides", nargs="*", help="config dotlist overrides for untrained models")
-    args = parser.parse_args(argv)
-    checkpoints = dict(item.split("=", 1) for item in args.ckpt)
-    try:
-        for path in write_order_gifs(args.out, args.paradigms, args.config, args.overrides, checkpoints, args.label):
-            print(path)
-    except NarBenchError as err:
-        print(f"nar-bench: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -104,3 +104,13 @@ def test_write_order_gifs_for_ar_nar_par(tmp_path):
                                                   "data.grid_size=4"])
     assert [p.name for p in paths] == ["order_ar.gif", "order_nar.gif", "order_par.gif"]
     assert [Image.open(p).n_frames for p in paths] == [16, 7, 7]
+
+
+def test_order_gifs_verb_writes_one_gif_per_paradigm(tmp_path, capsys):
+    from nar_bench.cli import main
+
+    args = ["order-gifs", "model.size=tiny", "data.image_size=16", "data.grid_size=4", "--out", str(tmp_path),
+            "--paradigms", "nar", "par"]
+    assert main(args) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["order_nar.gif", "order_par.gif"]
+    assert Image.open(tmp_path / "order_nar.gif").n_frames == 7  # 4 + 4 - 1 anti-diagonals
