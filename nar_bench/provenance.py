@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -21,12 +22,14 @@ def device_name(device: torch.device | str) -> str:
 
 
 def git_commit() -> str:
-    """HEAD of the repository in the working directory, suffixed ``-dirty`` when tracked files
-    have uncommitted changes. Outside a checkout (e.g. a copied tree on a GPU machine) the
+    """HEAD of the checkout nar-bench runs from, suffixed ``-dirty`` when tracked files have
+    uncommitted changes. Outside a checkout (e.g. a copied tree on a GPU machine) the
     ``NAR_BENCH_COMMIT`` environment variable names it; else 'unknown'."""
+    repo = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
                                capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get("NAR_BENCH_COMMIT", "unknown")

@@ -19,6 +19,7 @@ from nar_bench.lit.data import GeneratorDataModule
 from nar_bench.lit.module import GeneratorModule, log_artifact
 from nar_bench.nn.transformer import count_parameters
 from nar_bench.tracking.mlflow import make_logger
+from nar_bench.tracking.report import write_table
 
 
 def resolve_precision(trainer_cfg: DictConfig) -> str:
@@ -120,10 +121,7 @@ def finish_run(cfg: DictConfig, module: GeneratorModule, trainer: L.Trainer, log
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     grid = save_samples(images, run_dir / "samples.png", nrow=min(module.num_classes, 16))  # .gif for video
-    table = pd.DataFrame([summary])
-    table.to_csv(run_dir / "summary.csv", index=False)
-    (run_dir / "summary.md").write_text(table.to_markdown(index=False) + "\n")
-    for path in (grid, run_dir / "summary.csv", run_dir / "summary.md"):
+    for path in (grid, *write_table(pd.DataFrame([summary]), run_dir / "summary.csv")):
         log_artifact(logger, path)
     logger.experiment.log_metric(logger.run_id, "sample_seconds", seconds)
     return summary

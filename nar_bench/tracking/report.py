@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from nar_bench.errors import NarBenchError  # noqa: E402
+from nar_bench.provenance import git_commit  # noqa: E402
 from nar_bench.tracking.mlflow import PARENT_TAG, tracking_uri  # noqa: E402
 
 METRICS = ("fid", "is", "precision", "recall", "kid", "class_accuracy")  # table order, when present
@@ -157,18 +157,6 @@ def plot_summary(summary: pd.DataFrame, group: list[str], path: str | Path) -> P
     return path
 
 
-def git_commit() -> str:
-    """HEAD of the repository nar-bench runs from, "-dirty" if tracked files changed; "unknown" outside git."""
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
 def device_description() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
@@ -181,6 +169,16 @@ def provenance(command: str, **extra: str) -> dict[str, str]:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
 
 
+def write_table(table: pd.DataFrame, path: str | Path) -> tuple[Path, Path]:
+    """Writes ``path`` as CSV and a Markdown twin (same stem, .md)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    csv, md = path.with_suffix(".csv"), path.with_suffix(".md")
+    table.to_csv(csv, index=False)
+    md.write_text(table.to_markdown(index=False) + "\n")
+    return csv, md
+
+
 def write_report(table: pd.DataFrame, grid: list[str], out_dir: str | Path, info: dict[str, str]) -> dict[str, Path]:
     """Writes runs.csv/.md (one row per run), summary.csv/.md (mean ± std over seeds per variant and
     ``grid`` columns, with the provenance ``info`` on top), metrics.png and provenance.json."""
@@ -190,8 +188,7 @@ def write_report(table: pd.DataFrame, grid: list[str], out_dir: str | Path, info
     summary = summarize(table, group)
     paths = {"runs_csv": out / "runs.csv", "runs_md": out / "runs.md", "summary_csv": out / "summary.csv",
              "summary_md": out / "summary.md", "plot": out / "metrics.png", "provenance": out / "provenance.json"}
-    table.to_csv(paths["runs_csv"], index=False)
-    paths["runs_md"].write_text(table.to_markdown(index=False) + "\n")
+    write_table(table, paths["runs_csv"])
     summary.to_csv(paths["summary_csv"], index=False)
     header = "\n".join(f"- {key}: `{value}`" for key, value in info.items())
     paths["summary_md"].write_text(f"{header}\n\n{summary_markdown(summary, group)}\n")
