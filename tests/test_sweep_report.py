@@ -98,14 +98,24 @@ def test_tiny_ablation_sweep_logs_parent_and_child_runs_and_report_rebuilds_its_
     assert {"device", "torch", "git_commit"} <= set(info)
     assert "git_commit" in (out / "summary.md").read_text() and (out / "metrics.png").stat().st_size > 0
 
+    # a child killed mid-run (say, by a command's time limit) stays RUNNING in MLflow: listed, not averaged
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    killed = client.create_run(parent.info.experiment_id, run_name="ntp_raster",
+                               tags={PARENT_TAG: parent.info.run_id, "nar_bench.variant": "ntp_raster"})
+    client.log_metric(killed.info.run_id, "eval/fid", 999.0)
+
     report_out = tmp_path / "report"
     assert main(["report", "experiments/ablation_heads.yaml", "--parent", "latest", "--out", str(report_out),
                  *tracking(tmp_path)]) == 0
-    fetched = pd.read_csv(report_out / "runs.csv").set_index("point")
+    fetched = pd.read_csv(report_out / "runs.csv")
+    assert fetched.set_index("mlflow_run_id").loc[killed.info.run_id, "status"] == "RUNNING"
+    fetched = fetched[fetched["status"] == "FINISHED"].set_index("point")
     for _, row in table.iterrows():
         assert fetched.loc[row["point"], "fid"] == pytest.approx(row["fid"])
         assert fetched.loc[row["point"], "class_accuracy"] == pytest.approx(row["class_accuracy"])
-    assert pd.read_csv(report_out / "summary.csv")["variant"].tolist() == table["variant"].tolist()
+    fetched_summary = pd.read_csv(report_out / "summary.csv")
+    assert fetched_summary["variant"].tolist() == table["variant"].tolist() and (fetched_summary["seeds"] == 1).all()
+    assert fetched_summary["fid_mean"].tolist() == pytest.approx(table["fid"].tolist())
     assert (report_out / "metrics.png").stat().st_size > 0
     assert main(["report", "experiments/ablation_heads.yaml", "tracking.experiment=nope", *tracking(tmp_path)]) == 2
 

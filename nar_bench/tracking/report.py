@@ -181,11 +181,14 @@ def write_table(table: pd.DataFrame, path: str | Path) -> tuple[Path, Path]:
 
 def write_report(table: pd.DataFrame, grid: list[str], out_dir: str | Path, info: dict[str, str]) -> dict[str, Path]:
     """Writes runs.csv/.md (one row per run), summary.csv/.md (mean ± std over seeds per variant and
-    ``grid`` columns, with the provenance ``info`` on top), metrics.png and provenance.json."""
+    ``grid`` columns, with the provenance ``info`` on top), metrics.png and provenance.json.
+    Runs MLflow lists as unfinished (killed, crashed, still running) stay in runs.csv with their
+    status but are left out of the summary and plot."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     group = ["variant", *grid]
-    summary = summarize(table, group)
+    finished = table if "status" not in table else table[table["status"] == "FINISHED"]
+    summary = summarize(finished, group)
     paths = {"runs_csv": out / "runs.csv", "runs_md": out / "runs.md", "summary_csv": out / "summary.csv",
              "summary_md": out / "summary.md", "plot": out / "metrics.png", "provenance": out / "provenance.json"}
     write_table(table, paths["runs_csv"])
