@@ -96,11 +96,12 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
-    from nar_bench.tracking.report import fetch_runs, provenance, write_report
+    from nar_bench.tracking.report import fetch_runs, provenance, runs_provenance, write_report
 
     cfg = load_config(args.config, args.overrides)
     table, grid = fetch_runs(cfg.tracking, args.parent)
-    info = provenance(args.command_line, experiment=cfg.tracking.experiment, parent_run=str(args.parent))
+    info = provenance(args.command_line, experiment=cfg.tracking.experiment, parent_run=str(args.parent),
+                      **runs_provenance(table))
     out = args.out or Path("results") / "report" / cfg.tracking.experiment
     print("\n".join(str(path) for path in write_report(table, grid, out, info).values()))
 

@@ -22,9 +22,11 @@ def device_name(device: torch.device | str) -> str:
 
 
 def git_commit() -> str:
-    """HEAD of the checkout nar-bench runs from, suffixed ``-dirty`` when tracked files have
-    uncommitted changes. Outside a checkout (e.g. a copied tree on a GPU machine) the
-    ``NAR_BENCH_COMMIT`` environment variable names it; else 'unknown'."""
+    """The commit the running code is: ``NAR_BENCH_COMMIT`` when set (a tree copied to a GPU machine
+    may carry a stale or no .git), else HEAD of the checkout nar-bench runs from, suffixed
+    ``-dirty`` when tracked files have uncommitted changes; 'unknown' outside a checkout."""
+    if os.environ.get("NAR_BENCH_COMMIT"):
+        return os.environ["NAR_BENCH_COMMIT"]
     repo = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
@@ -32,8 +34,15 @@ def git_commit() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
                                capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("NAR_BENCH_COMMIT", "unknown")
+        return "unknown"
     return commit.strip() + ("-dirty" if dirty.strip() else "")
+
+
+def device_description() -> str:
+    """The accelerators this process can use, e.g. '1x NVIDIA H100 80GB HBM3', or the CPU."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
 def provenance(device: torch.device | str, command: str | None = None) -> dict[str, str]:

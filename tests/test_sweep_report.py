@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from nar_bench.cli import main
 from nar_bench.config import expand_sweep, load_config
 from nar_bench.metrics.cache import CACHE_ENV
+from nar_bench.provenance import device_description, git_commit
 from nar_bench.tracking.mlflow import PARENT_TAG
 from nar_bench.train_eval import training_key
 
@@ -110,6 +111,9 @@ def test_tiny_ablation_sweep_logs_parent_and_child_runs_and_report_rebuilds_its_
     fetched = pd.read_csv(report_out / "runs.csv")
     assert fetched.set_index("mlflow_run_id").loc[killed.info.run_id, "status"] == "RUNNING"
     fetched = fetched[fetched["status"] == "FINISHED"].set_index("point")
+    assert (fetched["commit"] == git_commit()).all() and (fetched["device"] == device_description()).all()
+    report_info = json.loads((report_out / "provenance.json").read_text())
+    assert report_info["runs_commit"] == git_commit() and report_info["runs_device"] == device_description()
     for _, row in table.iterrows():
         assert fetched.loc[row["point"], "fid"] == pytest.approx(row["fid"])
         assert fetched.loc[row["point"], "class_accuracy"] == pytest.approx(row["class_accuracy"])
@@ -118,6 +122,15 @@ def test_tiny_ablation_sweep_logs_parent_and_child_runs_and_report_rebuilds_its_
     assert fetched_summary["fid_mean"].tolist() == pytest.approx(table["fid"].tolist())
     assert (report_out / "metrics.png").stat().st_size > 0
     assert main(["report", "experiments/ablation_heads.yaml", "tracking.experiment=nope", *tracking(tmp_path)]) == 2
+
+
+def test_commit_named_by_env_wins_over_the_checkout_git_metadata(monkeypatch):
+    # a tree copied to a GPU machine can carry a stale .git; the commit named explicitly is the truth
+    monkeypatch.delenv("NAR_BENCH_COMMIT", raising=False)
+    from_git = git_commit()
+    assert from_git != "unknown" and len(from_git.removesuffix("-dirty")) == 40
+    monkeypatch.setenv("NAR_BENCH_COMMIT", "0123abc")
+    assert git_commit() == "0123abc"
 
 
 def test_cfg_sweep_points_of_one_paradigm_share_one_training(tmp_path):

@@ -15,7 +15,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from nar_bench.provenance import device_description, git_commit
+
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests child runs under the parent
+# on every run: what ran it (MLflow's own mlflow.source.git.commit reads .git, stale on a copied tree)
+COMMIT_TAG, DEVICE_TAG = "nar_bench.commit", "nar_bench.device"
+
+
+def origin_tags() -> dict[str, str]:
+    return {COMMIT_TAG: git_commit(), DEVICE_TAG: device_description()}
 
 
 def tracking_uri(tracking: DictConfig) -> str:
@@ -51,7 +59,7 @@ def experiment_id(tracking: DictConfig) -> str:
 def make_logger(tracking: DictConfig, run_name: str | None = None, parent_run_id: str | None = None,
                 tags: dict[str, str] | None = None) -> MLFlowLogger:
     experiment_id(tracking)  # creates the experiment with our artifact location on first use
-    tags = dict(tags or {})
+    tags = {**origin_tags(), **(tags or {})}
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
     return MLFlowLogger(
@@ -59,7 +67,7 @@ def make_logger(tracking: DictConfig, run_name: str | None = None, parent_run_id
         run_name=run_name or tracking.run_name,
         tracking_uri=tracking_uri(tracking),
         artifact_location=artifact_location(tracking),
-        tags=tags or None,
+        tags=tags,
     )
 
 
@@ -71,7 +79,7 @@ def parent_run(tracking: DictConfig, name: str, params: dict | None = None) -> I
         yield ""
         return
     c = client(tracking)
-    run = c.create_run(experiment_id(tracking), run_name=name)
+    run = c.create_run(experiment_id(tracking), run_name=name, tags=origin_tags())
     for key, value in (params or {}).items():
         c.log_param(run.info.run_id, key, value)
     try:

@@ -9,7 +9,6 @@ seeds) or, for a sweep over one numeric grid key, one line per variant against i
 from __future__ import annotations
 
 import json
-import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,8 +23,8 @@ import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from nar_bench.errors import NarBenchError  # noqa: E402
-from nar_bench.provenance import git_commit  # noqa: E402
-from nar_bench.tracking.mlflow import PARENT_TAG, tracking_uri  # noqa: E402
+from nar_bench.provenance import device_description, git_commit  # noqa: E402
+from nar_bench.tracking.mlflow import COMMIT_TAG, DEVICE_TAG, PARENT_TAG, tracking_uri  # noqa: E402
 
 METRICS = ("fid", "is", "precision", "recall", "kid", "class_accuracy")  # table order, when present
 PLOT_METRICS = ("fid", "is", "class_accuracy")
@@ -95,6 +94,7 @@ def tidy_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     for metric in ("train/loss", "val/loss"):
         if f"metrics.{metric}" in runs:
             table[metric.replace("/", "_")] = runs[f"metrics.{metric}"]
+    table["device"], table["commit"] = tag(DEVICE_TAG), tag(COMMIT_TAG)
     table["status"] = runs["status"]
     table["mlflow_run_id"] = runs["run_id"]
     table["trained_in_run"] = tag(TRAINED_IN_TAG).fillna(runs["run_id"])
@@ -157,10 +157,10 @@ def plot_summary(summary: pd.DataFrame, group: list[str], path: str | Path) -> P
     return path
 
 
-def device_description() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+def runs_provenance(table: pd.DataFrame) -> dict[str, str]:
+    """Where the runs of a fetched table ran: {runs_device, runs_commit}, distinct values joined
+    (a report is often written on another machine than the one that ran the runs)."""
+    return {f"runs_{col}": ", ".join(table[col].dropna().unique()) or "not recorded" for col in ("device", "commit")}
 
 
 def provenance(command: str, **extra: str) -> dict[str, str]:
