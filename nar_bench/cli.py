@@ -79,8 +79,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from lightning.pytorch.utilities import rank_zero_only
 
     from nar_bench.config import load_config
+    from nar_bench.provenance import provenance
     from nar_bench.sweep import run_sweep
-    from nar_bench.tracking.report import provenance, write_report
+    from nar_bench.tracking.report import write_report
     from nar_bench.train_eval import TrainAndEvaluate
 
     cfg = select_variants(load_config(args.config, args.overrides), args.only)
@@ -96,7 +97,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
-    from nar_bench.tracking.report import fetch_runs, provenance, runs_provenance, write_report
+    from nar_bench.provenance import provenance
+    from nar_bench.tracking.report import fetch_runs, runs_provenance, write_report
 
     cfg = load_config(args.config, args.overrides)
     table, grid = fetch_runs(cfg.tracking, args.parent)

@@ -45,14 +45,17 @@ def device_description() -> str:
     return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
-def provenance(device: torch.device | str, command: str | None = None) -> dict[str, str]:
-    """{command, device, commit, torch, date}; ``command`` defaults to this process's argv."""
+def provenance(command: str | None = None, device: torch.device | str | None = None, **extra: str) -> dict[str, str]:
+    """{command, device, commit, torch, python, date, **extra}. ``command`` defaults to this
+    process's argv; ``device`` (the one a result was measured on) to every accelerator it can use."""
     return {
         "command": command or " ".join(sys.argv),
-        "device": device_name(device),
+        "device": device_description() if device is None else device_name(device),
         "commit": git_commit(),
         "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
     }
 
 

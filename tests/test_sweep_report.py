@@ -96,8 +96,8 @@ def test_tiny_ablation_sweep_logs_parent_and_child_runs_and_report_rebuilds_its_
     assert summary["fid_mean"].tolist() == pytest.approx(table["fid"].tolist())
     info = json.loads((out / "provenance.json").read_text())
     assert info["command"].startswith("nar-bench sweep experiments/ablation_heads.yaml --only")
-    assert {"device", "torch", "git_commit"} <= set(info)
-    assert "git_commit" in (out / "summary.md").read_text() and (out / "metrics.png").stat().st_size > 0
+    assert {"device", "torch", "commit"} <= set(info) and info["commit"] == git_commit()
+    assert f"commit: `{git_commit()}`" in (out / "summary.md").read_text() and (out / "metrics.png").stat().st_size > 0
 
     # a child killed mid-run (say, by a command's time limit) stays RUNNING in MLflow: listed, not averaged
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")

@@ -9,8 +9,6 @@ seeds) or, for a sweep over one numeric grid key, one line per variant against i
 from __future__ import annotations
 
 import json
-import platform
-from datetime import datetime, timezone
 from pathlib import Path
 
 import matplotlib
@@ -19,11 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from nar_bench.errors import NarBenchError  # noqa: E402
-from nar_bench.provenance import device_description, git_commit  # noqa: E402
 from nar_bench.tracking.mlflow import COMMIT_TAG, DEVICE_TAG, PARENT_TAG, tracking_uri  # noqa: E402
 
 METRICS = ("fid", "is", "precision", "recall", "kid", "class_accuracy")  # table order, when present
@@ -161,12 +157,6 @@ def runs_provenance(table: pd.DataFrame) -> dict[str, str]:
     """Where the runs of a fetched table ran: {runs_device, runs_commit}, distinct values joined
     (a report is often written on another machine than the one that ran the runs)."""
     return {f"runs_{col}": ", ".join(table[col].dropna().unique()) or "not recorded" for col in ("device", "commit")}
-
-
-def provenance(command: str, **extra: str) -> dict[str, str]:
-    return {"command": command, "device": device_description(), "torch": torch.__version__,
-            "python": platform.python_version(), "git_commit": git_commit(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> tuple[Path, Path]:
