@@ -38,7 +38,7 @@ from nar_bench.metrics.efficiency import (
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.provenance import provenance, provenance_line
 from nar_bench.registry import PARADIGMS
-from nar_bench.tracking.mlflow import PARENT_TAG, client, experiment_id, parent_run
+from nar_bench.tracking.mlflow import PARENT_TAG, client, create_run, experiment_id, parent_run
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,8 @@ def settings_line(cfg: DictConfig) -> str:
 def log_point(mlflow: MlflowClient, exp_id: str, parent_id: str, row: dict) -> None:
     """One child run under the sweep's parent run: the point's settings as params, its timings as
     metrics (none for an out-of-memory point)."""
-    run = mlflow.create_run(exp_id, run_name=f"{row['model']}/bs={row['batch_size']}",
-                            tags={PARENT_TAG: parent_id, "status": row["status"]})
+    run = create_run(mlflow, exp_id, f"{row['model']}/bs={row['batch_size']}",
+                     tags={PARENT_TAG: parent_id, "status": row["status"]})
     now = int(time.time() * 1000)
     params = [Param(key, str(row[key])) for key in RUN_PARAMS]
     metrics = [Metric(key, float(row[key]), now, 0) for key in RUN_METRICS if row[key] is not None]

@@ -22,6 +22,8 @@ from nar_bench.nn.cuda_graph import GraphedGenerate
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import count_parameters
 from nar_bench.paradigms.nar import NAR
+from nar_bench.provenance import git_commit
+from nar_bench.tracking.mlflow import COMMIT_TAG, DEVICE_TAG
 
 GRID = ["data.grid_size=4", "data.image_size=16"]  # 16 tokens: AR 16 steps, NAR 7, PAR-4x 7
 SAMPLING = SamplingConfig(cfg_scale=2.0, top_k=5)
@@ -178,6 +180,7 @@ def test_sweep_runs_points_as_child_runs_records_oom_and_writes_tables_and_plots
     children = [r for r in runs if r is not parent]
     assert parent.info.status == "FINISHED" and len(children) == 5
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    assert all(r.data.tags[COMMIT_TAG] == git_commit() and r.data.tags[DEVICE_TAG] for r in runs)
     by_name = {r.info.run_name: r for r in children}
     ok, oom = by_name["AR-t/bs=4"].data, by_name["nar-tiny/bs=2"].data
     assert ok.params["paradigm"] == "ar" and ok.params["batch_size"] == "4" and ok.params["steps"] == "16"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
@@ -71,6 +72,11 @@ def make_logger(tracking: DictConfig, run_name: str | None = None, parent_run_id
     )
 
 
+def create_run(c: MlflowClient, exp_id: str, run_name: str, tags: dict[str, str] | None = None) -> Run:
+    """A run opened through the client (sweep parents, benchmark points), tagged like logger runs."""
+    return c.create_run(exp_id, run_name=run_name, tags={**origin_tags(), **(tags or {})})
+
+
 @contextlib.contextmanager
 def parent_run(tracking: DictConfig, name: str, params: dict | None = None) -> Iterator[str]:
     """Opens a parent run for a sweep; yields its id. Marked FAILED if the sweep raises.
@@ -79,7 +85,7 @@ def parent_run(tracking: DictConfig, name: str, params: dict | None = None) -> I
         yield ""
         return
     c = client(tracking)
-    run = c.create_run(experiment_id(tracking), run_name=name, tags=origin_tags())
+    run = create_run(c, experiment_id(tracking), name)
     for key, value in (params or {}).items():
         c.log_param(run.info.run_id, key, value)
     try:
