@@ -33,11 +33,12 @@ GIF_SECONDS = 6.0  # whole animation; the last frame is held for LAST_FRAME_MS o
 LAST_FRAME_MS = 1500
 
 
-def partial_images(schedule: list[Tensor], tokenizer: Tokenizer, codes: Tensor, batch_size: int = 64) -> Tensor:
-    """uint8 (S, 3, *pixels) image after each of the S steps for raster codes (N,): the code grid
-    with tokens of later steps set to 0, decoded by the tokenizer, their cells painted grey."""
-    n, steps = codes.numel(), len(schedule)
-    step = step_of_positions(schedule, n).to(codes.device)
+def partial_images(step: Tensor, tokenizer: Tokenizer, codes: Tensor, batch_size: int = 64) -> Tensor:
+    """uint8 (S, 3, *pixels) image after each of the S steps for raster codes (N,), given the (N,)
+    step of each token (``step_of_positions``): the code grid with tokens of later steps set to 0,
+    decoded by the tokenizer, their cells painted grey."""
+    steps = int(step.max()) + 1
+    step = step.to(codes.device)
     decoded = step[None, :] <= torch.arange(steps, device=codes.device)[:, None]  # (S, N)
     partial = torch.where(decoded, codes[None, :], torch.zeros_like(codes))
     with torch.no_grad():
@@ -82,13 +83,13 @@ def order_frames(paradigm: Paradigm, tokenizer: Tokenizer, codes: Tensor, panel_
     ``panel_size`` pixels tall; video panels (rows of T frames, up to 3 * panel_size wide) are
     stacked."""
     codes = codes.flatten()
-    schedule = [idx.to(codes.device) for idx in paradigm.schedule()]
-    images = partial_images(schedule, tokenizer, codes)
+    schedule = paradigm.schedule()
+    step = step_of_positions(schedule, codes.numel())
+    images = partial_images(step, tokenizer, codes)
     video = images.dim() == 5
     row_width = images.shape[-1] * (images.shape[2] if video else 1)
     scale = max(1, min(panel_size // images.shape[-2], 3 * panel_size // row_width))
-    images = images.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
-    step = step_of_positions([idx.cpu() for idx in schedule], codes.numel())
+    images = cell_pixels(images, [side * scale for side in images.shape[-2:]])
     font = ImageFont.load_default(size=14)
     frames = []
     for s, idx in enumerate(schedule):

@@ -31,9 +31,11 @@ def test_sampling_follows_the_distribution_and_is_seeded():
 
 def test_sample_step_batches_all_tokens_and_drops_guidance_when_told():
     logits = torch.randn(4, 5, 11)  # 2B rows (CFG), 5 tokens in the step
-    cfg = SamplingConfig(cfg_scale=3.0, temperature=0)
-    assert sample_step(logits, cfg, guided=True).shape == (2, 5)
-    assert torch.equal(sample_step(logits, cfg, guided=False), logits[:2].argmax(-1))
+    cfg = SamplingConfig(cfg_scale=3.0, cfg_interval=2, temperature=0)
+    guided = sample_step(logits, cfg, step=1)
+    assert guided.shape == (2, 5) and torch.equal(guided, guide(logits, 3.0).argmax(-1))
+    assert torch.equal(sample_step(logits, cfg, step=2), logits[:2].argmax(-1))  # guidance off from cfg_interval
+    assert torch.equal(sample_step(logits, cfg, step=0, scale=1.5), guide(logits, 1.5).argmax(-1))  # VAR's ramp
 
 
 def test_top_k_candidate_draw_matches_the_filtered_distribution():

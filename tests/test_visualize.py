@@ -12,6 +12,7 @@ from nar_bench.config import load_config
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import TransformerConfig
+from nar_bench.paradigms.base import step_of_positions
 from nar_bench.paradigms.nar import NAR, VideoNAR
 from nar_bench.paradigms.par import PAR
 from nar_bench.paradigms.raster_ar import RasterAR
@@ -60,7 +61,7 @@ def test_partial_images_grow_step_by_step_to_the_final_decode(name):
     make, tokenizer, _ = PARADIGMS[name]
     schedule = make().schedule()
     codes = torch.randint(4, 16, (math.prod(tokenizer.grid),), generator=torch.Generator().manual_seed(0))
-    images = partial_images(schedule, tokenizer, codes)
+    images = partial_images(step_of_positions(schedule, codes.numel()), tokenizer, codes)
     full = ((tokenizer.decode(codes[None]) + 1) * 127.5).round().to(torch.uint8)[0]
     assert images.shape == (len(schedule), *full.shape)
     assert torch.equal(images[-1], full)

@@ -113,13 +113,3 @@ class AdaLNBeforeHead(nn.Module):
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         scale, shift = self.ada_lin(cond).view(-1, 1, 2, self.dim).unbind(2)
         return self.ln_wo_grad(x) * (scale + 1) + shift
-
-
-def setup_adaln_caches(module: nn.Module, batch: int, max_seq: int, dtype: torch.dtype | None = None) -> None:
-    """Gives every VAR attention layer inside ``module`` a static cache; reused when it already fits."""
-    for attn in (m for m in module.modules() if isinstance(m, SelfAttention)):
-        w = attn.mat_qkv.weight
-        want = dtype or w.dtype
-        c = attn.kv_cache
-        if c is None or c.k.shape[0] != batch or c.k.shape[2] < max_seq or c.k.dtype != want or c.k.device != w.device:
-            attn.kv_cache = KVCache(batch, max_seq, attn.n_heads, attn.head_dim, want, w.device)

@@ -71,8 +71,11 @@ def _draw(logits: Tensor, generator: torch.Generator | None) -> Tensor:
     return (probs / race).argmax(-1)
 
 
-def sample_step(logits: Tensor, cfg: SamplingConfig, guided: bool, generator: torch.Generator | None = None) -> Tensor:
-    """One decoding step: logits (B or 2B, n, V) for every token of the step -> ids (B, n)."""
+def sample_step(logits: Tensor, cfg: SamplingConfig, step: int, generator: torch.Generator | None = None,
+                scale: float | None = None) -> Tensor:
+    """Decoding step ``step``: logits (B or 2B, n, V) for every token of the step -> ids (B, n).
+    Guidance (scale ``scale``, default ``cfg.cfg_scale``) is dropped from step ``cfg.cfg_interval`` on."""
     if cfg.uses_cfg:
-        logits = guide(logits, cfg.cfg_scale) if guided else logits.chunk(2, dim=0)[0]
+        guided = cfg.cfg_interval < 0 or step < cfg.cfg_interval
+        logits = guide(logits, cfg.cfg_scale if scale is None else scale) if guided else logits.chunk(2, dim=0)[0]
     return sample(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)

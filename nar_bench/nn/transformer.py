@@ -223,9 +223,10 @@ class Transformer(nn.Module):
         return self.output(self.norm(h))
 
 def setup_kv_caches(module: nn.Module, batch: int, max_seq: int, dtype: torch.dtype | None = None) -> None:
-    """Gives every attention layer inside ``module`` a static cache; reused when it already fits."""
-    for attn in (m for m in module.modules() if isinstance(m, Attention)):
-        w = attn.wqkv.weight
+    """Gives every attention layer inside ``module`` (any submodule with a ``kv_cache`` slot: LLaMA's
+    and VAR's AdaLN attention) a static cache; reused when it already fits."""
+    for attn in [m for m in module.modules() if hasattr(m, "kv_cache")]:
+        w = next(attn.parameters())
         want_dtype = dtype or w.dtype
         c = attn.kv_cache
         fits = c is not None and c.k.shape[0] == batch and c.k.shape[2] >= max_seq

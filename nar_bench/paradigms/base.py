@@ -171,8 +171,7 @@ class SequenceParadigm(Paradigm):
         out = labels.new_empty(labels.shape[0], self.num_tokens)
         pos = cls_n
         for s, idx in enumerate(steps):
-            guided = sampling.cfg_interval < 0 or s < sampling.cfg_interval
-            new = sample_step(self.step_logits(s, fed), sampling, guided, generator)
+            new = sample_step(self.step_logits(s, fed), sampling, s, generator)
             out[:, idx] = new
             if s + 1 < len(steps):
                 fed_tokens = new.repeat(2, 1) if sampling.uses_cfg else new

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
-from nar_bench.nn.adaln import AdaLNBeforeHead, AdaLNSelfAttn, setup_adaln_caches
-from nar_bench.nn.sampling import SamplingConfig, guide, sample, with_null_class
-from nar_bench.nn.transformer import TransformerConfig
+from nar_bench.nn.adaln import AdaLNBeforeHead, AdaLNSelfAttn
+from nar_bench.nn.sampling import SamplingConfig, sample_step, with_null_class
+from nar_bench.nn.transformer import TransformerConfig, setup_kv_caches
 from nar_bench.paradigms.base import Paradigm, visibility_mask
 from nar_bench.registry import PARADIGMS
 from nar_bench.tokenizers.msvq import SYNTHETIC_SCALES, check_scales, scale_bounds
@@ -143,8 +143,7 @@ class VAR(Paradigm):
     def train_mask(self) -> Tensor:
         """(L, L) block-causal: a position sees its own scale and every coarser one (the step of a
         position is its scale id)."""
-        level = torch.cat([torch.full((s * s,), i) for i, s in enumerate(self.scales)])
-        return visibility_mask(level, cls_token_num=0)
+        return visibility_mask(self.lvl_1L, cls_token_num=0)
 
     def guidance_scales(self, cfg_scale: float) -> list[float]:
         """Guidance scale used at each step: 1 + (cfg_scale - 1) * si / (K - 1) with ``cfg_ramp``
@@ -186,7 +185,7 @@ class VAR(Paradigm):
         self.eval()
         tok, b = self.tokenizer, labels.shape[0]
         cond = self.class_emb(with_null_class(labels, self.model_cfg.num_classes) if sampling.uses_cfg else labels)
-        setup_adaln_caches(self, cond.shape[0], self.num_tokens, self.cache_dtype())
+        setup_kv_caches(self, cond.shape[0], self.num_tokens, self.cache_dtype())
         lvl_pos = self.lvl_embed(self.lvl_1L) + self.pos_1LC  # (1, L, C)
         x = cond[:, None] + self.pos_start + lvl_pos[:, : self.first_l]
         f_hat = torch.zeros(b, tok.z_channels, *self.grid, device=labels.device)
@@ -196,11 +195,7 @@ class VAR(Paradigm):
             h = x
             for block in self.blocks:
                 h = block(h, cond, cache_start=begin)
-            logits = self._logits(h, cond)
-            if sampling.uses_cfg:
-                guided = sampling.cfg_interval < 0 or si < sampling.cfg_interval
-                logits = guide(logits, scale) if guided else logits.chunk(2, dim=0)[0]
-            idx = sample(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)
+            idx = sample_step(self._logits(h, cond), sampling, si, generator, scale)
             out[:, begin:end] = idx
             f_hat, nxt = tok.next_input(si, f_hat, idx)
             if nxt is not None:
