@@ -90,8 +90,8 @@ def test_proximity_mask_allows_exactly_nearer_or_equal_distance(grid, cls_n):
 def head_logits(model: NAR, tokens, labels):
     """Both heads' logits (B, cls + N, V) at every sequence position, computed directly."""
     h = model.hidden_states(tokens, labels)
-    v = model.vertical_hidden(h, model.rope, model.mask)
-    return model.backbone.head(h), model.vertical_head(v)
+    v = model.head_input("vertical", h, model.rope, model.mask)
+    return model.backbone.head(h), model.head_output("vertical", v)
 
 
 @pytest.mark.parametrize("heads", ["dimension", "single"])

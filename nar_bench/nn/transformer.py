@@ -172,6 +172,12 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
+def drop_labels(labels: Tensor, null_class: int, p: float) -> Tensor:
+    """Class-label dropout for CFG training: each label becomes ``null_class`` with probability p."""
+    drop = torch.rand(labels.shape, device=labels.device) < p
+    return torch.where(drop, torch.full_like(labels, null_class), labels)
+
+
 class LabelEmbedder(nn.Module):
     """Class embedding with one extra row (index num_classes) as the null class for CFG."""
 
@@ -182,8 +188,7 @@ class LabelEmbedder(nn.Module):
 
     def forward(self, labels: Tensor) -> Tensor:
         if self.training and self.dropout > 0:
-            drop = torch.rand(labels.shape, device=labels.device) < self.dropout
-            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+            labels = drop_labels(labels, self.num_classes, self.dropout)
         return self.embedding_table(labels)
 
 

@@ -65,12 +65,24 @@ class Paradigm(nn.Module, ABC):
         logits = self(tokens, labels)
         return F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
 
+    def cache_dtype(self) -> torch.dtype:
+        """KV-cache dtype: the autocast dtype when decoding runs under autocast, else the weights'."""
+        weight = next(self.parameters())
+        device = weight.device.type
+        return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+
     def attach_tokenizer(self, tokenizer: nn.Module) -> None:
         """Hook for paradigms whose inputs depend on the tokenizer (VAR's multi-scale features)."""
 
     @abstractmethod
     def generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
         """Samples codes for ``labels`` (B,); returns (B, *grid) in raster layout."""
+
+
+def grid_coords(grid: tuple[int, ...]) -> Tensor:
+    """(N, D) coordinates of the raster-order tokens of a D-dimensional grid."""
+    axes = torch.meshgrid(*(torch.arange(g) for g in grid), indexing="ij")
+    return torch.stack(axes, -1).reshape(-1, len(grid))
 
 
 def step_of_positions(schedule: list[Tensor], num_tokens: int) -> Tensor:
@@ -106,9 +118,7 @@ class SequenceParadigm(Paradigm):
     def __init__(self, model: TransformerConfig, grid: tuple[int, ...], options: Any = None):
         super().__init__(model, grid, options)
         self.backbone = Transformer(model)
-        coords = torch.stack(torch.meshgrid(*(torch.arange(g) for g in self.grid), indexing="ij"), -1)
-        rope = condition_rope(rope_table(coords.reshape(-1, len(self.grid)), model.head_dim, model.rope_base),
-                              model.cls_token_num)
+        rope = condition_rope(rope_table(grid_coords(self.grid), model.head_dim, model.rope_base), model.cls_token_num)
         self.register_buffer("rope", rope, persistent=False)  # (cls + N, head_dim/2, 2), raster order
         self.register_buffer("mask", self.train_mask(), persistent=False)
 
@@ -151,12 +161,6 @@ class SequenceParadigm(Paradigm):
             cached = [idx.to(device) for idx in self.schedule()]
             self._device_schedule = cached
         return cached
-
-    def cache_dtype(self) -> torch.dtype:
-        device = self.rope.device.type
-        if torch.is_autocast_enabled(device):
-            return torch.get_autocast_dtype(device)
-        return self.backbone.output.weight.dtype
 
     @torch.inference_mode()
     def generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:

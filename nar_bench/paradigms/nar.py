@@ -31,7 +31,6 @@ tokens just fed, all sampled in one batched call.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -43,7 +42,7 @@ from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.transformer import RMSNorm, TransformerBlock, TransformerConfig
-from nar_bench.paradigms.base import SequenceParadigm, visibility_mask
+from nar_bench.paradigms.base import SequenceParadigm, grid_coords, visibility_mask
 from nar_bench.registry import PARADIGMS
 
 HEADS = ("dimension", "single")
@@ -65,12 +64,6 @@ class NAROptions:
                                 f"choose one of: {', '.join(OVERLAP_HEADS)}")
 
 
-def grid_coords(grid: tuple[int, ...]) -> Tensor:
-    """(N, D) coordinates of the raster-order tokens of a D-dimensional grid."""
-    axes = torch.meshgrid(*(torch.arange(g) for g in grid), indexing="ij")
-    return torch.stack(axes, -1).reshape(-1, len(grid))
-
-
 def neighbor_distance(grid: tuple[int, ...]) -> Tensor:
     """(N,) raster-order distance from the start token (sum of coordinates) = the decoding step."""
     return grid_coords(grid).sum(1)
@@ -79,7 +72,7 @@ def neighbor_distance(grid: tuple[int, ...]) -> Tensor:
 def neighbor_schedule(grid: tuple[int, ...]) -> list[Tensor]:
     """Raster indices (ascending) of the tokens at distance k, for k = 0 .. sum(side - 1)."""
     steps: list[list[int]] = [[] for _ in range(sum(g - 1 for g in grid) + 1)]
-    for n, coords in enumerate(itertools.product(*map(range, grid))):  # raster order
+    for n, coords in enumerate(itertools.product(*map(range, grid))):  # raster order; works on meta too
         steps[sum(coords)].append(n)
     return [torch.tensor(idx) for idx in steps]
 
@@ -195,10 +188,6 @@ class NAR(SequenceParadigm):
         """(B, n, dim) -> logits (B, n, V) predicting the next token along the head's axis."""
         norm, weight = self.head_projection(name)
         return F.linear(norm(x), weight)
-
-    # The image head by its own name (tests and tools written for 2D NAR).
-    vertical_hidden = functools.partialmethod(head_input, "vertical")
-    vertical_head = functools.partialmethod(head_output, "vertical")
 
     def head_inputs(self, h: Tensor, rope: Tensor, mask: Tensor | None = None,
                     cache_start: int | None = None) -> list[Tensor]:

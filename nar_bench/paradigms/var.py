@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.adaln import AdaLNBeforeHead, AdaLNSelfAttn
 from nar_bench.nn.sampling import SamplingConfig, sample_step, with_null_class
-from nar_bench.nn.transformer import TransformerConfig, setup_kv_caches
+from nar_bench.nn.transformer import TransformerConfig, drop_labels, setup_kv_caches
 from nar_bench.paradigms.base import Paradigm, visibility_mask
 from nar_bench.registry import PARADIGMS
 from nar_bench.tokenizers.msvq import SYNTHETIC_SCALES, check_scales, scale_bounds
@@ -161,8 +161,7 @@ class VAR(Paradigm):
         """Teacher-forced logits (B, L, V) for multi-scale codes ``tokens`` (B, L); row n predicts code n."""
         b = tokens.shape[0]
         if self.training and self.model_cfg.class_dropout > 0:
-            drop = torch.rand(labels.shape, device=labels.device) < self.model_cfg.class_dropout
-            labels = torch.where(drop, torch.full_like(labels, self.model_cfg.num_classes), labels)
+            labels = drop_labels(labels, self.model_cfg.num_classes, self.model_cfg.class_dropout)
         cond = self.class_emb(labels)
         with torch.no_grad():
             inputs = self.tokenizer.teacher_inputs(tokens)  # (B, L - first_l, Cvae)
@@ -172,10 +171,6 @@ class VAR(Paradigm):
         for block in self.blocks:
             x = block(x, cond, self.mask)
         return self._logits(x, cond)
-
-    def cache_dtype(self) -> torch.dtype:
-        device = self.head.weight.device.type
-        return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.head.weight.dtype
 
     @torch.inference_mode()
     def generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
