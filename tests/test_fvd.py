@@ -47,7 +47,7 @@ def domain_cache(tmp_path_factory):
 
 
 def test_domain_classifier_is_trained_once_and_cached(domain_cache, monkeypatch):
-    (path,) = domain_cache.iterdir()
+    (path,) = (domain_cache / "video_domain").iterdir()
     assert path.name == f"{SPEC.key()}.pt"
     monkeypatch.setattr(fvd_module, "train_video_classifier", lambda spec: pytest.fail("retrained a cached spec"))
     a, b = DomainVideoFeatures(SPEC, domain_cache), FEATURE_EXTRACTORS["video_domain"](domain_cache, **vars(SPEC))

@@ -1,17 +1,65 @@
-"""Training of the small domain classifiers behind the synthetic-data metrics (the shapes CNN of
-``metrics.domain``, the moving-shapes 3D CNN of ``metrics.fvd``): cross-entropy, AdamW with a
-one-cycle schedule, seeded without touching the caller's RNG."""
+"""The small domain classifiers behind the synthetic-data metrics (the shapes CNN of
+``metrics.domain``, the moving-shapes 3D CNN of ``metrics.fvd``): their specs and cache files, and
+their training (cross-entropy, AdamW with a one-cycle schedule, seeded without touching the
+caller's RNG)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
-from typing import Any
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+
+from nar_bench.errors import NarBenchError
+from nar_bench.metrics.cache import atomic_save
+
+Spec = TypeVar("Spec", bound="ClassifierSpec")
+
+
+class ClassifierSpec:
+    """Base of a classifier spec, a frozen dataclass whose fields determine the trained net: their
+    hash (with ``arch_version``, bumped when the architecture changes) names the cache file."""
+
+    arch_version: ClassVar[int] = 1
+
+    def label(self) -> str:
+        """Readable start of the cache file name."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_options(cls: type[Spec], options: dict[str, Any]) -> Spec:
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - valid)
+        if unknown:
+            raise NarBenchError(f"unknown domain classifier option(s) {unknown}; valid: {', '.join(sorted(valid))}")
+        return cls(**options)
+
+    def key(self) -> str:
+        blob = json.dumps({**asdict(self), "arch": self.arch_version}, sort_keys=True)
+        return f"{self.label()}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def cached_classifier(path: Path, spec: ClassifierSpec, train: Callable[[], nn.Module]) -> Path:
+    """``path``, first written (the spec and the weights of ``train()``, atomically) if missing."""
+    if not path.is_file():
+        atomic_save({"spec": asdict(spec), "state_dict": train().state_dict()}, path)
+    return path
+
+
+def load_classifier(path: str | Path, spec_type: type[Spec], build: Callable[[Spec], nn.Module]) -> nn.Module:
+    """The net in a file written by :func:`cached_classifier` (built from its own spec), in eval mode."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    net = build(spec_type(**saved["spec"]))
+    net.load_state_dict(saved["state_dict"])
+    return net.eval().requires_grad_(False)
 
 
 class ClassifierModule(L.LightningModule):

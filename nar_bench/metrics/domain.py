@@ -13,9 +13,7 @@ under ``<cache root>/domain/<key>.pt``; the file is self-describing and is what 
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +24,15 @@ from torch import Tensor, nn
 
 from nar_bench.data.shapes import NUM_CLASSES, ShapesDataset, class_name
 from nar_bench.errors import NarBenchError
-from nar_bench.metrics.cache import atomic_save, cache_root
-from nar_bench.metrics.classifier import fit_classifier
+from nar_bench.metrics.cache import cache_root
+from nar_bench.metrics.classifier import ClassifierSpec, cached_classifier, fit_classifier, load_classifier
 
 TORCH_FIDELITY_NAME = "nar-bench-shapes-cnn"
-_ARCHITECTURE_VERSION = 1  # bump when ShapesClassifier changes: old cache files stop matching
 
 
 @dataclass(frozen=True)
-class DomainClassifierSpec:
-    """Everything that determines the trained classifier; its hash names the cache file.
+class DomainClassifierSpec(ClassifierSpec):
+    """Everything that determines the trained ShapesClassifier; its hash names the cache file.
     image_size / grid / seed are the shapes dataset settings (``data.*`` in the config)."""
 
     image_size: int = 64
@@ -46,17 +43,8 @@ class DomainClassifierSpec:
     width: int = 32
     lr: float = 1e-2
 
-    @classmethod
-    def from_options(cls, options: dict[str, Any]) -> DomainClassifierSpec:
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - valid)
-        if unknown:
-            raise NarBenchError(f"unknown domain classifier option(s) {unknown}; valid: {', '.join(sorted(valid))}")
-        return cls(**options)
-
-    def key(self) -> str:
-        blob = json.dumps({**asdict(self), "arch": _ARCHITECTURE_VERSION}, sort_keys=True)
-        return f"shapes{self.image_size}g{self.grid}s{self.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    def label(self) -> str:
+        return f"shapes{self.image_size}g{self.grid}s{self.seed}"
 
 
 class ShapesClassifier(nn.Module):
@@ -106,11 +94,8 @@ def train_domain_classifier(spec: DomainClassifierSpec) -> ShapesClassifier:
 
 def domain_classifier_path(spec: DomainClassifierSpec, root: str | Path | None = None) -> Path:
     """The cache file for ``spec``, trained and written on first use."""
-    path = cache_root(root) / "domain" / f"{spec.key()}.pt"
-    if not path.is_file():
-        net = train_domain_classifier(spec)
-        atomic_save({"spec": asdict(spec), "state_dict": net.state_dict()}, path)
-    return path
+    return cached_classifier(cache_root(root) / "domain" / f"{spec.key()}.pt", spec,
+                             lambda: train_domain_classifier(spec))
 
 
 def domain_classifier(spec: DomainClassifierSpec | None = None, cache_dir: str | Path | None = None
@@ -121,11 +106,8 @@ def domain_classifier(spec: DomainClassifierSpec | None = None, cache_dir: str |
 
 def load_domain_classifier(path: str | Path) -> ShapesClassifier:
     """Classifier from a file written by :func:`domain_classifier_path`, in eval mode."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    spec = DomainClassifierSpec(**saved["spec"])
-    net = ShapesClassifier(spec.image_size, spec.grid, spec.width)
-    net.load_state_dict(saved["state_dict"])
-    return net.eval().requires_grad_(False)
+    return load_classifier(path, DomainClassifierSpec,
+                           lambda spec: ShapesClassifier(spec.image_size, spec.grid, spec.width))
 
 
 def uint8_to_unit(images: Tensor) -> Tensor:

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from nar_bench.data.shapes import ShapesDataset
 from nar_bench.errors import NarBenchError
+from nar_bench.images import to_uint8
 from nar_bench.metrics.cache import cache_root
 from nar_bench.metrics.domain import (
     TORCH_FIDELITY_NAME,
@@ -111,11 +112,6 @@ class Uint8Images(Dataset):
         item = self.source[index]
         image = item[0] if isinstance(item, (tuple, list)) else item
         return image if image.dtype == torch.uint8 else to_uint8(image)
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """Images in [-1, 1] (any shape) -> uint8 in [0, 255], rounded."""
-    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def reference_cache_id(reference: Tensor | Dataset) -> str | None:

@@ -13,9 +13,7 @@ The distance itself is torch-fidelity's (``fid_features_to_statistics`` /
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,17 +22,16 @@ from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics
 
 from nar_bench.data.moving_shapes import NUM_CLASSES, MovingShapesDataset
 from nar_bench.errors import NarBenchError
-from nar_bench.metrics.cache import atomic_save
-from nar_bench.metrics.classifier import fit_classifier
+from nar_bench.images import to_uint8
+from nar_bench.metrics.cache import cache_root
+from nar_bench.metrics.classifier import ClassifierSpec, cached_classifier, fit_classifier, load_classifier
+from nar_bench.metrics.domain import uint8_to_unit
 from nar_bench.registry import DATASETS, FEATURE_EXTRACTORS
-
-DEFAULT_CACHE_DIR = "results/cache/video_domain"
-_ARCHITECTURE_VERSION = 1  # bump when VideoClassifier changes: old cache files stop matching
 
 
 @dataclass(frozen=True)
-class VideoClassifierSpec:
-    """Everything that determines the trained classifier; its hash names the cache file.
+class VideoClassifierSpec(ClassifierSpec):
+    """Everything that determines the trained VideoClassifier; its hash names the cache file.
     frames / image_size / grid / seed are the moving-shapes settings (``data.*``)."""
 
     frames: int = 4
@@ -46,10 +43,8 @@ class VideoClassifierSpec:
     width: int = 16
     lr: float = 1e-2
 
-    def key(self) -> str:
-        blob = json.dumps({**asdict(self), "arch": _ARCHITECTURE_VERSION}, sort_keys=True)
-        digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
-        return f"moving_shapes{self.frames}x{self.image_size}g{self.grid}s{self.seed}-{digest}"
+    def label(self) -> str:
+        return f"moving_shapes{self.frames}x{self.image_size}g{self.grid}s{self.seed}"
 
 
 class VideoClassifier(nn.Module):
@@ -87,16 +82,12 @@ def train_video_classifier(spec: VideoClassifierSpec) -> VideoClassifier:
 
 
 def video_classifier(spec: VideoClassifierSpec | None = None, cache_dir: str | Path | None = None) -> VideoClassifier:
-    """The classifier for ``spec`` from ``<cache_dir>/<spec.key()>.pt``, trained and written on
-    first use (through a temporary file, so a concurrent reader never sees half a file)."""
+    """The classifier for ``spec`` from ``<cache root>/video_domain/<spec.key()>.pt``, trained and
+    written on first use."""
     spec = spec or VideoClassifierSpec()
-    path = Path(cache_dir or DEFAULT_CACHE_DIR) / f"{spec.key()}.pt"
-    if not path.is_file():
-        atomic_save({"spec": asdict(spec), "state_dict": train_video_classifier(spec).state_dict()}, path)
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    net = VideoClassifier(spec.image_size, spec.grid, spec.width)
-    net.load_state_dict(saved["state_dict"])
-    return net.eval().requires_grad_(False)
+    path = cached_classifier(cache_root(cache_dir) / "video_domain" / f"{spec.key()}.pt", spec,
+                             lambda: train_video_classifier(spec))
+    return load_classifier(path, VideoClassifierSpec, lambda s: VideoClassifier(s.image_size, s.grid, s.width))
 
 
 class DomainVideoFeatures(nn.Module):
@@ -108,7 +99,7 @@ class DomainVideoFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, videos: Tensor) -> Tensor:
-        return self.net.features(videos.float() / 127.5 - 1.0)
+        return self.net.features(uint8_to_unit(videos))
 
 
 class I3DFeatures(nn.Module):
@@ -131,7 +122,7 @@ class I3DFeatures(nn.Module):
 
 
 FEATURE_EXTRACTORS.register("video_domain")(
-    lambda root=None, **options: DomainVideoFeatures(VideoClassifierSpec(**options), root))
+    lambda root=None, **options: DomainVideoFeatures(VideoClassifierSpec.from_options(options), root))
 FEATURE_EXTRACTORS.register("i3d")(lambda root=None, weights_path=None: I3DFeatures(weights_path))
 
 
@@ -162,7 +153,7 @@ def module_fvd(module, num_videos: int, extractor: nn.Module, batch_size: int = 
         raise NarBenchError(f"num_videos={num_videos} exceeds the {len(data)} validation clips; "
                             "raise data.num_val or lower num_videos")
     clips, labels = zip(*(data[i] for i in range(num_videos)), strict=True)
-    real = ((torch.stack(clips) + 1) * 127.5).round().to(torch.uint8)
+    real = to_uint8(torch.stack(clips))
     labels = torch.tensor(labels, device=module.device)
     generator = torch.Generator(module.device).manual_seed(seed)
     fake = torch.cat([module.sample_images(chunk, generator=generator).cpu() for chunk in labels.split(batch_size)])
