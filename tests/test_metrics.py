@@ -8,9 +8,11 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from PIL import Image
 from threadpoolctl import threadpool_limits
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
+from nar_bench.data.imagefolder import ImageFolderDataset
 from nar_bench.data.shapes import NUM_CLASSES, ShapesDataset
 from nar_bench.errors import NarBenchError
 from nar_bench.metrics import (
@@ -185,6 +187,23 @@ def test_reference_cache_id_is_deterministic(real):
     assert reference_cache_id(samples) != reference_cache_id(samples.flip(0))
     assert reference_cache_id(ShapesDataset(8, split="val")) != reference_cache_id(ShapesDataset(8, split="test"))
     assert reference_cache_id(Stack(samples)) is None  # unknown datasets are not cached
+    shapes = ShapesDataset(8, split="val")
+    first4 = reference_cache_id(Subset(shapes, range(4)))  # evaluate.reference_images takes the first N
+    assert first4 == reference_cache_id(Subset(ShapesDataset(8, split="val"), range(4)))
+    assert first4 not in (reference_cache_id(shapes), reference_cache_id(Subset(shapes, range(1, 5))))
+    assert reference_cache_id(Subset(Stack(samples), range(4))) is None
+
+
+def test_image_folder_reference_cache_id_follows_files_and_crop(tmp_path, real):
+    samples, labels = real
+    for i in range(6):
+        (tmp_path / f"class{labels[i].item()}").mkdir(exist_ok=True)
+        Image.fromarray(samples[i].permute(1, 2, 0).numpy()).save(tmp_path / f"class{labels[i].item()}" / f"{i}.png")
+    folder_id = reference_cache_id(ImageFolderDataset(tmp_path, 32))
+    assert folder_id == reference_cache_id(ImageFolderDataset(tmp_path, 32))
+    assert folder_id != reference_cache_id(ImageFolderDataset(tmp_path, 16))
+    (tmp_path / f"class{labels[0].item()}" / "0.png").rename(tmp_path / f"class{labels[0].item()}" / "renamed.png")
+    assert folder_id != reference_cache_id(ImageFolderDataset(tmp_path, 32))
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ Feature extractors (``nar_bench.registry.FEATURE_EXTRACTORS``):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from typing import Any
 import torch
 import torch_fidelity  # importable on CPU-only installs thanks to nar_bench/__init__ (see _torchvision_compat)
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
+from nar_bench.data.imagefolder import ImageFolderDataset
 from nar_bench.data.shapes import ShapesDataset
 from nar_bench.errors import NarBenchError
 from nar_bench.images import to_uint8
@@ -116,12 +118,22 @@ class Uint8Images(Dataset):
 
 def reference_cache_id(reference: Tensor | Dataset) -> str | None:
     """Deterministic name of a reference set for the feature cache: a content hash for tensors,
-    the generating parameters for the shapes dataset; None (no caching) for other datasets."""
+    the generating parameters for the shapes dataset, the file listing and crop settings for an
+    image folder, the parent's name and the indices for a subset of those; None (no caching) for
+    other datasets."""
+    def digest(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()[:16]
+
     if isinstance(reference, Tensor):
-        return "tensor-" + hashlib.sha256(reference.cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+        return "tensor-" + digest(reference.cpu().contiguous().numpy().tobytes())
     if isinstance(reference, ShapesDataset):
         split = {v: k for k, v in reference.splits.items()}[reference.split_id]
         return f"shapes-{split}-n{reference.size}-{reference.image_size}px-g{reference.grid}-seed{reference.seed}"
+    if isinstance(reference, ImageFolderDataset):
+        listing = json.dumps([reference.upscale_small, reference.samples]).encode()
+        return f"imagefolder-n{len(reference)}-{reference.image_size}px-{digest(listing)}"
+    if isinstance(reference, Subset) and (parent := reference_cache_id(reference.dataset)):
+        return f"{parent}-subset{len(reference)}-{digest(json.dumps(list(reference.indices)).encode())}"
     return None
 
 
