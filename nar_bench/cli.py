@@ -45,10 +45,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if torch.cuda.is_available():
         module = module.cuda()
     cfg = merge(module.cfg, OmegaConf.from_dotlist(args.overrides), source="command-line overrides")
-    labels = module.sample_grid_labels()
-    gen = torch.Generator(module.device).manual_seed(cfg.seed)
-    images = module.sample_images(labels, SamplingConfig(**cfg.eval.sampling), gen)
-    print(save_samples(images, args.out, nrow=min(module.num_classes, 16)))
+    images = module.sample_grid(cfg.seed, SamplingConfig(**cfg.eval.sampling))
+    print(save_samples(images, args.out, nrow=module.grid_columns))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -56,7 +54,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    run_throughput_sweep(cfg, command=shlex.join(["nar-bench", "bench", args.config, *args.overrides]))
+    run_throughput_sweep(cfg, command=args.command_line)
     print(f"results in {cfg.bench.output_dir}")
 
 

@@ -80,7 +80,7 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    samples_per_class: int = 4  # sample grid rows during validation / predict
+    samples_per_class: int = 4  # sample grid rows (validation, end of training, nar-bench sample)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # quality evaluation (nar_bench.evaluate): class-balanced samples vs real reference images
     num_samples: int = 1024  # generated images per evaluation

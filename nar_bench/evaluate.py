@@ -27,7 +27,7 @@ from nar_bench.lit.module import GeneratorModule, log_artifact
 from nar_bench.metrics import DomainClassifierSpec, class_consistency, domain_classifier, evaluate_samples
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.registry import DATASETS
-from nar_bench.train import resolve_precision
+from nar_bench.train import resolve_precision, uses_gpu
 
 GATHER_CHUNK = 512  # images per all_gather call: bounds the extra GPU memory of the gather
 
@@ -160,7 +160,7 @@ def quality_metrics(images: Tensor, labels: Tensor, cfg: DictConfig) -> tuple[di
     also class consistency: ``class_accuracy`` and a per-class table (else None)."""
     ev = cfg.eval
     options = extractor_options(cfg)
-    cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    cuda = uses_gpu(cfg.trainer)
     metrics = evaluate_samples(images, reference_images(cfg), extractor=ev.extractor, metrics=list(ev.metrics),
                                extractor_options=options, batch_size=ev.batch_size, cuda=cuda)
     if ev.extractor != "domain":

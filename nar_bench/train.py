@@ -22,11 +22,22 @@ from nar_bench.tracking.mlflow import make_logger
 from nar_bench.tracking.report import write_table
 
 
+def uses_gpu(trainer_cfg: DictConfig) -> bool:
+    """Whether Lightning runs ``trainer_cfg`` on a GPU."""
+    return torch.cuda.is_available() and trainer_cfg.accelerator in ("auto", "gpu", "cuda")
+
+
 def resolve_precision(trainer_cfg: DictConfig) -> str:
     if trainer_cfg.precision != "auto":
         return trainer_cfg.precision
-    gpu = torch.cuda.is_available() and trainer_cfg.accelerator in ("auto", "gpu", "cuda")
-    return "bf16-mixed" if gpu else "32-true"
+    return "bf16-mixed" if uses_gpu(trainer_cfg) else "32-true"
+
+
+def run_directory(cfg: DictConfig, run_name: str, logger: MLFlowLogger) -> Path:
+    """``<output_dir>/<run name>-<run id prefix>``. Only rank 0 owns the MLflow run; under DDP the
+    checkpoint folder is broadcast from rank 0."""
+    run_id = logger.run_id or "rank-nonzero"
+    return Path(cfg.output_dir) / f"{run_name.replace('/', '_')}-{run_id[:8]}"
 
 
 def make_trainer(cfg: DictConfig, logger, run_dir: Path) -> L.Trainer:
@@ -76,9 +87,7 @@ def fit(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None 
     module = GeneratorModule(cfg, data.num_classes)
     run_name = run_name or cfg.tracking.run_name or f"{cfg.model.paradigm}-{cfg.model.size}"
     logger = make_logger(cfg.tracking, run_name, parent_run_id)
-    # Only rank 0 owns the MLflow run; the checkpoint folder is broadcast from rank 0 under DDP.
-    run_id = logger.run_id or "rank-nonzero"
-    run_dir = Path(cfg.output_dir) / f"{run_name.replace('/', '_')}-{run_id[:8]}"
+    run_dir = run_directory(cfg, run_name, logger)
     trainer = make_trainer(cfg, logger, run_dir)
     trainer.fit(module, data)
     return FittedRun(module, trainer, logger, run_dir, run_name)
@@ -95,12 +104,10 @@ def train(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | Non
 def finish_run(cfg: DictConfig, module: GeneratorModule, trainer: L.Trainer, logger, run_dir: Path,
                run_name: str) -> dict:
     """Final sample grid (timed) and a one-row summary table, written and logged as artifacts."""
-    if resolve_precision(cfg.trainer) == "bf16-mixed":  # Lightning hands the model back on the CPU
+    if uses_gpu(cfg.trainer):  # Lightning's teardown hands the model back on the CPU
         module = module.cuda()
-    labels = module.sample_grid_labels()
-    generator = torch.Generator(module.device).manual_seed(cfg.seed)
     start = time.perf_counter()
-    images = module.sample_images(labels, generator=generator)
+    images = module.sample_grid(cfg.seed)
     if module.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -114,13 +121,13 @@ def finish_run(cfg: DictConfig, module: GeneratorModule, trainer: L.Trainer, log
         "train_steps": trainer.global_step,
         "train_loss": round(float(metrics.get("train/loss", float("nan"))), 4),
         "val_loss": round(float(metrics.get("val/loss", float("nan"))), 4),
-        "sample_batch": len(labels),
+        "sample_batch": len(images),
         "sample_seconds": round(seconds, 3),
         "device": str(module.device),
         "mlflow_run_id": logger.run_id,
     }
     run_dir.mkdir(parents=True, exist_ok=True)
-    grid = save_samples(images, run_dir / "samples.png", nrow=min(module.num_classes, 16))  # .gif for video
+    grid = save_samples(images, run_dir / "samples.png", nrow=module.grid_columns)  # .gif for video
     for path in (grid, *write_table(pd.DataFrame([summary]), run_dir / "summary.csv")):
         log_artifact(logger, path)
     logger.experiment.log_metric(logger.run_id, "sample_seconds", seconds)

@@ -6,8 +6,6 @@ official checkpoints, so it is used exactly like ``vq_ds16_c2i.pt``: ``tokenizer
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import torch
 from omegaconf import DictConfig
@@ -16,7 +14,7 @@ from nar_bench.lit.data import GeneratorDataModule
 from nar_bench.lit.tokenizer_module import TokenizerModule
 from nar_bench.nn.transformer import count_parameters
 from nar_bench.tracking.mlflow import make_logger
-from nar_bench.train import check_inputs, make_trainer
+from nar_bench.train import check_inputs, make_trainer, run_directory
 
 
 def train_tokenizer(cfg: DictConfig, run_name: str | None = None) -> dict:
@@ -28,7 +26,7 @@ def train_tokenizer(cfg: DictConfig, run_name: str | None = None) -> dict:
     data = GeneratorDataModule(cfg.data)
     run_name = run_name or cfg.tracking.run_name or f"tokenizer-{cfg.tokenizer.name}"
     logger = make_logger(cfg.tracking, run_name)
-    run_dir = Path(cfg.output_dir) / f"{run_name.replace('/', '_')}-{logger.run_id[:8]}"
+    run_dir = run_directory(cfg, run_name, logger)
     trainer = make_trainer(cfg, logger, run_dir)
     trainer.fit(module, data)
     if not trainer.is_global_zero:

@@ -66,23 +66,26 @@ class GeneratorModule(L.LightningModule):
         codes = self.paradigm.generate(labels, sampling or self.sampling, generator)
         return to_uint8(self.tokenizer.decode(codes))
 
-    def predict_step(self, batch: Tensor | tuple, batch_idx: int) -> dict[str, Tensor]:
-        labels = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return {"labels": labels, "images": self.sample_images(labels)}
+    @property
+    def grid_columns(self) -> int:
+        """Columns of sample grids: one per class, at most 16."""
+        return min(self.num_classes, 16)
 
     def sample_grid_labels(self) -> Tensor:
-        """samples_per_class rows of every class (capped at 16 classes) for the grid artifact."""
-        classes = min(self.num_classes, 16)
-        return torch.arange(classes, device=self.device).repeat(self.cfg.eval.samples_per_class)
+        """samples_per_class rows of every grid column's class, for the grid artifact."""
+        return torch.arange(self.grid_columns, device=self.device).repeat(self.cfg.eval.samples_per_class)
+
+    def sample_grid(self, seed: int, sampling: SamplingConfig | None = None) -> Tensor:
+        """uint8 images for ``sample_grid_labels()``, drawn with a generator seeded with ``seed``."""
+        generator = torch.Generator(self.device).manual_seed(seed)
+        return self.sample_images(self.sample_grid_labels(), sampling, generator)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
-        generator = torch.Generator(self.device).manual_seed(self.cfg.seed)
-        images = self.sample_images(self.sample_grid_labels(), generator=generator)
-        nrow = min(self.num_classes, 16)
+        images = self.sample_grid(self.cfg.seed)
         with tempfile.TemporaryDirectory() as tmp:
-            path = save_samples(images, Path(tmp) / f"samples_step{self.global_step:06d}.png", nrow)
+            path = save_samples(images, Path(tmp) / f"samples_step{self.global_step:06d}.png", self.grid_columns)
             log_artifact(self.logger, path, "samples")
 
     # --- optimisation -----------------------------------------------------------------------------
