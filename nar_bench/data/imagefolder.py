@@ -39,8 +39,8 @@ def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
     return arr[top : top + size, left : left + size]
 
 
-def scan_classes(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """(sorted class names, [(image path, label)] sorted by class then file name)."""
+def list_classes(folder: Path) -> list[str]:
+    """Sorted class sub-folder names of ``folder``."""
     if not folder.is_dir():
         raise NarBenchError(f"image folder '{folder}' not found; set data.root to a folder with one "
                             "sub-folder of images per class (ImageNet layout: <root>/<class>/*.jpg)")
@@ -48,6 +48,12 @@ def scan_classes(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
     if not classes:
         raise NarBenchError(f"image folder '{folder}' has no class sub-folders; put each class's images in "
                             f"its own folder, e.g. {folder}/<class>/0001.jpg")
+    return classes
+
+
+def scan_classes(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """(sorted class names, [(image path, label)] sorted by class then file name)."""
+    classes = list_classes(folder)
     samples = []
     for label, name in enumerate(classes):
         files = sorted(e.path for e in os.scandir(folder / name)
@@ -111,8 +117,7 @@ def imagefolder(data_cfg, split: str) -> ImageFolderDataset:
     limit = None if split == "train" else data_cfg.num_val
     ds = ImageFolderDataset(folder, data_cfg.image_size, data_cfg.upscale_small_images, limit)
     if split != "train" and folder != split_folder(root, "train"):
-        train_classes = scan_classes(split_folder(root, "train"))[0]
-        if ds.class_names != train_classes:
+        if ds.class_names != list_classes(split_folder(root, "train")):  # names only: no listing of every file
             raise NarBenchError(f"class folders of '{folder}' differ from the training folder's; give val/ "
                                 "the same class sub-folders as train/")
     return ds
