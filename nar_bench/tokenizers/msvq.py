@@ -18,19 +18,17 @@ Module and parameter names match VAR's VQVAE (``encoder.*``, ``decoder.*``, ``qu
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.conv_vae import ConvVAEConfig, Decoder, Encoder
 from nar_bench.registry import TOKENIZERS
-from nar_bench.tokenizers.base import Tokenizer
+from nar_bench.tokenizers.base import Tokenizer, fields_for, preset_config
 
 PAPER_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # VAR at 256px with a /16 VAE: 10 steps, 680 tokens
 # Synthetic default (64px shapes, 16x16 latent): a dyadic pyramid. Each coarser map is then an exact
@@ -57,8 +55,7 @@ class MSVQConfig:
 
     @property
     def vae(self) -> ConvVAEConfig:
-        keys = {f.name for f in fields(ConvVAEConfig)}
-        return ConvVAEConfig(**{k: v for k, v in asdict(self).items() if k in keys})
+        return fields_for(self, ConvVAEConfig)
 
 
 PRESETS = {
@@ -196,16 +193,7 @@ class MultiScaleVQ(Tokenizer):
         (one source of truth; otherwise the synthetic default), and loads ``tokenizer.checkpoint``."""
         from nar_bench.config import paradigm_options
 
-        options = dict(cfg.tokenizer.get("options") or {})
-        preset = options.pop("preset", "synthetic")
-        if preset not in PRESETS:
-            raise NarBenchError(f"unknown tokenizer.options.preset '{preset}'; choose one of: {', '.join(PRESETS)}")
-        try:
-            tcfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PRESETS[preset]), options))
-        except OmegaConfBaseException as err:
-            valid = ", ".join(["preset"] + [f.name for f in fields(MSVQConfig)])
-            msg = str(err).splitlines()[0]
-            raise NarBenchError(f"bad tokenizer.options for 'msvq': {msg}; valid options: {valid}") from None
+        tcfg = preset_config(cfg.tokenizer.get("options"), PRESETS, "synthetic", "msvq")
         scales = paradigm_options(cfg.model).scales if cfg.model.paradigm == "var" else SYNTHETIC_SCALES
         latent = cfg.data.image_size // tcfg.vae.downsample
         if scales[-1] != latent:

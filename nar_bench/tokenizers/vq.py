@@ -19,18 +19,16 @@ numbers and train this one for small or synthetic data.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.llamagen_vae import ConvNetConfig, Decoder, Encoder
 from nar_bench.registry import TOKENIZERS
-from nar_bench.tokenizers.base import Tokenizer
+from nar_bench.tokenizers.base import Tokenizer, fields_for, preset_config
 
 USAGE_WINDOW = 65536  # LlamaGen's ``codebook_used``: the indices of the last 65536 encoded tokens
 
@@ -50,8 +48,7 @@ class VQConfig:
 
     @property
     def net(self) -> ConvNetConfig:
-        keys = {f.name for f in fields(ConvNetConfig)}
-        return ConvNetConfig(**{k: v for k, v in asdict(self).items() if k in keys})
+        return fields_for(self, ConvNetConfig)
 
 
 PRESETS = {
@@ -167,17 +164,7 @@ class VQTokenizer(Tokenizer):
 
 def vq_config(options) -> VQConfig:
     """``tokenizer.options`` -> VQConfig: a preset, then field overrides; bad keys -> NarBenchError."""
-    options = dict(options)
-    preset = options.pop("preset", "vq_ds16")
-    if preset not in PRESETS:
-        raise NarBenchError(f"unknown tokenizer.options.preset '{preset}' for 'vq'; "
-                            f"choose one of: {', '.join(PRESETS)}")
-    try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PRESETS[preset]), options))
-    except OmegaConfBaseException as err:
-        valid = ", ".join(["preset"] + [f.name for f in fields(VQConfig)])
-        msg = str(err).splitlines()[0]
-        raise NarBenchError(f"bad tokenizer.options for 'vq': {msg}; valid options: {valid}") from None
+    cfg = preset_config(options, PRESETS, "vq_ds16", "vq")
     cfg.ch_mult = tuple(cfg.ch_mult)
     if cfg.rec_loss not in ("l1", "l2"):
         raise NarBenchError(f"tokenizer.options.rec_loss '{cfg.rec_loss}' for 'vq'; choose l1 or l2")
