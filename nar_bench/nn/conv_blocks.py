@@ -17,6 +17,15 @@ class ConvSettings(Protocol):
     dropout: float
 
 
+def run_level(blocks: nn.ModuleList, attns: nn.ModuleList, h: Tensor) -> Tensor:
+    """One resolution level: each res block, followed by its attention block if the level has them."""
+    for j, block in enumerate(blocks):
+        h = block(h)
+        if len(attns):
+            h = attns[j](h)
+    return h
+
+
 def group_norm(cfg: ConvSettings, channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(cfg.norm_groups, channels, eps=1e-6, affine=True)
 

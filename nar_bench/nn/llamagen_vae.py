@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nar_bench.nn.conv_blocks import Downsample2x, ResnetBlock, Upsample2x, group_norm
+from nar_bench.nn.conv_blocks import Downsample2x, ResnetBlock, Upsample2x, group_norm, run_level
 
 
 @dataclass
@@ -61,14 +61,6 @@ def _level(cfg: ConvNetConfig, block_in: int, block_out: int, n_res: int, attn: 
     return level
 
 
-def _run_level(level: nn.Module, h: Tensor) -> Tensor:
-    for j, res in enumerate(level.res):
-        h = res(h)
-        if len(level.attn):
-            h = level.attn[j](h)
-    return h
-
-
 class Encoder(nn.Module):
     """(B, 3, H, W) -> (B, z_channels, H / downsample, W / downsample)."""
 
@@ -92,7 +84,7 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv_in(x)
         for level in self.conv_blocks:
-            h = _run_level(level, h)
+            h = run_level(level.res, level.attn, h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         for block in self.mid:
@@ -124,7 +116,7 @@ class Decoder(nn.Module):
         for block in self.mid:
             h = block(h)
         for level in self.conv_blocks:
-            h = _run_level(level, h)
+            h = run_level(level.res, level.attn, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
