@@ -1,7 +1,10 @@
+from pathlib import Path
+
 import pytest
 import torch
 
 import nar_bench  # noqa: F401  (first: makes torchvision importable before Lightning imports it)
+from nar_bench.metrics.cache import CACHE_ENV
 from nar_bench.nn.transformer import TransformerConfig
 
 
@@ -19,11 +22,41 @@ def tiny_cfg() -> TransformerConfig:
     return TransformerConfig(dim=32, n_layers=2, n_heads=4, vocab_size=24, num_classes=5)
 
 
-def randomize_heads(module: torch.nn.Module, std: float = 0.3) -> None:
-    """Output layers are zero-initialised (all logits equal); equivalence tests need real logits."""
+def randomize_heads(module: torch.nn.Module, std: float = 0.3):
+    """Output layers are zero-initialised (all logits equal); equivalence tests need real logits.
+    Returns ``module``."""
     for name, p in module.named_parameters():
         if "output" in name:
             torch.nn.init.normal_(p, std=std)
+    return module
+
+
+def train_steps(model: torch.nn.Module, tokens, labels, steps: int, lr: float = 3e-3) -> list[float]:
+    """Losses of ``steps`` AdamW steps on one batch; asserts every parameter gets a gradient."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model.loss(tokens, labels)
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters())
+        optimizer.step()
+    return losses
+
+
+def tracking_overrides(tmp_path: Path, experiment: str | None = "test") -> list[str]:
+    """Dotlist overrides keeping a test's MLflow store, artifacts and run folders under ``tmp_path``
+    (and its runs in MLflow experiment ``experiment``; None: the config's own)."""
+    overrides = [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", f"tracking.artifact_location={tmp_path}/art",
+                 f"output_dir={tmp_path}/runs"]
+    return overrides + ([f"tracking.experiment={experiment}"] if experiment else [])
+
+
+@pytest.fixture
+def metrics_cache(tmp_path_factory, monkeypatch):
+    """One metrics cache (domain classifiers, reference features) per test session, not results/cache."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.getbasetemp() / "metrics-cache"))
 
 
 @pytest.fixture

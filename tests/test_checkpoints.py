@@ -5,13 +5,13 @@ import datetime
 
 import pytest
 import torch
-from torch import nn
 
 from nar_bench.checkpoints import load_official, to_official
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.transformer import TransformerConfig
 from nar_bench.paradigms.nar import NAR, NAROptions
 from nar_bench.paradigms.raster_ar import RasterAR
+from tests.conftest import randomize_heads
 
 GRID = (3, 4)
 
@@ -25,10 +25,7 @@ def build(kind: str, seed: int):
     model = {"nar": lambda: NAR(tiny_config(), GRID),
              "nar_single": lambda: NAR(tiny_config(), GRID, NAROptions(heads="single")),
              "ar": lambda: RasterAR(tiny_config(), GRID)}[kind]()
-    for name, module in model.named_modules():
-        if name.endswith("output"):  # zero-initialised: random weights make the logits informative
-            nn.init.normal_(module.weight, std=0.2)
-    return model.eval()
+    return randomize_heads(model, std=0.2).eval()  # zero-initialised heads: all logits would be equal
 
 
 @torch.no_grad()

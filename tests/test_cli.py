@@ -1,18 +1,14 @@
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from nar_bench.cli import main
+from tests.conftest import tracking_overrides
 
 TINY = ["model.size=tiny", "data.image_size=16", "data.grid_size=4", "data.batch_size=8", "data.num_val=16",
         "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",
         "eval.samples_per_class=1"]
 
-
-def tracking_overrides(tmp_path: Path) -> list[str]:
-    return [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", f"tracking.artifact_location={tmp_path}/art",
-            f"output_dir={tmp_path}/runs", "tracking.experiment=test"]
 
 
 def test_train_logs_loss_curve_params_and_sample_grid_to_mlflow(tmp_path, capsys):

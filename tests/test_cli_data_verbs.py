@@ -9,6 +9,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from nar_bench.cli import main
+from tests.conftest import tracking_overrides
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -19,10 +20,6 @@ DATA = ["data.image_size=16", "data.grid_size=8", "data.batch_size=8", "data.num
 STEPS = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1", "optim.warmup_steps=1"]
 
 
-def tracking(tmp_path: Path) -> list[str]:
-    return [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", f"tracking.artifact_location={tmp_path}/art",
-            f"output_dir={tmp_path}/runs", "tracking.experiment=test"]
-
 
 def printed_summary(capsys) -> dict[str, str]:
     """The key=value line a verb prints last (Lightning's progress output comes before it)."""
@@ -30,7 +27,7 @@ def printed_summary(capsys) -> dict[str, str]:
 
 
 def test_train_tokenizer_then_extract_codes_then_train_on_the_codes(tmp_path, capsys):
-    assert main(["train-tokenizer", "experiments/demo.yaml", *VQ, *DATA, *STEPS, *tracking(tmp_path)]) == 0
+    assert main(["train-tokenizer", "experiments/demo.yaml", *VQ, *DATA, *STEPS, *tracking_overrides(tmp_path)]) == 0
     summary = printed_summary(capsys)
     weights = Path(summary["tokenizer_checkpoint"])
     assert summary["tokenizer"] == "vq" and summary["train_steps"] == "2" and weights.is_file()
@@ -48,7 +45,7 @@ def test_train_tokenizer_then_extract_codes_then_train_on_the_codes(tmp_path, ca
     assert manifest["tokenizer"]["checkpoint"] == str(weights.resolve())
 
     argv = ["train", "experiments/demo.yaml", "data.name=codes", f"data.root={codes}", "tokenizer.name=codes",
-            "data.batch_size=8", "model.size=tiny", "eval.samples_per_class=1", *STEPS, *tracking(tmp_path),
+            "data.batch_size=8", "model.size=tiny", "eval.samples_per_class=1", *STEPS, *tracking_overrides(tmp_path),
             "tracking.run_name=on-codes"]
     assert main(argv) == 0
     run = client.get_run(printed_summary(capsys)["mlflow_run_id"])
@@ -68,7 +65,7 @@ def test_train_tokenizer_then_extract_codes_then_train_on_the_codes(tmp_path, ca
 ])
 def test_bad_input_is_one_clear_error(tmp_path, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    assert main([*argv, *tracking(tmp_path)]) == 2
+    assert main([*argv, *tracking_overrides(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "codes").exists() and not (tmp_path / "runs").exists()

@@ -29,13 +29,7 @@ GRID = ["data.grid_size=4", "data.image_size=16"]  # 16 tokens: AR 16 steps, NAR
 SAMPLING = SamplingConfig(cfg_scale=2.0, top_k=5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """Tiny models gain nothing from threads, and on a busy shared CPU threads make them crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: threads only slow them down
 
 
 def tiny_paradigm(paradigm: str, *options: str):

@@ -20,7 +20,6 @@ from nar_bench.config import load_config
 from nar_bench.errors import NarBenchError
 from nar_bench.evaluate import balanced_labels, evaluate, generate_samples
 from nar_bench.lit.module import GeneratorModule
-from nar_bench.metrics.cache import CACHE_ENV
 from nar_bench.tracking.mlflow import make_logger
 from tests.conftest import randomize_heads
 
@@ -31,9 +30,7 @@ METRIC_KEYS = {"fid", "is", "is_std", "kid", "kid_std", "precision", "recall", "
                "num_samples", "generate_seconds"}
 
 
-@pytest.fixture(autouse=True)
-def metrics_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.getbasetemp() / "metrics-cache"))
+pytestmark = pytest.mark.usefixtures("metrics_cache")
 
 
 def tiny(tmp_path: Path, *overrides: str):

@@ -2,7 +2,6 @@
 a nar-bench Lightning checkpoint; mismatches are one clear error; reloading a trained run does not
 need the starting file any more."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from nar_bench.checkpoints import key_map, to_official
 from nar_bench.cli import main
 from nar_bench.config import load_config
 from nar_bench.lit.module import GeneratorModule
+from tests.conftest import tracking_overrides
 
 TINY = ["model.size=tiny", "data.image_size=16", "data.grid_size=4", "data.batch_size=8", "data.num_val=16",
         "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
@@ -23,10 +23,6 @@ VAR_TINY = ["tokenizer.name=msvq", "tokenizer.options.ch=8", "tokenizer.options.
 PARADIGMS = {"ar": [], "nar": [], "par": ["model.options.regions=4"], "var": VAR_TINY}
 CLASSES = 16  # shapes
 
-
-def tracking(tmp_path: Path) -> list[str]:
-    return [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", f"tracking.artifact_location={tmp_path}/art",
-            f"output_dir={tmp_path}/runs", "tracking.experiment=test"]
 
 
 def generator(seed: int, *overrides: str) -> GeneratorModule:
@@ -51,7 +47,7 @@ def test_official_layout_file_becomes_the_starting_weights(tmp_path, paradigm):
 def test_lightning_checkpoint_loads_and_trained_runs_reload_without_the_starting_file(tmp_path):
     official = tmp_path / "nar.pt"
     torch.save({"model": to_official(generator(1, "model.paradigm=nar").paradigm)}, official)
-    argv = ["train", "experiments/demo.yaml", *TINY, *tracking(tmp_path), "model.paradigm=nar"]
+    argv = ["train", "experiments/demo.yaml", *TINY, *tracking_overrides(tmp_path), "model.paradigm=nar"]
     assert main([*argv, f"model.checkpoint={official}"]) == 0
     (ckpt,) = (tmp_path / "runs").glob("*/checkpoints/last.ckpt")
     trained = {k.removeprefix("paradigm."): v for k, v in torch.load(ckpt)["state_dict"].items()
@@ -85,7 +81,8 @@ def test_mismatching_checkpoint_is_one_clear_error_before_any_run(tmp_path, caps
     else:
         extra = ["model.options.regions=4"] if source == "par" else []
         torch.save(to_official(generator(1, f"model.paradigm={source}", *extra).paradigm), path)
-    argv = ["train", "experiments/demo.yaml", *TINY, *tracking(tmp_path), *overrides, f"model.checkpoint={path}"]
+    argv = ["train", "experiments/demo.yaml", *TINY, *tracking_overrides(tmp_path), *overrides,
+            f"model.checkpoint={path}"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -1,17 +1,19 @@
-"""NAR paradigm: schedule, proximity mask, head targets, overlap / single-head ablations, cached
-parallel decoding vs the teacher-forced forward; plus the raster-AR (NTP) decode check."""
+"""NAR paradigm: schedule, proximity mask (2D and 3D), head targets, overlap / single-head
+ablations, cached parallel decoding vs the teacher-forced forward."""
+
+import itertools
 
 import pytest
 import torch
-from torch import nn
 
 from nar_bench.config import load_config, paradigm_options
 from nar_bench.decode_check import decode_forward_gap
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import TransformerConfig, count_parameters
-from nar_bench.paradigms.nar import NAR, NAROptions, neighbor_schedule, proximity_mask
+from nar_bench.paradigms.nar import NAR, NAROptions, VideoNAR, neighbor_schedule, proximity_mask
 from nar_bench.paradigms.raster_ar import RasterAR
+from tests.conftest import randomize_heads, train_steps
 
 VOCAB, CLASSES = 32, 5
 # Decode steps see the KV cache without a mask, forward uses the mask on the full sequence: the
@@ -26,17 +28,9 @@ def tiny_config(cls_token_num: int = 1) -> TransformerConfig:
                              cls_token_num=cls_token_num)
 
 
-def randomize_outputs(model: nn.Module) -> nn.Module:
-    """Output layers are zero-initialised (all logits equal); give them random weights."""
-    for name, module in model.named_modules():
-        if name.endswith("output"):
-            nn.init.normal_(module.weight, std=0.2)
-    return model
-
-
 def make_nar(grid=(3, 5), seed=0, **options) -> NAR:
     torch.manual_seed(seed)
-    return randomize_outputs(NAR(tiny_config(), grid, NAROptions(**options))).eval()
+    return randomize_heads(NAR(tiny_config(), grid, NAROptions(**options)), std=0.2).eval()
 
 
 def sample_batch(grid, batch=2, seed=1):
@@ -65,24 +59,24 @@ def test_neighbor_schedule_is_anti_diagonals(grid, steps):
     assert NAR(tiny_config(), grid).num_steps == steps
 
 
-@pytest.mark.parametrize("grid", [(4, 4), (3, 5), (6, 2)])
+@pytest.mark.parametrize("grid", [(4, 4), (3, 5), (6, 2), (2, 3, 3), (3, 2, 2)])  # images and videos
 @pytest.mark.parametrize("cls_n", [1, 2])
 def test_proximity_mask_allows_exactly_nearer_or_equal_distance(grid, cls_n):
     mask = proximity_mask(grid, cls_n)
-    h, w = region(grid)
-    dist = (h + w).tolist()
+    dist = [sum(c) for c in itertools.product(*map(range, grid))]  # raster order
     n = len(dist)
     assert mask.shape == (cls_n + n, cls_n + n)
-    for q in range(cls_n + n):
-        for k in range(cls_n + n):
-            if k < cls_n:  # condition: causal among condition tokens, visible to every token
-                allowed = q >= k
-            elif q < cls_n:  # condition tokens never see image tokens
-                allowed = False
-            else:
-                allowed = dist[k - cls_n] <= dist[q - cls_n]
-            assert mask[q, k].item() == allowed, (q, k)
-    model = NAR(tiny_config(cls_n), grid)
+    for q, k in itertools.product(range(cls_n + n), repeat=2):
+        if k < cls_n:  # condition: causal among condition tokens, visible to every token
+            allowed = q >= k
+        elif q < cls_n:  # condition tokens never see image tokens
+            allowed = False
+        else:
+            allowed = dist[k - cls_n] <= dist[q - cls_n]
+        assert mask[q, k].item() == allowed, (q, k)
+    # head_dim 24: divisible by 2 * axes for 2D and 3D RoPE
+    cfg = TransformerConfig(dim=48, n_layers=2, n_heads=2, vocab_size=VOCAB, num_classes=CLASSES, cls_token_num=cls_n)
+    model = (NAR if len(grid) == 2 else VideoNAR)(cfg, grid)
     assert torch.equal(model.mask, mask)
 
 
@@ -167,17 +161,8 @@ def test_parameter_count_base_size(paradigm, size):
 def test_training_reduces_loss_and_reaches_every_head(heads):
     grid = (3, 3)
     model = make_nar(grid, heads=heads).train()
-    tokens, labels = sample_batch(grid)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = None
-    for _ in range(8):
-        loss = model.loss(tokens, labels)
-        first = first if first is not None else loss.item()
-        optimizer.zero_grad()
-        loss.backward()
-        assert all(p.grad is not None for p in model.parameters())
-        optimizer.step()
-    assert loss.item() < first - 0.5
+    losses = train_steps(model, *sample_batch(grid), steps=8)
+    assert losses[-1] < losses[0] - 0.5
 
 
 # --- parallel decoding ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from nar_bench.cli import main
 from nar_bench.config import load_config
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.registry import PARADIGMS
+from tests.conftest import tracking_overrides
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -31,10 +32,6 @@ RUNS = {  # paradigm: (config, overrides, decoding steps)
 }
 
 
-def tracking(tmp_path: Path) -> list[str]:
-    return [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", f"tracking.artifact_location={tmp_path}/art",
-            f"output_dir={tmp_path}/runs", "tracking.experiment=test"]
-
 
 def last_line(capsys) -> str:
     return capsys.readouterr().out.strip().splitlines()[-1]
@@ -47,7 +44,7 @@ def test_every_registered_paradigm_has_an_end_to_end_run():
 @pytest.mark.parametrize("paradigm", RUNS)
 def test_train_and_sample_through_the_cli(tmp_path, capsys, paradigm):
     config, overrides, steps = RUNS[paradigm]
-    assert main(["train", config, *TINY, *overrides, *tracking(tmp_path)]) == 0
+    assert main(["train", config, *TINY, *overrides, *tracking_overrides(tmp_path)]) == 0
     summary = dict(item.split("=", 1) for item in last_line(capsys).split())
     assert summary["paradigm"] == paradigm and summary["steps_per_image"] == str(steps)
 
@@ -80,9 +77,10 @@ def test_var_demo_two_step_flow(tmp_path, capsys):
     """experiments/var_demo.yaml as its header says: train the msvq, then VAR on its codes."""
     tiny = ["data.image_size=16", "data.grid_size=4", "data.batch_size=8", "data.num_val=8", "data.num_train=16",
             "trainer.max_steps=2", "trainer.val_check_interval=2", "eval.samples_per_class=1", *MSVQ]
-    assert main(["train-tokenizer", "experiments/var_demo.yaml", *tiny, *tracking(tmp_path)]) == 0
+    assert main(["train-tokenizer", "experiments/var_demo.yaml", *tiny, *tracking_overrides(tmp_path)]) == 0
     weights = dict(item.split("=", 1) for item in last_line(capsys).split())["tokenizer_checkpoint"]
-    argv = ["train", "experiments/var_demo.yaml", *tiny, f"tokenizer.checkpoint={weights}", *tracking(tmp_path)]
+    argv = ["train", "experiments/var_demo.yaml", *tiny, f"tokenizer.checkpoint={weights}",
+            *tracking_overrides(tmp_path)]
     assert main(argv) == 0
     summary = dict(item.split("=", 1) for item in last_line(capsys).split())
     assert summary["paradigm"] == "var" and summary["steps_per_image"] == "4" and summary["train_steps"] == "2"

@@ -14,10 +14,10 @@ from mlflow.tracking import MlflowClient
 
 from nar_bench.cli import main
 from nar_bench.config import expand_sweep, load_config
-from nar_bench.metrics.cache import CACHE_ENV
 from nar_bench.provenance import device_description, git_commit
 from nar_bench.tracking.mlflow import PARENT_TAG
 from nar_bench.train_eval import training_key
+from tests.conftest import tracking_overrides
 
 TINY = ["data.image_size=16", "data.grid_size=4", "data.batch_size=8", "data.num_val=16", "trainer.max_steps=4",
         "trainer.val_check_interval=4", "trainer.log_every_n_steps=1", "eval.num_samples=32", "eval.batch_size=16",
@@ -32,14 +32,8 @@ PAPER_VARIANTS = {  # name -> (paradigm, options)
 }
 
 
-@pytest.fixture(autouse=True)
-def metrics_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.getbasetemp() / "metrics-cache"))
+pytestmark = pytest.mark.usefixtures("metrics_cache")
 
-
-def tracking(tmp_path: Path) -> list[str]:
-    return [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", f"tracking.artifact_location={tmp_path}/art",
-            f"output_dir={tmp_path}/runs"]
 
 
 def experiment_runs(tmp_path: Path, experiment: str) -> list:
@@ -74,7 +68,7 @@ def test_cfg_sweep_trains_each_paradigm_once_and_evaluates_it_at_every_scale():
 def test_tiny_ablation_sweep_logs_parent_and_child_runs_and_report_rebuilds_its_table(tmp_path):
     out = tmp_path / "results"
     argv = ["sweep", "experiments/ablation_heads.yaml", "--only", "ntp_raster,nar_dim_heads_mixed", "--out", str(out),
-            *TINY, *tracking(tmp_path)]
+            *TINY, *tracking_overrides(tmp_path, experiment=None)]
     assert main(argv) == 0
 
     runs = experiment_runs(tmp_path, "ablation_heads")
@@ -107,7 +101,7 @@ def test_tiny_ablation_sweep_logs_parent_and_child_runs_and_report_rebuilds_its_
 
     report_out = tmp_path / "report"
     assert main(["report", "experiments/ablation_heads.yaml", "--parent", "latest", "--out", str(report_out),
-                 *tracking(tmp_path)]) == 0
+                 *tracking_overrides(tmp_path, experiment=None)]) == 0
     fetched = pd.read_csv(report_out / "runs.csv")
     assert fetched.set_index("mlflow_run_id").loc[killed.info.run_id, "status"] == "RUNNING"
     fetched = fetched[fetched["status"] == "FINISHED"].set_index("point")
@@ -121,7 +115,7 @@ def test_tiny_ablation_sweep_logs_parent_and_child_runs_and_report_rebuilds_its_
     assert fetched_summary["variant"].tolist() == table["variant"].tolist() and (fetched_summary["seeds"] == 1).all()
     assert fetched_summary["fid_mean"].tolist() == pytest.approx(table["fid"].tolist())
     assert (report_out / "metrics.png").stat().st_size > 0
-    assert main(["report", "experiments/ablation_heads.yaml", "tracking.experiment=nope", *tracking(tmp_path)]) == 2
+    assert main(["report", "experiments/ablation_heads.yaml", *tracking_overrides(tmp_path, experiment="nope")]) == 2
 
 
 def test_commit_named_by_env_wins_over_the_checkout_git_metadata(monkeypatch):
@@ -135,7 +129,8 @@ def test_commit_named_by_env_wins_over_the_checkout_git_metadata(monkeypatch):
 
 def test_cfg_sweep_points_of_one_paradigm_share_one_training(tmp_path):
     out = tmp_path / "results"
-    assert main(["sweep", "experiments/cfg_sweep.yaml", "--only", "nar", "--out", str(out), *TINY, *tracking(tmp_path),
+    assert main(["sweep", "experiments/cfg_sweep.yaml", "--only", "nar", "--out", str(out), *TINY,
+                 *tracking_overrides(tmp_path, experiment=None),
                  "sweep.grid={eval.sampling.cfg_scale: [1.0, 3.0]}"]) == 0
     children = {r.info.run_name: r for r in experiment_runs(tmp_path, "cfg_sweep") if PARENT_TAG in r.data.tags}
     trained, reused = children["nar/cfg_scale=1.0"], children["nar/cfg_scale=3.0"]
@@ -152,7 +147,7 @@ def test_cfg_sweep_points_of_one_paradigm_share_one_training(tmp_path):
     (["report", "experiments/ablation_heads.yaml"], "no MLflow store at"),
 ])
 def test_bad_sweep_or_report_input_is_one_clear_error(tmp_path, capsys, argv, message):
-    assert main([*argv, *tracking(tmp_path)]) == 2
+    assert main([*argv, *tracking_overrides(tmp_path, experiment=None)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 

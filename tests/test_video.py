@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from nar_bench.config import load_config
 from nar_bench.data.moving_shapes import DIRECTIONS, NUM_CLASSES, MovingShapesDataset, class_name
@@ -18,9 +17,10 @@ from nar_bench.lit.data import GeneratorDataModule
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import TransformerConfig, count_parameters
-from nar_bench.paradigms.nar import NAR, NAROptions, VideoNAR, neighbor_schedule, proximity_mask
+from nar_bench.paradigms.nar import NAR, NAROptions, VideoNAR, neighbor_schedule
 from nar_bench.registry import DATASETS
 from nar_bench.tokenizers.palette import PaletteTokenizer
+from tests.conftest import randomize_heads, train_steps
 
 VOCAB, CLASSES = 32, 5
 DECODE_ATOL = 1e-5  # cached steps attend without a mask, forward with it: fp32 round-off only
@@ -36,11 +36,7 @@ def video_config(cls_token_num: int = 1) -> TransformerConfig:
 
 def make_video_nar(grid=(2, 3, 3), seed=0, **options) -> VideoNAR:
     torch.manual_seed(seed)
-    model = VideoNAR(video_config(), grid, NAROptions(**options))
-    for name, module in model.named_modules():  # output layers are zero-initialised: randomise them
-        if name.endswith("output"):
-            nn.init.normal_(module.weight, std=0.2)
-    return model.eval()
+    return randomize_heads(VideoNAR(video_config(), grid, NAROptions(**options)), std=0.2).eval()
 
 
 def coords(grid):
@@ -68,24 +64,6 @@ def test_video_schedule_is_t_plus_h_plus_w(grid, steps):
 
 def test_video_paradigm_reports_the_step_count():
     assert VideoNAR(video_config(), (4, 16, 16)).num_steps == 34
-
-
-@pytest.mark.parametrize("grid", [(2, 3, 3), (3, 2, 2)])
-@pytest.mark.parametrize("cls_n", [1, 2])
-def test_3d_proximity_mask_allows_exactly_nearer_or_equal_distance(grid, cls_n):
-    mask = proximity_mask(grid, cls_n)
-    dist = coords(grid).sum(1).tolist()
-    n = len(dist)
-    assert mask.shape == (cls_n + n, cls_n + n)
-    for q, k in itertools.product(range(cls_n + n), repeat=2):
-        if k < cls_n:  # condition: causal among condition tokens, visible to every token
-            allowed = q >= k
-        elif q < cls_n:  # condition tokens never see video tokens
-            allowed = False
-        else:
-            allowed = dist[k - cls_n] <= dist[q - cls_n]
-        assert mask[q, k].item() == allowed, (q, k)
-    assert torch.equal(VideoNAR(video_config(cls_n), grid).mask, mask)
 
 
 # --- heads and training targets -----------------------------------------------------------------
@@ -159,16 +137,7 @@ def test_temporal_head_is_one_block_norm_and_zero_initialised_output():
 def test_training_reduces_loss_and_reaches_every_head():
     grid = (2, 2, 2)
     model = make_video_nar(grid).train()
-    tokens, labels = sample_batch(grid)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        loss = model.loss(tokens, labels)
-        losses.append(loss.item())
-        optimizer.zero_grad()
-        loss.backward()
-        assert all(p.grad is not None for p in model.parameters())
-        optimizer.step()
+    losses = train_steps(model, *sample_batch(grid), steps=8)
     assert losses[-1] < losses[0] - 0.5
 
 
