@@ -40,7 +40,7 @@ SPEC = DomainClassifierSpec(steps=60, batch_size=32, width=8)
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Test machines have few, shared cores: oversubscribed torch / BLAS threads make the convs and
-    torch-fidelity's numpy KID kernels ~10x slower. (threadpoolctl comes with mlflow's scikit-learn.)"""
+    torch-fidelity's numpy KID kernels ~10x slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with threadpool_limits(1):
