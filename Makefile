@@ -10,9 +10,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# CPU machines get this pinned torch before anything else, so the package's torch range never
-# pulls a multi-GB CUDA build; a machine that already has torch (e.g. a CUDA build) keeps it.
-TORCH_CPU ?= torch==2.13.0
+# CPU machines get torch and its matching torchvision pinned in the same resolver call as the
+# package, so nothing (torch-fidelity needs torchvision) can swap in a multi-GB CUDA build.
+# A machine that already has torch (e.g. a CUDA build) keeps it: its version is pinned instead.
+TORCH_CPU ?= torch==2.13.0 torchvision==0.28.0
 STAMP  := $(VENV)/.installed
 CONFIG ?= experiments/demo.yaml
 ARGS   ?=
@@ -21,17 +22,18 @@ ARGS   ?=
 
 $(STAMP): pyproject.toml
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
-		echo "using the torch already installed: $$($(PYTHON) -c 'import torch; print(torch.__version__)')"; \
-		$(PYTHON) -m venv --system-site-packages $(VENV); \
+		pin="torch==$$($(PYTHON) -c 'import torch; print(torch.__version__)')"; \
+		echo "using the torch already installed: $$pin"; \
+		$(PYTHON) -m venv --system-site-packages $(VENV) && $(BIN)/pip install -q --no-compile "$$pin" -e ".[dev]"; \
 	else \
-		$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q "$(TORCH_CPU)"; \
+		$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q --no-compile $(TORCH_CPU) -e ".[dev]"; \
 	fi
-	$(BIN)/pip install -q -e ".[dev]"
 	@touch $@
 
 setup: $(STAMP)
 
 demo: $(STAMP)
+	@$(BIN)/python -c "import torch; print('torch', torch.__version__)"
 	$(BIN)/nar-bench train $(CONFIG) $(ARGS)
 
 train: demo
