@@ -17,9 +17,10 @@ Decoding (``generate``), T = ``Options.steps`` forward passes of the whole seque
 every step re-reads every position, which is what the latency comparison with NAR is about). At
 step s (0-based) all still-masked tokens are sampled at once with the shared sampling (CFG by
 batch doubling, temperature, top-k, top-p); each gets the confidence log p(sampled token) under the
-(guided) logits plus t_s * Gumbel noise, t_s = choice_temperature * (1 - (s+1)/T) (MaskGIT's
-linear annealing, zero at the last step); the most confident are kept so that
-floor(N gamma((s+1)/T)) stay masked, and the rest are masked again. Every step commits at least one
+(guided) logits before temperature / top-k / top-p (MaskGIT: the model's softmax) plus t_s * Gumbel
+noise, t_s = choice_temperature * (1 - (s+1)/T) (MaskGIT's linear annealing, zero at the last
+step); the most confident are kept so that floor(N gamma((s+1)/T)) stay masked, and the rest are
+masked again. Every step commits at least one
 token and the last commits all that remain (``masked_counts``). The head runs on the masked
 positions only, as only their logits are used.
 
@@ -31,8 +32,8 @@ was committed; ``token_steps(i)`` returns it for sample i of the latest call (th
 
 Size: ``model.size=B`` (LlamaGen's GPT-B backbone: dim 768, 12 layers, 12 heads) with vocab 16384
 and 1000 classes has 110,889,216 parameters: the backbone's plus 768 for the mask embedding
-(``tests/test_maskgit.py`` asserts it). The supplement's MaskGIT (its own BERT-style transformer) is
-174M.
+(``tests/test_maskgit.py`` asserts it). The supplement's MaskGIT (its own bidirectional transformer)
+is 174M.
 """
 
 from __future__ import annotations
