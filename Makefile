@@ -2,7 +2,7 @@
 #   make demo    train + sample the embedded default (synthetic shapes, local MLflow store, CPU ok)
 #   make test    run the test suite
 #   make throughput-sweep   paradigm x size x batch size throughput sweep (GPU; results/throughput/)
-#   make order-gifs  results/order/order_{ar,nar,par}.gif: generation order, one GIF frame per decoding step
+#   make order-gifs  results/order/order_{ar,nar,par,maskgit}.gif: generation order, one GIF frame per decoding step
 #                    (tiny random models; ARGS="--ckpt nar=path/last.ckpt ..." for trained ones)
 #   make ablation-heads   paper Tables 4/5 (heads, overlap head) as one MLflow sweep -> results/ablation_heads/
 #   make cfg-sweep        FID/IS/accuracy vs CFG scale per paradigm -> results/cfg_sweep/

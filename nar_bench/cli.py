@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(verb="nar_bench.run.train_tokenizer")
     p = sub.add_parser("order-gifs", help="GIFs of the generation order, one frame per decoding step")
     p.add_argument("--out", default="results", help="folder for order_<paradigm>.gif")
-    p.add_argument("--paradigms", nargs="+", default=["ar", "nar", "par"])
+    p.add_argument("--paradigms", nargs="+", default=["ar", "nar", "par", "maskgit"])
     p.add_argument("--config", default="experiments/demo.yaml")
     p.add_argument("--ckpt", action="append", default=[], metavar="PARADIGM=PATH",
                    help="trained Lightning checkpoint for a paradigm (repeatable)")

@@ -44,7 +44,7 @@ class TokenizerConfig:
 
 @dataclass
 class ModelConfig:
-    paradigm: str = "ar"  # nar | ar | par | var
+    paradigm: str = "ar"  # nar | ar | par | var | maskgit
     size: str = "tiny"  # key of MODEL_SIZES; dim/n_layers/n_heads below override it
     dim: int | None = None
     n_layers: int | None = None

@@ -29,6 +29,7 @@ RUNS = {  # paradigm: (config, overrides, decoding steps)
     "par": ("experiments/demo.yaml", ["model.paradigm=par", "model.options.regions=4"], 7),
     "var": ("experiments/demo.yaml", ["model.paradigm=var", "model.size=d2", *MSVQ], 4),
     "nar_video": ("experiments/video_nar.yaml", ["data.frames=2"], 8),  # 2x4x4 grid: T + H + W - 2 steps
+    "maskgit": ("experiments/demo.yaml", ["model.paradigm=maskgit"], 8),  # options.steps (default 8)
 }
 
 

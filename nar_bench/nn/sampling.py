@@ -75,7 +75,13 @@ def sample_step(logits: Tensor, cfg: SamplingConfig, step: int, generator: torch
                 scale: float | None = None) -> Tensor:
     """Decoding step ``step``: logits (B or 2B, n, V) for every token of the step -> ids (B, n).
     Guidance (scale ``scale``, default ``cfg.cfg_scale``) is dropped from step ``cfg.cfg_interval`` on."""
-    if cfg.uses_cfg:
-        guided = cfg.cfg_interval < 0 or step < cfg.cfg_interval
-        logits = guide(logits, cfg.cfg_scale if scale is None else scale) if guided else logits.chunk(2, dim=0)[0]
-    return sample(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+    return sample(guided_logits(logits, cfg, step, scale), cfg.temperature, cfg.top_k, cfg.top_p, generator)
+
+
+def guided_logits(logits: Tensor, cfg: SamplingConfig, step: int, scale: float | None = None) -> Tensor:
+    """The logits ``sample_step`` draws from: (B or 2B, n, V) -> (B, n, V), guided under CFG (scale
+    ``scale``, default ``cfg.cfg_scale``) up to step ``cfg.cfg_interval``, else the conditional rows."""
+    if not cfg.uses_cfg:
+        return logits
+    guided = cfg.cfg_interval < 0 or step < cfg.cfg_interval
+    return guide(logits, cfg.cfg_scale if scale is None else scale) if guided else logits.chunk(2, dim=0)[0]

@@ -6,6 +6,8 @@ A paradigm is built from (model config, code space, options): the code space is 
 reaches into the tokenizer. It is defined by its schedule, the list of code positions produced at
 each decoding step; the training mask, the decode loop and the step count derive from it.
 ``generate`` returns codes in the code space's own layout, which the tokenizer decodes.
+A paradigm whose positions are chosen while decoding (MaskGIT) has no such list: it overrides
+``num_steps`` and ``token_steps`` and its ``schedule()`` raises.
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ class Paradigm(nn.Module, ABC):
     @property
     def num_steps(self) -> int:
         return len(self.schedule())
+
+    def token_steps(self, sample: int = 0) -> Tensor:
+        """(N,) decoding step at which each raster token of sample ``sample`` of the latest
+        ``generate`` call was produced (what the order GIFs draw). Fixed orders: the same for every
+        sample, from ``schedule()``; data-dependent orders (MaskGIT) override it with what
+        ``generate`` recorded."""
+        return step_of_positions(self.schedule(), self.num_tokens)
 
     @abstractmethod
     def train_mask(self) -> Tensor:

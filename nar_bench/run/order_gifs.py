@@ -3,10 +3,11 @@
 Each frame shows two panels: the token grid, with the tokens decoded at this step
 highlighted (earlier ones dark, later ones light), and the partial image so far (the code grid
 decoded by the tokenizer with not-yet-decoded tokens filled by code 0, their cells greyed out).
-Video grids (T, H, W) show the T frames in a row in each panel, the panels stacked. Works for every paradigm whose
-``schedule()`` lists raster indices per step (ar, par, nar, nar_video).
+Video grids (T, H, W) show the T frames in a row in each panel, the panels stacked. The order is the
+paradigm's ``token_steps()``: its ``schedule()`` for fixed orders (ar, par, nar, nar_video), the order
+the sampled image was decoded in for MaskGIT (data dependent).
 
-    nar-bench order-gifs --out results                      # order_{ar,nar,par}.gif, tiny random models
+    nar-bench order-gifs --out results                      # order_{ar,nar,par,maskgit}.gif, tiny random models
     nar-bench order-gifs --ckpt nar=results/runs/<run>/checkpoints/last.ckpt
 """
 
@@ -26,7 +27,7 @@ from nar_bench.errors import NarBenchError
 from nar_bench.images import save_gif, to_uint8
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.nn.sampling import SamplingConfig
-from nar_bench.paradigms.base import Paradigm, step_of_positions
+from nar_bench.paradigms.base import Paradigm
 from nar_bench.tokenizers.base import RASTER, Tokenizer
 from nar_bench.tracking.mlflow import log_artifact
 
@@ -80,14 +81,15 @@ def frames_in_a_row(panel: Tensor, gap: int) -> np.ndarray:
     return row.permute(1, 2, 0).numpy()
 
 
-def order_frames(paradigm: Paradigm, tokenizer: Tokenizer, codes: Tensor, panel_size: int = 256) -> list[np.ndarray]:
+def order_frames(paradigm: Paradigm, tokenizer: Tokenizer, codes: Tensor, panel_size: int = 256,
+                 step: Tensor | None = None) -> list[np.ndarray]:
     """One uint8 RGB frame (H, W, 3) per decoding step of ``paradigm`` for raster codes (N,) or
-    (*grid): caption, token panel and partial image. Image panels sit side by side, about
-    ``panel_size`` pixels tall; video panels (rows of T frames, up to 3 * panel_size wide) are
-    stacked."""
+    (*grid), decoded in the order ``step`` (N,) (default: ``paradigm.token_steps()``, the order of
+    the latest generated sample): caption, token panel and partial image. Image panels sit side by
+    side, about ``panel_size`` pixels tall; video panels (rows of T frames, up to 3 * panel_size
+    wide) are stacked."""
     codes = codes.flatten()
-    schedule = paradigm.schedule()
-    step = step_of_positions(schedule, codes.numel())
+    step = paradigm.token_steps() if step is None else step
     images = partial_images(step, tokenizer, codes)
     video = images.dim() == 5
     row_width = images.shape[-1] * (images.shape[2] if video else 1)
@@ -95,13 +97,13 @@ def order_frames(paradigm: Paradigm, tokenizer: Tokenizer, codes: Tensor, panel_
     images = cell_pixels(images, [side * scale for side in images.shape[-2:]])
     font = ImageFont.load_default(size=14)
     frames = []
-    for s, idx in enumerate(schedule):
+    for s in range(paradigm.num_steps):
         tokens = token_panel(step, s, tokenizer.grid, images.shape[-2:])
         body = stack_panels([frames_in_a_row(p, gap=4) for p in (tokens, images[s])], axis=0 if video else 1)
         frame = Image.new("RGB", (body.shape[1], body.shape[0] + 24), "white")
         frame.paste(Image.fromarray(body), (0, 24))
         done = int((step <= s).sum())
-        caption = (f"{paradigm.name}  step {s + 1}/{len(schedule)}  +{len(idx)} tokens  "
+        caption = (f"{paradigm.name}  step {s + 1}/{paradigm.num_steps}  +{int((step == s).sum())} tokens  "
                    f"({done}/{codes.numel()} decoded)")
         ImageDraw.Draw(frame).text((4, 4), caption, fill=(0, 0, 0), font=font)
         frames.append(np.asarray(frame))
@@ -147,7 +149,7 @@ def log_order_gif(module: GeneratorModule, logger, label: int = 0, seed: int = 0
         log_artifact(logger, path, "order")
 
 
-def write_order_gifs(out_dir: str | Path = "results", paradigms: Sequence[str] = ("ar", "nar", "par"),
+def write_order_gifs(out_dir: str | Path = "results", paradigms: Sequence[str] = ("ar", "nar", "par", "maskgit"),
                      config: str | Path = "experiments/demo.yaml", overrides: Sequence[str] = (),
                      checkpoints: dict[str, str] | None = None, label: int = 0) -> list[Path]:
     """``<out_dir>/order_<paradigm>.gif`` for each paradigm: from its Lightning checkpoint when
