@@ -185,12 +185,12 @@ class VAR(Paradigm):
         x = cond[:, None] + self.pos_start + lvl_pos[:, : self.first_l]
         f_hat = torch.zeros(b, tok.z_channels, *self.grid, device=labels.device)
         out = labels.new_empty(b, self.num_tokens)
-        guidance = self.guidance_scales(sampling.cfg_scale)
+        guidance, guided = self.guidance_scales(sampling.cfg_scale), self.guided_steps(sampling)
         for si, ((begin, end), scale) in enumerate(zip(self.scale_bounds, guidance, strict=True)):
             h = x
             for block in self.blocks:
                 h = block(h, cond, cache_start=begin)
-            idx = sample_step(self._logits(h, cond), sampling, si, generator, scale)
+            idx = sample_step(self._logits(h, cond), sampling, guided[si], generator, scale)
             out[:, begin:end] = idx
             f_hat, nxt = tok.next_input(si, f_hat, idx)
             if nxt is not None:
