@@ -118,10 +118,12 @@ def bench_device(name: str) -> torch.device:
 
 
 def bench_tokenizer(cfg: DictConfig) -> nn.Module | CodeSpace:
-    """The configured tokenizer, or the ``bench.vocab_size`` code space for token-only timing."""
+    """The configured tokenizer, or the ``bench.vocab_size`` code space for token-only timing: a
+    data.grid_size square grid, with data.frames in front for video (T x H x W)."""
     if cfg.bench.vocab_size is None:
         return build_tokenizer(cfg)
-    return CodeSpace(cfg.bench.vocab_size, (cfg.data.grid_size, cfg.data.grid_size))
+    grid = (cfg.data.grid_size, cfg.data.grid_size)
+    return CodeSpace(cfg.bench.vocab_size, (cfg.data.frames, *grid) if cfg.data.frames else grid)
 
 
 def settings_line(cfg: DictConfig) -> str:

@@ -63,8 +63,8 @@ def guided_steps(sampling: SamplingConfig, num_steps: int,
         return [s < n for s in range(num_steps)]
     flags = official(n) if official is not None else None
     if flags is None:
-        raise NarBenchError("this paradigm's official sampler has no cfg_interval; set eval.sampling.cfg_schedule=steps "
-                            "or eval.sampling.cfg_interval=-1")
+        raise NarBenchError("this paradigm's official sampler has no cfg_interval; set "
+                            "eval.sampling.cfg_schedule=steps or eval.sampling.cfg_interval=-1")
     if len(flags) != num_steps:
         raise ValueError(f"official guidance schedule covers {len(flags)} steps, the paradigm decodes {num_steps}")
     return flags

@@ -34,6 +34,10 @@ class Paradigm(nn.Module, ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
+    # Training dropouts of the paradigm's released recipe, used where model.*_dropout is null:
+    # LlamaGen's GPT (and NAR, PAR on it) trains with 0.1 on tokens, residuals, FFN and labels.
+    default_dropouts: ClassVar[dict[str, float]] = {
+        "token_dropout": 0.1, "resid_dropout": 0.1, "ffn_dropout": 0.1, "class_dropout": 0.1}
 
     def __init__(self, model: TransformerConfig, grid: tuple[int, ...], options: Any = None):
         super().__init__()

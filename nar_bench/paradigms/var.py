@@ -47,11 +47,15 @@ class VAROptions:
 class VAR(Paradigm):
     """Next-scale prediction with AdaLN blocks. Width ``model.dim`` (VAR: 64 * depth), heads
     ``model.n_heads`` (VAR: depth), MLP ratio 4. Dropouts from the model config: class_dropout =
-    label dropout, resid_dropout = attention output, ffn_dropout = MLP output (VAR trains with 0 for
-    both); token_dropout is unused."""
+    label dropout, resid_dropout = attention output, ffn_dropout = MLP output; unset, they default
+    to VAR's recipe (``default_dropouts``: 0, 0 and label dropout 0.1); token_dropout is unused.
+    VAR's sampler has no cfg_interval: ``cfg_schedule=official`` with an interval is refused."""
 
     name = "var"
     Options = VAROptions
+    # VAR's models/var.py: drop_rate = attn_drop_rate = 0, cond_drop_rate 0.1 (stochastic depth is
+    # Options.drop_path); token_dropout has no counterpart here.
+    default_dropouts = {"token_dropout": 0.0, "resid_dropout": 0.0, "ffn_dropout": 0.0, "class_dropout": 0.1}
 
     def __init__(self, model: TransformerConfig, grid: tuple[int, ...], options: Any = None):
         super().__init__(model, grid, options)
