@@ -159,11 +159,15 @@ class Attention(nn.Module):
         if freqs is not None:  # None: absolute position embeddings were added to the inputs
             q, k = apply_rope(q, freqs), apply_rope(k, freqs)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        causal = False
         if cache_start is not None:
             # Every paradigm feeds its cache in decode order, so a step sees exactly the filled
-            # prefix: no mask is needed and SDPA can take its fastest kernel.
+            # prefix: no mask is needed and SDPA can take its fastest kernel. The first chunk is the
+            # condition tokens, causal among themselves as in training (they differ under absolute
+            # position embeddings).
             k, v = self.kv_cache.update(cache_start, k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            causal = cache_start == 0 and n > 1
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, n, -1)))
 
 
@@ -231,11 +235,11 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.cls_embedding = LabelEmbedder(cfg.num_classes, cfg.dim, cfg.class_dropout)
         self.tok_dropout = nn.Dropout(cfg.token_dropout)
-        self.pos_embedding: Tensor | None = None
         if cfg.position_embedding == "learned":
             self.pos_embedding = nn.Parameter(torch.empty(1, cfg.max_seq_len, cfg.dim))
-        elif cfg.position_embedding == "sincos":  # persistent: official files carry the fixed table too
-            self.register_buffer("pos_embedding", sincos_table(cfg.max_seq_len, cfg.dim)[None])
+        else:  # sincos: persistent, as official files carry the fixed table too; rope: None
+            table = sincos_table(cfg.max_seq_len, cfg.dim)[None] if cfg.position_embedding == "sincos" else None
+            self.register_buffer("pos_embedding", table)
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
