@@ -49,10 +49,12 @@ class ModelConfig:
     dim: int | None = None
     n_layers: int | None = None
     n_heads: int | None = None
-    token_dropout: float = 0.1
-    resid_dropout: float = 0.1
-    ffn_dropout: float = 0.1
-    class_dropout: float = 0.1
+    # Training dropouts; null = the paradigm's released recipe (``Paradigm.default_dropouts``: 0.1 each
+    # for LlamaGen / NAR / PAR, resid / ffn / token 0 and class 0.1 for VAR)
+    token_dropout: float | None = None
+    resid_dropout: float | None = None
+    ffn_dropout: float | None = None
+    class_dropout: float | None = None
     checkpoint: str | None = None  # official or nar-bench state dict to load
     options: dict[str, Any] = field(default_factory=dict)  # paradigm-specific, see Paradigm.Options
 
@@ -200,6 +202,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg = merge(cfg, OmegaConf.from_dotlist(list(overrides)), source="command-line overrides")
     paradigm_options(cfg.model)  # validates model.options against the chosen paradigm
     model_dims(cfg.model)
+    SamplingConfig(**cfg.eval.sampling)  # validates cfg_schedule / cfg_interval
     return cfg
 
 
@@ -210,13 +213,22 @@ def model_dims(model: DictConfig) -> tuple[int, int, int]:
     return model.dim or dim, model.n_layers or n_layers, model.n_heads or n_heads
 
 
+DROPOUTS = ("token_dropout", "resid_dropout", "ffn_dropout", "class_dropout")
+
+
+def model_dropouts(model: DictConfig) -> dict[str, float]:
+    """``model.*_dropout``, each null one replaced by the paradigm's released recipe."""
+    import nar_bench.paradigms  # noqa: F401  (registers the paradigms)
+    from nar_bench.registry import PARADIGMS
+
+    recipe = PARADIGMS[model.paradigm].default_dropouts
+    return {key: recipe[key] if model[key] is None else float(model[key]) for key in DROPOUTS}
+
+
 def transformer_config(model: DictConfig, vocab_size: int, num_classes: int) -> TransformerConfig:
     dim, n_layers, n_heads = model_dims(model)
-    return TransformerConfig(
-        dim=dim, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab_size, num_classes=num_classes,
-        token_dropout=model.token_dropout, resid_dropout=model.resid_dropout,
-        ffn_dropout=model.ffn_dropout, class_dropout=model.class_dropout,
-    )
+    return TransformerConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab_size,
+                             num_classes=num_classes, **model_dropouts(model))
 
 
 def paradigm_options(model: DictConfig) -> Any:

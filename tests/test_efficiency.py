@@ -222,3 +222,21 @@ def test_inference_decoder_casts_to_bf16_channels_last_and_decodes_like_fp32():
     images = decode(codes)
     assert images.shape == reference.shape
     assert (images.float() - reference).abs().mean() < 0.05  # bf16 rounding, not a different decoder
+
+
+def test_nar_l_video_point_times_the_4x16x16_code_space_in_34_steps():
+    from omegaconf import OmegaConf
+
+    from nar_bench.bench.runner import bench_points, bench_tokenizer
+    from nar_bench.config import merge
+
+    points = dict(bench_points(load_config("experiments/throughput_sweep.yaml")))
+    point = points["NAR-L-video"]
+    _, space = bench_tokenizer(point)
+    assert space.grid == (4, 16, 16) and space.vocab_size == 8192 and point.bench.num_classes == 101
+    assert (point.model.paradigm, point.model.size) == ("nar_video", "L")
+    tiny = merge(point, OmegaConf.from_dotlist(["model.size=tiny"]))  # same code space, CPU-sized weights
+    model = build_paradigm(tiny, space, point.bench.num_classes)
+    assert model.num_steps == 34 and model.grid == (4, 16, 16)
+    r = measure_generation(model, 1, SAMPLING, dtype="fp32", warmup=0, repeats=1, device="cpu", size="tiny")
+    assert r.status == "ok" and r.steps == 34 and r.paradigm == "nar_video"

@@ -14,7 +14,8 @@ from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import TransformerConfig
 from nar_bench.paradigms.base import step_of_positions
 from nar_bench.paradigms.maskgit import MaskGIT
-from nar_bench.paradigms.nar import NAR, VideoNAR
+from nar_bench.paradigms.nar import NAR
+from nar_bench.paradigms.nar_video import VideoNAR
 from nar_bench.paradigms.par import PAR
 from nar_bench.paradigms.raster_ar import RasterAR
 from nar_bench.run.order_gifs import (

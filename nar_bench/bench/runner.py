@@ -113,12 +113,14 @@ def bench_device(name: str) -> torch.device:
 
 def bench_tokenizer(cfg: DictConfig) -> tuple[nn.Module | None, CodeSpace]:
     """(tokenizer, code space): the configured tokenizer and its codes, or for token-only timing
-    at ``bench.vocab_size`` no tokenizer and raster codes of that vocabulary over the data grid
-    (paper-size vocabularies are timed without the tokenizer's weights)."""
+    at ``bench.vocab_size`` no tokenizer and raster codes of that vocabulary over a data.grid_size
+    square grid, with data.frames in front for video (T x H x W): paper-size vocabularies are timed
+    without the tokenizer's weights."""
     if cfg.bench.vocab_size is None:
         tokenizer = build_tokenizer(cfg)
         return tokenizer, tokenizer.code_space
-    return None, CodeSpace(cfg.bench.vocab_size, (cfg.data.grid_size, cfg.data.grid_size))
+    grid = (cfg.data.grid_size, cfg.data.grid_size)
+    return None, CodeSpace(cfg.bench.vocab_size, (cfg.data.frames, *grid) if cfg.data.frames else grid)
 
 
 def settings_line(cfg: DictConfig) -> str:

@@ -33,10 +33,21 @@ class SequenceParadigm(Paradigm):
                                 f"{codes.layout}; use a raster tokenizer (palette, vq) or model.paradigm=var")
         super().__init__(model, codes, options)
         self.compiled_feed = None  # set by compile_decoding
-        self.backbone = Transformer(model)
-        rope = condition_rope(rope_table(grid_coords(self.grid), model.head_dim, model.rope_base), model.cls_token_num)
+        self.backbone = Transformer(self.backbone_config(model))
+        rope = None  # absolute position embeddings live in the backbone instead
+        if self.backbone.cfg.position_embedding == "rope":
+            rope = condition_rope(rope_table(grid_coords(self.grid), model.head_dim, model.rope_base),
+                                  model.cls_token_num)
         self.register_buffer("rope", rope, persistent=False)  # (cls + N, head_dim/2, 2), raster order
         self.register_buffer("mask", self.train_mask(), persistent=False)
+
+    def backbone_config(self, model: TransformerConfig) -> TransformerConfig:
+        """Config of ``self.backbone`` (the model config itself unless a paradigm extends the stack)."""
+        return model
+
+    def rope_rows(self, positions: Tensor | slice) -> Tensor | None:
+        """Rotary rows of sequence ``positions``; None without RoPE."""
+        return None if self.rope is None else self.rope[positions]
 
     def hidden_states(self, tokens: Tensor, labels: Tensor) -> Tensor:
         """Teacher-forced backbone output (B, cls + N, dim) for the raster sequence."""
@@ -44,7 +55,7 @@ class SequenceParadigm(Paradigm):
         return self.backbone.run_blocks(h, self.rope, self.mask)
 
     # --- decoding -------------------------------------------------------------------------------
-    def feed(self, x: Tensor, rope: Tensor, cache_start: int) -> Any:
+    def feed(self, x: Tensor, rope: Tensor | None, cache_start: int) -> Any:
         """Runs embedded inputs (B, n, dim) through the cached model; returns what
         ``step_logits`` needs (by default the backbone's hidden states)."""
         return self.backbone.run_blocks(x, rope, cache_start=cache_start)
@@ -55,7 +66,15 @@ class SequenceParadigm(Paradigm):
         By default m = n; paradigms that feed extra inputs (PAR's transition tokens) append them.
         The cache holds cls + N positions and the last step is never fed, so up to
         ``len(schedule()[-1])`` extra inputs fit."""
-        return self.backbone.tok_embeddings(tokens), self.rope[self.model_cfg.cls_token_num + idx]
+        positions = self.model_cfg.cls_token_num + idx
+        return self.backbone.add_positions(self.backbone.tok_embeddings(tokens), positions), self.rope_rows(positions)
+
+    def prefill_inputs(self, cond: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The first inputs fed: embedded condition tokens (B', cls, dim) for labels ``cond`` (B',)
+        and their rotary rows."""
+        cls_n = self.model_cfg.cls_token_num
+        x = self.backbone.cls_embedding(cond)[:, None].expand(-1, cls_n, -1)
+        return self.backbone.add_positions(x, slice(0, cls_n)), self.rope_rows(slice(0, cls_n))
 
     @abstractmethod
     def step_logits(self, step: int, fed: Any) -> Tensor:
@@ -86,12 +105,12 @@ class SequenceParadigm(Paradigm):
             cond = with_null_class(labels, self.model_cfg.num_classes) if sampling.uses_cfg else labels
             setup_kv_caches(self, cond.shape[0], cls_n + self.num_tokens, self.cache_dtype())
 
-            x = self.backbone.cls_embedding(cond)[:, None].expand(-1, cls_n, -1)
-            fed = feed(x, self.rope[:cls_n], cache_start=0)
+            fed = feed(*self.prefill_inputs(cond), cache_start=0)
             out = labels.new_empty(labels.shape[0], self.num_tokens)
             pos = cls_n
+            guided = self.guided_steps(sampling)
             for s, idx in enumerate(steps):
-                new = sample_step(self.step_logits(s, fed), sampling, s, generator)
+                new = sample_step(self.step_logits(s, fed), sampling, guided[s], generator)
                 out[:, idx] = new
                 if s + 1 < len(steps):
                     fed_tokens = new.repeat(2, 1) if sampling.uses_cfg else new

@@ -222,8 +222,9 @@ class MaskGIT(Paradigm):
         masked = torch.ones(b, n, dtype=torch.bool, device=device)
         pending = torch.arange(n, device=device).expand(b, n)  # (B, m) raster indices still masked
         token_steps = labels.new_full((b, n), -1)
+        guided = self.guided_steps(sampling)
         for s, (keep, temperature) in enumerate(zip(self.step_counts(), self.choice_temperatures(), strict=True)):
-            logits = guided_logits(masked_logits(tokens, masked, cond, pending), sampling, s)  # (B, m, V)
+            logits = guided_logits(masked_logits(tokens, masked, cond, pending), sampling, guided[s])  # (B, m, V)
             ids = sample(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)  # (B, m)
             confidence = sampled_log_prob(logits, ids)
             if temperature > 0:
