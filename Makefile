@@ -59,6 +59,7 @@ order-gifs: $(STAMP)
 	$(BIN)/nar-bench order-gifs --out results/order $(ARGS)
 
 mlflow-ui: $(STAMP)
+	@$(BIN)/pip show -q mlflow 2>/dev/null || $(BIN)/pip install -q --no-compile -e ".[ui]"  # the UI extra, once
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlruns.db \
 		--default-artifact-root $(CURDIR)/results/mlartifacts --host 127.0.0.1 --port 5000
 
