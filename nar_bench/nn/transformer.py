@@ -160,6 +160,10 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
+    # Set by ``nar_bench.nn.fused_decode.enable_fused_decode``: cached (decoding) forwards then run
+    # the fused step; training and uncached forwards never do.
+    fused_decode = None
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.attention = Attention(cfg)
@@ -168,6 +172,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
     def forward(self, x: Tensor, freqs: Tensor, mask: Tensor | None = None, cache_start: int | None = None) -> Tensor:
+        if cache_start is not None and self.fused_decode is not None and not self.training:
+            return self.fused_decode(self, x, freqs, cache_start)
         h = x + self.attention(self.attention_norm(x), freqs, mask, cache_start)
         return h + self.feed_forward(self.ffn_norm(h))
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nar_bench.nn.fused_decode import enable_fused_decode
 from nar_bench.nn.sampling import SamplingConfig, sample_step, with_null_class
 from nar_bench.nn.transformer import Transformer, TransformerConfig, condition_rope, rope_table, setup_kv_caches
 
@@ -146,12 +147,13 @@ class SequenceParadigm(Paradigm):
         """Logits (B, n_step, V) for the tokens of ``step`` from the state fed at step-1 (or the
         condition, for step 0), in the order of ``schedule()[step]``."""
 
-    def compile_decoding(self) -> None:
-        """Compiles the per-step forward (``feed``) with torch.compile, one dynamic-shape graph
-        for every step: it fuses the elementwise work (RoPE, norms, SwiGLU, residuals) that
-        dominates decoding. Safe to call twice."""
-        if not hasattr(self.feed, "_torchdynamo_orig_callable"):
-            self.feed = torch.compile(self.feed, dynamic=True)
+    def compile_decoding(self, attention: str = "auto") -> None:
+        """Routes every cached block step through the fused decode path
+        (``nar_bench.nn.fused_decode``): two torch.compile regions per block (norm + QKV + RoPE;
+        wo + norm + SwiGLU + residuals), compiled once for all blocks, steps and batch sizes, and a
+        decode attention kernel that writes the KV cache and reads only its filled prefix.
+        Safe to call twice."""
+        enable_fused_decode(self, compile=True, attention=attention)
 
     def device_schedule(self, device: torch.device) -> list[Tensor]:
         """The schedule's index tensors on ``device``, copied once: the decode loop then does no
