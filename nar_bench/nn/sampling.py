@@ -59,10 +59,31 @@ def sample(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: floa
     if temperature == 0:
         return logits.argmax(-1)
     if 0 < top_k < logits.shape[-1]:
-        values, candidates = logits.topk(top_k, dim=-1)  # descending, so top-p is a prefix
+        # Unsorted: the draw needs the candidate set, not its order (top-p sorts the k values itself)
+        values, candidates = logits.topk(top_k, dim=-1, sorted=False)
         choice = _draw(filter_logits(values.float() / temperature, top_p=top_p), generator)
         return candidates.gather(-1, choice[..., None]).squeeze(-1)
     return _draw(filter_logits(logits.float() / temperature, top_p=top_p), generator)
+
+
+def sample_guided(logits: Tensor, scale: float, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """``sample(guide(logits, scale), ...)`` with the fp32 work on the top-k candidates only.
+
+    logits (2B, ..., V): conditional rows first. The candidates are picked from the guided logits
+    in the logits' own dtype (``lerp``: one pass, fp32 maths inside, no fp32 (B, ..., V) tensor),
+    then their guided values are recomputed exactly in fp32 from cond and uncond, so the draw sees
+    today's fp32 values; only a candidate tied with the k-th value within the logits' rounding can
+    differ. Without top-k, or greedy, it is exactly ``sample(guide(logits, scale), ...)``.
+    """
+    if temperature == 0 or not 0 < top_k < logits.shape[-1]:
+        return sample(guide(logits, scale), temperature, top_k, top_p, generator)
+    cond, uncond = logits.chunk(2, dim=0)
+    candidates = torch.lerp(uncond, cond, scale).topk(top_k, dim=-1, sorted=False).indices
+    c, u = cond.gather(-1, candidates).float(), uncond.gather(-1, candidates).float()
+    values = u + scale * (c - u)
+    choice = _draw(filter_logits(values / temperature, top_p=top_p), generator)
+    return candidates.gather(-1, choice[..., None]).squeeze(-1)
 
 
 def _draw(logits: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -77,5 +98,8 @@ def sample_step(logits: Tensor, cfg: SamplingConfig, step: int, generator: torch
     Guidance (scale ``scale``, default ``cfg.cfg_scale``) is dropped from step ``cfg.cfg_interval`` on."""
     if cfg.uses_cfg:
         guided = cfg.cfg_interval < 0 or step < cfg.cfg_interval
-        logits = guide(logits, cfg.cfg_scale if scale is None else scale) if guided else logits.chunk(2, dim=0)[0]
+        if guided:
+            return sample_guided(logits, cfg.cfg_scale if scale is None else scale, cfg.temperature, cfg.top_k,
+                                 cfg.top_p, generator)
+        logits = logits.chunk(2, dim=0)[0]
     return sample(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
