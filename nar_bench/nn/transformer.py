@@ -126,6 +126,10 @@ class KVCache(nn.Module):
 
 
 class Attention(nn.Module):
+    # Set by ``nar_bench.nn.flex_masks.enable_flex_training``: masked (training) forwards then run
+    # FlexAttention on the mask's cached BlockMask instead of SDPA on the dense mask.
+    flex_masks = None
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
@@ -143,7 +147,12 @@ class Attention(nn.Module):
             # Every paradigm feeds its cache in decode order, so a step sees exactly the filled
             # prefix: no mask is needed and SDPA can take its fastest kernel.
             k, v = self.kv_cache.update(cache_start, k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if mask is not None and self.flex_masks is not None:
+            from nar_bench.nn.flex_masks import flex_masked_attention
+
+            out = flex_masked_attention(q, k, v, self.flex_masks(mask))
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, n, -1)))
 
 
