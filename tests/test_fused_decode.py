@@ -7,7 +7,6 @@ from nar_bench.nn.fused_decode import (
     disable_fused_decode,
     enable_fused_decode,
     rope_rows,
-    sdpa_decode_attention,
 )
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import TransformerConfig, apply_rope
