@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 
 class FastDecoder:
-    """codes (B, ...) -> images (B, 3, H, W) in the tokenizer's range, in ``dtype``."""
+    """codes (B, ...) -> images (B, 3, H, W) in the tokenizer's range, in ``dtype``. Codes are
+    passed to ``tokenizer.decode`` flattened to (B, L), which it reads in its configured layout."""
 
     def __init__(self, tokenizer: nn.Module, dtype: torch.dtype = torch.bfloat16, chunk: int = 64,
                  compile: bool = True):
@@ -28,7 +29,9 @@ class FastDecoder:
 
     @torch.inference_mode()
     def __call__(self, codes: Tensor) -> Tensor:
+        # Flat (B, L) codes: the grid layout (B, h, w) would be a second input rank, so a second graph
         n, out = codes.shape[0], None
+        codes = codes.reshape(n, -1)
         for start in range(0, n, self.chunk):
             part = codes[start : start + self.chunk]
             if part.shape[0] == 1:
