@@ -113,6 +113,58 @@ def greedy_trace(model, labels, sampling):
     return tokens, seen
 
 
+def generation(order, points, skip, log, device, dtype, small, big, repeats, ceilings, cuda, state) -> None:
+    """Eager engine vs fused decode for each model of ``order``: cost, greedy check, img/s."""
+    for label in order:
+        if label not in points or label in skip:
+            continue
+        with log.section(f"gen:{label}", 25) as s:
+            if s.skip:
+                continue
+            reset_device_memory(device)
+            paradigm, tokenizer, sampling = build(points[label], device)
+            protocol = {"dtype": dtype, "warmup": 1, "repeats": repeats, "device": device, "cuda_graph": cuda}
+            paradigm.to(dtype=torch.bfloat16 if cuda else torch.float32)
+            cost = generation_cost(paradigm, sampling, device=device)
+            log.write("cost", model=label, **asdict(cost))
+            fusable = hasattr(paradigm, "compile_decoding")
+            if fusable and label == "NAR-B":  # greedy agreement and logit tolerance, eager vs fused
+                labels = torch.arange(small, device=device) % 1000
+                ref_tokens, ref_logits = greedy_trace(paradigm, labels, sampling)
+                t = time.perf_counter()
+                paradigm.compile_decoding()
+                tokens, logits = greedy_trace(paradigm, labels, sampling)
+                first = time.perf_counter() - t
+                diffs = [((a - b).abs().max().item(), (a - b).norm().item() / b.norm().item())
+                         for a, b in zip(logits, ref_logits, strict=True)]
+                log.write("fused_vs_eager", model=label, token_agreement=(tokens == ref_tokens).float().mean().item(),
+                          steps_compared=len(diffs), max_abs_logit_diff=max(d[0] for d in diffs),
+                          max_rel_logit_err=max(d[1] for d in diffs), first_fused_generate_s=first,
+                          logit_scale=ref_logits[0].abs().max().item())
+                disable_fused_decode(paradigm)
+            for bs in (small, big.get(label, 8)):
+                if label == "NAR-B" or not fusable:  # the eager-kernel engine as the baseline
+                    if log.left() < 20:
+                        break
+                    disable_fused_decode(paradigm) if fusable else None
+                    r = measure_generation(paradigm, bs, sampling, compile=False, cost=cost, ceilings=ceilings,
+                                           **protocol)
+                    log.write("gen", model=label, engine="eager", **asdict(r))
+                    release_decode_state(paradigm)
+                if fusable:
+                    if log.left() < 20:
+                        break
+                    r = measure_generation(paradigm, bs, sampling, compile=True, cost=cost, ceilings=ceilings,
+                                           **protocol)
+                    log.write("gen", model=label, engine="fused", **asdict(r))
+                    release_decode_state(paradigm)
+            if label == "NAR-B":
+                state["nar"] = (paradigm, sampling, cost)
+            else:
+                del paradigm
+
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="engine_bench_out")
@@ -173,56 +225,10 @@ def main() -> None:
 
     # --- generation: eager engine vs fused, per model --------------------------------------------
     points = point_configs(args.tiny)
-    order = ["NAR-B", "AR-B", "PAR-B-4x", "VAR-d16"]
-    nar_keep = None
-    for label in order:
-        if label not in points or label in skip:
-            continue
-        with log.section(f"gen:{label}", 25) as s:
-            if s.skip:
-                continue
-            reset_device_memory(device)
-            paradigm, tokenizer, sampling = build(points[label], device)
-            protocol = {"dtype": dtype, "warmup": 1, "repeats": repeats, "device": device, "cuda_graph": cuda}
-            paradigm.to(dtype=torch.bfloat16 if cuda else torch.float32)
-            cost = generation_cost(paradigm, sampling, device=device)
-            log.write("cost", model=label, **asdict(cost))
-            fusable = hasattr(paradigm, "compile_decoding")
-            if fusable and label == "NAR-B":  # greedy agreement and logit tolerance, eager vs fused
-                labels = torch.arange(small, device=device) % 1000
-                ref_tokens, ref_logits = greedy_trace(paradigm, labels, sampling)
-                t = time.perf_counter()
-                paradigm.compile_decoding()
-                tokens, logits = greedy_trace(paradigm, labels, sampling)
-                first = time.perf_counter() - t
-                diffs = [((a - b).abs().max().item(), (a - b).norm().item() / b.norm().item())
-                         for a, b in zip(logits, ref_logits, strict=True)]
-                log.write("fused_vs_eager", model=label, token_agreement=(tokens == ref_tokens).float().mean().item(),
-                          steps_compared=len(diffs), max_abs_logit_diff=max(d[0] for d in diffs),
-                          max_rel_logit_err=max(d[1] for d in diffs), first_fused_generate_s=first,
-                          logit_scale=ref_logits[0].abs().max().item())
-                disable_fused_decode(paradigm)
-            for bs in (small, big.get(label, 8)):
-                if label == "NAR-B" or not fusable:  # the eager-kernel engine as the baseline
-                    if log.left() < 20:
-                        break
-                    disable_fused_decode(paradigm) if fusable else None
-                    r = measure_generation(paradigm, bs, sampling, compile=False, cost=cost, ceilings=ceilings,
-                                           **protocol)
-                    log.write("gen", model=label, engine="eager", **asdict(r))
-                    release_decode_state(paradigm)
-                if fusable:
-                    if log.left() < 20:
-                        break
-                    r = measure_generation(paradigm, bs, sampling, compile=True, cost=cost, ceilings=ceilings,
-                                           **protocol)
-                    log.write("gen", model=label, engine="fused", **asdict(r))
-                    release_decode_state(paradigm)
-            if label == "NAR-B":
-                nar_keep = (paradigm, sampling, cost)
-            else:
-                del paradigm
-
+    state = {"nar": None}
+    generation(["NAR-B", "AR-B", "PAR-B-4x"], points, skip, log, device, dtype, small, big, repeats, ceilings, cuda,
+               state)
+    nar_keep = state["nar"]
     # --- decoders and end to end -----------------------------------------------------------------
     if "decoders" not in skip:
         for name, overrides in (("VQ-16", ["tokenizer.name=vq", "tokenizer.options.preset=vq_ds16"]),
@@ -274,6 +280,8 @@ def main() -> None:
                     log.write("e2e", model="NAR-B+VQ-16", engine="fused+fast decoder", **asdict(r))
                     release_decode_state(paradigm)
                 del tok, fast, eager
+
+    generation(["VAR-d16"], points, skip, log, device, dtype, small, big, repeats, ceilings, cuda, state)
 
     # --- profile of what remains (fused NAR-B at the large batch, no graph) ----------------------
     if nar_keep is not None and "profile" not in skip:
