@@ -3,10 +3,11 @@
 ``FastDecoder(tokenizer, dtype)`` runs ``tokenizer.decode`` with weights in bf16, 4-D weights and
 activations channels_last (cuDNN's tensor-core layout), compiled by torch.compile with static
 shapes except the batch: Inductor fuses each GroupNorm + SiLU (and the residual adds) into Triton
-kernels around the cuDNN convolutions, which is where eager spends its time. Batches are decoded
-in chunks of at most ``chunk`` images, so memory stays bounded whatever the batch (no OOM at large
-batches); the chunk's batch dim is the graph's one dynamic dim, so one graph serves every batch
-size (a chunk of one image is padded to two, since size 1 would specialise).
+kernels around the cuDNN convolutions (autotuned: ``cudnn.benchmark`` inside the call), which is
+where eager spends its time. Batches are decoded in chunks of at most ``chunk`` images, so memory
+stays bounded whatever the batch (no OOM at large batches); the chunk's batch dim is the graph's
+one dynamic dim, so one graph serves every batch size (a chunk of one image is padded to two,
+since size 1 would specialise).
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ class FastDecoder:
 
     @torch.inference_mode()
     def __call__(self, codes: Tensor) -> Tensor:
+        # cuDNN autotuning picks each convolution's fastest algorithm once per shape (the chunk
+        # shape repeats), scoped to this call rather than set globally.
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=True,
+                                        deterministic=torch.backends.cudnn.deterministic,
+                                        allow_tf32=torch.backends.cudnn.allow_tf32):
+            return self._decode(codes)
+
+    def _decode(self, codes: Tensor) -> Tensor:
         # Flat (B, L) codes: the grid layout (B, h, w) would be a second input rank, so a second graph
         n, out = codes.shape[0], None
         codes = codes.reshape(n, -1)
