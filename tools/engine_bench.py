@@ -96,21 +96,31 @@ def build(point_cfg, device):
     return paradigm.to(device), tokenizer, SamplingConfig(**point_cfg.eval.sampling)
 
 
-def greedy_trace(model, labels, sampling):
-    seen, original = [], model.step_logits
+def greedy_trace(model, labels, sampling, forced=None):
+    """Greedy tokens, every step's logits and tokens. With ``forced`` (a previous trace's per-step
+    tokens) those tokens are fed instead of the sampled ones (teacher forcing), so each step's
+    logits are compared on the same inputs."""
+    import nar_bench.paradigms.base as engine
+
+    seen, steps, original_logits, original_sample = [], [], model.step_logits, engine.sample_step
 
     def record(step, fed):
-        out = original(step, fed)
-        if len(seen) < 4:
-            seen.append(out.float().clone())
+        out = original_logits(step, fed)
+        seen.append(out.float().clone())
         return out
 
-    model.step_logits = record
+    def sample(logits, cfg, step, generator=None, scale=None):
+        new = original_sample(logits, cfg, step, generator, scale)
+        steps.append(new.clone())
+        return forced[step] if forced is not None else new
+
+    model.step_logits, engine.sample_step = record, sample
     try:
         tokens = model.generate(labels, SamplingConfig(cfg_scale=sampling.cfg_scale, temperature=0.0))
     finally:
         del model.step_logits
-    return tokens, seen
+        engine.sample_step = original_sample
+    return tokens, seen, steps
 
 
 def generation(order, points, skip, log, device, dtype, small, big, repeats, ceilings, cuda, state) -> None:
@@ -125,25 +135,30 @@ def generation(order, points, skip, log, device, dtype, small, big, repeats, cei
             paradigm, tokenizer, sampling = build(points[label], device)
             protocol = {"dtype": dtype, "warmup": 1, "repeats": repeats, "device": device, "cuda_graph": cuda}
             paradigm.to(dtype=torch.bfloat16 if cuda else torch.float32)
-            cost = generation_cost(paradigm, sampling, device=device)
-            log.write("cost", model=label, **asdict(cost))
+            cost = None
+            if not state.get("no_cost"):
+                cost = generation_cost(paradigm, sampling, device=device)
+                log.write("cost", model=label, **asdict(cost))
             fusable = hasattr(paradigm, "compile_decoding")
             if fusable and label == "NAR-B":  # greedy agreement and logit tolerance, eager vs fused
                 labels = torch.arange(small, device=device) % 1000
-                ref_tokens, ref_logits = greedy_trace(paradigm, labels, sampling)
+                ref_tokens, ref_logits, ref_steps = greedy_trace(paradigm, labels, sampling)
                 t = time.perf_counter()
                 paradigm.compile_decoding()
-                tokens, logits = greedy_trace(paradigm, labels, sampling)
+                tokens, _, _ = greedy_trace(paradigm, labels, sampling)
                 first = time.perf_counter() - t
+                _, logits, steps = greedy_trace(paradigm, labels, sampling, forced=ref_steps)  # same inputs
                 diffs = [((a - b).abs().max().item(), (a - b).norm().item() / b.norm().item())
                          for a, b in zip(logits, ref_logits, strict=True)]
-                log.write("fused_vs_eager", model=label, token_agreement=(tokens == ref_tokens).float().mean().item(),
+                step_agree = [(a == b).float().mean().item() for a, b in zip(steps, ref_steps, strict=True)]
+                log.write("fused_vs_eager", model=label, free_running_token_agreement=(tokens == ref_tokens)
+                          .float().mean().item(), teacher_forced_token_agreement=sum(step_agree) / len(step_agree),
                           steps_compared=len(diffs), max_abs_logit_diff=max(d[0] for d in diffs),
                           max_rel_logit_err=max(d[1] for d in diffs), first_fused_generate_s=first,
-                          logit_scale=ref_logits[0].abs().max().item())
+                          logit_abs_max=max(b.abs().max().item() for b in ref_logits))
                 disable_fused_decode(paradigm)
             for bs in (small, big.get(label, 8)):
-                if label == "NAR-B" or not fusable:  # the eager-kernel engine as the baseline
+                if (label == "NAR-B" and not state.get("fused_only")) or not fusable:  # eager-kernel baseline
                     if log.left() < 20:
                         break
                     disable_fused_decode(paradigm) if fusable else None
@@ -171,6 +186,11 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--budget", type=float, default=330)
     ap.add_argument("--skip", default="", help="comma-separated sections to skip")
+    ap.add_argument("--decoders", default="VQ-16,VAR-VAE")
+    ap.add_argument("--no-cost", action="store_true", help="skip the FLOP/byte counting runs")
+    ap.add_argument("--fused-only", action="store_true", help="no eager-engine baseline for NAR-B")
+    ap.add_argument("--models", default="NAR-B,AR-B,PAR-B-4x", help="models of the first generation pass")
+    ap.add_argument("--train-flex", default="AR-B,NAR-B,PAR-B-4x", help="models also trained with flex masks")
     args = ap.parse_args()
     log = Log(Path(args.out), args.budget)
     skip = set(filter(None, args.skip.split(",")))
@@ -225,10 +245,50 @@ def main() -> None:
 
     # --- generation: eager engine vs fused, per model --------------------------------------------
     points = point_configs(args.tiny)
-    state = {"nar": None}
-    generation(["NAR-B", "AR-B", "PAR-B-4x"], points, skip, log, device, dtype, small, big, repeats, ceilings, cuda,
+    state = {"nar": None, "no_cost": args.no_cost, "fused_only": args.fused_only}
+    generation(args.models.split(","), points, skip, log, device, dtype, small, big, repeats, ceilings, cuda,
                state)
     nar_keep = state["nar"]
+    # --- profile of what remains (fused NAR-B at the large batch, no graph) ----------------------
+    if nar_keep is not None and "profile" not in skip:
+        with log.section("profile", 25) as s:
+            if not s.skip:
+                paradigm, sampling, _ = nar_keep
+                paradigm.compile_decoding()
+                bs = 1024 if cuda else 2
+                labels = torch.arange(bs, device=device) % 1000
+                paradigm.generate(labels, sampling)
+                acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+                with torch.profiler.profile(activities=acts) as prof:
+                    paradigm.generate(labels, sampling)
+                    if cuda:
+                        torch.cuda.synchronize()
+                table = prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total",
+                                                  row_limit=25, max_name_column_width=60)
+                (Path(args.out) / "profile_nar_b_fused.txt").write_text(table)
+                print(table, flush=True)
+                release_decode_state(paradigm)
+
+    # --- training step throughput ----------------------------------------------------------------
+    if "train" not in skip:
+        for label in ("AR-B", "NAR-B", "PAR-B-4x"):
+            if label not in points:
+                continue
+            with log.section(f"train:{label}", 30) as s:
+                if s.skip:
+                    continue
+                reset_device_memory(device)
+                paradigm, _, _ = build(points[label], device)
+                flex = cuda and label in args.train_flex.split(",")
+                for attention in (("dense", "flex") if flex else ("dense",)):
+                    if log.left() < 25:
+                        break
+                    r = measure_training_step(paradigm, 64 if cuda else 2, attention=attention, warmup=2,
+                                              repeats=3, device=device)
+                    log.write("train", model=label, **asdict(r))
+                del paradigm
+    generation(["VAR-d16"], points, skip, log, device, dtype, small, big, repeats, ceilings, cuda, state)
+
     # --- decoders and end to end -----------------------------------------------------------------
     if "decoders" not in skip:
         for name, overrides in (("VQ-16", ["tokenizer.name=vq", "tokenizer.options.preset=vq_ds16"]),
@@ -239,7 +299,7 @@ def main() -> None:
                 overrides += ["data.image_size=32", "data.grid_size=8"] + (
                     ["model.options.scales=[1,2,4,8]"] if name == "VAR-VAE" else [])
             with log.section(f"decoder:{name}", 40) as s:
-                if s.skip:
+                if s.skip or name not in args.decoders.split(","):
                     continue
                 reset_device_memory(device)
                 torch.manual_seed(0)
@@ -281,46 +341,6 @@ def main() -> None:
                     release_decode_state(paradigm)
                 del tok, fast, eager
 
-    generation(["VAR-d16"], points, skip, log, device, dtype, small, big, repeats, ceilings, cuda, state)
-
-    # --- profile of what remains (fused NAR-B at the large batch, no graph) ----------------------
-    if nar_keep is not None and "profile" not in skip:
-        with log.section("profile", 25) as s:
-            if not s.skip:
-                paradigm, sampling, _ = nar_keep
-                paradigm.compile_decoding()
-                bs = 1024 if cuda else 2
-                labels = torch.arange(bs, device=device) % 1000
-                paradigm.generate(labels, sampling)
-                acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-                with torch.profiler.profile(activities=acts) as prof:
-                    paradigm.generate(labels, sampling)
-                    if cuda:
-                        torch.cuda.synchronize()
-                table = prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total",
-                                                  row_limit=25, max_name_column_width=60)
-                (Path(args.out) / "profile_nar_b_fused.txt").write_text(table)
-                print(table, flush=True)
-                release_decode_state(paradigm)
-    nar_keep = None
-
-    # --- training step throughput ----------------------------------------------------------------
-    if "train" not in skip:
-        for label in ("AR-B", "NAR-B", "PAR-B-4x"):
-            if label not in points:
-                continue
-            with log.section(f"train:{label}", 30) as s:
-                if s.skip:
-                    continue
-                reset_device_memory(device)
-                paradigm, _, _ = build(points[label], device)
-                for attention in (("dense", "flex") if cuda else ("dense",)):
-                    if log.left() < 25:
-                        break
-                    r = measure_training_step(paradigm, 64 if cuda else 2, attention=attention, warmup=2,
-                                              repeats=3, device=device)
-                    log.write("train", model=label, **asdict(r))
-                del paradigm
     log.write("done", elapsed_s=time.perf_counter() - T0)
 
 
