@@ -87,3 +87,31 @@ def test_bad_schedule_interval_and_missing_official_rule_name_the_fix():
     with pytest.raises(NarBenchError, match="official sampler has no cfg_interval.*cfg_schedule=steps"):
         guided_steps(SamplingConfig(cfg_interval=2, cfg_schedule="official"), 4, lambda n: None)
     assert guided_steps(SamplingConfig(cfg_schedule="official"), 4, lambda n: None) == [True] * 4  # -1: no interval
+
+
+def exact_guided_probs(cond, uncond, scale, top_k, top_p):
+    """fp64 reference of the sampled distribution: guide, keep the top-k, then the top-p nucleus
+    (the token crossing p is kept), renormalise."""
+    guided = uncond.double() + scale * (cond.double() - uncond.double())
+    values, order = guided.sort(descending=True)
+    probs = values[:top_k].softmax(0)
+    keep = (probs.cumsum(0) - probs) <= top_p
+    probs = torch.where(keep, probs, 0.0)
+    out = torch.zeros_like(guided)
+    out[order[:top_k]] = probs / probs.sum()
+    return out
+
+
+def test_guided_candidate_sampling_matches_exact_probabilities_in_bf16():
+    torch.manual_seed(3)
+    vocab, rows, scale = 12, 60000, 2.0
+    cond, uncond = (torch.randn(vocab) * 1.5).bfloat16(), (torch.randn(vocab) * 1.5).bfloat16()
+    logits = torch.cat([cond.expand(rows, 1, vocab), uncond.expand(rows, 1, vocab)])  # (2B, n=1, V)
+    gen = torch.Generator().manual_seed(0)
+    for top_k, top_p in ((5, 1.0), (8, 0.8)):
+        draws = sample_step(logits, SamplingConfig(cfg_scale=scale, top_k=top_k, top_p=top_p), True, gen)
+        assert draws.shape == (rows, 1)
+        freq = torch.bincount(draws.flatten(), minlength=vocab).double() / rows
+        exact = exact_guided_probs(cond, uncond, scale, top_k, top_p)
+        assert (freq[exact == 0] == 0).all()  # nothing outside the top-k / nucleus is ever drawn
+        assert torch.allclose(freq, exact, atol=0.01), (freq, exact)

@@ -34,6 +34,7 @@ from nar_bench.metrics.efficiency import (
     measure_batch_sizes,
     profile_generation,
     randomize_weights,
+    reset_device_memory,
 )
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.paradigms import build_paradigm
@@ -147,6 +148,7 @@ def log_point(mlflow: MlflowClient, exp_id: str, parent_id: str, row: dict) -> N
 def bench_model(label: str, cfg: DictConfig, device: torch.device, prov: dict[str, str]) -> Iterator[dict]:
     """Result rows of one model at ascending batch sizes, up to and including its OOM point."""
     bench = cfg.bench
+    reset_device_memory(device)  # issue 16: this model's peak must not include the previous model's leftovers
     torch.manual_seed(cfg.seed)
     tokenizer, codes = bench_tokenizer(cfg)
     paradigm = build_paradigm(cfg, codes, bench.num_classes)

@@ -117,10 +117,31 @@ def sample(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: floa
     if temperature == 0:
         return logits.argmax(-1)
     if 0 < top_k < logits.shape[-1]:
-        values, candidates = logits.topk(top_k, dim=-1)  # descending, so top-p is a prefix
+        # Unsorted: the draw needs the candidate set, not its order (top-p sorts the k values itself)
+        values, candidates = logits.topk(top_k, dim=-1, sorted=False)
         choice = _draw(filter_logits(values.float() / temperature, top_p=top_p), generator)
         return candidates.gather(-1, choice[..., None]).squeeze(-1)
     return _draw(filter_logits(logits.float() / temperature, top_p=top_p), generator)
+
+
+def sample_guided(logits: Tensor, scale: float, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """``sample(guide(logits, scale), ...)`` with the fp32 work on the top-k candidates only.
+
+    logits (2B, ..., V): conditional rows first. The candidates are picked from the guided logits
+    in the logits' own dtype (``lerp``: one pass, fp32 maths inside, no fp32 (B, ..., V) tensor),
+    then their guided values are recomputed exactly in fp32 from cond and uncond, so the draw sees
+    today's fp32 values; only a candidate tied with the k-th value within the logits' rounding can
+    differ. Without top-k, or greedy, it is exactly ``sample(guide(logits, scale), ...)``.
+    """
+    if temperature == 0 or not 0 < top_k < logits.shape[-1]:
+        return sample(guide(logits, scale), temperature, top_k, top_p, generator)
+    cond, uncond = logits.chunk(2, dim=0)
+    candidates = torch.lerp(uncond, cond, scale).topk(top_k, dim=-1, sorted=False).indices
+    c, u = cond.gather(-1, candidates).float(), uncond.gather(-1, candidates).float()
+    values = u + scale * (c - u)
+    choice = _draw(filter_logits(values / temperature, top_p=top_p), generator)
+    return candidates.gather(-1, choice[..., None]).squeeze(-1)
 
 
 def _draw(logits: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -132,13 +153,16 @@ def _draw(logits: Tensor, generator: torch.Generator | None) -> Tensor:
 def sample_step(logits: Tensor, cfg: SamplingConfig, guided: bool, generator: torch.Generator | None = None,
                 scale: float | None = None) -> Tensor:
     """One decoding step: logits (B or 2B, n, V) for every token of the step -> ids (B, n).
-    Under CFG (2B rows) ``guided`` picks guidance (scale ``scale``, default ``cfg.cfg_scale``) or the
-    conditional rows alone (see ``guided_steps``)."""
-    return sample(guided_logits(logits, cfg, guided, scale), cfg.temperature, cfg.top_k, cfg.top_p, generator)
+    Under CFG (2B rows) ``guided`` picks guidance (scale ``scale``, default ``cfg.cfg_scale``, applied
+    to the top-k candidates only, ``sample_guided``) or the conditional rows alone (see ``guided_steps``)."""
+    if cfg.uses_cfg and guided:
+        return sample_guided(logits, cfg.cfg_scale if scale is None else scale, cfg.temperature, cfg.top_k,
+                             cfg.top_p, generator)
+    return sample(guided_logits(logits, cfg, False), cfg.temperature, cfg.top_k, cfg.top_p, generator)
 
 
 def guided_logits(logits: Tensor, cfg: SamplingConfig, guided: bool, scale: float | None = None) -> Tensor:
-    """The logits ``sample_step`` draws from: (B or 2B, n, V) -> (B, n, V); under CFG guided (scale
+    """Full-vocabulary logits of one step: (B or 2B, n, V) -> (B, n, V); under CFG guided (scale
     ``scale``, default ``cfg.cfg_scale``) when ``guided``, else the conditional rows."""
     if not cfg.uses_cfg:
         return logits

@@ -152,6 +152,10 @@ class KVCache(nn.Module):
 
 
 class Attention(nn.Module):
+    # Set by ``nar_bench.nn.flex_masks.enable_flex_training``: masked (training) forwards then run
+    # FlexAttention on the mask's cached BlockMask instead of SDPA on the dense mask.
+    flex_masks = None
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
@@ -174,7 +178,12 @@ class Attention(nn.Module):
             # position embeddings).
             k, v = self.kv_cache.update(cache_start, k, v)
             causal = cache_start == 0 and n > 1
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        if mask is not None and self.flex_masks is not None:
+            from nar_bench.nn.flex_masks import flex_masked_attention
+
+            out = flex_masked_attention(q, k, v, self.flex_masks(mask))
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, n, -1)))
 
 
@@ -191,6 +200,10 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
+    # Set by ``nar_bench.nn.fused_decode.enable_fused_decode``: cached (decoding) forwards then run
+    # the fused step; training and uncached forwards never do.
+    fused_decode = None
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.attention = Attention(cfg)
@@ -200,6 +213,11 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, freqs: Tensor | None, mask: Tensor | None = None,
                 cache_start: int | None = None) -> Tensor:
+        # the fused step rotates with RoPE and treats the fed rows as one step; absolute-position
+        # models and the causal multi-token prefill (cache_start 0) take the eager path
+        fusable = freqs is not None and cache_start is not None and (cache_start > 0 or x.shape[1] == 1)
+        if fusable and self.fused_decode is not None and not self.training:
+            return self.fused_decode(self, x, freqs, cache_start)
         h = x + self.attention(self.attention_norm(x), freqs, mask, cache_start)
         return h + self.feed_forward(self.ffn_norm(h))
 

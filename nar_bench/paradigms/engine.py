@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from nar_bench.errors import NarBenchError
+from nar_bench.nn.fused_decode import enable_fused_decode
 from nar_bench.nn.modes import eval_mode
 from nar_bench.nn.sampling import SamplingConfig, sample_step, with_null_class
 from nar_bench.nn.transformer import Transformer, TransformerConfig, condition_rope, rope_table, setup_kv_caches
@@ -32,7 +33,6 @@ class SequenceParadigm(Paradigm):
             raise NarBenchError(f"paradigm '{self.name}' decodes raster code grids, but the tokenizer's codes are "
                                 f"{codes.layout}; use a raster tokenizer (palette, vq) or model.paradigm=var")
         super().__init__(model, codes, options)
-        self.compiled_feed = None  # set by compile_decoding
         self.backbone = Transformer(self.backbone_config(model))
         rope = None  # absolute position embeddings live in the backbone instead
         if self.backbone.cfg.position_embedding == "rope":
@@ -81,12 +81,13 @@ class SequenceParadigm(Paradigm):
         """Logits (B, n_step, V) for the tokens of ``step`` from the state fed at step-1 (or the
         condition, for step 0), in the order of ``schedule()[step]``."""
 
-    def compile_decoding(self) -> None:
-        """Compiles the per-step forward (``feed``) with torch.compile, one dynamic-shape graph
-        for every step: it fuses the elementwise work (RoPE, norms, SwiGLU, residuals) that
-        dominates decoding. Safe to call twice."""
-        if self.compiled_feed is None:
-            self.compiled_feed = torch.compile(self.feed, dynamic=True)
+    def compile_decoding(self, attention: str = "auto") -> None:
+        """Routes every cached block step through the fused decode path
+        (``nar_bench.nn.fused_decode``): two torch.compile regions per block (norm + QKV + RoPE;
+        wo + norm + SwiGLU + residuals), compiled once for all blocks, steps and batch sizes, and a
+        decode attention kernel that writes the KV cache and reads only its filled prefix.
+        Safe to call twice."""
+        enable_fused_decode(self, compile=True, attention=attention)
 
     def device_schedule(self, device: torch.device) -> list[Tensor]:
         """The schedule's index tensors on ``device``, copied once: the decode loop then does no
@@ -100,12 +101,11 @@ class SequenceParadigm(Paradigm):
     @torch.inference_mode()
     def generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
         with eval_mode(self):
-            feed = self.compiled_feed or self.feed
             cls_n, steps = self.model_cfg.cls_token_num, self.device_schedule(labels.device)
             cond = with_null_class(labels, self.model_cfg.num_classes) if sampling.uses_cfg else labels
             setup_kv_caches(self, cond.shape[0], cls_n + self.num_tokens, self.cache_dtype())
 
-            fed = feed(*self.prefill_inputs(cond), cache_start=0)
+            fed = self.feed(*self.prefill_inputs(cond), cache_start=0)
             out = labels.new_empty(labels.shape[0], self.num_tokens)
             pos = cls_n
             guided = self.guided_steps(sampling)
@@ -115,6 +115,6 @@ class SequenceParadigm(Paradigm):
                 if s + 1 < len(steps):
                     fed_tokens = new.repeat(2, 1) if sampling.uses_cfg else new
                     x, rope = self.decode_inputs(s, fed_tokens, idx)
-                    fed = feed(x, rope, cache_start=pos)
+                    fed = self.feed(x, rope, cache_start=pos)
                     pos += x.shape[1]
         return out.view(labels.shape[0], *self.grid)
