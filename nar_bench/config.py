@@ -139,7 +139,11 @@ class BenchConfig:
     repeats: int = 3
     include_decode: bool = False  # time tokenizer decode of the codes too
     cuda_graph: bool = False  # replay each batch's whole generation from one CUDA graph (GPU only)
-    compile: bool = False  # torch.compile the per-step forward (paradigm.compile_decoding)
+    compile: bool = False  # fused, compiled per-step forward (paradigm.compile_decoding)
+    compile_decoder: bool | None = None  # compile the tokenizer decoder with include_decode; null = bench.compile
+    roofline: bool = True  # count the FLOPs / floor bytes of each model: TFLOP/s, GB/s, % of compute floor
+    train_batch: int = 0  # > 0: images/s of a bf16 training step (fwd + bwd + AdamW) per model at this batch
+    train_attention: list[str] = field(default_factory=lambda: ["dense", "flex"])  # masked-attention paths timed
     # Token-only stand-in for the tokenizer: codes in [0, vocab_size) on the data.grid_size grid.
     # null = the configured tokenizer's code space (needed for include_decode and for VAR).
     vocab_size: int | None = None

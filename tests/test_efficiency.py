@@ -130,7 +130,7 @@ def test_profile_lists_the_top_ops():
 def bench_args(tmp_path, *extra):
     points = "[{name: AR-t, paradigm: ar, size: tiny}, {paradigm: nar, size: tiny}, {paradigm: not-a-paradigm}]"
     return ["bench", "experiments/throughput_sweep.yaml", f"bench.points={points}", "bench.batch_sizes=[1,2,4]",
-            "bench.device=cpu", "bench.cuda_graph=false",
+            "bench.device=cpu", "bench.cuda_graph=false", "bench.compile=false",
             "bench.dtype=fp32", "bench.warmup=1", "bench.repeats=1", "bench.vocab_size=24",
             "bench.num_classes=5", "bench.profile_batch=1", *GRID, f"bench.output_dir={tmp_path}/out",
             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", f"tracking.artifact_location={tmp_path}/art",
@@ -147,7 +147,7 @@ def test_sweep_runs_points_as_child_runs_records_oom_and_writes_tables_and_plots
 
     monkeypatch.setattr(NAR, "generate", nar_generate)
     with caplog.at_level(logging.WARNING):
-        assert main(bench_args(tmp_path)) == 0
+        assert main(bench_args(tmp_path, "bench.train_batch=2")) == 0
     assert "not-a-paradigm" in caplog.text  # skipped with a note, like VAR before it is merged
 
     out = tmp_path / "out"
@@ -168,6 +168,14 @@ def test_sweep_runs_points_as_child_runs_records_oom_and_writes_tables_and_plots
         assert command in Image.open(out / f"{name}.png").text["Description"]
     assert "aten::" in (out / "profile_AR-t.txt").read_text()
     assert "aten::" in (out / "profile_nar-tiny.txt").read_text()
+    ar = points[points.model == "AR-t"]  # roofline columns from the cost counted on the eager engine
+    assert (ar.gflop_per_image > 0).all() and (ar.tflops_s > 0).all() and (ar.gbps > 0).all()
+    assert points[points.model == "nar-tiny"].gflop_per_image.isna().all()  # its counting run hit the OOM
+    training = pd.read_csv(out / "training.csv")  # dense only on a CPU (FlexAttention trains on GPUs)
+    assert list(zip(training.model, training.attention, training.status, strict=True)) == [
+        ("AR-t", "dense", "ok"), ("nar-tiny", "dense", "ok")]
+    assert (training.images_s > 0).all() and (training.batch_size == 2).all()
+    assert "## Training step" in (out / "throughput.md").read_text()
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     runs = client.search_runs([client.get_experiment_by_name("throughput").experiment_id])
