@@ -50,8 +50,14 @@ def load_file(path: str | Path, download: str = DOWNLOAD_HINT) -> Mapping:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             culprit = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), "")
+            if not culprit:
+                raise NarBenchError(f"'{path}' is not a readable PyTorch weights file (corrupt or truncated?); "
+                                    f"{download}") from None
             raise NarBenchError(f"checkpoint '{path}' holds objects other than tensors, which are not loaded "
                                 f"for safety ({culprit}); re-save just its state dict with torch.save") from None
+        except (KeyError, EOFError, RuntimeError, ValueError, OSError) as err:  # text, truncated or foreign files
+            raise NarBenchError(f"'{path}' is not a PyTorch weights file ({type(err).__name__}: {err}); "
+                                f"{download}") from None
     if not isinstance(checkpoint, Mapping):
         raise NarBenchError(f"checkpoint '{path}' holds a {type(checkpoint).__name__}, expected a state dict")
     return checkpoint
