@@ -12,6 +12,7 @@ The notebook (notebooks/compare_runs.ipynb) calls the same functions.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,7 +263,10 @@ def plot_summary(summary: pd.DataFrame, group: list[str], path: str | Path, capt
     metrics = [m for m in PLOT_METRICS if f"{m}_mean" in summary]
     grid = [col for col in group if col != "variant"]
     line_x = grid[0] if len(grid) == 1 and pd.api.types.is_numeric_dtype(summary[grid[0]]) else None
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.8 * len(metrics), 4.6), squeeze=False)
+    width = 4.8 * len(metrics)
+    footer = [line for part in caption.splitlines() for line in textwrap.wrap(part, int(width * 21))]
+    footer_in = 0.12 * len(footer) + 0.1 if footer else 0.0  # inches of 6 pt text
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width, 4.6 + footer_in), squeeze=False)
     several = summary["seeds"] > 1
     for ax, metric in zip(axes[0], metrics, strict=True):
         mean, std = summary[f"{metric}_mean"], summary[f"{metric}_std"]
@@ -291,11 +295,9 @@ def plot_summary(summary: pd.DataFrame, group: list[str], path: str | Path, capt
         ax.grid(axis="y", alpha=0.3)
     bars = "error bars: std over the n seeds" if several.any() else "one seed per point (n=1): no error bars"
     fig.suptitle(f"mean over distinct seeds; {bars}", fontsize="small")
-    if caption:
-        fig.text(0.01, 0.01, caption, fontsize=6, wrap=True, va="bottom")
-        fig.tight_layout(rect=(0, 0.03 + 0.025 * caption.count("\n"), 1, 1))
-    else:
-        fig.tight_layout()
+    fig.tight_layout(rect=(0, footer_in / (4.6 + footer_in), 1, 1))
+    if footer:
+        fig.text(0.01, 0.05 / (4.6 + footer_in), "\n".join(footer), fontsize=6, va="bottom", linespacing=1.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, metadata={"Description": caption} if caption else None)
