@@ -269,9 +269,13 @@ def check_generator_inputs(cfg: DictConfig) -> None:
     tokenizer (a learned one has a checkpoint or ``tokenizer.untrained=true``; data.grid_size is
     the grid it makes) and the geometry."""
     import nar_bench.tokenizers  # noqa: F401  (registers the tokenizers)
+    from nar_bench.checkpoints import check_torch_file
     from nar_bench.registry import TOKENIZERS
 
     check_geometry(cfg)
+    for key, path in (("model.checkpoint", cfg.model.checkpoint), ("tokenizer.checkpoint", cfg.tokenizer.checkpoint)):
+        if path and Path(path).is_file():
+            check_torch_file(path, key)
     tok = cfg.tokenizer
     if tok.name not in TOKENIZERS:
         raise NarBenchError(f"unknown tokenizer.name '{tok.name}'; choose one of: {', '.join(sorted(TOKENIZERS))}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from nar_bench.cli import main
@@ -202,3 +203,20 @@ def test_every_verb_refuses_a_folder_of_committed_results_before_any_work(tmp_pa
     assert sorted(p.name for p in folder.iterdir()) == ["metrics.png", "provenance.json"]
     assert (folder / "metrics.png").read_bytes() == b"published"
     assert not (tmp_path / "mlruns.db").exists() and not (tmp_path / "runs").exists()
+
+
+def test_bench_as_the_readme_shows_it_runs_eager_on_a_cpu(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("the fallback is for machines without a GPU")
+    out = tmp_path / "bench"
+    argv = ["bench", "experiments/throughput_sweep.yaml", "--out", str(out), "bench.dtype=fp32",
+            "bench.points=[{paradigm: nar, size: tiny}]", "bench.batch_sizes=[1]", "bench.vocab_size=64",
+            "bench.num_classes=10", "bench.repeats=1", "bench.warmup=0", "bench.profile_batch=0",
+            "data.image_size=16", "data.grid_size=4", *tracking_overrides(tmp_path, experiment="bench")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "note: bench.cuda_graph needs a CUDA device; timing eager generation on cpu" in err
+    points = pd.read_csv(out / "points.csv")
+    assert points["cuda_graph"].tolist() == [False] and points["status"].tolist() == ["ok"]
+    assert "eager" in (out / "throughput.md").read_text()
+    assert json.loads((out / "provenance.json").read_text())["commit"] == git_commit()

@@ -4,7 +4,6 @@ the experiment unless ``--parent`` names one, or ``all``)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from nar_bench.config import load_config
 from nar_bench.tracking.provenance import SCRATCH_ROOT, guard_output, provenance

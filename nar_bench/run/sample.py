@@ -32,6 +32,8 @@ def check_overrides(overrides: list[str]) -> None:
             raise NarBenchError(f"sample ignores '{key}': the checkpoint fixes the model, tokenizer and data; only "
                                 f"{', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in SAMPLING_KEYS)}"
                                 " can be set here")
+    # unknown keys (a misspelt eval.sampling.cfg_scal) and wrong types, before the checkpoint is read
+    merge(OmegaConf.structured(ExperimentConfig), OmegaConf.from_dotlist(overrides), source="command-line overrides")
 
 
 def check_out(out: str | Path, overwrite: bool) -> Path:
