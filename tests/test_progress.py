@@ -34,3 +34,23 @@ def test_bar_counts_steps_of_max_steps_across_epochs(tmp_path, capsys):
     assert seen == [(step, 5) for step in range(1, 6)]
     printed = capsys.readouterr().out  # Lightning writes its bars to stdout
     assert "train steps (max_steps=5): 100%" in printed and "5/5" in printed and "Epoch" not in printed
+
+
+def test_one_off_classifier_training_says_what_it_is_doing(tmp_path, capsys):
+    from nar_bench.metrics.classifier import cached_classifier
+    from nar_bench.metrics.domain import DomainClassifierSpec
+
+    path = tmp_path / "domain" / "spec.pt"
+    cached_classifier(path, DomainClassifierSpec(steps=3), lambda: torch.nn.Linear(1, 1))
+    err = capsys.readouterr().err
+    assert "training the domain feature classifier once (3 steps, DomainClassifierSpec)" in err and str(path) in err
+    cached_classifier(path, DomainClassifierSpec(steps=3), lambda: torch.nn.Linear(1, 1))
+    assert capsys.readouterr().err == ""  # cached: nothing to say
+
+
+def test_sweep_point_line_and_eta():
+    from nar_bench.lit.progress import point_line, run_folder_line
+
+    assert point_line(1, 4, "ntp_raster", 0.0) == "point 1/4: ntp_raster (elapsed 0s)"
+    assert point_line(3, 4, "nar/seed=1", 120.0) == "point 3/4: nar/seed=1 (elapsed 2m00s, ETA 2m00s)"
+    assert run_folder_line("results/runs/x-1234", "1234abcd").startswith("run folder: results/runs/x-1234 (")
