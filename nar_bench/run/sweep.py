@@ -124,6 +124,6 @@ def main(args: argparse.Namespace) -> None:
     if rank_zero_only.rank != 0:
         return
     grid = [key.split(".")[-1] for key in cfg.sweep.grid]
-    info = provenance(args.command_line, experiment=cfg.tracking.experiment)
+    info = provenance(args.command_line, experiment=cfg.tracking.experiment, extractor=cfg.eval.extractor)
     paths = write_report(table, grid, args.out or Path("results") / Path(args.config).stem, info)
     print("\n".join(str(path) for path in paths.values()))
