@@ -1,12 +1,14 @@
 # User-facing verbs. Every target bootstraps .venv on first use.
 #   make demo    train + sample the embedded default (synthetic shapes, local MLflow store, CPU ok)
 #   make test    run the test suite
-#   make throughput-sweep   paradigm x size x batch size throughput sweep (GPU; results/throughput/)
-#   make order-gifs  results/order/order_{ar,nar,par,maskgit}.gif: generation order, one GIF frame per decoding step
+#   make throughput-sweep   paradigm x size x batch size throughput sweep (GPU; eager on CPU) -> results/runs/throughput/
+#   make order-gifs  results/runs/order/order_{ar,nar,par,maskgit}.gif: generation order, one GIF frame per decoding step
 #                    (tiny random models; ARGS="--ckpt nar=path/last.ckpt ..." for trained ones)
-#   make ablation-heads   paper Tables 4/5 (heads, overlap head) as one MLflow sweep -> results/ablation_heads/
-#   make cfg-sweep        FID/IS/accuracy vs CFG scale per paradigm -> results/cfg_sweep/
-#   make report CONFIG=experiments/ablation_heads.yaml ARGS="--parent latest"   tables + plot from MLflow
+#   make ablation-heads   paper Tables 4/5 (heads, overlap head) as one MLflow sweep -> results/runs/ablation_heads/
+#   make cfg-sweep        FID/IS/accuracy vs CFG scale per paradigm -> results/runs/cfg_sweep/
+#   make report CONFIG=experiments/ablation_heads.yaml   tables + plot of the newest FINISHED sweep, from MLflow
+# Verbs write to the git-ignored results/runs/; the committed results/<name>/ folders are only
+# replaced with ARGS="--out results/<name> --overwrite".
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -56,7 +58,7 @@ lint: $(STAMP)
 throughput-sweep: $(STAMP)
 	$(BIN)/nar-bench bench experiments/throughput_sweep.yaml $(ARGS)
 order-gifs: $(STAMP)
-	$(BIN)/nar-bench order-gifs --out results/order $(ARGS)
+	$(BIN)/nar-bench order-gifs $(ARGS)
 
 mlflow-ui: $(STAMP)
 	@$(BIN)/pip show -q mlflow 2>/dev/null || $(BIN)/pip install -q --no-compile -e ".[ui]"  # the UI extra, once

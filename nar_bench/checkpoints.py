@@ -52,11 +52,28 @@ def load_file(path: str | Path, download: str = DOWNLOAD_HINT) -> Mapping:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             culprit = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), "")
+            if not culprit:
+                raise NarBenchError(f"'{path}' is not a readable PyTorch weights file (corrupt or truncated?); "
+                                    f"{download}") from None
             raise NarBenchError(f"checkpoint '{path}' holds objects other than tensors, which are not loaded "
                                 f"for safety ({culprit}); re-save just its state dict with torch.save") from None
+        except (KeyError, EOFError, RuntimeError, ValueError, OSError):  # text, truncated or foreign files
+            raise NarBenchError(f"'{path}' is not a readable PyTorch weights file (corrupt or truncated?); "
+                                f"{download}") from None
     if not isinstance(checkpoint, Mapping):
         raise NarBenchError(f"checkpoint '{path}' holds a {type(checkpoint).__name__}, expected a state dict")
     return checkpoint
+
+
+def check_torch_file(path: str | Path, key: str) -> None:
+    """Cheap look at the first bytes (no weights read): a torch.save file is a zip archive or, in the
+    legacy format, a pickle. Anything else (a text file, an image) is refused naming ``key``."""
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):
+        raise NarBenchError(f"{key}: '{path}' is not a readable PyTorch weights file (not written by torch.save); "
+                            f"point {key} at a .pt / .pth / .ckpt file")
 
 
 def unwrap(checkpoint: Mapping, prefix: str = "") -> dict[str, Tensor]:

@@ -132,5 +132,5 @@ def test_order_gifs_verb_writes_one_gif_per_paradigm(tmp_path, capsys):
     args = ["order-gifs", "model.size=tiny", "data.image_size=16", "data.grid_size=4", "--out", str(tmp_path),
             "--paradigms", "nar", "par"]
     assert main(args) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["order_nar.gif", "order_par.gif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["order_nar.gif", "order_par.gif", "provenance.json"]
     assert Image.open(tmp_path / "order_nar.gif").n_frames == 7  # 4 + 4 - 1 anti-diagonals

@@ -103,6 +103,8 @@ def plot_panel(ax, points: pd.DataFrame, column: str, label: str, yscale: str) -
     ax.grid(True, which="both", alpha=0.3)
     if plotted:
         ax.set_yscale(yscale)
+        if yscale == "linear":  # memory starts at 0: a truncated axis would exaggerate the differences
+            ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "no data (no GPU memory stats on CPU)" if column == "peak_mem_gb" else "no data",

@@ -12,6 +12,7 @@ import argparse
 import copy
 import logging
 import re
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -46,7 +47,7 @@ from nar_bench.registry import PARADIGMS
 from nar_bench.tokenizers import build_tokenizer
 from nar_bench.tokenizers.base import CodeSpace
 from nar_bench.tracking.mlflow import PARENT_TAG, client, create_run, experiment_id, parent_run
-from nar_bench.tracking.provenance import provenance, provenance_line
+from nar_bench.tracking.provenance import guard_output, provenance, provenance_line, write_provenance
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +213,24 @@ def profile_path(output_dir: str, label: str) -> Path:
     return Path(output_dir) / f"profile_{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}.txt"
 
 
-def run_throughput_sweep(cfg: DictConfig, command: str | None = None) -> pd.DataFrame:
+def eager_on_cpu(cfg: DictConfig, device: torch.device) -> DictConfig:
+    """``cfg`` with ``bench.cuda_graph`` off when ``device`` is not a GPU (CUDA graphs need one), so
+    the GPU settings of experiments/throughput_sweep.yaml also run on a CPU; says so in one line."""
+    if device.type == "cuda" or not cfg.bench.cuda_graph:
+        return cfg
+    print(f"note: bench.cuda_graph needs a CUDA device; timing eager generation on {device.type} "
+          "(recorded as cuda_graph=False)", file=sys.stderr)
+    return merge(cfg, {"bench": {"cuda_graph": False}}, source="CPU fallback")
+
+
+def run_throughput_sweep(cfg: DictConfig, command: str | None = None, overwrite: bool = False) -> pd.DataFrame:
     """Runs the sweep of ``cfg.bench``; returns the table of points (one row per model and batch
-    size, ``status`` ok | oom) and writes it with the summary and plots to ``bench.output_dir``."""
+    size, ``status`` ok | oom) and writes it with the summary and plots to ``bench.output_dir``
+    (refused before any work if that folder holds committed results, unless ``overwrite``)."""
+    guard_output(cfg.bench.output_dir, overwrite)
+    device = bench_device(cfg.bench.device)
+    cfg = eager_on_cpu(cfg, device)
     bench = cfg.bench
-    device = bench_device(bench.device)
     points = bench_points(cfg)
     prov = provenance(command, device)
     settings = settings_line(cfg)
@@ -237,6 +251,7 @@ def run_throughput_sweep(cfg: DictConfig, command: str | None = None) -> pd.Data
             bar.update((i + 1) * per_model - bar.n)  # batch sizes past an OOM are skipped
         table = pd.DataFrame(rows)
         files = write_report(table, bench.output_dir, prov, settings, pd.DataFrame(training))
+        files.append(write_provenance(bench.output_dir, {**prov, "settings": settings}))
         if bench.profile_batch > 0:
             files += [p for label, _ in points if (p := profile_path(bench.output_dir, label)).is_file()]
         for path in files:
@@ -249,5 +264,7 @@ def main(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    run_throughput_sweep(cfg, command=args.command_line)
+    if args.out:
+        cfg = merge(cfg, {"bench": {"output_dir": args.out}}, source="--out")
+    run_throughput_sweep(cfg, command=args.command_line, overwrite=args.overwrite)
     print(f"results in {cfg.bench.output_dir}")
