@@ -237,17 +237,21 @@ def run_throughput_sweep(cfg: DictConfig, command: str | None = None, overwrite:
     mlflow, exp_id = client(cfg.tracking), experiment_id(cfg.tracking)
     params = {"points": ", ".join(label for label, _ in points), "batch_sizes": list(bench.batch_sizes),
               "settings": settings, **{k: v[:500] for k, v in prov.items()}}
-    rows, training = [], []
+    rows, training, failed = [], [], []
     ceilings = measure_ceilings(device.type) if bench.roofline and device.type == "cuda" else None
     per_model = len(set(bench.batch_sizes))
     with parent_run(cfg.tracking, SWEEP_NAME, params) as parent_id, \
             tqdm(total=len(points) * per_model, desc=SWEEP_NAME, leave=False) as bar:
         for i, (label, point_cfg) in enumerate(points):
-            for row in bench_model(label, point_cfg, device, prov, ceilings, training):
-                bar.set_postfix_str(f"{label} bs={row['batch_size']} {row['status']}")
-                bar.update()
-                log_point(mlflow, exp_id, parent_id, row)
-                rows.append(row)
+            try:
+                for row in bench_model(label, point_cfg, device, prov, ceilings, training):
+                    bar.set_postfix_str(f"{label} bs={row['batch_size']} {row['status']}")
+                    bar.update()
+                    log_point(mlflow, exp_id, parent_id, row)
+                    rows.append(row)
+            except Exception as err:  # one model's failure is reported, the other models still run
+                log.exception("bench point '%s' failed", label)
+                failed.append(f"{label}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
             bar.update((i + 1) * per_model - bar.n)  # batch sizes past an OOM are skipped
         table = pd.DataFrame(rows)
         files = write_report(table, bench.output_dir, prov, settings, pd.DataFrame(training))
@@ -256,6 +260,9 @@ def run_throughput_sweep(cfg: DictConfig, command: str | None = None, overwrite:
             files += [p for label, _ in points if (p := profile_path(bench.output_dir, label)).is_file()]
         for path in files:
             mlflow.log_artifact(parent_id, str(path))
+        if failed:  # after the report of the points that ran; the parent run ends FAILED
+            raise NarBenchError(f"{len(failed)} bench point(s) failed (traceback above, results of the others in "
+                                f"{bench.output_dir}): " + "; ".join(failed))
     log.info("throughput sweep: %s", provenance_line(prov))
     return table
 
