@@ -113,9 +113,12 @@ def test_sweep_interrupted_by_sigint_ends_runs_killed_then_resumes_and_logs_its_
 
     import lightning as L
 
-    class SigintAtStep(L.Callback):
+    sent = []
+
+    class SigintAtStep(L.Callback):  # Ctrl-C in the middle of the third point's training, once
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if len(trained) == 2 and trainer.global_step == 2:
+            if len(trained) == 2 and trainer.global_step == 2 and not sent:
+                sent.append(signal.SIGINT)
                 os.kill(os.getpid(), signal.SIGINT)
 
     def make_trainer(cfg, logger, run_dir):
@@ -228,6 +231,7 @@ def test_resume_without_a_run_to_resume_is_one_clear_error(tmp_path, capsys):
     assert main([*TRAIN, *tracking_overrides(tmp_path), "trainer.resume=latest"]) == 2
     err = capsys.readouterr().err
     assert "trainer.resume=latest" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns.db").exists()
 
 
 def test_running_run_of_a_dead_process_is_marked_killed_at_the_next_start(tmp_path):
@@ -265,10 +269,10 @@ def test_model_that_cannot_fit_in_ram_is_refused_before_allocation(tmp_path, cap
 def test_two_sweeps_opening_a_fresh_store_at_once_both_succeed(tmp_path):
     script = textwrap.dedent("""
         import sys
+        from omegaconf import OmegaConf
         import nar_bench
-        from nar_bench.config import load_config
         from nar_bench.tracking.mlflow import parent_run
-        tracking = load_config(None, sys.argv[1:]).tracking
+        tracking = OmegaConf.from_dotlist(sys.argv[1:]).tracking
         with parent_run(tracking, "sweep", {"points": 1}, key="k", fresh=True) as run_id:
             print(run_id)
     """)

@@ -212,7 +212,9 @@ def run_throughput_sweep(cfg: DictConfig, command: str | None = None) -> pd.Data
 
 def main(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
+    from nar_bench.tracking.lifecycle import interruptible
 
     cfg = load_config(args.config, args.overrides)
-    run_throughput_sweep(cfg, command=args.command_line)
+    with interruptible():  # SIGINT / SIGTERM end the sweep's runs KILLED
+        run_throughput_sweep(cfg, command=args.command_line)
     print(f"results in {cfg.bench.output_dir}")

@@ -77,9 +77,9 @@ def find_resume_point(cfg: DictConfig, run_name: str) -> ResumePoint:
     """The run and checkpoint ``trainer.resume`` names: ``latest`` (the newest run of this experiment
     named ``run_name`` with a last.ckpt), a run id, or a path to a .ckpt of a run folder."""
     value = str(cfg.trainer.resume)
-    c = client(cfg.tracking)
     db = sqlite_path(tracking_uri(cfg.tracking))
-    exp = c.get_experiment_by_name(cfg.tracking.experiment) if db is None or db.is_file() else None
+    c = client(cfg.tracking) if db is None or db.is_file() else None  # a client would create an empty store
+    exp = c.get_experiment_by_name(cfg.tracking.experiment) if c is not None else None
     if exp is None:
         raise NarBenchError(f"trainer.resume={value}: experiment '{cfg.tracking.experiment}' has no runs in "
                             f"{cfg.tracking.tracking_uri}; train without trainer.resume first")

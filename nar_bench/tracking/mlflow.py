@@ -62,19 +62,29 @@ def artifact_location(tracking: DictConfig) -> str | None:
     return loc
 
 
+_stores: set[str] = set()  # stores this process has opened (their schema exists)
+
+
 def client(tracking: DictConfig) -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri(tracking))
+    """A client of the store; the first one of a process opens the store under a file lock, since
+    opening a fresh SQLite store creates its schema, and two sweeps started at once would otherwise
+    both do that ("table latest_metrics already exists")."""
+    uri = tracking_uri(tracking)
+    if uri not in _stores:
+        with store_lock(uri):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        _stores.add(uri)
+    return MlflowClient(tracking_uri=uri)
 
 
 def experiment_id(tracking: DictConfig) -> str:
-    """The id of ``tracking.experiment``, created (with our artifact location) on first use. Store and
-    experiment are created under a file lock: two sweeps started at once on a fresh SQLite store would
-    otherwise both migrate its schema ("table ... already exists"). On this process's first use of a
+    """The id of ``tracking.experiment``, created (with our artifact location) on first use, under the
+    store's lock (two processes could otherwise both create it). On this process's first use of a
     store, runs left RUNNING by dead processes of this host are marked KILLED."""
+    c = client(tracking)
     uri = tracking_uri(tracking)
     with store_lock(uri):
-        c = MlflowClient(tracking_uri=uri)
-        exp = c.get_experiment_by_name(tracking.experiment)  # creates the store's schema if new
+        exp = c.get_experiment_by_name(tracking.experiment)
         exp_id = exp.experiment_id if exp is not None else c.create_experiment(
             tracking.experiment, artifact_location=artifact_location(tracking))
     mark_dead_runs_killed(c, uri)
@@ -86,6 +96,7 @@ def system_metrics(run_id: str, uri: str):
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop line per run
         monitor = SystemMetricsMonitor(run_id, tracking_uri=uri)
     except Exception as err:  # psutil missing, unsupported platform: the run goes on without them
         log.warning("no system metrics for run %s: %s", run_id, err)
