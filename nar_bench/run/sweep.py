@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import gc
 import hashlib
 import json
@@ -91,6 +92,15 @@ def point_columns(name: str, cfg: DictConfig, grid_keys: list[str]) -> dict:
     return columns
 
 
+def _malloc_trim() -> None:
+    """Hands the freed heap back to the OS (glibc keeps it otherwise, and the next training's peak
+    would add to it)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 @dataclass
 class Trained:
     """A trained model the next points of its training group evaluate."""
@@ -127,6 +137,7 @@ class TrainAndEvaluate:
             trained.module.trainer = None
         self.trained.clear()
         gc.collect()
+        _malloc_trim()
 
     def reuse_finished(self, rows: list[dict], configs: list[DictConfig]) -> None:
         """Trainings of points that FINISHED in an earlier attempt, to evaluate the group's other points
