@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one configured generator (logs to MLflow)")
     p.add_argument("config", help="experiment YAML, e.g. experiments/demo.yaml")
     p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. model.size=B")
+    p.add_argument("--resume", action="store_true", help="continue the newest run of this name from its last.ckpt "
+                                                         "(same MLflow run; = trainer.resume=latest)")
     p.set_defaults(verb="nar_bench.run.train")
 
     p = sub.add_parser("sample", help="sample a class grid from a trained Lightning checkpoint")
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated variant names to run (default: all)")
     p.add_argument("--out", help="results folder (default: results/runs/<yaml name>)")
     p.add_argument("--overwrite", action="store_true", help="write into a folder holding committed results")
+    p.add_argument("--fresh", action="store_true", help="start a new parent run instead of resuming this sweep's "
+                                                        "(re-running a sweep skips its FINISHED points)")
     p.set_defaults(verb="nar_bench.run.sweep")
 
     p = sub.add_parser("report", help="tables and a plot of one sweep's MLflow runs (mean ± std over distinct seeds)")

@@ -81,6 +81,7 @@ class TrainerConfig:
     precision: str = "auto"  # auto = bf16-mixed on GPU, 32-true on CPU
     val_check_interval: int = 100
     log_every_n_steps: int = 10
+    resume: str | None = None  # nar-bench train: continue a run from its last.ckpt (latest | run id | .ckpt path)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from nar_bench.checkpoints import load_generator_weights
 from nar_bench.images import save_samples, to_uint8
+from nar_bench.lit.memory import check_fits
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.paradigms import build_paradigm
 from nar_bench.tokenizers import build_tokenizer
@@ -33,6 +34,8 @@ class GeneratorModule(L.LightningModule):
         self.num_classes = num_classes
         self.tokenizer = build_tokenizer(cfg)
         self.tokenizer.requires_grad_(False)
+        if load_initial_weights:  # a model built to train: refuse one that cannot fit before allocating it
+            check_fits(cfg, self.tokenizer.code_space, num_classes)
         self.paradigm = build_paradigm(cfg, self.tokenizer.code_space, num_classes)
         if cfg.model.checkpoint and load_initial_weights:
             load_generator_weights(self.paradigm, cfg.model.checkpoint)

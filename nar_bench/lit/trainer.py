@@ -47,7 +47,9 @@ def make_trainer(cfg: DictConfig, logger, run_dir: Path) -> L.Trainer:
         log_every_n_steps=t.log_every_n_steps,
         gradient_clip_val=cfg.optim.grad_clip or None,
         logger=logger,
-        callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+        # last.ckpt at every validation interval (not only at the end): what a killed run resumes from
+        callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                   every_n_train_steps=min(t.val_check_interval, t.max_steps)),
                    LearningRateMonitor("step"), StepProgressBar()],
         default_root_dir=run_dir,
         enable_model_summary=False,

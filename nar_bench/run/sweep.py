@@ -4,41 +4,87 @@ train + evaluate in its own MLflow child run.
 Points whose configs differ only in ``eval.*`` (e.g. a CFG-scale grid) share one training: CFG is a
 sampling-time setting, so retraining per scale would only add training noise and cost. The first
 such point trains in its child run; the others evaluate the same in-memory model in their own child
-runs, tagged with the id of the run that trained it.
+runs, tagged with the id of the run that trained it. Points run grouped by training, and only the
+model of the current group is kept in memory.
+
+Sweeps resume: re-running the same command (same config, overrides and ``--only``: the same sweep
+key) reopens the parent run, keeps the points whose child run FINISHED with the same point key
+(tag ``nar_bench.point_key``), runs the others in new child runs and reports over all points;
+``--fresh`` starts a new parent run.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import gc
+import hashlib
 import json
+import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from nar_bench.config import check_sweep_inputs, expand_sweep
 from nar_bench.errors import NarBenchError
+from nar_bench.lit.module import GeneratorModule
+from nar_bench.lit.progress import point_line
+from nar_bench.lit.trainer import uses_gpu
 from nar_bench.run.evaluate import evaluate
-from nar_bench.run.train import FittedRun, finish_run, fit
-from nar_bench.tracking.mlflow import make_logger, parent_run
+from nar_bench.run.train import finish_run, fit
+from nar_bench.tracking.lifecycle import run_end_status
+from nar_bench.tracking.mlflow import RUN_DIR_TAG, child_runs, client, make_logger, parent_run
 from nar_bench.tracking.report import POINT_TAG, SEED_TAG, TRAINED_IN_TAG, VARIANT_TAG
 
 # (point name, point config, parent run id) -> one result row; the function opens the child run
 RunPoint = Callable[[str, DictConfig, str], dict]
+# (result table, parent run id): writes the report and logs it to the parent before the parent ends
+FinishSweep = Callable[[pd.DataFrame, str], None]
 
 SUMMARY_COLUMNS = ("paradigm", "size", "params_M", "steps_per_image", "train_steps", "train_loss", "val_loss",
                    "device")
+POINT_KEY_TAG = "nar_bench.point_key"  # hash of the point's config without tracking / output settings
+TRAINING_KEY_TAG = "nar_bench.training_key"  # hash of training_key: finished trainings a resumed sweep reuses
+POINT_ROW = "point.json"  # the point's result row, logged on its child run (a resumed sweep reads it back)
+# settings that name where results go, not what is computed
+OUTPUT_SETTINGS = ("tracking", "output_dir", "trainer.resume", "bench.output_dir")
+
+
+def _settings(cfg: DictConfig, drop: tuple[str, ...]) -> dict:
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in drop:
+        *parents, leaf = dotted.split(".")
+        node = settings
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    return settings
+
+
+def _digest(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def training_key(cfg: DictConfig) -> str:
     """Everything that determines the trained weights: the config without eval / tracking / output."""
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("eval", "tracking", "sweep", "output_dir"):
-        settings.pop(key, None)
-    return json.dumps(settings, sort_keys=True)
+    return json.dumps(_settings(cfg, ("eval", "sweep", *OUTPUT_SETTINGS)), sort_keys=True)
+
+
+def point_key(cfg: DictConfig) -> str:
+    """Stable hash of everything that determines a point's result (training and evaluation)."""
+    return _digest(_settings(cfg, ("sweep", *OUTPUT_SETTINGS)))
+
+
+def sweep_key(cfg: DictConfig) -> str:
+    """Stable hash of a sweep: its points' settings (after overrides and ``--only``) and the sweep itself."""
+    return _digest(_settings(cfg, OUTPUT_SETTINGS))
 
 
 def point_columns(name: str, cfg: DictConfig, grid_keys: list[str]) -> dict:
@@ -48,54 +94,181 @@ def point_columns(name: str, cfg: DictConfig, grid_keys: list[str]) -> dict:
     return columns
 
 
+def _malloc_trim() -> None:
+    """Hands the freed heap back to the OS (glibc keeps it otherwise, and the next training's peak
+    would add to it)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+@dataclass
+class Trained:
+    """A trained model the next points of its training group evaluate."""
+
+    module: GeneratorModule
+    run_id: str
+    run_dir: Path
+    summary: dict
+
+
+@dataclass
+class FinishedTraining:
+    """A training a FINISHED point of an earlier attempt of this sweep logged (to resume from)."""
+
+    run_id: str
+    checkpoint: Path
+    summary: dict
+
+
 class TrainAndEvaluate:
-    """run_point for :func:`run_sweep`; one result row per point (rank 0; {} elsewhere)."""
+    """run_point for :func:`run_sweep`; one result row per point (rank 0; {} elsewhere).
+
+    Holds at most one trained model: the one of the current training group (run_sweep runs the
+    points of a group one after another); it is freed when the next group starts."""
 
     def __init__(self, sweep_cfg: DictConfig):
         self.grid_keys = list(sweep_cfg.sweep.grid)
-        self.trained: dict[str, tuple[FittedRun, dict]] = {}
+        self.trained: dict[str, Trained] = {}
+        self.finished: dict[str, FinishedTraining] = {}  # training_key -> training of a resumed sweep
+
+    def release(self) -> None:
+        """Frees the held model (and what Lightning attached to it) before the next group trains."""
+        for trained in self.trained.values():
+            trained.module.trainer = None
+        self.trained.clear()
+        gc.collect()
+        _malloc_trim()
+
+    def reuse_finished(self, rows: list[dict], configs: list[DictConfig]) -> None:
+        """Trainings of points that FINISHED in an earlier attempt, to evaluate the group's other points
+        with (from the run's last.ckpt) instead of training again."""
+        for row, cfg in zip(rows, configs, strict=True):
+            run_dir = row.get("run_dir")
+            if row.get("trained_in_run") == row.get("mlflow_run_id") and run_dir:
+                checkpoint = Path(run_dir) / "checkpoints" / "last.ckpt"
+                if checkpoint.is_file():
+                    summary = {k: row.get(k) for k in SUMMARY_COLUMNS}
+                    self.finished[training_key(cfg)] = FinishedTraining(row["mlflow_run_id"], checkpoint, summary)
+
+    def train(self, name: str, cfg: DictConfig, parent_run_id: str, key: str):
+        """(model, its training run's id, run folder, training summary, logger of this point's run)."""
+        if key in self.trained:
+            trained = self.trained[key]
+        elif key in self.finished:
+            done = self.finished[key]
+            module = GeneratorModule.load_from_checkpoint(done.checkpoint, map_location="cpu")
+            trained = self.trained[key] = Trained(module, done.run_id, done.checkpoint.parent.parent, done.summary)
+        else:
+            run = fit(cfg, name, parent_run_id)
+            try:
+                summary = finish_run(cfg, run.module, run.trainer, run.logger, run.run_dir, name) \
+                    if rank_zero_only.rank == 0 else {}
+            except BaseException as err:
+                run.logger.end(run_end_status(err))
+                raise
+            run.module.trainer = None  # the Trainer holds optimizer state and data loaders: free them
+            self.trained[key] = Trained(run.module, run.logger.run_id or "", run.run_dir, summary)
+            return self.trained[key], run.logger
+        logger = make_logger(cfg.tracking, name, parent_run_id, tags={TRAINED_IN_TAG: trained.run_id})
+        logger.log_hyperparams({"cfg": OmegaConf.to_container(cfg, resolve=True),
+                                "num_classes": trained.module.num_classes})
+        return trained, logger
 
     def __call__(self, name: str, cfg: DictConfig, parent_run_id: str) -> dict:
         key, rank_zero = training_key(cfg), rank_zero_only.rank == 0
-        if key in self.trained:
-            run, summary = self.trained[key]
-            logger = make_logger(cfg.tracking, name, parent_run_id, tags={TRAINED_IN_TAG: run.logger.run_id})
-            logger.log_hyperparams({"cfg": OmegaConf.to_container(cfg, resolve=True),
-                                    "num_classes": run.module.num_classes})
-        else:
-            run = fit(cfg, name, parent_run_id)
-            logger = run.logger
-            summary = finish_run(cfg, run.module, run.trainer, logger, run.run_dir, name) if rank_zero else {}
-            self.trained[key] = (run, summary)
+        if key not in self.trained:
+            self.release()
+        trained, logger = self.train(name, cfg, parent_run_id, key)
         columns = point_columns(name, cfg, self.grid_keys)
-        if rank_zero:
-            tags = {VARIANT_TAG: columns["variant"], SEED_TAG: str(cfg.seed)}
-            tags.update({POINT_TAG + k.split(".")[-1]: str(OmegaConf.select(cfg, k)) for k in self.grid_keys})
-            for tag, value in tags.items():
-                logger.experiment.set_tag(logger.run_id, tag, value)
         try:
-            metrics = evaluate(run.module, cfg, logger=logger, out_dir=run.run_dir / "eval" / name.replace("/", "_"))
-        except BaseException:
-            logger.finalize("failed")
+            metrics = evaluate(trained.module, cfg, logger=logger,
+                               out_dir=trained.run_dir / "eval" / name.replace("/", "_"))
+            trained.module.trainer = None  # evaluation's predict Trainer holds the gathered samples
+            row = {}
+            if rank_zero:
+                row = {**columns, **{k: trained.summary.get(k) for k in SUMMARY_COLUMNS}, **metrics,
+                       "mlflow_run_id": logger.run_id, "trained_in_run": trained.run_id}
+                self.record(logger, cfg, columns, {**row, "run_dir": str(trained.run_dir)}, key)
+        except BaseException as err:
+            logger.end(run_end_status(err))
             raise
-        logger.finalize("success")  # closes the eval-only runs; the training run is already closed by fit
-        if not rank_zero:
-            return {}
-        return {**columns, **{k: summary.get(k) for k in SUMMARY_COLUMNS}, **metrics,
-                "mlflow_run_id": logger.run_id, "trained_in_run": run.logger.run_id}
+        logger.end("FINISHED")
+        return row
+
+    def record(self, logger, cfg: DictConfig, columns: dict, row: dict, key: str) -> None:
+        """Tags that find the point again (report, resume) and its result row, as an artifact."""
+        tags = {VARIANT_TAG: columns["variant"], SEED_TAG: str(cfg.seed), POINT_KEY_TAG: point_key(cfg),
+                TRAINING_KEY_TAG: hashlib.sha256(key.encode()).hexdigest()[:16], RUN_DIR_TAG: row["run_dir"]}
+        tags.update({POINT_TAG + k.split(".")[-1]: str(OmegaConf.select(cfg, k)) for k in self.grid_keys})
+        for tag, value in tags.items():
+            logger.experiment.set_tag(logger.run_id, tag, value)
+        logger.experiment.log_dict(logger.run_id, row, POINT_ROW)
 
 
-def run_sweep(cfg: DictConfig, run_point: RunPoint, name: str) -> pd.DataFrame:
-    """Expands ``cfg.sweep``, runs each point, returns the result table (one row per point).
-    A failed sweep returns nothing and its parent run is marked FAILED in MLflow."""
+def finished_points(tracking: DictConfig, parent_run_id: str) -> dict[str, dict]:
+    """{point key: result row} of the FINISHED child runs of ``parent_run_id`` (the latest per key)."""
+    c = client(tracking)
+    rows = {}
+    for run in child_runs(tracking, parent_run_id):
+        key = run.data.tags.get(POINT_KEY_TAG)
+        if run.info.status != "FINISHED" or key is None:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = c.download_artifacts(run.info.run_id, POINT_ROW, tmp)
+            except Exception:  # finished without its row (an older nar-bench): run it again
+                continue
+            rows[key] = json.loads(Path(path).read_text())
+    return rows
+
+
+def training_groups(points: list[tuple[str, DictConfig]]) -> list[int]:
+    """Indices of ``points`` with the points of one training consecutive, groups in first-seen order
+    (a grid over eval.* with several seeds would otherwise alternate between trainings)."""
+    first: dict[str, int] = {}
+    keys = [first.setdefault(training_key(cfg), i) for i, (_, cfg) in enumerate(points)]
+    return sorted(range(len(points)), key=lambda i: (keys[i], i))
+
+
+def multi_process(cfg: DictConfig) -> bool:
+    """Whether training may run in several processes (DDP): only rank 0 sees the parent run, so the
+    ranks could not agree on which points to skip."""
+    t = cfg.trainer
+    all_gpus = str(t.devices) in ("auto", "-1") and uses_gpu(t) and torch.cuda.device_count() > 1
+    return t.num_nodes > 1 or all_gpus or str(t.devices) not in ("1", "auto", "[0]")
+
+
+def run_sweep(cfg: DictConfig, run_point: RunPoint, name: str, fresh: bool = False,
+              finish: FinishSweep | None = None) -> pd.DataFrame:
+    """Expands ``cfg.sweep``, runs each point not already FINISHED in this sweep's parent run (all of
+    them when ``fresh``), calls ``finish`` with the table of all points (one row each, in sweep order)
+    and returns it. A failed sweep returns nothing; its parent run ends FAILED (KILLED on a signal)."""
     points = expand_sweep(cfg)
     check_sweep_inputs(points)  # every point's inputs, before the first one trains
-    rows = []
     params = {"points": len(points), "sweep": OmegaConf.to_yaml(cfg.sweep)[:5000]}
-    with parent_run(cfg.tracking, name, params) as parent_id:
-        for point_name, point_cfg in points:
-            rows.append({"point": point_name, **run_point(point_name, point_cfg, parent_id)})
-    return pd.DataFrame(rows)
+    with parent_run(cfg.tracking, name, params, key=sweep_key(cfg), fresh=fresh) as parent_id:
+        done = finished_points(cfg.tracking, parent_id) if parent_id and not multi_process(cfg) else {}
+        rows = {i: {"point": point_name, **done[point_key(point_cfg)]} for i, (point_name, point_cfg)
+                in enumerate(points) if point_key(point_cfg) in done}
+        if rows:
+            print(f"nar-bench: {len(rows)} of {len(points)} points already finished in this sweep; "
+                  "running the others (--fresh starts over)", flush=True)
+            if isinstance(run_point, TrainAndEvaluate):
+                run_point.reuse_finished(list(rows.values()), [points[i][1] for i in rows])
+        start, todo = time.perf_counter(), [i for i in training_groups(points) if i not in rows]
+        for done, i in enumerate(todo):
+            point_name, point_cfg = points[i]
+            if rank_zero_only.rank == 0:
+                print(point_line(done + 1, len(todo), point_name, time.perf_counter() - start), flush=True)
+            rows[i] = {"point": point_name, **run_point(point_name, point_cfg, parent_id)}
+        if isinstance(run_point, TrainAndEvaluate):
+            run_point.release()
+        table = pd.DataFrame([{k: v for k, v in rows[i].items() if k != "run_dir"} for i in range(len(points))])
+        if finish is not None:
+            finish(table, parent_id)
+    return table
 
 
 def select_variants(cfg: DictConfig, only: str | None) -> DictConfig:
@@ -115,15 +288,25 @@ def select_variants(cfg: DictConfig, only: str | None) -> DictConfig:
 
 def main(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
+    from nar_bench.tracking.lifecycle import interruptible
+    from nar_bench.tracking.parent_summary import log_sweep_summary
     from nar_bench.tracking.provenance import provenance
     from nar_bench.tracking.report import write_report
 
     cfg = select_variants(load_config(args.config, args.overrides), args.only)
     name = cfg.tracking.run_name or Path(args.config).stem
-    table = run_sweep(cfg, TrainAndEvaluate(cfg), name)
-    if rank_zero_only.rank != 0:
-        return
     grid = [key.split(".")[-1] for key in cfg.sweep.grid]
-    info = provenance(args.command_line, experiment=cfg.tracking.experiment, extractor=cfg.eval.extractor)
-    paths = write_report(table, grid, args.out or Path("results") / Path(args.config).stem, info)
-    print("\n".join(str(path) for path in paths.values()))
+    out = args.out or Path("results") / Path(args.config).stem
+
+    def finish(table: pd.DataFrame, parent_id: str) -> None:
+        if rank_zero_only.rank != 0:
+            return
+        info = provenance(args.command_line, experiment=cfg.tracking.experiment, parent_run=parent_id,
+                          extractor=cfg.eval.extractor)
+        paths = write_report(table, grid, out, info)
+        log_sweep_summary(client(cfg.tracking), parent_id, pd.read_csv(paths["summary_csv"]), ["variant", *grid],
+                          list(paths.values()))
+        print("\n".join(str(path) for path in paths.values()))
+
+    with interruptible():
+        run_sweep(cfg, TrainAndEvaluate(cfg), name, fresh=getattr(args, "fresh", False), finish=finish)

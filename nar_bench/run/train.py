@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,15 +13,18 @@ import lightning as L
 import pandas as pd
 import torch
 from lightning.pytorch.loggers import MLFlowLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
 
 from nar_bench.config import check_generator_inputs
+from nar_bench.errors import NarBenchError
 from nar_bench.images import save_samples
 from nar_bench.lit.data import GeneratorDataModule
 from nar_bench.lit.module import GeneratorModule
+from nar_bench.lit.progress import run_folder_line
 from nar_bench.lit.trainer import check_inputs, make_trainer, run_directory, uses_gpu
 from nar_bench.nn.transformer import count_parameters
-from nar_bench.tracking.mlflow import log_artifact, make_logger
+from nar_bench.tracking.lifecycle import interruptible, run_end_status, sqlite_path
+from nar_bench.tracking.mlflow import RUN_DIR_TAG, client, log_artifact, make_logger, tracking_uri
 from nar_bench.tracking.report import write_table
 
 
@@ -35,26 +40,88 @@ class FittedRun:
 
 
 def fit(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None = None) -> FittedRun:
-    """Trains ``cfg`` in a new MLflow run (a child of ``parent_run_id`` if given); every rank returns."""
+    """Trains ``cfg`` in a new MLflow run (a child of ``parent_run_id`` if given), or, with
+    ``trainer.resume``, continues that run from its ``last.ckpt`` up to ``trainer.max_steps``. The
+    run stays open (the caller ends it: ``logger.end()``) unless fitting raises. Every rank returns."""
     check_inputs(cfg)
     check_generator_inputs(cfg)
+    run_name = run_name or cfg.tracking.run_name or f"{cfg.model.paradigm}-{cfg.model.size}"
+    resume = find_resume_point(cfg, run_name) if cfg.trainer.resume else None
+    cfg = without_resume(cfg)  # a run's params are the same whether it was resumed or not
     L.seed_everything(cfg.seed, workers=True)
     data = GeneratorDataModule(cfg.data)
     module = GeneratorModule(cfg, data.num_classes)
-    run_name = run_name or cfg.tracking.run_name or f"{cfg.model.paradigm}-{cfg.model.size}"
-    logger = make_logger(cfg.tracking, run_name, parent_run_id)
-    run_dir = run_directory(cfg, run_name, logger)
-    trainer = make_trainer(cfg, logger, run_dir)
-    trainer.fit(module, data)
+    logger = make_logger(cfg.tracking, run_name, parent_run_id, run_id=resume.run_id if resume else None)
+    try:
+        run_dir = run_directory(cfg, run_name, logger)
+        if logger.run_id is not None:
+            logger.experiment.set_tag(logger.run_id, RUN_DIR_TAG, str(run_dir.resolve()))
+        trainer = make_trainer(cfg, logger, run_dir)
+        trainer.fit(module, data, ckpt_path=resume.checkpoint if resume else None)
+    except BaseException as err:
+        logger.end(run_end_status(err))
+        raise
     return FittedRun(module, trainer, logger, run_dir, run_name)
 
 
+@dataclass
+class ResumePoint:
+    run_id: str
+    checkpoint: Path
+
+
+def without_resume(cfg: DictConfig) -> DictConfig:
+    cfg = copy.deepcopy(cfg)
+    with read_write(cfg), open_dict(cfg):
+        cfg.trainer.resume = None
+    return cfg
+
+
+def find_resume_point(cfg: DictConfig, run_name: str) -> ResumePoint:
+    """The run and checkpoint ``trainer.resume`` names: ``latest`` (the newest run of this experiment
+    named ``run_name`` with a last.ckpt), a run id, or a path to a .ckpt of a run folder."""
+    value = str(cfg.trainer.resume)
+    db = sqlite_path(tracking_uri(cfg.tracking))
+    c = client(cfg.tracking) if db is None or db.is_file() else None  # a client would create an empty store
+    exp = c.get_experiment_by_name(cfg.tracking.experiment) if c is not None else None
+    if exp is None:
+        raise NarBenchError(f"trainer.resume={value}: experiment '{cfg.tracking.experiment}' has no runs in "
+                            f"{cfg.tracking.tracking_uri}; train without trainer.resume first")
+    runs = c.search_runs([exp.experiment_id], f"tags.`{RUN_DIR_TAG}` != ''", order_by=["attributes.start_time DESC"],
+                         max_results=5000)
+    if value == "latest":
+        runs = [r for r in runs if r.info.run_name == run_name]
+        candidates = [r for r in runs if (Path(r.data.tags[RUN_DIR_TAG]) / "checkpoints" / "last.ckpt").is_file()]
+        what = f"no run named '{run_name}' with a checkpoints/last.ckpt"
+    elif value.endswith(".ckpt"):
+        folder = str(Path(value).resolve().parent.parent)
+        candidates = [r for r in runs if r.data.tags[RUN_DIR_TAG] == folder and Path(value).is_file()]
+        what = f"no run whose folder holds '{value}'"
+    else:
+        candidates = [r for r in runs if r.info.run_id == value]
+        what = f"no run with id '{value}' and a run folder"
+    if not candidates:
+        raise NarBenchError(f"trainer.resume={value}: {what} in experiment '{cfg.tracking.experiment}'; "
+                            "use trainer.resume=latest, a run id or a path to a run's checkpoints/*.ckpt")
+    run = candidates[0]
+    checkpoint = Path(value) if value.endswith(".ckpt") else Path(run.data.tags[RUN_DIR_TAG]) / "checkpoints/last.ckpt"
+    if not checkpoint.is_file():
+        raise NarBenchError(f"trainer.resume={value}: run {run.info.run_id} has no checkpoint '{checkpoint}'")
+    return ResumePoint(run.info.run_id, checkpoint)
+
+
 def train(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None = None) -> dict:
-    """Fits ``cfg`` and returns a summary row (also written as CSV/Markdown and logged to MLflow)."""
+    """Fits ``cfg`` and returns a summary row (also written as CSV/Markdown and logged to MLflow);
+    the run ends FINISHED once they are logged."""
     run = fit(cfg, run_name, parent_run_id)
-    if not run.trainer.is_global_zero:
-        return {}
-    return finish_run(cfg, run.module, run.trainer, run.logger, run.run_dir, run.run_name)
+    try:
+        summary = finish_run(cfg, run.module, run.trainer, run.logger, run.run_dir, run.run_name) \
+            if run.trainer.is_global_zero else {}
+    except BaseException as err:
+        run.logger.end(run_end_status(err))
+        raise
+    run.logger.end()
+    return summary
 
 
 def finish_run(cfg: DictConfig, module: GeneratorModule, trainer: L.Trainer, logger, run_dir: Path,
@@ -81,6 +148,7 @@ def finish_run(cfg: DictConfig, module: GeneratorModule, trainer: L.Trainer, log
         "sample_seconds": round(seconds, 3),
         "device": str(module.device),
         "mlflow_run_id": logger.run_id,
+        "run_dir": str(run_dir),
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     grid = save_samples(images, run_dir / "samples.png", nrow=module.grid_columns)  # .gif for video
@@ -93,6 +161,9 @@ def finish_run(cfg: DictConfig, module: GeneratorModule, trainer: L.Trainer, log
 def main(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
 
-    summary = train(load_config(args.config, args.overrides))
+    overrides = [*args.overrides, *(["trainer.resume=latest"] if getattr(args, "resume", False) else [])]
+    with interruptible():
+        summary = train(load_config(args.config, overrides))
     if summary:
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
+        print(run_folder_line(summary["run_dir"], summary["mlflow_run_id"]), file=sys.stderr)  # stdout: key=value

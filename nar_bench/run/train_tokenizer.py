@@ -16,6 +16,7 @@ from nar_bench.lit.data import GeneratorDataModule
 from nar_bench.lit.tokenizer_module import TokenizerModule
 from nar_bench.lit.trainer import check_inputs, make_trainer, run_directory
 from nar_bench.nn.transformer import count_parameters
+from nar_bench.tracking.lifecycle import interruptible
 from nar_bench.tracking.mlflow import make_logger
 
 
@@ -37,6 +38,7 @@ def train_tokenizer(cfg: DictConfig, run_name: str | None = None) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": module.tokenizer.state_dict()}, path)
     logger.experiment.set_tag(logger.run_id, "tokenizer_checkpoint", str(path.resolve()))
+    logger.end()  # the run stays open after fit (see RunLogger) until its weights are saved
     metrics = trainer.callback_metrics
     return {
         "run": run_name,
@@ -53,6 +55,7 @@ def train_tokenizer(cfg: DictConfig, run_name: str | None = None) -> dict:
 def main(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
 
-    summary = train_tokenizer(load_config(args.config, args.overrides))
+    with interruptible():
+        summary = train_tokenizer(load_config(args.config, args.overrides))
     if summary:
         print(" ".join(f"{k}={v}" for k, v in summary.items()))

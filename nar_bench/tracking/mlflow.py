@@ -2,11 +2,16 @@
 
 The default store is an embedded SQLite DB (results/mlruns.db) with artifacts under
 results/mlartifacts; point ``tracking.tracking_uri`` at an MLflow server to scale out.
+
+Every run records the process that owns it (see ``tracking.lifecycle``) and MLflow's system metrics
+(``system/cpu_utilization_percentage``, memory, GPU with nvidia-ml-py installed) every
+``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (default 10) while it is open.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,15 +21,27 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from nar_bench.tracking.lifecycle import (
+    interrupted,
+    mark_dead_runs_killed,
+    owner_alive,
+    owner_tags,
+    run_end_status,
+    store_lock,
+)
 from nar_bench.tracking.provenance import device_description, git_commit
+
+log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests child runs under the parent
 # on every run: what ran it (MLflow's own mlflow.source.git.commit reads .git, stale on a copied tree)
 COMMIT_TAG, DEVICE_TAG = "nar_bench.commit", "nar_bench.device"
+SWEEP_KEY_TAG = "nar_bench.sweep_key"  # on sweep parents: hash of the sweep's settings (finds it again to resume)
+RUN_DIR_TAG = "nar_bench.run_dir"  # on training runs: their folder (checkpoints/last.ckpt, to resume)
 
 
 def origin_tags() -> dict[str, str]:
-    return {COMMIT_TAG: git_commit(), DEVICE_TAG: device_description()}
+    return {COMMIT_TAG: git_commit(), DEVICE_TAG: device_description(), **owner_tags()}
 
 
 def tracking_uri(tracking: DictConfig) -> str:
@@ -45,31 +62,125 @@ def artifact_location(tracking: DictConfig) -> str | None:
     return loc
 
 
+_stores: set[str] = set()  # stores this process has opened (their schema exists)
+
+
 def client(tracking: DictConfig) -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri(tracking))
+    """A client of the store; the first one of a process opens the store under a file lock, since
+    opening a fresh SQLite store creates its schema, and two sweeps started at once would otherwise
+    both do that ("table latest_metrics already exists")."""
+    uri = tracking_uri(tracking)
+    if uri not in _stores:
+        with store_lock(uri):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        _stores.add(uri)
+    return MlflowClient(tracking_uri=uri)
 
 
 def experiment_id(tracking: DictConfig) -> str:
+    """The id of ``tracking.experiment``, created (with our artifact location) on first use, under the
+    store's lock (two processes could otherwise both create it). On this process's first use of a
+    store, runs left RUNNING by dead processes of this host are marked KILLED."""
     c = client(tracking)
-    exp = c.get_experiment_by_name(tracking.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    return c.create_experiment(tracking.experiment, artifact_location=artifact_location(tracking))
+    uri = tracking_uri(tracking)
+    with store_lock(uri):
+        exp = c.get_experiment_by_name(tracking.experiment)
+        exp_id = exp.experiment_id if exp is not None else c.create_experiment(
+            tracking.experiment, artifact_location=artifact_location(tracking))
+    mark_dead_runs_killed(c, uri)
+    return exp_id
+
+
+def system_metrics(run_id: str, uri: str):
+    """MLflow's system-metrics monitor for ``run_id``, started (None where it cannot run)."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop line per run
+        monitor = SystemMetricsMonitor(run_id, tracking_uri=uri)
+    except Exception as err:  # psutil missing, unsupported platform: the run goes on without them
+        log.warning("no system metrics for run %s: %s", run_id, err)
+        return None
+    monitor.start()
+    return monitor
+
+
+class RunLogger(MLFlowLogger):
+    """MLFlowLogger whose run ends when the verb says so (:meth:`end`), not when Lightning finishes
+    fitting: a run's evaluation and artifacts come after ``fit``, and a process killed there must not
+    leave a FINISHED run without them. A fit that raises ends the run FAILED, or KILLED when a signal
+    interrupted it. Records system metrics while the run is open."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._monitor = None
+        self._ended = False
+        self._resumed_params: dict[str, str] | None = None  # a resumed run's params, logged when it started
+
+    def log_hyperparams(self, params) -> None:
+        """A resumed run keeps the params it was started with (MLflow params are immutable); new
+        values of them (say, a raised trainer.max_steps) are left out with a warning."""
+        from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+
+        if self._resumed_params is None:
+            return super().log_hyperparams(params)
+        flat = _flatten_dict(_convert_params(params))
+        changed = sorted(k for k, v in flat.items() if k in self._resumed_params and self._resumed_params[k] != str(v))
+        if changed:
+            log.warning("resumed run %s keeps its first values of %s", self.run_id, ", ".join(changed))
+        new = {k: v for k, v in flat.items() if k not in self._resumed_params}
+        if new:
+            super().log_hyperparams(new)
+
+    def open(self) -> RunLogger:
+        """Creates (or, with ``run_id``, attaches to) the run now and starts its system metrics."""
+        if self.run_id is not None and self._monitor is None:  # rank 0 only: other ranks have no run
+            self._monitor = system_metrics(self.run_id, self._tracking_uri)
+        return self
+
+    def finalize(self, status: str = "success") -> None:
+        if status != "success":  # Lightning reports an exception: "failed"
+            self.end("KILLED" if interrupted() else "FAILED")
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Ends the run (FINISHED, FAILED or KILLED) once; stops its system metrics first."""
+        if self._ended or not self._initialized:
+            return
+        self._ended = True
+        if self._monitor is not None:
+            self._monitor.finish()
+        super().finalize(status)
 
 
 def make_logger(tracking: DictConfig, run_name: str | None = None, parent_run_id: str | None = None,
-                tags: dict[str, str] | None = None) -> MLFlowLogger:
+                tags: dict[str, str] | None = None, run_id: str | None = None) -> RunLogger:
+    """A logger on a new run (a child of ``parent_run_id`` if given), or on the existing run
+    ``run_id`` (resumed: set RUNNING again and owned by this process)."""
     experiment_id(tracking)  # creates the experiment with our artifact location on first use
     tags = {**origin_tags(), **(tags or {})}
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
-    return MLFlowLogger(
+    resumed = None
+    if run_id and rank_zero_only.rank == 0:
+        resumed = reopen(client(tracking), run_id, tags).data.params
+    logger = RunLogger(
         experiment_name=tracking.experiment,
         run_name=run_name or tracking.run_name,
         tracking_uri=tracking_uri(tracking),
         artifact_location=artifact_location(tracking),
         tags=tags,
+        run_id=run_id,
     )
+    logger._resumed_params = resumed
+    return logger.open()
+
+
+def reopen(c: MlflowClient, run_id: str, tags: dict[str, str]) -> Run:
+    """Marks an ended run RUNNING again, owned by this process (new host / pid tags); returns it."""
+    c.update_run(run_id, status="RUNNING")
+    for key, value in tags.items():
+        c.set_tag(run_id, key, value)
+    return c.get_run(run_id)
 
 
 def create_run(c: MlflowClient, exp_id: str, run_name: str, tags: dict[str, str] | None = None) -> Run:
@@ -77,23 +188,62 @@ def create_run(c: MlflowClient, exp_id: str, run_name: str, tags: dict[str, str]
     return c.create_run(exp_id, run_name=run_name, tags={**origin_tags(), **(tags or {})})
 
 
+def find_parent(c: MlflowClient, exp_id: str, name: str, key: str) -> Run | None:
+    """The newest parent run named ``name`` with sweep key ``key`` that no live process holds open."""
+    runs = c.search_runs([exp_id], f"tags.`{SWEEP_KEY_TAG}` = '{key}' and attributes.run_name = '{name}'",
+                         order_by=["attributes.start_time DESC"], max_results=50)
+    for run in runs:
+        if PARENT_TAG in run.data.tags:
+            continue
+        if run.info.status == "RUNNING" and owner_alive(run.data.tags):
+            log.warning("sweep '%s' is running in process %s; starting a separate parent run", name,
+                        run.data.tags.get("nar_bench.pid"))
+            continue
+        return run
+    return None
+
+
+def child_runs(tracking: DictConfig, parent_run_id: str) -> list[Run]:
+    """The child runs of ``parent_run_id``, oldest first."""
+    c = client(tracking)
+    run = c.get_run(parent_run_id)
+    return c.search_runs([run.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                         order_by=["attributes.start_time ASC"], max_results=50000)
+
+
 @contextlib.contextmanager
-def parent_run(tracking: DictConfig, name: str, params: dict | None = None) -> Iterator[str]:
-    """Opens a parent run for a sweep; yields its id. Marked FAILED if the sweep raises.
-    Under DDP only rank 0 creates it (other ranks yield ""; their loggers log nothing)."""
+def parent_run(tracking: DictConfig, name: str, params: dict | None = None, key: str | None = None,
+               fresh: bool = False) -> Iterator[str]:
+    """Opens a parent run for a sweep; yields its id. With a sweep ``key``, the newest parent of the
+    same name and key is reopened (a resumed sweep) unless ``fresh``. Ends FINISHED, FAILED if the
+    sweep raises, KILLED if a signal stopped it. Under DDP only rank 0 opens it (other ranks yield "";
+    their loggers log nothing)."""
     if rank_zero_only.rank != 0:
         yield ""
         return
     c = client(tracking)
-    run = create_run(c, experiment_id(tracking), name)
-    for key, value in (params or {}).items():
-        c.log_param(run.info.run_id, key, value)
+    exp_id = experiment_id(tracking)
+    run = None if fresh or key is None else find_parent(c, exp_id, name, key)
+    if run is not None:
+        reopen(c, run.info.run_id, origin_tags())
+        print(f"nar-bench: resuming sweep '{name}' in parent run {run.info.run_id}", flush=True)
+    else:
+        run = create_run(c, exp_id, name, tags={SWEEP_KEY_TAG: key} if key else None)
+    run_id = run.info.run_id
+    for param, value in (params or {}).items():
+        if param not in run.data.params:  # params are immutable; a resumed parent has them already
+            c.log_param(run_id, param, value)
+    monitor = system_metrics(run_id, tracking_uri(tracking))
+    status = "FINISHED"
     try:
-        yield run.info.run_id
-    except BaseException:
-        c.set_terminated(run.info.run_id, status="FAILED")
+        yield run_id
+    except BaseException as err:
+        status = run_end_status(err)
         raise
-    c.set_terminated(run.info.run_id, status="FINISHED")
+    finally:
+        if monitor is not None:
+            monitor.finish()
+        c.set_terminated(run_id, status=status)
 
 
 def log_artifact(logger, path: Path, subdir: str | None = None) -> None:

@@ -1,0 +1,134 @@
+"""Runs that end honestly: every run nar-bench opens records the host and process that own it, so a
+later start can mark the runs of a dead process (OOM-killed, SIGKILL) as KILLED instead of leaving
+them RUNNING forever; SIGINT / SIGTERM end the open runs as KILLED; the SQLite store is created once
+under a file lock, so that two sweeps started at once on a fresh store do not race on its schema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+from filelock import FileLock
+
+log = logging.getLogger(__name__)
+
+HOST_TAG, PID_TAG, PROCESS_START_TAG = "nar_bench.host", "nar_bench.pid", "nar_bench.process_start"
+SQLITE = "sqlite:///"
+
+_interrupted: list[int] = []  # the signal that interrupts this process, once one arrived
+_swept: set[str] = set()  # stores whose stale runs this process has already marked
+
+
+def _process_start(pid: int) -> str:
+    """When process ``pid`` started (seconds since the epoch, as text), '' if it does not exist; with
+    the pid it names one process (a pid is reused after its process ends)."""
+    import psutil
+
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return ""
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming the process that owns a run: host, pid and the process's start time."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), PROCESS_START_TAG: _process_start(os.getpid())}
+
+
+def owner_alive(tags: dict[str, str]) -> bool:
+    """Whether the process named by a run's owner tags still runs (True for another host's runs:
+    they cannot be checked from here)."""
+    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return True
+    started = _process_start(int(tags[PID_TAG]))
+    return bool(started) and started == tags.get(PROCESS_START_TAG, started)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialises store creation (schema migration, first experiment) across processes; a no-op for
+    tracking servers, which serialise themselves."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock", timeout=300):
+        yield
+
+
+def mark_dead_runs_killed(client, uri: str) -> list[str]:
+    """Marks every RUNNING run of this host whose owning process is gone as KILLED, once per store
+    and process; returns their ids. Runs of other hosts are left alone (their processes cannot be
+    seen from here)."""
+    if uri in _swept:
+        return []
+    _swept.add(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    host = socket.gethostname()
+    stale = client.search_runs(experiments, f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+                               max_results=5000)
+    killed = []
+    for run in stale:
+        if not owner_alive(run.data.tags):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            killed.append(run.info.run_id)
+    if killed:
+        log.warning("marked %d run(s) of dead processes as KILLED: %s", len(killed), ", ".join(killed))
+    return killed
+
+
+def interrupted() -> int | None:
+    """The signal (SIGINT / SIGTERM) that interrupted this process, None if none did."""
+    return _interrupted[0] if _interrupted else None
+
+
+def run_end_status(error: BaseException | None) -> str:
+    """MLflow status of a run that ended with ``error``: KILLED when a signal or Ctrl-C ended it."""
+    if error is None:
+        return "FINISHED"
+    return "KILLED" if interrupted() or isinstance(error, KeyboardInterrupt) else "FAILED"
+
+
+def _raise_interrupt(signum: int, frame) -> None:
+    if not _interrupted:
+        _interrupted.append(signum)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, which every open run turns into KILLED on its way
+    out (Lightning also catches it and exits); the process then exits with 128 + the signal.
+    Restores the previous handlers (Lightning ignores SIGINT after its first one)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _interrupted.clear()
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit) as err:
+        if isinstance(err, SystemExit) and not interrupted():
+            raise
+        signum = interrupted() or signal.SIGINT
+        print(f"nar-bench: interrupted by {signal.Signals(signum).name}; open runs marked KILLED", flush=True)
+        raise SystemExit(128 + signum) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _interrupted.clear()

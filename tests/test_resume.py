@@ -1,0 +1,287 @@
+"""Sweeps and training that survive being killed: resumed sweeps skip their FINISHED points, a killed
+`nar-bench train` continues its run from last.ckpt, runs of dead processes end KILLED, models that
+cannot fit are refused before allocation, a sweep's parent run holds its result, and two sweeps may
+open a fresh store at once.
+
+Kills are real signals: SIGKILL of a subprocess running the CLI, SIGINT of this process (both sent
+by the process itself from a hook at a fixed point, so the tests do not race the clock)."""
+
+import gc
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import weakref
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from nar_bench.cli import main
+from nar_bench.tracking.lifecycle import HOST_TAG, PID_TAG, PROCESS_START_TAG, owner_tags
+from nar_bench.tracking.mlflow import PARENT_TAG
+from tests.conftest import tracking_overrides
+from tests.test_sweep_report import TINY
+
+pytestmark = pytest.mark.usefixtures("metrics_cache")
+ROOT = Path(__file__).resolve().parents[1]
+FAST_EVAL = ["eval.num_samples=16", "eval.reference_size=32", "eval.metrics=[fid]"]
+THREE = ["sweep", "experiments/ablation_heads.yaml", "--only", "ntp_raster,nar_single_head,nar_dim_heads_mixed"]
+
+
+def sweep_argv(tmp_path: Path) -> list[str]:
+    return [*THREE, "--out", str(tmp_path / "results"), *TINY, *FAST_EVAL,
+            *tracking_overrides(tmp_path, experiment=None)]
+
+
+def runs_of(tmp_path: Path, experiment: str) -> tuple[MlflowClient, list]:
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    return client, client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def split(runs: list) -> tuple[list, list]:
+    return [r for r in runs if PARENT_TAG not in r.data.tags], [r for r in runs if PARENT_TAG in r.data.tags]
+
+
+def run_cli_until_killed(hook: str, argv: list[str]) -> subprocess.CompletedProcess:
+    """Runs the CLI in a subprocess after ``hook`` (Python source that patches it to SIGKILL itself)."""
+    script = textwrap.dedent("""
+        import os, signal, sys
+        import nar_bench
+        {hook}
+        from nar_bench.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """).format(hook=textwrap.indent(textwrap.dedent(hook), "").strip())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", script, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_sweep_killed_by_sigkill_after_two_points_resumes_without_retraining_them(tmp_path):
+    # the third point dies (SIGKILL) after its training, before its evaluation: its run is left RUNNING
+    hook = """
+        import nar_bench.run.sweep as sweep
+        calls, evaluate = [], sweep.evaluate
+        def killing_evaluate(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return evaluate(*args, **kwargs)
+        sweep.evaluate = killing_evaluate
+    """
+    killed = run_cli_until_killed(hook, sweep_argv(tmp_path))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    _, runs = runs_of(tmp_path, "ablation_heads")
+    (parent,), children = split(runs)
+    first = {r.info.run_name: r.info.run_id for r in children if r.info.status == "FINISHED"}
+    assert sorted(first) == ["nar_single_head", "ntp_raster"]
+    assert parent.info.status == "RUNNING" and [r.info.status for r in children].count("RUNNING") == 1
+
+    assert main(sweep_argv(tmp_path)) == 0  # the same command again
+    client, runs = runs_of(tmp_path, "ablation_heads")
+    (parent_again,), children = split(runs)
+    assert parent_again.info.run_id == parent.info.run_id and parent_again.info.status == "FINISHED"
+    finished = {r.info.run_name: r.info.run_id for r in children if r.info.status == "FINISHED"}
+    assert len(finished) == 3 and {k: finished[k] for k in first} == first  # not re-trained
+    assert [r.info.status for r in children].count("KILLED") == 1  # the dead process's run, marked at the restart
+    table = pd.read_csv(tmp_path / "results" / "runs.csv")
+    assert table["variant"].tolist() == ["ntp_raster", "nar_single_head", "nar_dim_heads_mixed"]
+    assert table["mlflow_run_id"].tolist() == [finished[v] for v in table["variant"]]
+    assert len({r.data.tags["nar_bench.point_key"] for r in children if r.info.status == "FINISHED"}) == 3
+    assert len(list((tmp_path / "runs").iterdir())) == 4  # 3 points + the killed one, nothing trained twice
+
+
+def test_sweep_interrupted_by_sigint_ends_runs_killed_then_resumes_and_logs_its_result_to_the_parent(
+        tmp_path, monkeypatch):
+    import nar_bench.run.sweep as sweep
+    import nar_bench.run.train as train
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")  # log every sample, even under load
+    trained = []  # weak references: a sweep must not keep the models of finished points alive
+    real_fit, real_make_trainer = sweep.fit, train.make_trainer
+
+    def fit(*args, **kwargs):
+        gc.collect()
+        assert all(ref() is None for ref in trained), "a finished point's model is still in memory"
+        run = real_fit(*args, **kwargs)
+        trained.append(weakref.ref(run.module))
+        return run
+
+    import lightning as L
+
+    sent = []
+
+    class SigintAtStep(L.Callback):  # Ctrl-C in the middle of the third point's training, once
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if len(trained) == 2 and trainer.global_step == 2 and not sent:
+                sent.append(signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    def make_trainer(cfg, logger, run_dir):
+        trainer = real_make_trainer(cfg, logger, run_dir)
+        trainer.callbacks.append(SigintAtStep())
+        return trainer
+
+    monkeypatch.setattr(sweep, "fit", fit)
+    monkeypatch.setattr(train, "make_trainer", make_trainer)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as exit_:
+        main(sweep_argv(tmp_path))
+    assert exit_.value.code == 128 + signal.SIGINT and signal.getsignal(signal.SIGINT) == handler
+    _, runs = runs_of(tmp_path, "ablation_heads")
+    (parent,), children = split(runs)
+    assert parent.info.status == "KILLED"
+    assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED", "KILLED"]
+    first = {r.info.run_name: r.info.run_id for r in children if r.info.status == "FINISHED"}
+
+    assert main(sweep_argv(tmp_path)) == 0
+    client, runs = runs_of(tmp_path, "ablation_heads")
+    (parent_again,), children = split(runs)
+    assert parent_again.info.run_id == parent.info.run_id and parent_again.info.status == "FINISHED"
+    finished = {r.info.run_name: r.info.run_id for r in children if r.info.status == "FINISHED"}
+    assert len(finished) == 3 and {k: finished[k] for k in first} == first
+    assert len(pd.read_csv(tmp_path / "results" / "runs.csv")) == 3
+
+    # the MLflow UI alone answers "which variant won": table, plot, report and metrics on the parent
+    parent_id = parent.info.run_id
+    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"summary_table.json", "metrics.png", "summary.md", "runs.csv"} <= artifacts
+    table = client.load_table(parent.info.experiment_id, "summary_table.json", run_ids=[parent_id])
+    assert sorted(table["variant"]) == sorted(finished)  # the union, once (not appended per attempt)
+    parent_run = client.get_run(parent_id)
+    summary = pd.read_csv(tmp_path / "results" / "summary.csv").set_index("variant")
+    for variant in finished:
+        assert parent_run.data.metrics[f"fid/{variant}"] == pytest.approx(summary.loc[variant, "fid_mean"])
+    assert parent_run.data.tags["nar_bench.best.fid"] == summary["fid_mean"].idxmin()
+    # system metrics on the parent (open all sweep long) and on a training run
+    assert "system/cpu_utilization_percentage" in parent_run.data.metrics
+    assert any("system/system_memory_usage_megabytes" in r.data.metrics for r in children)
+
+
+def test_cfg_points_of_a_resumed_sweep_evaluate_the_finished_training_from_its_checkpoint(tmp_path, monkeypatch):
+    import nar_bench.run.sweep as sweep
+
+    argv = ["sweep", "experiments/cfg_sweep.yaml", "--only", "nar", "--out", str(tmp_path / "results"), *TINY,
+            *FAST_EVAL, *tracking_overrides(tmp_path, experiment=None),
+            "sweep.grid={eval.sampling.cfg_scale: [1.0, 3.0]}"]
+    real_evaluate, calls = sweep.evaluate, []
+
+    def evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "evaluate", evaluate)
+    with pytest.raises(SystemExit):
+        main(argv)
+    monkeypatch.setattr(sweep, "fit", lambda *a, **k: pytest.fail("the finished training was trained again"))
+    assert main(argv) == 0
+    _, runs = runs_of(tmp_path, "cfg_sweep")
+    children = {r.info.run_name: r for r in split(runs)[1] if r.info.status == "FINISHED"}
+    trained, reused = children["nar/cfg_scale=1.0"], children["nar/cfg_scale=3.0"]
+    assert reused.data.tags["nar_bench.trained_in_run"] == trained.info.run_id
+    assert len(list((tmp_path / "runs").iterdir())) == 1
+    assert pd.read_csv(tmp_path / "results" / "summary.csv")["cfg_scale"].tolist() == [1.0, 3.0]
+
+
+TRAIN = ["train", "experiments/demo.yaml", "model.size=tiny", "data.image_size=16", "data.grid_size=4",
+         "data.batch_size=8", "data.num_val=8", "trainer.max_steps=6", "trainer.val_check_interval=3",
+         "trainer.log_every_n_steps=1", "eval.samples_per_class=1"]
+
+
+def test_killed_train_resumes_from_last_ckpt_to_max_steps_in_the_same_mlflow_run(tmp_path):
+    hook = """
+        import lightning as L
+        import nar_bench.run.train as train
+        class KillAtStep4(L.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if trainer.global_step == 4:  # after the step-3 checkpoint
+                    os.kill(os.getpid(), signal.SIGKILL)
+        make_trainer = train.make_trainer
+        def killing_make_trainer(*args):
+            trainer = make_trainer(*args)
+            trainer.callbacks.append(KillAtStep4())
+            return trainer
+        train.make_trainer = killing_make_trainer
+    """
+    argv = [*TRAIN, *tracking_overrides(tmp_path)]
+    killed = run_cli_until_killed(hook, argv)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+    client, (run,) = runs_of(tmp_path, "test")
+    assert run.info.status == "RUNNING"
+
+    assert main([*argv, "--resume"]) == 0
+    client, (resumed,) = runs_of(tmp_path, "test")  # one run: the same one
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert max(steps) == 5 and min(steps) == 0  # steps 0-2 before the kill, 3-5 after the resume
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [run_dir.name]
+    assert pd.read_csv(run_dir / "summary.csv")["train_steps"].tolist() == [6]
+
+
+def test_resume_without_a_run_to_resume_is_one_clear_error(tmp_path, capsys):
+    assert main([*TRAIN, *tracking_overrides(tmp_path), "trainer.resume=latest"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.resume=latest" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns.db").exists()
+
+
+def test_running_run_of_a_dead_process_is_marked_killed_at_the_next_start(tmp_path):
+    from nar_bench.config import load_config
+    from nar_bench.tracking.mlflow import experiment_id
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    exp = client.create_experiment("test")
+    ghost = client.create_run(exp, run_name="nar-XXL", tags={**owner_tags(), PID_TAG: str(dead.pid),
+                                                             PROCESS_START_TAG: "1.00"})
+    alive = client.create_run(exp, run_name="mine", tags=owner_tags())  # this process: still running
+    elsewhere = client.create_run(exp, run_name="other host", tags={**owner_tags(), HOST_TAG: "another-host"})
+
+    experiment_id(load_config(None, tracking_overrides(tmp_path)).tracking)  # what every verb does first
+    status = {r.info.run_id: r.info.status for r in client.search_runs([exp])}
+    assert status[ghost.info.run_id] == "KILLED"
+    assert status[alive.info.run_id] == "RUNNING" and status[elsewhere.info.run_id] == "RUNNING"
+
+
+def test_model_that_cannot_fit_in_ram_is_refused_before_allocation(tmp_path, capsys):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # XXL (1.4B parameters) at a batch whose activations alone are hundreds of TB: fits no machine
+    argv = ["train", "experiments/demo.yaml", "model.size=XXL", "data.batch_size=4096", *tracking_overrides(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "model.size=XXL" in err and "available RAM" in err and "choose a smaller model.size" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 1024  # the 5.5 GB of XXL fp32 weights were never allocated
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns.db").exists()
+
+
+def test_two_sweeps_opening_a_fresh_store_at_once_both_succeed(tmp_path):
+    script = textwrap.dedent("""
+        import sys
+        from omegaconf import OmegaConf
+        import nar_bench
+        from nar_bench.tracking.mlflow import parent_run
+        tracking = OmegaConf.from_dotlist(sys.argv[1:]).tracking
+        with parent_run(tracking, "sweep", {"points": 1}, key="k", fresh=True) as run_id:
+            print(run_id)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, *tracking_overrides(tmp_path)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    _, runs = runs_of(tmp_path, "test")
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+    assert {r.info.run_id for r in runs} == {out.strip() for out, _ in results}
