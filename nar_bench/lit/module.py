@@ -58,7 +58,8 @@ class GeneratorModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self.paradigm.loss(*self.to_codes(batch))
-        self.log("train/loss", loss, prog_bar=True)
+        # averaged over ranks: under DDP the curve is the global batch's loss, as on one device
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

@@ -134,14 +134,17 @@ def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
     return out.flatten(3).type_as(x)
 
 
-class KVCache(nn.Module):
-    """Static cache, allocated once per generation: (B, heads, max_seq, head_dim)."""
+class KVCache:
+    """Static cache, allocated once per generation: (B, heads, max_seq, head_dim).
+
+    A plain object, not a submodule: decode state must not become module buffers, which DDP
+    re-collects and broadcasts from rank 0 on every training forward (rank 0's validation sample
+    grid would leave inference-mode caches that the other ranks do not have)."""
 
     def __init__(self, batch: int, max_seq: int, n_heads: int, head_dim: int, dtype, device):
-        super().__init__()
         shape = (batch, n_heads, max_seq, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Writes k/v (B, H, n, D) at [start, start+n) and returns the filled prefix."""
