@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nar_bench.nn.noise import RowNoise
+
 
 @dataclass
 class SamplingConfig:
@@ -65,9 +67,14 @@ def sample(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: floa
     return _draw(filter_logits(logits.float() / temperature, top_p=top_p), generator)
 
 
-def _draw(logits: Tensor, generator: torch.Generator | None) -> Tensor:
+def _draw(logits: Tensor, generator: torch.Generator | RowNoise | None) -> Tensor:
+    """Categorical draw from logits (B, ..., V). A ``RowNoise`` gives each row noise of its own
+    (per-sample seeds: independent of batch size and rank); a ``torch.Generator`` one shared stream."""
     probs = logits.softmax(-1)
-    race = torch.empty_like(probs).exponential_(1, generator=generator)
+    if isinstance(generator, RowNoise):
+        race = generator.exponential(tuple(probs.shape))
+    else:
+        race = torch.empty_like(probs).exponential_(1, generator=generator)
     return (probs / race).argmax(-1)
 
 
