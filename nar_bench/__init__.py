@@ -1,7 +1,11 @@
-"""nar-bench: benchmarking and ablations for autoregressive visual generation (NAR, AR, PAR, VAR)."""
+"""nar-bench: benchmarking and ablations for autoregressive visual generation (NAR, AR, PAR, VAR).
 
-from nar_bench._torchvision_compat import ensure_torchvision_importable
+Importing the package imports no torch (``nar-bench --help`` stays instant): the torchvision
+shim runs the first time anything imports torchvision (Lightning, torchmetrics, torch-fidelity).
+"""
 
-ensure_torchvision_importable()
+from nar_bench._torchvision_compat import run_shim_before_torchvision
+
+run_shim_before_torchvision()
 
 __version__ = "0.1.0"

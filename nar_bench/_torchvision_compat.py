@@ -11,10 +11,10 @@ nothing.
 from __future__ import annotations
 
 import ctypes
+import importlib.abc
 import importlib.util
+import sys
 from pathlib import Path
-
-import torch
 
 _SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -35,6 +35,27 @@ def ensure_torchvision_importable() -> None:
             return
     except OSError:
         pass
+    import torch
+
     _library = torch.library.Library("torchvision", "DEF")
     for schema in _SCHEMAS.values():
         _library.define(schema)
+
+
+class _ShimBeforeTorchvision(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: on the first import of torchvision it steps aside and runs the shim."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            sys.meta_path.remove(self)
+            ensure_torchvision_importable()
+        return None
+
+
+def run_shim_before_torchvision() -> None:
+    """Arranges for ``ensure_torchvision_importable`` to run just before torchvision is first
+    imported (at once if it already is), without importing torch now."""
+    if "torchvision" in sys.modules:
+        ensure_torchvision_importable()
+    elif not any(isinstance(finder, _ShimBeforeTorchvision) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _ShimBeforeTorchvision())

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
-from nar_bench.nn.transformer import MODEL_SIZES
+from nar_bench.nn.transformer import size_name
 
 # DDP saves {"model": ...}, DeepSpeed {"module": ...}, Lightning {"state_dict": ...}, FSDP the raw dict
 WRAPPERS = ("model", "module", "state_dict")
@@ -231,10 +231,6 @@ def load_par_checkpoint(paradigm: nn.Module, source: str | Path | Mapping,
 
 
 # --- describing mismatches in error messages ----------------------------------------------------------------
-def size_name(dim: int, n_layers: int) -> str | None:
-    return next((name for name, (d, n, _) in MODEL_SIZES.items() if (d, n) == (dim, n_layers)), None)
-
-
 def describe_model(model: nn.Module) -> str:
     cfg = model.model_cfg
     size = size_name(cfg.dim, cfg.n_layers)
@@ -323,10 +319,10 @@ def msvq_buffers(tokenizer: nn.Module) -> dict[str, Tensor]:
 
 VAR_HINTS = {
     r"pos_1LC|lvl_embed\.weight|pos_start": "token count / scales differ: official checkpoints use "
-                                           "model.options.scales=[1,2,3,4,5,6,8,10,13,16]",
+                                           "tokenizer.options.scales=[1,2,3,4,5,6,8,10,13,16]",
     r"class_emb\.weight": "number of classes + 1 null class differs (ImageNet: 1000)",
     r"head\.(weight|bias)": "vocabulary differs: the official msvq codebook has 4096 codes",
-    r"word_embed\.weight": "latent channels differ: set model.options.vae_channels to the tokenizer's z_channels",
+    r"word_embed\.weight": "latent channels differ: set tokenizer.options.z_channels to the checkpoint's",
     r"blocks\.\d+\.attn\.scale_mul_1H11": "attention l2-norm setting differs: set model.options.attn_l2_norm "
                                           "(true for the released checkpoints)",
     r"blocks\..*|head_nm\..*": "width or depth differs: VAR width is 64 * depth; use model.size=d<depth>",

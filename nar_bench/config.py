@@ -82,7 +82,7 @@ class TrainerConfig:
 class EvalConfig:
     samples_per_class: int = 4  # sample grid rows (validation, end of training, nar-bench sample)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    # quality evaluation (nar_bench.evaluate): class-balanced samples vs real reference images
+    # quality evaluation (nar_bench.run.evaluate): class-balanced samples vs real reference images
     num_samples: int = 1024  # generated images per evaluation
     batch_size: int = 128  # images generated per device and batch (CFG doubles the forward batch)
     metrics: list[str] = field(default_factory=lambda: ["fid", "isc", "kid", "prc"])  # torch-fidelity names

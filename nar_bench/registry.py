@@ -14,10 +14,15 @@ class Registry(dict):
         self.kind = kind
 
     def register(self, name: str) -> Callable[[Any], Any]:
+        """Decorator: registers ``obj`` under ``name``; a class also gets ``name`` as its ``name``
+        attribute, so the config string is spelled once."""
+
         def add(obj: Any) -> Any:
             if name in self:
                 raise ValueError(f"{self.kind} '{name}' registered twice")
             self[name] = obj
+            if isinstance(obj, type):
+                obj.name = name
             return obj
 
         return add
@@ -30,3 +35,5 @@ PARADIGMS = Registry("paradigm")
 TOKENIZERS = Registry("tokenizer")
 DATASETS = Registry("dataset")
 FEATURE_EXTRACTORS = Registry("feature extractor")
+# metric name -> "higher" | "lower" (which is better), registered where the metric is computed
+METRIC_DIRECTIONS = Registry("metric")

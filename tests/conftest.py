@@ -6,6 +6,7 @@ import torch
 import nar_bench  # noqa: F401  (first: makes torchvision importable before Lightning imports it)
 from nar_bench.metrics.cache import CACHE_ENV
 from nar_bench.nn.transformer import TransformerConfig
+from nar_bench.tokenizers.base import CodeSpace
 
 
 def pytest_collection_modifyitems(config, items):
@@ -20,6 +21,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def tiny_cfg() -> TransformerConfig:
     return TransformerConfig(dim=32, n_layers=2, n_heads=4, vocab_size=24, num_classes=5)
+
+
+def on_grid(cfg: TransformerConfig, grid: tuple[int, ...]) -> tuple[TransformerConfig, CodeSpace]:
+    """(model config, raster code space of its vocabulary over ``grid``): a paradigm's first two
+    arguments, e.g. ``NAR(*on_grid(cfg, (4, 4)))``."""
+    return cfg, CodeSpace(cfg.vocab_size, tuple(grid))
 
 
 def randomize_heads(module: torch.nn.Module, std: float = 0.3):

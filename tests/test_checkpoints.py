@@ -11,7 +11,7 @@ from nar_bench.errors import NarBenchError
 from nar_bench.nn.transformer import TransformerConfig
 from nar_bench.paradigms.nar import NAR, NAROptions
 from nar_bench.paradigms.raster_ar import RasterAR
-from tests.conftest import randomize_heads
+from tests.conftest import on_grid, randomize_heads
 
 GRID = (3, 4)
 
@@ -22,9 +22,9 @@ def tiny_config() -> TransformerConfig:
 
 def build(kind: str, seed: int):
     torch.manual_seed(seed)
-    model = {"nar": lambda: NAR(tiny_config(), GRID),
-             "nar_single": lambda: NAR(tiny_config(), GRID, NAROptions(heads="single")),
-             "ar": lambda: RasterAR(tiny_config(), GRID)}[kind]()
+    model = {"nar": lambda: NAR(*on_grid(tiny_config(), GRID)),
+             "nar_single": lambda: NAR(*on_grid(tiny_config(), GRID), NAROptions(heads="single")),
+             "ar": lambda: RasterAR(*on_grid(tiny_config(), GRID))}[kind]()
     return randomize_heads(model, std=0.2).eval()  # zero-initialised heads: all logits would be equal
 
 
@@ -84,7 +84,7 @@ def test_llamagen_checkpoint_into_nar_names_missing_keys():
 def test_size_mismatch_names_shapes_and_the_checkpoint_size():
     config = TransformerConfig(dim=768, n_layers=12, n_heads=12, vocab_size=16384, num_classes=1000)
     with torch.device("meta"):
-        nar_b = to_official(NAR(config, (16, 16)))
+        nar_b = to_official(NAR(*on_grid(config, (16, 16))))
     with pytest.raises(NarBenchError) as err:
         load_official(build("nar", 0), {"module": nar_b})
     msg = str(err.value)

@@ -8,7 +8,6 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from nar_bench.build import build_paradigm, build_tokenizer
 from nar_bench.cli import main
 from nar_bench.config import load_config
 from nar_bench.errors import NarBenchError
@@ -21,9 +20,11 @@ from nar_bench.metrics.efficiency import (
 from nar_bench.nn.cuda_graph import GraphedGenerate
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import count_parameters
+from nar_bench.paradigms import build_paradigm
 from nar_bench.paradigms.nar import NAR
-from nar_bench.provenance import git_commit
+from nar_bench.tokenizers import build_tokenizer
 from nar_bench.tracking.mlflow import COMMIT_TAG, DEVICE_TAG
+from nar_bench.tracking.provenance import git_commit
 
 GRID = ["data.grid_size=4", "data.image_size=16"]  # 16 tokens: AR 16 steps, NAR 7, PAR-4x 7
 SAMPLING = SamplingConfig(cfg_scale=2.0, top_k=5)
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: threads on
 def tiny_paradigm(paradigm: str, *options: str):
     cfg = load_config(None, [f"model.paradigm={paradigm}", "model.size=tiny", *GRID, *options])
     tokenizer = build_tokenizer(cfg)
-    model = build_paradigm(cfg, tokenizer, num_classes=5)
+    model = build_paradigm(cfg, tokenizer.code_space, num_classes=5)
     randomize_weights(model)
     return model, tokenizer
 
@@ -203,7 +204,7 @@ def test_compiled_decoding_generates_the_same_tokens_as_eager():
     eager = model.generate(labels, greedy)
     r = measure_generation(model, 2, greedy, dtype="fp32", warmup=1, repeats=1, device="cpu", compile=True)
     assert r.compiled and r.status == "ok"
-    assert hasattr(model.feed, "_torchdynamo_orig_callable")
+    assert hasattr(model.compiled_feed, "_torchdynamo_orig_callable")  # the compile hook is set
     assert torch.equal(model.generate(labels, greedy), eager)
 
 

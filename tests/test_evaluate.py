@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 
 from nar_bench.config import load_config
 from nar_bench.errors import NarBenchError
-from nar_bench.evaluate import balanced_labels, evaluate, generate_samples
 from nar_bench.lit.module import GeneratorModule
+from nar_bench.run.evaluate import balanced_labels, evaluate, generate_samples
 from nar_bench.tracking.mlflow import make_logger
 from tests.conftest import randomize_heads
 
@@ -89,7 +89,7 @@ DDP_SCRIPT = """
 import torch
 import nar_bench
 from nar_bench.config import load_config
-from nar_bench.evaluate import balanced_labels, generate_samples
+from nar_bench.run.evaluate import balanced_labels, generate_samples
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.nn.sampling import SamplingConfig
 

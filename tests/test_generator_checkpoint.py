@@ -19,7 +19,7 @@ TINY = ["model.size=tiny", "data.image_size=16", "data.grid_size=4", "data.batch
 # VAR on a tiny msvq: 16px images -> 8x8 latent (downsample 2), scales 1,2,4,8 (85 codes)
 VAR_TINY = ["tokenizer.name=msvq", "tokenizer.options.ch=8", "tokenizer.options.ch_mult=[1,2]",
             "tokenizer.options.norm_groups=4", "tokenizer.options.vocab_size=32", "tokenizer.options.z_channels=8",
-            "model.size=d2", "model.options.scales=[1,2,4,8]", "model.options.vae_channels=8"]
+            "tokenizer.options.scales=[1,2,4,8]", "model.size=d2"]
 PARADIGMS = {"ar": [], "nar": [], "par": ["model.options.regions=4"], "var": VAR_TINY}
 CLASSES = 16  # shapes
 

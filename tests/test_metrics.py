@@ -153,7 +153,7 @@ def test_missing_inception_weights_fail_fast_without_download(cache, real, refer
         assert str(expected) in message and URL_INCEPTION_V3 in message and INCEPTION_WEIGHTS_ENV in message
 
 
-def test_class_consistency_of_real_images(cache, real, reference):
+def test_class_consistency_of_real_images(cache, real):
     samples, labels = real
     result = class_consistency(samples, labels, domain_classifier(SPEC, cache))
     assert result.accuracy > 3 / NUM_CLASSES  # well above chance after a few dozen steps
@@ -164,8 +164,6 @@ def test_class_consistency_of_real_images(cache, real, reference):
     assert table.loc[0, "name"] == "red square"
     wrong_shape = (labels + 4) % NUM_CLASSES  # same colour, next shape: only a real classifier can tell
     assert class_consistency(samples, wrong_shape, domain_classifier(SPEC, cache)).accuracy < result.accuracy
-    with_labels = evaluate(samples, reference, cache, labels=labels, metrics=("isc",))
-    assert with_labels["class_accuracy"] == pytest.approx(result.accuracy)
 
 
 def test_class_consistency_marks_classes_without_samples(cache, real):
@@ -213,7 +211,6 @@ def test_image_folder_reference_cache_id_follows_files_and_crop(tmp_path, real):
         ({"extractor": "clip"}, "unknown feature extractor"),
         ({"extractor_options": {"depth": 3}}, "unknown domain classifier option"),
         ({"extractor": "inception", "extractor_options": {"weigths_path": "x"}}, "unknown inception extractor option"),
-        ({"labels": torch.zeros(N, dtype=torch.long), "extractor": "inception"}, "needs the 'domain' extractor"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(cache, real, reference, kwargs, match):

@@ -18,8 +18,8 @@ TINY_SCALES = (1, 2, 4, 8)
 
 def tiny_msvq(vocab_size: int = 64, scales=TINY_SCALES, **kw) -> MultiScaleVQ:
     """16px images -> 8x8 latent (downsample 2)."""
-    cfg = MSVQConfig(ch=8, ch_mult=(1, 2), norm_groups=4, vocab_size=vocab_size, z_channels=8, **kw)
-    return MultiScaleVQ(cfg, scales)
+    cfg = MSVQConfig(scales=scales, ch=8, ch_mult=(1, 2), norm_groups=4, vocab_size=vocab_size, z_channels=8, **kw)
+    return MultiScaleVQ(cfg)
 
 
 def shapes_images(n: int) -> torch.Tensor:
@@ -52,7 +52,7 @@ def test_paper_layout_matches_var():
     assert tok.num_tokens == 680 and len(tok.scales) == 10
     assert tok.quantize.quant_resi.index == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
     with torch.device("meta"):
-        official = MultiScaleVQ(PRESETS["vae_ch160v4096z32"], PAPER_SCALES)
+        official = MultiScaleVQ(PRESETS["vae_ch160v4096z32"])
     assert round(count_parameters(official) / 1e6, 1) == 108.9
     keys = set(official.state_dict())
     for key in ("quantize.embedding.weight", "quantize.quant_resi.qresi_ls.3.weight", "quant_conv.weight",
@@ -115,12 +115,13 @@ def test_official_layout_round_trip(tmp_path):
         load_official(fresh, tmp_path / "nope.pth", "msvq")
 
 
-def test_from_config_reads_var_scales_and_checks_latent_size():
-    overrides = ["data.image_size=16", "tokenizer.name=msvq", "model.paradigm=var", "model.options.scales=[1,2,4,8]",
-                 "tokenizer.options.ch=8", "tokenizer.options.ch_mult=[1,2]", "tokenizer.options.norm_groups=4"]
+def test_from_config_reads_scales_and_checks_latent_size():
+    overrides = ["data.image_size=16", "tokenizer.name=msvq", "tokenizer.options.scales=[1,2,4,8]",
+                 "model.paradigm=var", "tokenizer.options.ch=8", "tokenizer.options.ch_mult=[1,2]",
+                 "tokenizer.options.norm_groups=4"]
     tok = TOKENIZERS["msvq"].from_config(load_config(None, overrides))
     assert tok.scales == (1, 2, 4, 8) and tok.grid == (8, 8)
     with pytest.raises(NarBenchError, match="last scale is 16"):
-        TOKENIZERS["msvq"].from_config(load_config(None, overrides[:2] + overrides[4:]))  # default scales end at 16
+        TOKENIZERS["msvq"].from_config(load_config(None, overrides[:2] + overrides[3:]))  # default scales end at 16
     with pytest.raises(NarBenchError, match="valid options"):
         TOKENIZERS["msvq"].from_config(load_config(None, overrides + ["tokenizer.options.chanels=3"]))

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from nar_bench.config import load_config, paradigm_options
-from nar_bench.decode_check import decode_forward_gap
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import TransformerConfig, count_parameters
+from nar_bench.paradigms.contract import decode_forward_gap
 from nar_bench.paradigms.nar import NAR, NAROptions, VideoNAR, neighbor_schedule, proximity_mask
 from nar_bench.paradigms.raster_ar import RasterAR
-from tests.conftest import randomize_heads, train_steps
+from tests.conftest import on_grid, randomize_heads, train_steps
 
 VOCAB, CLASSES = 32, 5
 # Decode steps see the KV cache without a mask, forward uses the mask on the full sequence: the
@@ -30,7 +30,7 @@ def tiny_config(cls_token_num: int = 1) -> TransformerConfig:
 
 def make_nar(grid=(3, 5), seed=0, **options) -> NAR:
     torch.manual_seed(seed)
-    return randomize_heads(NAR(tiny_config(), grid, NAROptions(**options)), std=0.2).eval()
+    return randomize_heads(NAR(*on_grid(tiny_config(), grid), NAROptions(**options)), std=0.2).eval()
 
 
 def sample_batch(grid, batch=2, seed=1):
@@ -56,7 +56,7 @@ def test_neighbor_schedule_is_anti_diagonals(grid, steps):
     for k, idx in enumerate(schedule):
         assert ((h[idx] + w[idx]) == k).all()
         assert (idx.diff() > 0).all()  # raster order inside a step
-    assert NAR(tiny_config(), grid).num_steps == steps
+    assert NAR(*on_grid(tiny_config(), grid)).num_steps == steps
 
 
 @pytest.mark.parametrize("grid", [(4, 4), (3, 5), (6, 2), (2, 3, 3), (3, 2, 2)])  # images and videos
@@ -76,7 +76,7 @@ def test_proximity_mask_allows_exactly_nearer_or_equal_distance(grid, cls_n):
         assert mask[q, k].item() == allowed, (q, k)
     # head_dim 24: divisible by 2 * axes for 2D and 3D RoPE
     cfg = TransformerConfig(dim=48, n_layers=2, n_heads=2, vocab_size=VOCAB, num_classes=CLASSES, cls_token_num=cls_n)
-    model = (NAR if len(grid) == 2 else VideoNAR)(cfg, grid)
+    model = (NAR if len(grid) == 2 else VideoNAR)(*on_grid(cfg, grid))
     assert torch.equal(model.mask, mask)
 
 
@@ -139,12 +139,12 @@ def test_overlap_head_changes_only_interior_logits(heads):
 
 
 def test_vertical_head_is_one_block_and_zero_initialised_output():
-    model = NAR(tiny_config(), (4, 4))
-    single = NAR(tiny_config(), (4, 4), NAROptions(heads="single"))
+    model = NAR(*on_grid(tiny_config(), (4, 4)))
+    single = NAR(*on_grid(tiny_config(), (4, 4)), NAROptions(heads="single"))
     block = sum(p.numel() for p in model.vertical_block.parameters())
     extra = block + model.vertical_norm.weight.numel() + model.vertical_output.weight.numel()
     assert count_parameters(model) - count_parameters(single) == extra
-    assert count_parameters(single) == count_parameters(RasterAR(tiny_config(), (4, 4)))
+    assert count_parameters(single) == count_parameters(RasterAR(*on_grid(tiny_config(), (4, 4))))
     assert block == sum(p.numel() for p in model.backbone.layers[0].parameters())
     assert not model.vertical_output.weight.any()
 
@@ -153,7 +153,7 @@ def test_vertical_head_is_one_block_and_zero_initialised_output():
 def test_parameter_count_base_size(paradigm, size):
     config = TransformerConfig(dim=768, n_layers=12, n_heads=12, vocab_size=16384, num_classes=1000)
     with torch.device("meta"):
-        model = paradigm(config, (16, 16))
+        model = paradigm(*on_grid(config, (16, 16)))
     assert abs(count_parameters(model) - size) <= 0.5e6
 
 
@@ -213,4 +213,4 @@ def test_options_are_validated():
 
 def test_grid_must_be_two_dimensional():
     with pytest.raises(NarBenchError, match="2D"):
-        NAR(tiny_config(), (2, 3, 4))
+        NAR(*on_grid(tiny_config(), (2, 3, 4)))

@@ -16,6 +16,7 @@ from nar_bench.paradigms.base import step_of_positions
 from nar_bench.paradigms.par import PAR
 from nar_bench.paradigms.raster_ar import RasterAR
 from nar_bench.registry import PARADIGMS
+from tests.conftest import on_grid
 
 VOCAB, CLASSES = 16, 4
 
@@ -24,7 +25,7 @@ def tiny(grid=(4, 4), regions=4, dropout=0.1, seed=0) -> PAR:
     torch.manual_seed(seed)
     cfg = TransformerConfig(dim=32, n_layers=2, n_heads=2, vocab_size=VOCAB, num_classes=CLASSES,
                             token_dropout=dropout, resid_dropout=dropout, ffn_dropout=dropout, class_dropout=dropout)
-    model = PAR(cfg, grid, PAR.Options(regions=regions))
+    model = PAR(*on_grid(cfg, grid), PAR.Options(regions=regions))
     nn.init.normal_(model.backbone.output.weight, std=0.5)  # LlamaGen zero-initialises it
     return model
 
@@ -89,7 +90,7 @@ def test_teacher_forcing_does_not_leak():
 
 def test_one_region_equals_raster_ar():
     par = tiny((4, 4), 1).eval()
-    ar = RasterAR(par.model_cfg, (4, 4)).eval()
+    ar = RasterAR(*on_grid(par.model_cfg, (4, 4))).eval()
     ar.load_state_dict({k: v for k, v in par.state_dict().items() if k != "transition_tokens"})
     tokens, labels = torch.randint(0, VOCAB, (2, 16)), torch.tensor([0, 3])
     with torch.no_grad():

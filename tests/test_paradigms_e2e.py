@@ -22,7 +22,7 @@ TINY = ["model.size=tiny", "data.image_size=16", "data.grid_size=4", "data.batch
 # A tiny msvq: 16px images -> 8x8 latent (downsample 2), scales 1,2,4,8 (85 codes, 4 steps)
 MSVQ = ["tokenizer.name=msvq", "tokenizer.options.ch=8", "tokenizer.options.ch_mult=[1,2]",
         "tokenizer.options.norm_groups=4", "tokenizer.options.vocab_size=32", "tokenizer.options.z_channels=8",
-        "model.options.scales=[1,2,4,8]", "model.options.vae_channels=8"]
+        "tokenizer.options.scales=[1,2,4,8]"]
 RUNS = {  # paradigm: (config, overrides, decoding steps)
     "ar": ("experiments/demo.yaml", ["model.paradigm=ar"], 16),
     "nar": ("experiments/demo.yaml", ["model.paradigm=nar"], 7),

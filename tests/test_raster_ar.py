@@ -1,19 +1,19 @@
 import pytest
 import torch
 
-from nar_bench.decode_check import decode_forward_gap
 from nar_bench.nn.sampling import SamplingConfig
+from nar_bench.paradigms.contract import decode_forward_gap
 from nar_bench.paradigms.raster_ar import RasterAR
-from tests.conftest import randomize_heads, train_steps
+from tests.conftest import on_grid, randomize_heads, train_steps
 
 
 @pytest.mark.parametrize("grid", [(16, 16), (4, 4), (3, 5)])
 def test_steps_equal_tokens(tiny_cfg, grid):
-    assert RasterAR(tiny_cfg, grid).num_steps == grid[0] * grid[1]
+    assert RasterAR(*on_grid(tiny_cfg, grid)).num_steps == grid[0] * grid[1]
 
 
 def test_causal_mask(tiny_cfg):
-    mask = RasterAR(tiny_cfg, (4, 4)).train_mask()
+    mask = RasterAR(*on_grid(tiny_cfg, (4, 4))).train_mask()
     assert mask.shape == (17, 17) and mask.dtype == torch.bool
     assert torch.equal(mask, torch.ones(17, 17, dtype=torch.bool).tril())
 
@@ -21,7 +21,7 @@ def test_causal_mask(tiny_cfg):
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
 def test_kv_cache_decoding_matches_full_masked_forward(tiny_cfg, cfg_scale):
     torch.manual_seed(0)
-    model = RasterAR(tiny_cfg, (4, 4)).eval()
+    model = RasterAR(*on_grid(tiny_cfg, (4, 4))).eval()
     randomize_heads(model)
     sampling = SamplingConfig(cfg_scale=cfg_scale, top_k=8)
     gap = decode_forward_gap(model, torch.tensor([0, 3, 4]), sampling, torch.Generator().manual_seed(0))
@@ -29,7 +29,7 @@ def test_kv_cache_decoding_matches_full_masked_forward(tiny_cfg, cfg_scale):
 
 
 def test_cfg_doubles_batch_with_null_class(tiny_cfg):
-    model = RasterAR(tiny_cfg, (2, 2))
+    model = RasterAR(*on_grid(tiny_cfg, (2, 2)))
     seen = []
     model.backbone.cls_embedding.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
     model.generate(torch.tensor([1, 2]), SamplingConfig(cfg_scale=2.0))
@@ -40,7 +40,7 @@ def test_cfg_doubles_batch_with_null_class(tiny_cfg):
 
 
 def test_generate_shape_range_and_training_mode_restored(tiny_cfg):
-    model = RasterAR(tiny_cfg, (3, 5)).train()
+    model = RasterAR(*on_grid(tiny_cfg, (3, 5))).train()
     out = model.generate(torch.tensor([0, 1]), SamplingConfig(cfg_scale=1.5, top_p=0.9))
     assert out.shape == (2, 3, 5) and out.min() >= 0 and out.max() < tiny_cfg.vocab_size
     assert model.training
@@ -48,7 +48,7 @@ def test_generate_shape_range_and_training_mode_restored(tiny_cfg):
 
 def test_loss_decreases_on_fixed_batch(tiny_cfg):
     torch.manual_seed(0)
-    model = RasterAR(tiny_cfg, (4, 4))
+    model = RasterAR(*on_grid(tiny_cfg, (4, 4)))
     tokens, labels = torch.randint(0, tiny_cfg.vocab_size, (8, 16)), torch.randint(0, 5, (8,))
     losses = train_steps(model, tokens, labels, steps=30)
     assert losses[-1] < 0.7 * losses[0]

@@ -7,15 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from nar_bench.build import build_tokenizer
 from nar_bench.config import load_config
 from nar_bench.data.codes import CodesDataset
 from nar_bench.data.imagefolder import imagefolder
 from nar_bench.data.shapes import ShapesDataset, class_name
 from nar_bench.errors import NarBenchError
-from nar_bench.extract_codes import extract_codes
 from nar_bench.lit.data import GeneratorDataModule
 from nar_bench.lit.module import GeneratorModule
+from nar_bench.run.extract_codes import extract_codes
+from nar_bench.tokenizers import build_tokenizer
 from nar_bench.tokenizers.vq import VQConfig, VQTokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -14,9 +14,9 @@ from mlflow.tracking import MlflowClient
 
 from nar_bench.cli import main
 from nar_bench.config import expand_sweep, load_config
-from nar_bench.provenance import device_description, git_commit
+from nar_bench.run.sweep import training_key
 from nar_bench.tracking.mlflow import PARENT_TAG
-from nar_bench.train_eval import training_key
+from nar_bench.tracking.provenance import device_description, git_commit
 from tests.conftest import tracking_overrides
 
 TINY = ["data.image_size=16", "data.grid_size=4", "data.batch_size=8", "data.num_val=16", "trainer.max_steps=4",

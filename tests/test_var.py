@@ -1,6 +1,8 @@
 """VAR-style next-scale prediction: schedule, block-causal mask, cached decoding vs full forward,
 CFG ramp, parameter counts, official checkpoint round trip, a tiny end-to-end train + sample."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -13,14 +15,16 @@ from nar_bench.nn.transformer import MODEL_SIZES, TransformerConfig, count_param
 from nar_bench.paradigms.base import step_of_positions
 from nar_bench.paradigms.var import VAR, VAROptions
 from nar_bench.registry import PARADIGMS, TOKENIZERS
+from nar_bench.tokenizers.base import MULTISCALE, CodeSpace
 from nar_bench.tokenizers.msvq import PAPER_SCALES
 from tests.test_msvq import TINY_SCALES, shapes_images, tiny_msvq
 
 
-def tiny_var(scales=TINY_SCALES, depth: int = 2, randomize: bool = True, **options) -> VAR:
+def tiny_var(scales=TINY_SCALES, depth: int = 2, randomize: bool = True, tokenizer=None, **options) -> VAR:
+    """A small VAR on ``tokenizer``'s code space (default: a tiny msvq with ``scales``)."""
     cfg = TransformerConfig(dim=32, n_layers=depth, n_heads=2, vocab_size=64, num_classes=4,
                             resid_dropout=0.0, ffn_dropout=0.0, class_dropout=0.1)
-    var = VAR(cfg, (scales[-1], scales[-1]), VAROptions(scales=list(scales), vae_channels=8, **options))
+    var = VAR(cfg, (tokenizer or tiny_msvq(scales=scales)).code_space, VAROptions(**options))
     if randomize:  # VAR's init gates every block to ~identity and shrinks the head: use random weights
         with torch.no_grad():
             for p in var.parameters():
@@ -31,7 +35,8 @@ def tiny_var(scales=TINY_SCALES, depth: int = 2, randomize: bool = True, **optio
 def paper_var(depth: int) -> VAR:
     with torch.device("meta"):
         cfg = TransformerConfig(dim=64 * depth, n_layers=depth, n_heads=depth, vocab_size=4096, num_classes=1000)
-        return VAR(cfg, (16, 16), VAROptions(scales=list(PAPER_SCALES)))
+        codes = CodeSpace(4096, (16, 16), MULTISCALE, PAPER_SCALES, next_scale=SimpleNamespace(z_channels=32))
+        return VAR(cfg, codes, VAROptions())
 
 
 def record_head_outputs(var: VAR) -> tuple[list, object]:
@@ -64,8 +69,8 @@ def test_cached_decoding_equals_full_forward(cfg_scale):
     """Per-scale logits recorded during KV-cached generation equal the teacher-forced forward on the
     generated codes; with CFG, the conditional and the null-class halves each match."""
     torch.manual_seed(0)
-    tok, var = tiny_msvq().eval(), tiny_var().eval()
-    var.attach_tokenizer(tok)
+    tok = tiny_msvq().eval()
+    var = tiny_var(tokenizer=tok).eval()
     recorded, hook = record_head_outputs(var)
     labels = torch.tensor([0, 3, 1])
     codes = var.generate(labels, SamplingConfig(cfg_scale=cfg_scale, top_k=10), torch.Generator().manual_seed(1))
@@ -91,8 +96,8 @@ def test_generate_applies_the_ramped_scale_per_step():
     ramped guidance scale (and would differ at the un-ramped one)."""
     torch.manual_seed(0)
     for ramp in (True, False):
-        tok, var = tiny_msvq().eval(), tiny_var(cfg_ramp=ramp).eval()
-        var.attach_tokenizer(tok)
+        tok = tiny_msvq().eval()
+        var = tiny_var(cfg_ramp=ramp, tokenizer=tok).eval()
         recorded, hook = record_head_outputs(var)
         codes = var.generate(torch.tensor([0, 2]), SamplingConfig(cfg_scale=4.0, temperature=0))
         hook.remove()
@@ -124,14 +129,13 @@ def test_official_key_names():
 
 def test_official_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
-    tok, var = tiny_msvq().eval(), tiny_var().eval()
+    tok = tiny_msvq().eval()
+    var = tiny_var(tokenizer=tok).eval()
     path = tmp_path / "var_d2.pth"
     torch.save(to_official(var), path)
     assert {"lvl_1L", "attn_bias_for_masking", "blocks.0.attn.zero_k_bias"} <= set(torch.load(path))
-    fresh = tiny_var(randomize=False).eval()
+    fresh = tiny_var(randomize=False, tokenizer=tok).eval()
     load_official(fresh, path)
-    for m in (var, fresh):
-        m.attach_tokenizer(tok)
     codes = torch.randint(0, 64, (2, var.num_tokens))
     labels = torch.tensor([1, 2])
     with torch.no_grad():
@@ -144,23 +148,19 @@ def test_official_checkpoint_round_trip(tmp_path):
         load_official(tiny_var(attn_l2_norm=False, randomize=False), path)
 
 
-def test_tokenizer_must_match():
-    var = tiny_var(randomize=False)
-    with pytest.raises(RuntimeError, match="attach_tokenizer"):
-        var(torch.zeros(1, var.num_tokens, dtype=torch.long), torch.zeros(1, dtype=torch.long))
-    with pytest.raises(NarBenchError, match="scales"):
-        var.attach_tokenizer(tiny_msvq(scales=(1, 4, 8)))
-    with pytest.raises(NarBenchError, match="vocab_size"):
-        var.attach_tokenizer(tiny_msvq(vocab_size=32))
-    with pytest.raises(NarBenchError, match="last of model.options.scales"):
-        VAR(var.model_cfg, (16, 16), VAROptions(scales=[1, 2, 4, 8]))
+def test_built_from_the_tokenizers_multiscale_code_space():
+    """The code space is the one source of the scales, the sequence length and the input width; a
+    raster code space is refused with the fix."""
+    var = tiny_var(scales=(1, 4, 8), randomize=False)
+    assert var.scales == (1, 4, 8) and var.num_tokens == 81 and var.word_embed.in_features == 8
+    with pytest.raises(NarBenchError, match="multi-scale code space.*tokenizer.name=msvq"):
+        VAR(var.model_cfg, CodeSpace(64, (8, 8)), VAROptions())
 
 
 def test_selectable_from_config():
-    cfg = load_config(None, ["model.paradigm=var", "model.size=d2", "model.options.scales=[1,2,4,8]",
-                             "model.options.cfg_ramp=false"])
+    cfg = load_config(None, ["model.paradigm=var", "model.size=d2", "model.options.cfg_ramp=false"])
     options = paradigm_options(cfg.model)
-    var = PARADIGMS["var"](transformer_config(cfg.model, 64, 4), (8, 8), options)
+    var = PARADIGMS["var"](transformer_config(cfg.model, 64, 4), tiny_msvq().code_space, options)
     assert var.options.cfg_ramp is False and var.guidance_scales(2.0) == [2.0] * 4
     assert len(var.blocks) == 2 and var.model_cfg.dim == 128
     with pytest.raises(NarBenchError, match="valid options"):
@@ -177,7 +177,7 @@ def test_tiny_end_to_end_train_and_sample(tmp_path):
     torch.manual_seed(0)
     tokenizer = {"ch": 8, "ch_mult": "[1,2]", "norm_groups": 4, "vocab_size": 64, "z_channels": 8}  # = tiny_msvq()
     overrides = ["data.image_size=16", "tokenizer.name=msvq", "model.paradigm=var", "model.size=d2",
-                 "model.options.scales=[1,2,4,8]", "model.options.vae_channels=8", "optim.lr=3e-3",
+                 "tokenizer.options.scales=[1,2,4,8]", "optim.lr=3e-3",
                  "optim.warmup_steps=0"] + [f"tokenizer.options.{k}={v}" for k, v in tokenizer.items()]
     cfg = load_config(None, overrides)
     images = shapes_images(64)
@@ -192,8 +192,8 @@ def test_tiny_end_to_end_train_and_sample(tmp_path):
     codes = tok.encode(images)
     assert torch.equal(codes, module.tokenizer.eval().encode(images))
 
-    var = PARADIGMS["var"](transformer_config(cfg.model, tok.vocab_size, 4), tok.grid, paradigm_options(cfg.model))
-    var.attach_tokenizer(tok)
+    model = transformer_config(cfg.model, tok.vocab_size, 4)
+    var = PARADIGMS["var"](model, tok.code_space, paradigm_options(cfg.model))
     opt = torch.optim.AdamW(var.parameters(), lr=2e-3)
     losses = []
     for step in range(30):

@@ -10,17 +10,17 @@ from PIL import Image
 
 from nar_bench.config import load_config
 from nar_bench.data.moving_shapes import DIRECTIONS, NUM_CLASSES, MovingShapesDataset, class_name
-from nar_bench.decode_check import decode_forward_gap
 from nar_bench.errors import NarBenchError
 from nar_bench.images import save_samples
 from nar_bench.lit.data import GeneratorDataModule
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import TransformerConfig, count_parameters
+from nar_bench.paradigms.contract import decode_forward_gap
 from nar_bench.paradigms.nar import NAR, NAROptions, VideoNAR, neighbor_schedule
 from nar_bench.registry import DATASETS
 from nar_bench.tokenizers.palette import PaletteTokenizer
-from tests.conftest import randomize_heads, train_steps
+from tests.conftest import on_grid, randomize_heads, train_steps
 
 VOCAB, CLASSES = 32, 5
 DECODE_ATOL = 1e-5  # cached steps attend without a mask, forward with it: fp32 round-off only
@@ -36,7 +36,7 @@ def video_config(cls_token_num: int = 1) -> TransformerConfig:
 
 def make_video_nar(grid=(2, 3, 3), seed=0, **options) -> VideoNAR:
     torch.manual_seed(seed)
-    return randomize_heads(VideoNAR(video_config(), grid, NAROptions(**options)), std=0.2).eval()
+    return randomize_heads(VideoNAR(*on_grid(video_config(), grid), NAROptions(**options)), std=0.2).eval()
 
 
 def coords(grid):
@@ -63,7 +63,7 @@ def test_video_schedule_is_t_plus_h_plus_w(grid, steps):
 
 
 def test_video_paradigm_reports_the_step_count():
-    assert VideoNAR(video_config(), (4, 16, 16)).num_steps == 34
+    assert VideoNAR(*on_grid(video_config(), (4, 16, 16))).num_steps == 34
 
 
 # --- heads and training targets -----------------------------------------------------------------
@@ -123,8 +123,8 @@ def test_first_column_of_later_frames_uses_the_temporal_head_alone():
 
 
 def test_temporal_head_is_one_block_norm_and_zero_initialised_output():
-    model = VideoNAR(video_config(), (2, 3, 3))
-    single = VideoNAR(video_config(), (2, 3, 3), NAROptions(heads="single"))
+    model = VideoNAR(*on_grid(video_config(), (2, 3, 3)))
+    single = VideoNAR(*on_grid(video_config(), (2, 3, 3)), NAROptions(heads="single"))
     block = sum(p.numel() for p in model.temporal_block.parameters())
     head = block + model.temporal_norm.weight.numel() + model.temporal_output.weight.numel()
     assert block == sum(p.numel() for p in model.backbone.layers[0].parameters())
@@ -165,13 +165,14 @@ def test_one_forward_per_step_and_output_layout():
 # --- errors -------------------------------------------------------------------------------------
 def test_grid_rank_head_dim_and_overlap_head_errors_name_the_fix():
     with pytest.raises(NarBenchError, match="3D token grids.*use model.paradigm=nar$"):
-        VideoNAR(video_config(), (4, 4))
+        VideoNAR(*on_grid(video_config(), (4, 4)))
     with pytest.raises(NarBenchError, match="use model.paradigm=nar_video"):
-        NAR(video_config(), (2, 4, 4))
+        NAR(*on_grid(video_config(), (2, 4, 4)))
     with pytest.raises(NarBenchError, match="head_dim .*= 16\\) must be divisible by 6"):
-        VideoNAR(TransformerConfig(dim=64, n_layers=1, n_heads=4, vocab_size=VOCAB, num_classes=CLASSES), (2, 2, 2))
+        cfg = TransformerConfig(dim=64, n_layers=1, n_heads=4, vocab_size=VOCAB, num_classes=CLASSES)
+        VideoNAR(*on_grid(cfg, (2, 2, 2)))
     with pytest.raises(NarBenchError, match="overlap_head='temporal'.*mixed, horizontal, vertical"):
-        NAR(video_config(), (3, 3), NAROptions(overlap_head="temporal"))
+        NAR(*on_grid(video_config(), (3, 3)), NAROptions(overlap_head="temporal"))
 
 
 # --- data, tokenizer, training ------------------------------------------------------------------

@@ -16,9 +16,7 @@ from nar_bench.paradigms.base import step_of_positions
 from nar_bench.paradigms.nar import NAR, VideoNAR
 from nar_bench.paradigms.par import PAR
 from nar_bench.paradigms.raster_ar import RasterAR
-from nar_bench.tokenizers.palette import PaletteTokenizer
-from nar_bench.tracking.mlflow import make_logger
-from nar_bench.visualize import (
+from nar_bench.run.order_gifs import (
     CURRENT,
     UNDECODED_GREY,
     log_order_gif,
@@ -27,15 +25,18 @@ from nar_bench.visualize import (
     token_panel,
     write_order_gifs,
 )
+from nar_bench.tokenizers.palette import PaletteTokenizer
+from nar_bench.tracking.mlflow import make_logger
+from tests.conftest import on_grid
 
 TINY = TransformerConfig(dim=48, n_layers=1, n_heads=2, vocab_size=16, num_classes=4)  # head_dim 24: 2D and 3D RoPE
 IMAGE_TOKENIZER = PaletteTokenizer(16, 4)
 VIDEO_TOKENIZER = PaletteTokenizer(16, 4, frames=3)
 PARADIGMS = {  # name -> (paradigm on a 4x4 image grid or a 3x4x4 video grid, tokenizer, steps)
-    "ar": (lambda: RasterAR(TINY, (4, 4)), IMAGE_TOKENIZER, 16),
-    "nar": (lambda: NAR(TINY, (4, 4)), IMAGE_TOKENIZER, 7),
-    "par": (lambda: PAR(TINY, (4, 4)), IMAGE_TOKENIZER, 4 + 4 - 1),
-    "nar_video": (lambda: VideoNAR(TINY, (3, 4, 4)), VIDEO_TOKENIZER, 3 + 4 + 4 - 2),
+    "ar": (lambda: RasterAR(*on_grid(TINY, (4, 4))), IMAGE_TOKENIZER, 16),
+    "nar": (lambda: NAR(*on_grid(TINY, (4, 4))), IMAGE_TOKENIZER, 7),
+    "par": (lambda: PAR(*on_grid(TINY, (4, 4))), IMAGE_TOKENIZER, 4 + 4 - 1),
+    "nar_video": (lambda: VideoNAR(*on_grid(TINY, (3, 4, 4))), VIDEO_TOKENIZER, 3 + 4 + 4 - 2),
 }
 SAMPLING = SamplingConfig(cfg_scale=2.0)
 
@@ -76,7 +77,7 @@ def test_partial_images_grow_step_by_step_to_the_final_decode(name):
 
 def test_token_panel_highlights_exactly_the_tokens_of_the_step():
     grid = (3, 4, 4)
-    schedule = VideoNAR(TINY, grid).schedule()
+    schedule = VideoNAR(*on_grid(TINY, grid)).schedule()
     step = torch.empty(48, dtype=torch.long)
     for s, idx in enumerate(schedule):
         step[idx] = s

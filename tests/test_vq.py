@@ -5,14 +5,14 @@ import torch
 import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 
-from nar_bench.build import build_tokenizer
 from nar_bench.config import load_config
 from nar_bench.data.shapes import ShapesDataset
 from nar_bench.errors import NarBenchError
 from nar_bench.lit.tokenizer_module import TokenizerModule
 from nar_bench.nn.llamagen_vae import AttnBlock, ConvNetConfig
+from nar_bench.run.train_tokenizer import train_tokenizer
+from nar_bench.tokenizers import build_tokenizer
 from nar_bench.tokenizers.vq import VQConfig, VQTokenizer
-from nar_bench.train_tokenizer import train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,6 +1,6 @@
 """Pre-extracted token codes ("codes"): train any paradigm without running the tokenizer per step.
 
-``data.root`` is a folder written by ``nar_bench.extract_codes``::
+``data.root`` is a folder written by ``nar_bench.run.extract_codes``::
 
     manifest.json            grid, num_tokens, vocab_size, num_classes, class_names, the tokenizer
                              (name, checkpoint, options) and image data it came from, shards per split

@@ -11,10 +11,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from nar_bench.build import build_paradigm, build_tokenizer
 from nar_bench.checkpoints import load_generator_weights
 from nar_bench.images import save_samples, to_uint8
 from nar_bench.nn.sampling import SamplingConfig
+from nar_bench.paradigms import build_paradigm
+from nar_bench.tokenizers import build_tokenizer
+from nar_bench.tracking.mlflow import log_artifact
 
 
 class GeneratorModule(L.LightningModule):
@@ -31,7 +33,7 @@ class GeneratorModule(L.LightningModule):
         self.num_classes = num_classes
         self.tokenizer = build_tokenizer(cfg)
         self.tokenizer.requires_grad_(False)
-        self.paradigm = build_paradigm(cfg, self.tokenizer, num_classes)
+        self.paradigm = build_paradigm(cfg, self.tokenizer.code_space, num_classes)
         if cfg.model.checkpoint and load_initial_weights:
             load_generator_weights(self.paradigm, cfg.model.checkpoint)
         self.sampling = SamplingConfig(**cfg.eval.sampling)
@@ -109,9 +111,3 @@ class GeneratorModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-
-def log_artifact(logger, path: Path, subdir: str | None = None) -> None:
-    """Logs a file to the MLflow run behind a Lightning MLFlowLogger (no-op for other loggers)."""
-    run_id = getattr(logger, "run_id", None)
-    if run_id is not None:
-        logger.experiment.log_artifact(run_id, str(path), subdir)

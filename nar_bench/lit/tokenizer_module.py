@@ -15,10 +15,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from nar_bench.build import build_tokenizer
 from nar_bench.errors import NarBenchError
 from nar_bench.images import save_grid, to_uint8
-from nar_bench.lit.module import log_artifact
+from nar_bench.tokenizers import build_tokenizer
+from nar_bench.tracking.mlflow import log_artifact
 
 SHOWN_IMAGES = 8  # originals over reconstructions in the validation artifact
 

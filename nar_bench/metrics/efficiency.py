@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.cuda_graph import GraphedGenerate
 from nar_bench.nn.sampling import SamplingConfig
-from nar_bench.nn.transformer import MODEL_SIZES, count_parameters
+from nar_bench.nn.transformer import count_parameters, size_name
 from nar_bench.paradigms.base import Paradigm
-from nar_bench.provenance import device_name
+from nar_bench.tracking.provenance import device_name
 
 DTYPES = ("bf16", "fp32")
 GIB = 2**30
@@ -55,11 +55,10 @@ class EfficiencyResult:
     peak_mem_gb: float | None = None  # GiB; None on CPU
 
 
-def size_name(paradigm: Paradigm) -> str:
-    """The MODEL_SIZES key matching the paradigm's backbone dims, else 'custom'."""
+def model_size_name(paradigm: Paradigm) -> str:
+    """The MODEL_SIZES key of the paradigm's backbone dims, else 'custom'."""
     cfg = paradigm.model_cfg
-    dims = (getattr(cfg, "dim", None), getattr(cfg, "n_layers", None), getattr(cfg, "n_heads", None))
-    return next((name for name, size in MODEL_SIZES.items() if size == dims), "custom")
+    return size_name(cfg.dim, cfg.n_layers, cfg.n_heads) or "custom"
 
 
 def randomize_weights(module: nn.Module, std: float = 0.02) -> None:
@@ -174,7 +173,7 @@ def measure_generation(
             raise NarBenchError(f"paradigm '{paradigm.name}' has no compiled decode path; set bench.compile=false")
         paradigm.compile_decoding()
     result = EfficiencyResult(
-        paradigm=paradigm.name, size=size or size_name(paradigm), params=count_parameters(paradigm),
+        paradigm=paradigm.name, size=size or model_size_name(paradigm), params=count_parameters(paradigm),
         steps=paradigm.num_steps, batch_size=batch_size, dtype=dtype, cfg=sampling.uses_cfg,
         tokenizer_decode=decode_fn is not None, cuda_graph=cuda_graph, compiled=compile,
         device=device_name(device),

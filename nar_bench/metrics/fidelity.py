@@ -37,11 +37,9 @@ from nar_bench.metrics.cache import cache_root
 from nar_bench.metrics.domain import (
     TORCH_FIDELITY_NAME,
     DomainClassifierSpec,
-    class_consistency,
     domain_classifier_path,
-    load_domain_classifier,
 )
-from nar_bench.registry import FEATURE_EXTRACTORS
+from nar_bench.registry import FEATURE_EXTRACTORS, METRIC_DIRECTIONS
 
 URL_INCEPTION_V3 = torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3  # what torch-fidelity would fetch
 
@@ -59,6 +57,9 @@ RESULT_KEYS = {
     torch_fidelity.KEY_METRIC_RECALL: "recall",
     torch_fidelity.KEY_METRIC_F_SCORE: "f_score",
 }
+for _name, _better in (("fid", "lower"), ("is", "higher"), ("kid", "lower"), ("precision", "higher"),
+                       ("recall", "higher"), ("f_score", "higher")):
+    METRIC_DIRECTIONS.register(_name)(_better)
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,6 @@ def reference_cache_id(reference: Tensor | Dataset) -> str | None:
 def evaluate_samples(
     samples: Tensor,
     reference: Tensor | Dataset,
-    labels: Tensor | None = None,
     extractor: str = "domain",
     metrics: Sequence[str] = METRICS,
     extractor_options: Mapping[str, Any] | None = None,
@@ -154,17 +154,14 @@ def evaluate_samples(
 
     reference: (M, 3, H, W) uint8 tensor or a dataset (see :class:`Uint8Images`); its features
         and FID statistics are cached under ``reference_id`` (default :func:`reference_cache_id`).
-    labels: (N,) conditioning classes; with the domain extractor adds ``class_accuracy``.
     metrics: subset of ``METRICS``. Returns a flat dict: fid, is, is_std, kid, kid_std,
-    precision, recall, f_score (those requested), [class_accuracy].
+    precision, recall, f_score (those requested). Class consistency of the synthetic data is
+    :func:`nar_bench.metrics.domain.class_consistency`.
     cuda: run the extractor on the current CUDA device (default: when one is available).
     """
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown or not metrics:
         raise NarBenchError(f"unknown metric(s) {unknown or '(none given)'}; choose from: {', '.join(METRICS)}")
-    if labels is not None and extractor != "domain":
-        raise NarBenchError("class consistency (labels) needs the 'domain' extractor; pass labels=None for "
-                            f"'{extractor}'")
     root = cache_root(cache_dir)
     fe = FEATURE_EXTRACTORS[extractor](root, **dict(extractor_options or {}))
     samples_ds, reference_ds = Uint8Images(samples), Uint8Images(reference)
@@ -188,8 +185,4 @@ def evaluate_samples(
         verbose=verbose,
         **{metric: True for metric in metrics},
     )
-    result = {RESULT_KEYS[key]: float(value) for key, value in raw.items()}
-    if labels is not None:
-        classifier = load_domain_classifier(fe.weights_path).to("cuda" if cuda else "cpu")
-        result["class_accuracy"] = class_consistency(samples, labels, classifier).accuracy
-    return result
+    return {RESULT_KEYS[key]: float(value) for key, value in raw.items()}

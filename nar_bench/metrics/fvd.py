@@ -26,7 +26,7 @@ from nar_bench.images import to_uint8
 from nar_bench.metrics.cache import cache_root
 from nar_bench.metrics.classifier import ClassifierSpec, cached_classifier, fit_classifier, load_classifier
 from nar_bench.metrics.domain import uint8_to_unit
-from nar_bench.registry import DATASETS, FEATURE_EXTRACTORS
+from nar_bench.registry import DATASETS, FEATURE_EXTRACTORS, METRIC_DIRECTIONS
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,9 @@ def batched_features(extractor: nn.Module, videos: Tensor, batch_size: int = 64)
     """uint8 clips (N, 3, T, H, W) -> (N, F) features, ``batch_size`` clips at a time."""
     device = next(extractor.parameters(), torch.empty(0)).device
     return torch.cat([extractor(chunk.to(device)).float().cpu() for chunk in videos.split(batch_size)])
+
+
+METRIC_DIRECTIONS.register("fvd")("lower")
 
 
 def fvd(real: Tensor, fake: Tensor, extractor: nn.Module, batch_size: int = 64) -> float:

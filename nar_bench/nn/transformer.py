@@ -31,6 +31,13 @@ MODEL_SIZES: dict[str, tuple[int, int, int]] = {
 }
 
 
+def size_name(dim: int, n_layers: int, n_heads: int | None = None) -> str | None:
+    """The MODEL_SIZES key with these dims (``n_heads`` ignored when None, e.g. for a state dict,
+    which does not show it), else None."""
+    return next((name for name, (d, n, h) in MODEL_SIZES.items()
+                 if (d, n) == (dim, n_layers) and n_heads in (None, h)), None)
+
+
 @dataclass
 class TransformerConfig:
     dim: int = 768

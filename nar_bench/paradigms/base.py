@@ -1,13 +1,15 @@
-"""The one interface every generation paradigm implements, and the decode engine shared by the
-paradigms that run on the LLaMA backbone (raster AR, PAR, NAR).
+"""The one interface every generation paradigm implements (the shared KV-cache decode engine of
+the LLaMA-backbone paradigms is ``nar_bench.paradigms.engine``).
 
-A paradigm is defined by its schedule: the list of token positions produced at each decoding
-step. The training mask, the decode loop and the step count all derive from it.
+A paradigm is built from (model config, code space, options): the code space is the tokenizer's
+(``nar_bench.tokenizers.base.CodeSpace``: vocabulary, layout, grid or scales), so a paradigm never
+reaches into the tokenizer. It is defined by its schedule, the list of code positions produced at
+each decoding step; the training mask, the decode loop and the step count derive from it.
+``generate`` returns codes in the code space's own layout, which the tokenizer decodes.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -16,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nar_bench.nn.sampling import SamplingConfig, sample_step, with_null_class
-from nar_bench.nn.transformer import Transformer, TransformerConfig, condition_rope, rope_table, setup_kv_caches
+from nar_bench.nn.sampling import SamplingConfig
+from nar_bench.nn.transformer import TransformerConfig
+from nar_bench.tokenizers.base import CodeSpace
 
 
 @dataclass
@@ -28,22 +31,24 @@ class NoOptions:
 class Paradigm(nn.Module, ABC):
     """Generator over a grid of discrete tokens, conditioned on a class label.
 
-    Subclasses set ``name`` (the config string) and, if they have options, ``Options`` (a
-    dataclass; its fields are the valid keys of ``model.options``).
+    ``name`` (the config string) is set by ``PARADIGMS.register``; subclasses with options set
+    ``Options`` (a dataclass; its fields are the valid keys of ``model.options``).
     """
 
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
 
-    def __init__(self, model: TransformerConfig, grid: tuple[int, ...], options: Any = None):
+    def __init__(self, model: TransformerConfig, codes: CodeSpace, options: Any = None):
         super().__init__()
         self.model_cfg = model
-        self.grid = tuple(int(g) for g in grid)
+        self.codes = codes
+        self.grid = codes.grid
         self.options = options if options is not None else self.Options()
 
     @property
     def num_tokens(self) -> int:
-        return math.prod(self.grid)
+        """Codes per sample (prod(grid) for raster codes, sum of scale^2 for multi-scale ones)."""
+        return self.codes.num_tokens
 
     @abstractmethod
     def schedule(self) -> list[Tensor]:
@@ -71,12 +76,14 @@ class Paradigm(nn.Module, ABC):
         device = weight.device.type
         return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
 
-    def attach_tokenizer(self, tokenizer: nn.Module) -> None:
-        """Hook for paradigms whose inputs depend on the tokenizer (VAR's multi-scale features)."""
+    def compile_decoding(self) -> None:
+        """Hook: compiles what decoding runs per step (the bench's ``bench.compile``); a paradigm
+        without a compiled path keeps eager decoding."""
 
     @abstractmethod
     def generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
-        """Samples codes for ``labels`` (B,); returns (B, *grid) in raster layout."""
+        """Samples codes for ``labels`` (B,) in the code space's layout: (B, *grid) for raster codes,
+        (B, num_tokens) for multi-scale ones. Restores train/eval mode on return."""
 
 
 def grid_coords(grid: tuple[int, ...]) -> Tensor:
@@ -104,83 +111,3 @@ def visibility_mask(seq_steps: Tensor, cls_token_num: int) -> Tensor:
     """
     steps = torch.cat([torch.arange(-cls_token_num, 0), seq_steps])
     return steps[None, :] <= steps[:, None]
-
-
-class SequenceParadigm(Paradigm):
-    """Paradigm on the shared LLaMA backbone whose decoding feeds one group of tokens per step.
-
-    The training sequence is [condition, tokens in raster order] under ``train_mask``. Decoding
-    fills a static KV cache in schedule order, so each step attends to the filled prefix without a
-    mask. Subclasses define the schedule, the mask, ``forward`` and ``step_logits`` (how hidden
-    states become logits for their targets).
-    """
-
-    def __init__(self, model: TransformerConfig, grid: tuple[int, ...], options: Any = None):
-        super().__init__(model, grid, options)
-        self.backbone = Transformer(model)
-        rope = condition_rope(rope_table(grid_coords(self.grid), model.head_dim, model.rope_base), model.cls_token_num)
-        self.register_buffer("rope", rope, persistent=False)  # (cls + N, head_dim/2, 2), raster order
-        self.register_buffer("mask", self.train_mask(), persistent=False)
-
-    def hidden_states(self, tokens: Tensor, labels: Tensor) -> Tensor:
-        """Teacher-forced backbone output (B, cls + N, dim) for the raster sequence."""
-        h = self.backbone.embed(tokens, labels)
-        return self.backbone.run_blocks(h, self.rope, self.mask)
-
-    # --- decoding -------------------------------------------------------------------------------
-    def feed(self, x: Tensor, rope: Tensor, cache_start: int) -> Any:
-        """Runs embedded inputs (B, n, dim) through the cached model; returns what
-        ``step_logits`` needs (by default the backbone's hidden states)."""
-        return self.backbone.run_blocks(x, rope, cache_start=cache_start)
-
-    def decode_inputs(self, step: int, tokens: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """Inputs fed after sampling ``step``: embedded tokens (B', m, dim) and their rotary rows
-        (m, head_dim/2, 2), from the step's new tokens (B', n) at raster indices ``idx`` (n,).
-        By default m = n; paradigms that feed extra inputs (PAR's transition tokens) append them.
-        The cache holds cls + N positions and the last step is never fed, so up to
-        ``len(schedule()[-1])`` extra inputs fit."""
-        return self.backbone.tok_embeddings(tokens), self.rope[self.model_cfg.cls_token_num + idx]
-
-    @abstractmethod
-    def step_logits(self, step: int, fed: Any) -> Tensor:
-        """Logits (B, n_step, V) for the tokens of ``step`` from the state fed at step-1 (or the
-        condition, for step 0), in the order of ``schedule()[step]``."""
-
-    def compile_decoding(self) -> None:
-        """Compiles the per-step forward (``feed``) with torch.compile, one dynamic-shape graph
-        for every step: it fuses the elementwise work (RoPE, norms, SwiGLU, residuals) that
-        dominates decoding. Safe to call twice."""
-        if not hasattr(self.feed, "_torchdynamo_orig_callable"):
-            self.feed = torch.compile(self.feed, dynamic=True)
-
-    def device_schedule(self, device: torch.device) -> list[Tensor]:
-        """The schedule's index tensors on ``device``, copied once: the decode loop then does no
-        host-to-device copies (required to capture it in a CUDA graph)."""
-        cached = getattr(self, "_device_schedule", None)
-        if cached is None or cached[0].device != device:
-            cached = [idx.to(device) for idx in self.schedule()]
-            self._device_schedule = cached
-        return cached
-
-    @torch.inference_mode()
-    def generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
-        was_training = self.training
-        self.eval()
-        cls_n, steps = self.model_cfg.cls_token_num, self.device_schedule(labels.device)
-        cond = with_null_class(labels, self.model_cfg.num_classes) if sampling.uses_cfg else labels
-        setup_kv_caches(self, cond.shape[0], cls_n + self.num_tokens, self.cache_dtype())
-
-        x = self.backbone.cls_embedding(cond)[:, None].expand(-1, cls_n, -1)
-        fed = self.feed(x, self.rope[:cls_n], cache_start=0)
-        out = labels.new_empty(labels.shape[0], self.num_tokens)
-        pos = cls_n
-        for s, idx in enumerate(steps):
-            new = sample_step(self.step_logits(s, fed), sampling, s, generator)
-            out[:, idx] = new
-            if s + 1 < len(steps):
-                fed_tokens = new.repeat(2, 1) if sampling.uses_cfg else new
-                x, rope = self.decode_inputs(s, fed_tokens, idx)
-                fed = self.feed(x, rope, cache_start=pos)
-                pos += x.shape[1]
-        self.train(was_training)
-        return out.view(labels.shape[0], *self.grid)

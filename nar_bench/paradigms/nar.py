@@ -42,8 +42,10 @@ from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.transformer import RMSNorm, TransformerBlock, TransformerConfig
-from nar_bench.paradigms.base import SequenceParadigm, grid_coords, visibility_mask
+from nar_bench.paradigms.base import grid_coords, visibility_mask
+from nar_bench.paradigms.engine import SequenceParadigm
 from nar_bench.registry import PARADIGMS
+from nar_bench.tokenizers.base import CodeSpace
 
 HEADS = ("dimension", "single")
 # Head j predicts the next token along grid axis -(j + 1): w, then h, then t.
@@ -113,21 +115,20 @@ def head_sources(grid: tuple[int, ...], overlap_head: str, cls_token_num: int) -
 
 @PARADIGMS.register("nar")
 class NAR(SequenceParadigm):
-    name = "nar"
     Options = NAROptions
     grid_axes: tuple[str, ...] = ("H", "W")
     other_grids = "for T x H x W video use model.paradigm=nar_video"
 
-    def __init__(self, model: TransformerConfig, grid: tuple[int, ...], options: NAROptions | None = None):
+    def __init__(self, model: TransformerConfig, codes: CodeSpace, options: NAROptions | None = None):
         dims = len(self.grid_axes)
-        if len(grid) != dims:
+        if len(codes.grid) != dims:
             raise NarBenchError(f"paradigm '{self.name}' supports {dims}D token grids ({', '.join(self.grid_axes)}); "
-                                f"got grid {tuple(grid)}; {self.other_grids}")
+                                f"got grid {tuple(codes.grid)}; {self.other_grids}")
         if model.head_dim % (2 * dims):
             raise NarBenchError(f"paradigm '{self.name}' splits RoPE over {dims} axes, so head_dim "
                                 f"(model dim / n_heads = {model.head_dim}) must be divisible by {2 * dims}; "
                                 "change model.dim or model.n_heads (e.g. dim 96 with 4 heads)")
-        super().__init__(model, grid, options)
+        super().__init__(model, codes, options)
         self.head_names = HEAD_NAMES[:dims]
         if self.options.heads == "dimension":
             for name in self.head_names[1:]:  # the horizontal head is the backbone's own output
@@ -230,6 +231,5 @@ class NAR(SequenceParadigm):
 class VideoNAR(NAR):
     """NAR on T x H x W video token grids: step k = {t + h + w = k}, plus the temporal head."""
 
-    name = "nar_video"
     grid_axes = ("T", "H", "W")
     other_grids = "for H x W images use model.paradigm=nar"

@@ -37,8 +37,10 @@ from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.transformer import TransformerConfig
-from nar_bench.paradigms.base import SequenceParadigm, visibility_mask
+from nar_bench.paradigms.base import visibility_mask
+from nar_bench.paradigms.engine import SequenceParadigm
 from nar_bench.registry import PARADIGMS
+from nar_bench.tokenizers.base import CodeSpace
 
 
 def region_layout(grid: tuple[int, ...], regions: int) -> Tensor:
@@ -61,16 +63,15 @@ def region_layout(grid: tuple[int, ...], regions: int) -> Tensor:
 
 @PARADIGMS.register("par")
 class PAR(SequenceParadigm):
-    name = "par"
 
     @dataclass
     class Options:
         regions: int = 4  # 4 = 2x2 regions (PAR-4x), 16 = 4x4 regions (PAR-16x)
 
-    def __init__(self, model: TransformerConfig, grid: tuple[int, ...], options: Any = None):
+    def __init__(self, model: TransformerConfig, codes: CodeSpace, options: Any = None):
         # Fail on a bad region count before the backbone is built.
-        region_layout(tuple(grid), (options if options is not None else self.Options()).regions)
-        super().__init__(model, grid, options)
+        region_layout(codes.grid, (options if options is not None else self.Options()).regions)
+        super().__init__(model, codes, options)
         n, cls_n = self.num_regions, model.cls_token_num
         self.transition_tokens = nn.Parameter(torch.randn(n - 1, model.dim) * 0.02)  # LlamaGen's init std
         order = torch.cat(self.schedule())  # decode order -> raster index

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nar_bench.paradigms.base import SequenceParadigm, visibility_mask
+from nar_bench.paradigms.base import visibility_mask
+from nar_bench.paradigms.engine import SequenceParadigm
 from nar_bench.registry import PARADIGMS
 
 
 @PARADIGMS.register("ar")
 class RasterAR(SequenceParadigm):
-    name = "ar"
 
     def schedule(self) -> list[Tensor]:
         return list(torch.arange(self.num_tokens).view(-1, 1))

@@ -8,14 +8,14 @@ that scale's side and embedded by ``word_embed``; ``lvl_embed`` (scale id) and `
 position) are added to all. Attention is block-causal over scales, and every block is AdaLN
 conditioned on the class (``nar_bench.nn.adaln``). Parameter names follow VAR's ``models/var.py``.
 
-Building the next scale's input needs the tokenizer's codebook and phi convs, so the paradigm must
-be given its tokenizer with ``attach_tokenizer`` before ``forward`` or ``generate``.
+VAR is built on a multi-scale code space (``tokenizer.name=msvq``): its scales fix the sequence,
+and its ``next_scale`` (the tokenizer's codebook and phi convs) builds the next scale's inputs.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,22 +23,20 @@ from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.adaln import AdaLNBeforeHead, AdaLNSelfAttn
+from nar_bench.nn.modes import eval_mode
 from nar_bench.nn.sampling import SamplingConfig, sample_step, with_null_class
 from nar_bench.nn.transformer import TransformerConfig, drop_labels, setup_kv_caches
 from nar_bench.paradigms.base import Paradigm, visibility_mask
 from nar_bench.registry import PARADIGMS
-from nar_bench.tokenizers.msvq import SYNTHETIC_SCALES, check_scales, scale_bounds
+from nar_bench.tokenizers.base import MULTISCALE, CodeSpace
+from nar_bench.tokenizers.msvq import scale_bounds
 
 
 @dataclass
 class VAROptions:
-    # Token-map sides, coarse to fine; the last must equal the tokenizer's latent side. Default: the
-    # synthetic 1,2,4,8,16 (16x16 latent, 5 steps); VAR's paper/checkpoints use 1,2,3,4,5,6,8,10,13,16.
-    scales: list[int] = field(default_factory=lambda: list(SYNTHETIC_SCALES))
     # Guidance grows linearly from none at the first scale to ``cfg_scale`` at the last (VAR). Our
     # cfg_scale is uncond + s * (cond - uncond), so VAR's ``cfg=1.5`` is ``cfg_scale=2.5`` here.
     cfg_ramp: bool = True
-    vae_channels: int = 32  # VAR's Cvae: must equal the tokenizer's z_channels
     attn_l2_norm: bool = True  # VAR's released models use it
     drop_path: float | None = None  # stochastic depth at the last block; None = VAR's 0.1 * depth / 24
 
@@ -50,21 +48,21 @@ class VAR(Paradigm):
     label dropout, resid_dropout = attention output, ffn_dropout = MLP output (VAR trains with 0 for
     both); token_dropout is unused."""
 
-    name = "var"
     Options = VAROptions
 
-    def __init__(self, model: TransformerConfig, grid: tuple[int, ...], options: Any = None):
-        super().__init__(model, grid, options)
+    def __init__(self, model: TransformerConfig, codes: CodeSpace, options: Any = None):
+        if codes.layout != MULTISCALE or codes.next_scale is None:
+            raise NarBenchError(f"VAR predicts next scales and needs a multi-scale code space, but the tokenizer's "
+                                f"codes are {codes.layout}; use tokenizer.name=msvq (see experiments/var_demo.yaml)")
+        super().__init__(model, codes, options)
         opt = self.options
-        self.scales = check_scales(opt.scales)
-        if self.grid != (self.scales[-1], self.scales[-1]):
-            raise NarBenchError(f"VAR: the last of model.options.scales {list(self.scales)} must equal the token grid "
-                                f"side {self.grid}; end the scales at {self.grid[0]}")
+        self.scales = codes.scales
+        self._next_scale = (codes.next_scale,)  # a tuple keeps the tokenizer out of parameters / state dict
         self.scale_bounds = scale_bounds(self.scales)  # [begin, end) of each scale in the sequence
         dim, depth, seq = model.dim, model.n_layers, self.scale_bounds[-1][1]
         self.first_l = self.scales[0] ** 2
 
-        self.word_embed = nn.Linear(opt.vae_channels, dim)
+        self.word_embed = nn.Linear(codes.next_scale.z_channels, dim)
         self.class_emb = nn.Embedding(model.num_classes + 1, dim)  # last row: null class for CFG
         self.pos_start = nn.Parameter(torch.empty(1, self.first_l, dim))
         self.pos_1LC = nn.Parameter(torch.empty(1, seq, dim))
@@ -81,7 +79,6 @@ class VAR(Paradigm):
         level = torch.cat([torch.full((s * s,), i) for i, s in enumerate(self.scales)])
         self.register_buffer("lvl_1L", level, persistent=False)  # (L,) scale id of each position
         self.register_buffer("mask", self.train_mask(), persistent=False)  # (L, L) bool
-        self._tokenizer: tuple = ()  # a tuple keeps the tokenizer out of parameters / state dict
         self.reset_parameters()
 
     def reset_parameters(self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5,
@@ -106,36 +103,12 @@ class VAR(Paradigm):
                 block.ada_lin[-1].weight[2 * dim :].mul_(init_adaln)
                 block.ada_lin[-1].weight[: 2 * dim].mul_(init_adaln_gamma)  # gammas g1, g2
 
-    # --- tokenizer ------------------------------------------------------------------------------
-    def attach_tokenizer(self, tokenizer: nn.Module) -> None:
-        """Gives VAR the msvq tokenizer whose codebook and phi convs build next-scale inputs
-        (``teacher_inputs`` for training, ``next_input`` for decoding). It is not registered as a
-        submodule: VAR's parameters, optimizer and state dict stay the transformer's alone."""
-        problems = []
-        if tuple(getattr(tokenizer, "scales", ())) != self.scales:
-            problems.append(f"scales {getattr(tokenizer, 'scales', None)} != model.options.scales {list(self.scales)}")
-        if getattr(tokenizer, "z_channels", None) != self.options.vae_channels:
-            problems.append(f"z_channels {getattr(tokenizer, 'z_channels', None)} != model.options.vae_channels "
-                            f"{self.options.vae_channels}")
-        if getattr(tokenizer, "vocab_size", None) != self.model_cfg.vocab_size:
-            problems.append(f"vocab_size {getattr(tokenizer, 'vocab_size', None)} != the model's "
-                            f"{self.model_cfg.vocab_size}")
-        if problems:
-            raise NarBenchError("VAR needs the msvq tokenizer it was built for: " + "; ".join(problems))
-        self._tokenizer = (tokenizer,)
-
     @property
-    def tokenizer(self) -> nn.Module:
-        if not self._tokenizer:
-            raise RuntimeError("VAR has no tokenizer: call attach_tokenizer(msvq_tokenizer) after building it")
-        return self._tokenizer[0]
+    def next_scale(self):
+        """The tokenizer's next-scale inputs (``NextScaleInputs``) of the code space VAR was built on."""
+        return self._next_scale[0]
 
     # --- schedule and mask ----------------------------------------------------------------------
-    @property
-    def num_tokens(self) -> int:
-        """Length of the multi-scale code sequence, sum pn^2 (not prod(grid))."""
-        return self.scale_bounds[-1][1]
-
     def schedule(self) -> list[Tensor]:
         """Step k produces scale k: its positions in the concatenated code sequence."""
         return [torch.arange(a, b) for a, b in self.scale_bounds]
@@ -164,7 +137,7 @@ class VAR(Paradigm):
             labels = drop_labels(labels, self.model_cfg.num_classes, self.model_cfg.class_dropout)
         cond = self.class_emb(labels)
         with torch.no_grad():
-            inputs = self.tokenizer.teacher_inputs(tokens)  # (B, L - first_l, Cvae)
+            inputs = self.next_scale.teacher_inputs(tokens)  # (B, L - first_l, Cvae)
         start = cond[:, None].expand(b, self.first_l, -1) + self.pos_start
         x = torch.cat([start, self.word_embed(inputs.to(self.word_embed.weight.dtype))], dim=1)
         x = x + self.lvl_embed(self.lvl_1L) + self.pos_1LC
@@ -176,9 +149,11 @@ class VAR(Paradigm):
     def generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
         """One cached forward per scale; returns codes (B, L) in the tokenizer's multi-scale layout
         (decode them with the tokenizer). CFG doubles the batch; its scale ramps per ``guidance_scales``."""
-        was_training = self.training
-        self.eval()
-        tok, b = self.tokenizer, labels.shape[0]
+        with eval_mode(self):
+            return self._generate(labels, sampling, generator)
+
+    def _generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> Tensor:
+        tok, b = self.next_scale, labels.shape[0]
         cond = self.class_emb(with_null_class(labels, self.model_cfg.num_classes) if sampling.uses_cfg else labels)
         setup_kv_caches(self, cond.shape[0], self.num_tokens, self.cache_dtype())
         lvl_pos = self.lvl_embed(self.lvl_1L) + self.pos_1LC  # (1, L, C)
@@ -197,5 +172,4 @@ class VAR(Paradigm):
                 nxt_end = self.scale_bounds[si + 1][1]
                 x = self.word_embed(nxt.to(self.word_embed.weight.dtype)) + lvl_pos[:, end:nxt_end]
                 x = x.repeat(2, 1, 1) if sampling.uses_cfg else x
-        self.train(was_training)
         return out

@@ -3,5 +3,15 @@
 import importlib
 import pkgutil
 
+from omegaconf import DictConfig
+
+from nar_bench.registry import TOKENIZERS
+from nar_bench.tokenizers.base import Tokenizer
+
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
+
+
+def build_tokenizer(cfg: DictConfig) -> Tokenizer:
+    """The tokenizer named by ``cfg.tokenizer.name``, from its ``from_config``."""
+    return TOKENIZERS[cfg.tokenizer.name].from_config(cfg)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, fields
-from typing import Any, TypeVar
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Protocol, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -13,11 +14,52 @@ from torch import Tensor, nn
 from nar_bench.errors import NarBenchError
 
 Config = TypeVar("Config")
+RASTER, MULTISCALE = "raster", "multiscale"
+
+
+class NextScaleInputs(Protocol):
+    """What next-scale prediction (VAR) is fed, computed by a multi-scale tokenizer's quantiser."""
+
+    z_channels: int
+
+    def teacher_inputs(self, codes: Tensor) -> Tensor:
+        """Codes (B, L) -> (B, L - scales[0]^2, z_channels): every scale after the first gets the
+        accumulated features of the coarser scales at its own side."""
+
+    def next_input(self, si: int, f_hat: Tensor, idx: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Adds scale ``si``'s codes to f_hat; returns it and the next scale's inputs (None after the last)."""
+
+
+@dataclass(frozen=True)
+class CodeSpace:
+    """The codes a generator produces, as the tokenizer defines them.
+
+    ``raster``: one code per cell of ``grid``, codes (B, *grid) (flattened (B, N) in raster order
+    for training). ``multiscale``: token maps of sides ``scales`` (coarse to fine, the last one
+    ``grid``), concatenated into codes (B, sum s^2); ``next_scale`` builds what a next-scale
+    generator is fed."""
+
+    vocab_size: int
+    grid: tuple[int, ...]
+    layout: str = RASTER
+    scales: tuple[int, ...] = ()
+    next_scale: NextScaleInputs | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def num_tokens(self) -> int:
+        if self.layout == MULTISCALE:
+            return sum(s * s for s in self.scales)
+        return math.prod(self.grid)
 
 
 class Tokenizer(nn.Module, ABC):
     vocab_size: int
     grid: tuple[int, ...]
+
+    @property
+    def code_space(self) -> CodeSpace:
+        """Raster codes over ``grid``; multi-scale tokenizers override this."""
+        return CodeSpace(self.vocab_size, tuple(self.grid))
 
     @abstractmethod
     def encode(self, images: Tensor) -> Tensor:
@@ -25,7 +67,8 @@ class Tokenizer(nn.Module, ABC):
 
     @abstractmethod
     def decode(self, codes: Tensor) -> Tensor:
-        """codes (B, N) or (B, *grid) -> (B, 3, H, W) (video: (B, 3, T, H, W)) in [-1, 1]."""
+        """codes in the code space's layout (raster: (B, N) or (B, *grid)) -> (B, 3, H, W)
+        (video: (B, 3, T, H, W)) in [-1, 1]."""
 
 
 def preset_config(options: Any, presets: dict[str, Config], default: str, tokenizer: str) -> Config:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.conv_vae import ConvVAEConfig, Decoder, Encoder
 from nar_bench.registry import TOKENIZERS
-from nar_bench.tokenizers.base import Tokenizer, fields_for, preset_config
+from nar_bench.tokenizers.base import MULTISCALE, CodeSpace, Tokenizer, fields_for, preset_config
 
 PAPER_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # VAR at 256px with a /16 VAE: 10 steps, 680 tokens
 # Synthetic default (64px shapes, 16x16 latent): a dyadic pyramid. Each coarser map is then an exact
@@ -41,8 +41,10 @@ SYNTHETIC_SCALES = (1, 2, 4, 8, 16)
 class MSVQConfig:
     """Tokenizer hyper-parameters; the defaults are the small synthetic tokenizer (64px -> 16x16)."""
 
+    # Token-map sides, coarse to fine; the last must equal the latent side (image_size / downsample).
+    scales: tuple[int, ...] = SYNTHETIC_SCALES
     vocab_size: int = 256
-    z_channels: int = 32  # VAR's Cvae; VAR's ``model.options.vae_channels`` must equal it
+    z_channels: int = 32  # VAR's Cvae: the width of what VAR is fed
     ch: int = 16
     ch_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1
@@ -61,8 +63,9 @@ class MSVQConfig:
 PRESETS = {
     "synthetic": MSVQConfig(),
     # VAR's released tokenizer (256px, /16, 4096 x 32 codebook), the layout of vae_ch160v4096z32.pth
-    "vae_ch160v4096z32": MSVQConfig(vocab_size=4096, z_channels=32, ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
-                                    using_sa=True, using_mid_sa=True, norm_groups=32),
+    "vae_ch160v4096z32": MSVQConfig(scales=PAPER_SCALES, vocab_size=4096, z_channels=32, ch=160,
+                                    ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, using_sa=True, using_mid_sa=True,
+                                    norm_groups=32),
 }
 
 
@@ -174,10 +177,10 @@ class ResidualQuantizer(nn.Module):
 class MultiScaleVQ(Tokenizer):
     """Images in [-1, 1] <-> multi-scale codes (B, sum pn^2); ``grid`` is the last scale's map."""
 
-    def __init__(self, cfg: MSVQConfig | None = None, scales=SYNTHETIC_SCALES):
+    def __init__(self, cfg: MSVQConfig | None = None):
         super().__init__()
         self.cfg = cfg or MSVQConfig()
-        self.scales = check_scales(scales)
+        self.scales = check_scales(self.cfg.scales)
         self.vocab_size, self.z_channels = self.cfg.vocab_size, self.cfg.z_channels
         self.grid = (self.scales[-1], self.scales[-1])
         self.encoder, self.decoder = Encoder(self.cfg.vae), Decoder(self.cfg.vae)
@@ -189,19 +192,16 @@ class MultiScaleVQ(Tokenizer):
     @classmethod
     def from_config(cls, cfg) -> MultiScaleVQ:
         """Reads ``tokenizer.options`` (``preset``: synthetic | vae_ch160v4096z32, then any
-        MSVQConfig field), takes the scales from ``model.options.scales`` when the paradigm is VAR
-        (one source of truth; otherwise the synthetic default), and loads ``tokenizer.checkpoint``."""
-        from nar_bench.config import paradigm_options
-
+        MSVQConfig field, ``scales`` included) and loads ``tokenizer.checkpoint``."""
         tcfg = preset_config(cfg.tokenizer.get("options"), PRESETS, "synthetic", "msvq")
-        scales = paradigm_options(cfg.model).scales if cfg.model.paradigm == "var" else SYNTHETIC_SCALES
+        scales = check_scales(tcfg.scales)
         latent = cfg.data.image_size // tcfg.vae.downsample
         if scales[-1] != latent:
             raise NarBenchError(
                 f"msvq: data.image_size {cfg.data.image_size} / downsample {tcfg.vae.downsample} gives a "
-                f"{latent}x{latent} latent but the last scale is {scales[-1]}; end model.options.scales at "
+                f"{latent}x{latent} latent but the last scale is {scales[-1]}; end tokenizer.options.scales at "
                 f"{latent} or change tokenizer.options.ch_mult (downsample = 2 ** (len(ch_mult) - 1))")
-        tok = cls(tcfg, scales)
+        tok = cls(tcfg)
         if cfg.tokenizer.checkpoint:
             from nar_bench.checkpoints import load_tokenizer_weights
 
@@ -211,6 +211,11 @@ class MultiScaleVQ(Tokenizer):
     @property
     def num_tokens(self) -> int:
         return self.scale_bounds[-1][1]
+
+    @property
+    def code_space(self) -> CodeSpace:
+        """Multi-scale codes; next-scale generators (VAR) are fed through this tokenizer's quantiser."""
+        return CodeSpace(self.vocab_size, self.grid, MULTISCALE, self.scales, next_scale=self)
 
     # --- images <-> features ----------------------------------------------------------------------
     def features(self, images: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from nar_bench.provenance import device_description, git_commit
+from nar_bench.tracking.provenance import device_description, git_commit
 
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests child runs under the parent
 # on every run: what ran it (MLflow's own mlflow.source.git.commit reads .git, stale on a copied tree)
@@ -94,3 +94,10 @@ def parent_run(tracking: DictConfig, name: str, params: dict | None = None) -> I
         c.set_terminated(run.info.run_id, status="FAILED")
         raise
     c.set_terminated(run.info.run_id, status="FINISHED")
+
+
+def log_artifact(logger, path: Path, subdir: str | None = None) -> None:
+    """Logs a file to the MLflow run behind a Lightning MLFlowLogger (no-op for other loggers)."""
+    run_id = getattr(logger, "run_id", None)
+    if run_id is not None:
+        logger.experiment.log_artifact(run_id, str(path), subdir)

@@ -19,13 +19,14 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+import nar_bench.metrics  # noqa: E402, F401  (registers the metrics' directions)
 from nar_bench.errors import NarBenchError  # noqa: E402
+from nar_bench.registry import METRIC_DIRECTIONS  # noqa: E402
 from nar_bench.tracking.mlflow import COMMIT_TAG, DEVICE_TAG, PARENT_TAG, tracking_uri  # noqa: E402
 
 METRICS = ("fid", "is", "precision", "recall", "kid", "class_accuracy")  # table order, when present
 PLOT_METRICS = ("fid", "is", "class_accuracy")
-LOWER_IS_BETTER = {"fid", "kid"}
-# tags nar_bench.train_eval puts on every sweep child run; POINT_TAG + short grid key, e.g. cfg_scale
+# tags nar_bench.run.sweep puts on every sweep child run; POINT_TAG + short grid key, e.g. cfg_scale
 VARIANT_TAG, SEED_TAG, POINT_TAG = "nar_bench.variant", "nar_bench.seed", "nar_bench.point."
 TRAINED_IN_TAG = "nar_bench.trained_in_run"  # on runs that evaluate a model trained in another run
 
@@ -140,8 +141,7 @@ def plot_summary(summary: pd.DataFrame, group: list[str], path: str | Path) -> P
             labels = summary[group].astype(str).agg(" ".join, axis=1)
             ax.bar(range(len(summary)), mean, yerr=std.fillna(0), capsize=4, color="tab:blue")
             ax.set_xticks(range(len(summary)), labels, rotation=30, ha="right", fontsize="small")
-        better = "lower" if metric in LOWER_IS_BETTER else "higher"
-        ax.set_title(f"{metric} ({better} is better)")
+        ax.set_title(f"{metric} ({METRIC_DIRECTIONS[metric]} is better)")
         ax.grid(axis="y", alpha=0.3)
     if (summary["seeds"] > 1).any():
         fig.suptitle(f"error bars: std over {summary['seeds'].max()} seeds", fontsize="small", y=0.99)

@@ -12,6 +12,7 @@ Video grids (T, H, W) show the T frames in a row in each panel, the panels stack
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,11 +22,13 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from nar_bench.errors import NarBenchError
 from nar_bench.images import save_gif, to_uint8
-from nar_bench.lit.module import GeneratorModule, log_artifact
+from nar_bench.lit.module import GeneratorModule
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.paradigms.base import Paradigm, step_of_positions
-from nar_bench.tokenizers.base import Tokenizer
+from nar_bench.tokenizers.base import RASTER, Tokenizer
+from nar_bench.tracking.mlflow import log_artifact
 
 DONE, CURRENT, PENDING = (60, 90, 150), (255, 50, 150), (225, 225, 230)  # token-panel colours
 UNDECODED_GREY = 128
@@ -125,6 +128,9 @@ def order_gif(source: GeneratorModule | Paradigm, label: int, path: str | Path, 
         raise TypeError("order_gif(paradigm, ...) needs the tokenizer that decodes its codes")
     else:
         paradigm, sampling = source, sampling or SamplingConfig()
+    if paradigm.codes.layout != RASTER:
+        raise NarBenchError(f"generation-order GIFs draw a raster code grid; paradigm '{paradigm.name}' makes "
+                            f"{paradigm.codes.layout} codes")
     device = next(paradigm.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
     codes = paradigm.generate(torch.tensor([label], device=device), sampling, generator)[0]
@@ -160,3 +166,9 @@ def write_order_gifs(out_dir: str | Path = "results", paradigms: Sequence[str] =
             module = GeneratorModule(cfg, GeneratorDataModule(cfg.data).num_classes)
         paths.append(order_gif(module, label, Path(out_dir) / f"order_{name}.gif", seed=module.cfg.seed))
     return paths
+
+
+def main(args: argparse.Namespace) -> None:
+    checkpoints = dict(item.split("=", 1) for item in args.ckpt)
+    for path in write_order_gifs(args.out, args.paradigms, args.config, args.overrides, checkpoints, args.label):
+        print(path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from nar_bench.provenance import provenance_line
+from nar_bench.tracking.provenance import provenance_line
 
 # (column, axis label, y scale) of each Figure-6 panel
 PANELS = (

@@ -23,11 +23,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 import nar_bench.data  # noqa: F401  (registers the datasets)
 from nar_bench.errors import NarBenchError
 from nar_bench.images import save_grid
-from nar_bench.lit.module import GeneratorModule, log_artifact
+from nar_bench.lit.module import GeneratorModule
+from nar_bench.lit.trainer import resolve_precision, uses_gpu
 from nar_bench.metrics import DomainClassifierSpec, class_consistency, domain_classifier, evaluate_samples
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.registry import DATASETS
-from nar_bench.train import resolve_precision, uses_gpu
+from nar_bench.tracking.mlflow import log_artifact
 
 GATHER_CHUNK = 512  # images per all_gather call: bounds the extra GPU memory of the gather
 

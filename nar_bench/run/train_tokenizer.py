@@ -6,15 +6,17 @@ official checkpoints, so it is used exactly like ``vq_ds16_c2i.pt``: ``tokenizer
 
 from __future__ import annotations
 
+import argparse
+
 import lightning as L
 import torch
 from omegaconf import DictConfig
 
 from nar_bench.lit.data import GeneratorDataModule
 from nar_bench.lit.tokenizer_module import TokenizerModule
+from nar_bench.lit.trainer import check_inputs, make_trainer, run_directory
 from nar_bench.nn.transformer import count_parameters
 from nar_bench.tracking.mlflow import make_logger
-from nar_bench.train import check_inputs, make_trainer, run_directory
 
 
 def train_tokenizer(cfg: DictConfig, run_name: str | None = None) -> dict:
@@ -46,3 +48,11 @@ def train_tokenizer(cfg: DictConfig, run_name: str | None = None) -> dict:
         "tokenizer_checkpoint": str(path.resolve()),
         "mlflow_run_id": logger.run_id,
     }
+
+
+def main(args: argparse.Namespace) -> None:
+    from nar_bench.config import load_config
+
+    summary = train_tokenizer(load_config(args.config, args.overrides))
+    if summary:
+        print(" ".join(f"{k}={v}" for k, v in summary.items()))

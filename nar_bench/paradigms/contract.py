@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from nar_bench.nn.modes import eval_mode
 from nar_bench.nn.sampling import SamplingConfig, with_null_class
-from nar_bench.paradigms.base import SequenceParadigm
+from nar_bench.paradigms.engine import SequenceParadigm
 
 
 def decode_with_step_logits(model: SequenceParadigm, labels: Tensor, sampling: SamplingConfig,
@@ -43,13 +44,10 @@ def decode_with_step_logits(model: SequenceParadigm, labels: Tensor, sampling: S
 @torch.no_grad()
 def teacher_forced_logits(model: SequenceParadigm, tokens: Tensor, labels: Tensor, sampling: SamplingConfig) -> Tensor:
     """``forward`` in eval mode on (B, N) tokens, with the null-class rows appended under CFG."""
-    was_training = model.training
-    model.eval()
     if sampling.uses_cfg:
         tokens, labels = tokens.repeat(2, 1), with_null_class(labels, model.model_cfg.num_classes)
-    logits = model(tokens, labels)
-    model.train(was_training)
-    return logits
+    with eval_mode(model):
+        return model(tokens, labels)
 
 
 def decode_forward_gap(model: SequenceParadigm, labels: Tensor, sampling: SamplingConfig,

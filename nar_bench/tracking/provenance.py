@@ -27,7 +27,7 @@ def git_commit() -> str:
     ``-dirty`` when tracked files have uncommitted changes; 'unknown' outside a checkout."""
     if os.environ.get("NAR_BENCH_COMMIT"):
         return os.environ["NAR_BENCH_COMMIT"]
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                                 check=True).stdout

@@ -8,6 +8,7 @@ when complete, so a failure leaves nothing half-written.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import tempfile
@@ -20,10 +21,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import nar_bench.data  # noqa: F401  (registers the datasets)
-from nar_bench.build import build_tokenizer
 from nar_bench.data.codes import FORMAT, MANIFEST, codes_dtype
 from nar_bench.errors import NarBenchError
 from nar_bench.registry import DATASETS
+from nar_bench.tokenizers import build_tokenizer
 
 SPLITS = ("train", "val")
 
@@ -116,3 +117,14 @@ def build_manifest(cfg: DictConfig, tokenizer, train_set, num_tokens: int, split
                  "image_size": cfg.data.image_size, "grid_size": cfg.data.grid_size},
         "splits": splits,
     }
+
+
+def main(args: argparse.Namespace) -> None:
+    from nar_bench.config import load_config
+
+    shard = {} if args.shard_size is None else {"shard_size": args.shard_size}
+    out = extract_codes(load_config(args.config, args.overrides), args.out_dir, **shard)
+    manifest = json.loads((out / MANIFEST).read_text())
+    counts = " ".join(f"{split}={entry['count']}" for split, entry in manifest["splits"].items())
+    print(f"codes={out} {counts} num_tokens={manifest['num_tokens']} vocab_size={manifest['vocab_size']} "
+          f"num_classes={manifest['num_classes']}")

@@ -8,12 +8,13 @@ tables and plots go to ``bench.output_dir`` and are logged to the parent run.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import logging
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -24,8 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from nar_bench.bench_report import write_report
-from nar_bench.build import build_paradigm, build_tokenizer
+from nar_bench.bench.report import write_report
 from nar_bench.config import merge, model_dims, paradigm_options
 from nar_bench.errors import NarBenchError
 from nar_bench.metrics.efficiency import (
@@ -36,9 +36,12 @@ from nar_bench.metrics.efficiency import (
     randomize_weights,
 )
 from nar_bench.nn.sampling import SamplingConfig
-from nar_bench.provenance import provenance, provenance_line
+from nar_bench.paradigms import build_paradigm
 from nar_bench.registry import PARADIGMS
+from nar_bench.tokenizers import build_tokenizer
+from nar_bench.tokenizers.base import CodeSpace
 from nar_bench.tracking.mlflow import PARENT_TAG, client, create_run, experiment_id, parent_run
+from nar_bench.tracking.provenance import provenance, provenance_line
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +49,6 @@ SWEEP_NAME = "throughput-sweep"
 RUN_PARAMS = ("model", "paradigm", "size", "params", "steps", "batch_size", "dtype", "cfg", "cfg_scale", "top_k",
               "top_p", "tokenizer_decode", "cuda_graph", "compiled", "device", "status")
 RUN_METRICS = ("latency_s", "throughput_img_s", "peak_mem_gb")
-
-
-@dataclass
-class CodeSpace:
-    """Stand-in tokenizer for token-only timing: just the code space (vocab, grid) a paradigm is
-    built against, so paper-size vocabularies can be timed without the tokenizer's weights."""
-
-    vocab_size: int
-    grid: tuple[int, ...]
 
 
 def check_bench(bench: DictConfig) -> None:
@@ -117,11 +111,14 @@ def bench_device(name: str) -> torch.device:
     return device
 
 
-def bench_tokenizer(cfg: DictConfig) -> nn.Module | CodeSpace:
-    """The configured tokenizer, or the ``bench.vocab_size`` code space for token-only timing."""
+def bench_tokenizer(cfg: DictConfig) -> tuple[nn.Module | None, CodeSpace]:
+    """(tokenizer, code space): the configured tokenizer and its codes, or for token-only timing
+    at ``bench.vocab_size`` no tokenizer and raster codes of that vocabulary over the data grid
+    (paper-size vocabularies are timed without the tokenizer's weights)."""
     if cfg.bench.vocab_size is None:
-        return build_tokenizer(cfg)
-    return CodeSpace(cfg.bench.vocab_size, (cfg.data.grid_size, cfg.data.grid_size))
+        tokenizer = build_tokenizer(cfg)
+        return tokenizer, tokenizer.code_space
+    return None, CodeSpace(cfg.bench.vocab_size, (cfg.data.grid_size, cfg.data.grid_size))
 
 
 def settings_line(cfg: DictConfig) -> str:
@@ -149,10 +146,10 @@ def bench_model(label: str, cfg: DictConfig, device: torch.device, prov: dict[st
     """Result rows of one model at ascending batch sizes, up to and including its OOM point."""
     bench = cfg.bench
     torch.manual_seed(cfg.seed)
-    tokenizer = bench_tokenizer(cfg)
-    paradigm = build_paradigm(cfg, tokenizer, bench.num_classes)
+    tokenizer, codes = bench_tokenizer(cfg)
+    paradigm = build_paradigm(cfg, codes, bench.num_classes)
     randomize_weights(paradigm)
-    if isinstance(tokenizer, nn.Module):
+    if tokenizer is not None:
         tokenizer.to(device).eval()  # paradigms like VAR use it while generating
     sampling = SamplingConfig(**cfg.eval.sampling)
     protocol = {"dtype": bench.dtype, "warmup": bench.warmup, "repeats": bench.repeats, "device": device,
@@ -211,3 +208,11 @@ def run_throughput_sweep(cfg: DictConfig, command: str | None = None) -> pd.Data
             mlflow.log_artifact(parent_id, str(path))
     log.info("throughput sweep: %s", provenance_line(prov))
     return table
+
+
+def main(args: argparse.Namespace) -> None:
+    from nar_bench.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    run_throughput_sweep(cfg, command=args.command_line)
+    print(f"results in {cfg.bench.output_dir}")

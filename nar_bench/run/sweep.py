@@ -1,4 +1,5 @@
-"""A sweep point = train + evaluate, in its own MLflow child run (the ``run_point`` of run_sweep).
+"""``nar-bench sweep``: every point of a config's sweep under one MLflow parent run, each point =
+train + evaluate in its own MLflow child run.
 
 Points whose configs differ only in ``eval.*`` (e.g. a CFG-scale grid) share one training: CFG is a
 sampling-time setting, so retraining per scale would only add training noise and cost. The first
@@ -8,15 +9,25 @@ runs, tagged with the id of the run that trained it.
 
 from __future__ import annotations
 
+import argparse
+import copy
 import json
+from collections.abc import Callable
+from pathlib import Path
 
+import pandas as pd
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from nar_bench.evaluate import evaluate
-from nar_bench.tracking.mlflow import make_logger
+from nar_bench.config import expand_sweep
+from nar_bench.errors import NarBenchError
+from nar_bench.run.evaluate import evaluate
+from nar_bench.run.train import FittedRun, finish_run, fit
+from nar_bench.tracking.mlflow import make_logger, parent_run
 from nar_bench.tracking.report import POINT_TAG, SEED_TAG, TRAINED_IN_TAG, VARIANT_TAG
-from nar_bench.train import FittedRun, finish_run, fit
+
+# (point name, point config, parent run id) -> one result row; the function opens the child run
+RunPoint = Callable[[str, DictConfig, str], dict]
 
 SUMMARY_COLUMNS = ("paradigm", "size", "params_M", "steps_per_image", "train_steps", "train_loss", "val_loss",
                    "device")
@@ -38,7 +49,7 @@ def point_columns(name: str, cfg: DictConfig, grid_keys: list[str]) -> dict:
 
 
 class TrainAndEvaluate:
-    """run_point for :func:`nar_bench.sweep.run_sweep`; one result row per point (rank 0; {} elsewhere)."""
+    """run_point for :func:`run_sweep`; one result row per point (rank 0; {} elsewhere)."""
 
     def __init__(self, sweep_cfg: DictConfig):
         self.grid_keys = list(sweep_cfg.sweep.grid)
@@ -72,3 +83,46 @@ class TrainAndEvaluate:
             return {}
         return {**columns, **{k: summary.get(k) for k in SUMMARY_COLUMNS}, **metrics,
                 "mlflow_run_id": logger.run_id, "trained_in_run": run.logger.run_id}
+
+
+def run_sweep(cfg: DictConfig, run_point: RunPoint, name: str) -> pd.DataFrame:
+    """Expands ``cfg.sweep``, runs each point, returns the result table (one row per point).
+    A failed sweep returns nothing and its parent run is marked FAILED in MLflow."""
+    points = expand_sweep(cfg)
+    rows = []
+    params = {"points": len(points), "sweep": OmegaConf.to_yaml(cfg.sweep)[:5000]}
+    with parent_run(cfg.tracking, name, params) as parent_id:
+        for point_name, point_cfg in points:
+            rows.append({"point": point_name, **run_point(point_name, point_cfg, parent_id)})
+    return pd.DataFrame(rows)
+
+
+def select_variants(cfg: DictConfig, only: str | None) -> DictConfig:
+    """``cfg`` with just the sweep variants named in the comma-separated ``only``."""
+    if not only:
+        return cfg
+    names = [name.strip() for name in only.split(",")]
+    known = [variant.get("name") for variant in cfg.sweep.variants]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise NarBenchError(f"--only: no sweep variant named {', '.join(unknown)}; "
+                            f"variants: {', '.join(map(str, known))}")
+    cfg = copy.deepcopy(cfg)
+    cfg.sweep.variants = [variant for variant in cfg.sweep.variants if variant.get("name") in names]
+    return cfg
+
+
+def main(args: argparse.Namespace) -> None:
+    from nar_bench.config import load_config
+    from nar_bench.tracking.provenance import provenance
+    from nar_bench.tracking.report import write_report
+
+    cfg = select_variants(load_config(args.config, args.overrides), args.only)
+    name = cfg.tracking.run_name or Path(args.config).stem
+    table = run_sweep(cfg, TrainAndEvaluate(cfg), name)
+    if rank_zero_only.rank != 0:
+        return
+    grid = [key.split(".")[-1] for key in cfg.sweep.grid]
+    info = provenance(args.command_line, experiment=cfg.tracking.experiment)
+    paths = write_report(table, grid, args.out or Path("results") / Path(args.config).stem, info)
+    print("\n".join(str(path) for path in paths.values()))

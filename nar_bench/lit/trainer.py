@@ -1,0 +1,60 @@
+"""The Lightning Trainer every verb uses: precision, run folder, callbacks, and input checks that
+fail before anything is created."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig
+
+from nar_bench.errors import NarBenchError
+
+
+def uses_gpu(trainer_cfg: DictConfig) -> bool:
+    """Whether Lightning runs ``trainer_cfg`` on a GPU."""
+    return torch.cuda.is_available() and trainer_cfg.accelerator in ("auto", "gpu", "cuda")
+
+
+def resolve_precision(trainer_cfg: DictConfig) -> str:
+    if trainer_cfg.precision != "auto":
+        return trainer_cfg.precision
+    return "bf16-mixed" if uses_gpu(trainer_cfg) else "32-true"
+
+
+def run_directory(cfg: DictConfig, run_name: str, logger: MLFlowLogger) -> Path:
+    """``<output_dir>/<run name>-<run id prefix>``. Only rank 0 owns the MLflow run; under DDP the
+    checkpoint folder is broadcast from rank 0."""
+    run_id = logger.run_id or "rank-nonzero"
+    return Path(cfg.output_dir) / f"{run_name.replace('/', '_')}-{run_id[:8]}"
+
+
+def make_trainer(cfg: DictConfig, logger, run_dir: Path) -> L.Trainer:
+    t = cfg.trainer
+    return L.Trainer(
+        max_steps=t.max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=resolve_precision(t),
+        val_check_interval=min(t.val_check_interval, t.max_steps),
+        check_val_every_n_epoch=None,
+        log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        logger=logger,
+        callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+                   LearningRateMonitor("step")],
+        default_root_dir=run_dir,
+        enable_model_summary=False,
+    )
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """Fails before anything is created (no half-written runs) on missing input files."""
+    for key, path in (("model.checkpoint", cfg.model.checkpoint), ("tokenizer.checkpoint", cfg.tokenizer.checkpoint)):
+        if path and not Path(path).is_file():
+            raise NarBenchError(f"{key}: file '{path}' not found; download it or point {key} at the right path")

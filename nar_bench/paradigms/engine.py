@@ -1,0 +1,101 @@
+"""The decode engine shared by the paradigms on the LLaMA backbone (raster AR, PAR, NAR): a static
+KV cache filled in schedule order, one cached forward per decoding step, every token of a step
+sampled in one call."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from nar_bench.errors import NarBenchError
+from nar_bench.nn.modes import eval_mode
+from nar_bench.nn.sampling import SamplingConfig, sample_step, with_null_class
+from nar_bench.nn.transformer import Transformer, TransformerConfig, condition_rope, rope_table, setup_kv_caches
+from nar_bench.paradigms.base import Paradigm, grid_coords
+from nar_bench.tokenizers.base import RASTER, CodeSpace
+
+
+class SequenceParadigm(Paradigm):
+    """Paradigm on the shared LLaMA backbone whose decoding feeds one group of tokens per step.
+
+    The training sequence is [condition, tokens in raster order] under ``train_mask``. Decoding
+    fills a static KV cache in schedule order, so each step attends to the filled prefix without a
+    mask. Subclasses define the schedule, the mask, ``forward`` and ``step_logits`` (how hidden
+    states become logits for their targets).
+    """
+
+    def __init__(self, model: TransformerConfig, codes: CodeSpace, options: Any = None):
+        if codes.layout != RASTER:
+            raise NarBenchError(f"paradigm '{self.name}' decodes raster code grids, but the tokenizer's codes are "
+                                f"{codes.layout}; use a raster tokenizer (palette, vq) or model.paradigm=var")
+        super().__init__(model, codes, options)
+        self.compiled_feed = None  # set by compile_decoding
+        self.backbone = Transformer(model)
+        rope = condition_rope(rope_table(grid_coords(self.grid), model.head_dim, model.rope_base), model.cls_token_num)
+        self.register_buffer("rope", rope, persistent=False)  # (cls + N, head_dim/2, 2), raster order
+        self.register_buffer("mask", self.train_mask(), persistent=False)
+
+    def hidden_states(self, tokens: Tensor, labels: Tensor) -> Tensor:
+        """Teacher-forced backbone output (B, cls + N, dim) for the raster sequence."""
+        h = self.backbone.embed(tokens, labels)
+        return self.backbone.run_blocks(h, self.rope, self.mask)
+
+    # --- decoding -------------------------------------------------------------------------------
+    def feed(self, x: Tensor, rope: Tensor, cache_start: int) -> Any:
+        """Runs embedded inputs (B, n, dim) through the cached model; returns what
+        ``step_logits`` needs (by default the backbone's hidden states)."""
+        return self.backbone.run_blocks(x, rope, cache_start=cache_start)
+
+    def decode_inputs(self, step: int, tokens: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Inputs fed after sampling ``step``: embedded tokens (B', m, dim) and their rotary rows
+        (m, head_dim/2, 2), from the step's new tokens (B', n) at raster indices ``idx`` (n,).
+        By default m = n; paradigms that feed extra inputs (PAR's transition tokens) append them.
+        The cache holds cls + N positions and the last step is never fed, so up to
+        ``len(schedule()[-1])`` extra inputs fit."""
+        return self.backbone.tok_embeddings(tokens), self.rope[self.model_cfg.cls_token_num + idx]
+
+    @abstractmethod
+    def step_logits(self, step: int, fed: Any) -> Tensor:
+        """Logits (B, n_step, V) for the tokens of ``step`` from the state fed at step-1 (or the
+        condition, for step 0), in the order of ``schedule()[step]``."""
+
+    def compile_decoding(self) -> None:
+        """Compiles the per-step forward (``feed``) with torch.compile, one dynamic-shape graph
+        for every step: it fuses the elementwise work (RoPE, norms, SwiGLU, residuals) that
+        dominates decoding. Safe to call twice."""
+        if self.compiled_feed is None:
+            self.compiled_feed = torch.compile(self.feed, dynamic=True)
+
+    def device_schedule(self, device: torch.device) -> list[Tensor]:
+        """The schedule's index tensors on ``device``, copied once: the decode loop then does no
+        host-to-device copies (required to capture it in a CUDA graph)."""
+        cached = getattr(self, "_device_schedule", None)
+        if cached is None or cached[0].device != device:
+            cached = [idx.to(device) for idx in self.schedule()]
+            self._device_schedule = cached
+        return cached
+
+    @torch.inference_mode()
+    def generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
+        with eval_mode(self):
+            feed = self.compiled_feed or self.feed
+            cls_n, steps = self.model_cfg.cls_token_num, self.device_schedule(labels.device)
+            cond = with_null_class(labels, self.model_cfg.num_classes) if sampling.uses_cfg else labels
+            setup_kv_caches(self, cond.shape[0], cls_n + self.num_tokens, self.cache_dtype())
+
+            x = self.backbone.cls_embedding(cond)[:, None].expand(-1, cls_n, -1)
+            fed = feed(x, self.rope[:cls_n], cache_start=0)
+            out = labels.new_empty(labels.shape[0], self.num_tokens)
+            pos = cls_n
+            for s, idx in enumerate(steps):
+                new = sample_step(self.step_logits(s, fed), sampling, s, generator)
+                out[:, idx] = new
+                if s + 1 < len(steps):
+                    fed_tokens = new.repeat(2, 1) if sampling.uses_cfg else new
+                    x, rope = self.decode_inputs(s, fed_tokens, idx)
+                    fed = feed(x, rope, cache_start=pos)
+                    pos += x.shape[1]
+        return out.view(labels.shape[0], *self.grid)
