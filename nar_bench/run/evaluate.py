@@ -1,9 +1,16 @@
-"""Quality evaluation of a trained generator: class-balanced samples -> FID / IS / KID / precision-
-recall (+ class consistency on the synthetic shapes) -> MLflow metrics and artifacts.
+"""Quality evaluation of a generator.
 
-Generation runs through ``Trainer.predict`` so it scales like training: under DDP every rank
-generates its share of the labels and the uint8 images are gathered once, onto rank 0, which
-computes the metrics (torch-fidelity runs on one device). On one device it is a plain loop.
+``nar-bench evaluate <config> --ckpt <official file | .ckpt>`` (``evaluate_checkpoint``): the number a
+paper would print. N class-balanced samples (label i % classes, noise from (seed, i), so identical for
+any batch size and device count) go through ``Trainer.predict`` into resumable ADM-format shards
+(each rank writes the shards it generates; rank 0 assembles the .npz), then ADM's metrics against
+``eval.reference`` (FID, sFID, IS, precision, recall), one MLflow run and results/<name>/eval.json.
+
+``evaluate`` (sweeps, ``make ablation-heads``): the same shards and seeds for eval.num_samples
+samples; ADM's metrics when ``eval.reference`` is set, else torch-fidelity's FID / IS / KID /
+precision-recall against dataset images (+ class consistency on the synthetic shapes).
+
+``generate_samples`` keeps the in-memory path (arbitrary labels, gathered onto rank 0).
 """
 
 from __future__ import annotations
