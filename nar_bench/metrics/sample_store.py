@@ -91,8 +91,8 @@ class SampleStore:
         shard folder unless ``keep_shards``."""
         missing = self.pending()
         if missing:
-            raise NarBenchError(f"cannot assemble '{self.out}': shards {missing[:5]}{'...' if len(missing) > 5 else ''} "
-                                "are not written yet")
+            more = "..." if len(missing) > 5 else ""
+            raise NarBenchError(f"cannot assemble '{self.out}': shards {missing[:5]}{more} are not written yet")
         first, _ = self._load(0)
         labels = np.concatenate([self._load(k)[1] for k in range(self.num_shards)])
         write_npz(self.out, {LABELS_KEY: labels}, images=(self._load(k)[0] for k in range(self.num_shards)),
