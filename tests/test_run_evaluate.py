@@ -198,3 +198,13 @@ def test_bad_inputs_fail_with_one_clear_error_before_anything_is_written(
         assert code == 2 and len(err.strip().splitlines()) == 1, (message, err)
         assert re.search(message, err), (message, err)
         assert not (tmp_path / "results").exists(), message
+
+
+@pytest.mark.cuda
+def test_cuda_samples_do_not_depend_on_the_batch_size(tmp_path):
+    """On a GPU the GEMMs of different batch sizes differ in round-off; the codes (and so, with the
+    fixed decode batch, the images) must still be the same. bf16 autocast as in real runs."""
+    cfg, module = tiny_module("trainer.accelerator=gpu", "trainer.precision=bf16-mixed")
+    arrays = [read(generate_npz(module, cfg, 64, tmp_path / f"b{b}.npz", b, sample_settings(cfg, CLASSES)))[0]
+              for b in (7, 64)]
+    assert np.array_equal(*arrays)
