@@ -24,7 +24,7 @@ from nar_bench.cli import main as cli
 from nar_bench.config import load_config
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.metrics.sample_store import SampleStore
-from nar_bench.run.evaluate import generate_npz, sample_settings
+from nar_bench.run.evaluate import evaluate, generate_npz, sample_settings
 from nar_bench.run.reference import make_reference
 from tests.conftest import randomize_heads, tracking_overrides
 
@@ -116,7 +116,7 @@ import torch
 import nar_bench
 from nar_bench.config import load_config
 from nar_bench.lit.module import GeneratorModule
-from nar_bench.run.evaluate import generate_npz, sample_settings
+from nar_bench.run.evaluate import evaluate, generate_npz, sample_settings
 from tests.conftest import randomize_heads
 
 cfg = load_config("experiments/demo.yaml", {overrides!r})
@@ -171,6 +171,16 @@ def test_evaluate_verb_scores_an_official_weights_file_and_records_everything(
     assert run.data.metrics["eval/fid"] == pytest.approx(record["metrics"]["fid"])
     assert run.data.params["num_samples"] == "16" and record["checkpoint"]["sha256"] in str(run.data.params)
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"eval_samples.png", "eval.json"}
+
+
+def test_the_sweep_evaluation_scores_the_same_shards_with_adm_metrics_given_a_reference(
+        tmp_path, uninterrupted, shapes_reference, random_inception_weights):
+    cfg, module = tiny_module(f"eval.reference={shapes_reference}",
+                              f"eval.extractor_options.weights_path={random_inception_weights}")
+    metrics = evaluate(module, cfg, num_samples=32, batch_size=16, out_dir=tmp_path)
+    assert set(metrics) == {"fid", "sfid", "is", "is_std", "precision", "recall", "num_samples", "generate_seconds"}
+    assert np.array_equal(read(tmp_path / "samples.npz")[0], read(uninterrupted)[0])  # same samples as the verb's
+    assert (tmp_path / "eval_samples.png").is_file()
 
 
 def test_bad_inputs_fail_with_one_clear_error_before_anything_is_written(
