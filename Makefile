@@ -1,17 +1,19 @@
 # User-facing verbs. Every target bootstraps .venv on first use.
 #   make demo    train + sample the embedded default (synthetic shapes, local MLflow store, CPU ok)
 #   make test    run the test suite
-#   make throughput-sweep   paradigm x size x batch size throughput sweep (GPU; results/throughput/)
-#   make order-gifs  results/order/order_{ar,nar,par}.gif: generation order, one GIF frame per decoding step
+#   make throughput-sweep   paradigm x size x batch size throughput sweep (GPU; eager on CPU) -> results/runs/throughput/
+#   make order-gifs  results/runs/order/order_{ar,nar,par,maskgit}.gif: generation order, one GIF frame per decoding step
 #                    (tiny random models; ARGS="--ckpt nar=path/last.ckpt ..." for trained ones)
-#   make ablation-heads   paper Tables 4/5 (heads, overlap head) as one MLflow sweep -> results/ablation_heads/
-#   make cfg-sweep        FID/IS/accuracy vs CFG scale per paradigm -> results/cfg_sweep/
-#   make report CONFIG=experiments/ablation_heads.yaml ARGS="--parent latest"   tables + plot from MLflow
+#   make ablation-heads   paper Tables 4/5 (heads, overlap head) as one MLflow sweep -> results/runs/ablation_heads/
+#   make cfg-sweep        FID/IS/accuracy vs CFG scale per paradigm -> results/runs/cfg_sweep/
+#   make report CONFIG=experiments/ablation_heads.yaml   tables + plot of the newest FINISHED sweep, from MLflow
 #   make evaluate CKPT=<run .ckpt | official file> REF=<ADM reference .npz> [CONFIG=...] [ARGS="--num-samples 50000 ..."]
-#                 paper-comparable FID / sFID / IS / precision / recall -> results/<name>/eval.json + MLflow
+#                 paper-comparable FID / sFID / IS / precision / recall -> results/runs/<name>/eval.json + MLflow
 #   make reference SOURCE=<image folder | YAML> REF=ref.npz [ARGS="--image-size 256"]   ADM reference batch
 #   make real-photos-demo   scikit-image's photos: VQ -> codes -> NAR + AR -> reference -> evaluate (CPU ok,
-#                           needs $$NAR_BENCH_INCEPTION_WEIGHTS) -> results/photos-{nar,ar}/eval.json
+#                           needs $$NAR_BENCH_INCEPTION_WEIGHTS) -> results/runs/photos-{nar,ar}/eval.json
+# Verbs write to the git-ignored results/runs/; the committed results/<name>/ folders are only
+# replaced with ARGS="--out results/<name> --overwrite".
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -90,9 +92,10 @@ lint: $(STAMP)
 throughput-sweep: $(STAMP)
 	$(BIN)/nar-bench bench experiments/throughput_sweep.yaml $(ARGS)
 order-gifs: $(STAMP)
-	$(BIN)/nar-bench order-gifs --out results/order $(ARGS)
+	$(BIN)/nar-bench order-gifs $(ARGS)
 
 mlflow-ui: $(STAMP)
+	@$(BIN)/pip show -q mlflow 2>/dev/null || $(BIN)/pip install -q --no-compile -e ".[ui]"  # the UI extra, once
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlruns.db \
 		--default-artifact-root $(CURDIR)/results/mlartifacts --host 127.0.0.1 --port 5000
 

@@ -3,9 +3,10 @@ same logits (and codes) in nar-bench.
 
 Every official layout is a ``Layout`` in ``LAYOUTS`` (bottom of this file), named like the
 paradigm or tokenizer it fits: LlamaGen GPT (``ar``), NAR-images GPT (``nar``), PAR GPT + transition
-tokens (``par``), VAR transformer ``var_d*.pth`` (``var``), VAR's VQ-VAE ``vae_ch160v4096z32.pth``
-(``msvq``) and LlamaGen's VQ-16 ``vq_ds16_c2i.pt`` (``vq``). ``load_official`` and ``to_official``
-work for all of them; ``load_generator_weights`` also reads nar-bench's own Lightning checkpoints.
+tokens (``par``), NAR-videos LARP_AR (``nar_video``), VAR transformer ``var_d*.pth`` (``var``), VAR's
+VQ-VAE ``vae_ch160v4096z32.pth`` (``msvq``) and LlamaGen's VQ-16 ``vq_ds16_c2i.pt`` (``vq``).
+``load_official`` and ``to_official`` work for all of them; ``load_generator_weights`` also reads
+nar-bench's own Lightning checkpoints.
 One reader (``read_checkpoint``: safe load, wrapper unwrapping) and one strict loader
 (``load_checked``: names missing / unexpected / mis-shaped keys and the setting to change) serve all.
 """
@@ -25,8 +26,9 @@ from torch import Tensor, nn
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.transformer import size_name
 
-# DDP saves {"model": ...}, DeepSpeed {"module": ...}, Lightning {"state_dict": ...}, FSDP the raw dict
-WRAPPERS = ("model", "module", "state_dict")
+# DDP saves {"model": ...}, DeepSpeed {"module": ...}, Lightning {"state_dict": ...}, FSDP the raw dict;
+# NAR-videos' trainer {"model": {"name": ..., "args": ..., "sd": ...}}
+WRAPPERS = ("model", "module", "state_dict", "sd")
 LIGHTNING_PREFIX = "paradigm."  # GeneratorModule keeps the paradigm under this attribute name
 SHOWN_KEYS = 5  # how many keys of each kind an error message lists
 DOWNLOAD_HINT = (
@@ -50,11 +52,28 @@ def load_file(path: str | Path, download: str = DOWNLOAD_HINT) -> Mapping:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             culprit = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), "")
+            if not culprit:
+                raise NarBenchError(f"'{path}' is not a readable PyTorch weights file (corrupt or truncated?); "
+                                    f"{download}") from None
             raise NarBenchError(f"checkpoint '{path}' holds objects other than tensors, which are not loaded "
                                 f"for safety ({culprit}); re-save just its state dict with torch.save") from None
+        except (KeyError, EOFError, RuntimeError, ValueError, OSError):  # text, truncated or foreign files
+            raise NarBenchError(f"'{path}' is not a readable PyTorch weights file (corrupt or truncated?); "
+                                f"{download}") from None
     if not isinstance(checkpoint, Mapping):
         raise NarBenchError(f"checkpoint '{path}' holds a {type(checkpoint).__name__}, expected a state dict")
     return checkpoint
+
+
+def check_torch_file(path: str | Path, key: str) -> None:
+    """Cheap look at the first bytes (no weights read): a torch.save file is a zip archive or, in the
+    legacy format, a pickle. Anything else (a text file, an image) is refused naming ``key``."""
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):
+        raise NarBenchError(f"{key}: '{path}' is not a readable PyTorch weights file (not written by torch.save); "
+                            f"point {key} at a .pt / .pth / .ckpt file")
 
 
 def unwrap(checkpoint: Mapping, prefix: str = "") -> dict[str, Tensor]:
@@ -63,10 +82,13 @@ def unwrap(checkpoint: Mapping, prefix: str = "") -> dict[str, Tensor]:
     those keys, prefix stripped."""
     if not isinstance(checkpoint, Mapping):
         raise NarBenchError(f"checkpoint holds a {type(checkpoint).__name__}, expected a state dict")
-    for key in WRAPPERS:
-        if isinstance(checkpoint.get(key), Mapping):
-            checkpoint = checkpoint[key]
-            break
+    unwrapping = True
+    while unwrapping:  # wrappers nest (NAR-videos: model -> sd); a state dict's values are tensors
+        unwrapping = False
+        for key in WRAPPERS:
+            if isinstance(checkpoint.get(key), Mapping):
+                checkpoint, unwrapping = checkpoint[key], True
+                break
     if prefix and any(k.startswith(prefix) for k in checkpoint):
         return {k.removeprefix(prefix): v for k, v in checkpoint.items() if k.startswith(prefix)}
     return dict(checkpoint)
@@ -251,8 +273,14 @@ def describe_checkpoint(state: Mapping[str, Tensor]) -> str:
     vocab, dim = state["tok_embeddings.weight"].shape
     blocks = {int(k.split(".")[1]) for k in state if k.startswith("layers.")}
     vertical = "medusa_output.weight" in state
-    n_layers = len(blocks) - int(vertical)  # NAR stores its vertical block as one more layer
-    if vertical:
+    video = "output_B.weight" in state  # NAR-videos: right / down / back heads on one stack
+    # NAR stores its vertical block as one more layer; NAR-videos two (the released a = b = 1)
+    n_layers = len(blocks) - int(vertical) - 2 * int(video)
+    if video:
+        rows = state["abs_pe"].shape[1] if "abs_pe" in state else "?"
+        kind = (f"a NAR video GPT (right/down/back heads, {rows} position rows: use model.paradigm=nar_video; "
+                "layers counted with model.options.down_blocks = back_blocks = 1)")
+    elif vertical:
         kind = "a NAR GPT (with vertical head: use model.paradigm=nar)"
     elif PAR_TRANSITION_KEY in state:
         kind = (f"a PAR GPT ({state[PAR_TRANSITION_KEY].shape[0] + 1} regions: use model.paradigm=par "
@@ -288,6 +316,33 @@ def par_key_map(model: nn.Module) -> dict[str, str]:
     """PAR GPT (PAR-XL-4x.pt, PAR-3B-16x.pt, ...): LlamaGen GPT + the n-1 transition tokens, which
     PAR's gpt.py keeps as an embedding table of ``spe_token_num`` = n-1 rows."""
     return llamagen_key_map(model) | {"transition_tokens": PAR_TRANSITION_KEY}
+
+
+NAR_VIDEO_HEADS = {"backbone.norm.": "norm_R.", "backbone.output.": "output_R.", "down_norm.": "norm_D.",
+                   "down_output.": "output_D.", "back_norm.": "norm_B.", "back_output.": "output_B."}
+
+
+def nar_video_key_map(model: nn.Module) -> dict[str, str]:
+    """NAR-videos LARP_AR: LlamaGen names for embeddings and the whole stack (``layers.0 ..
+    L + a + b - 1``), the right / down / back heads as ``norm_R / output_R``, ``norm_D / output_D``,
+    ``norm_B / output_B`` and the absolute position table as ``abs_pe`` (a parameter when learned,
+    a buffer under use_fixed_pe: both saved)."""
+    mapping = llamagen_key_map(model) | {"backbone.pos_embedding": "abs_pe"}
+    for k in model.state_dict():
+        for ours, official in NAR_VIDEO_HEADS.items():
+            if k.startswith(ours):
+                mapping[k] = official + k.removeprefix(ours)
+    return mapping
+
+
+NAR_VIDEO_HINTS = {
+    r"abs_pe": "position rows = condition tokens + T*H*W: the released models use a 4 x 16 x 16 grid (1025 rows); "
+               "set data.frames / data.grid_size to match",
+    r"cls_embedding\..*": "number of classes + 1 null row differs (UCF-101: 101 classes)",
+    r"tok_embeddings\.weight|output_[RDB]\.weight": "vocabulary differs: the LARP tokenizer has 8192 codes",
+    r"layers\..*": "depth or width differs: model.size=L (llama-abs-L) or LP (llama-abs-LP), and "
+                   "model.options.down_blocks / back_blocks (official attn_num_back / attn_num_down, 1 each)",
+}
 
 
 def check_par(model: nn.Module, state: Mapping[str, Tensor]) -> None:
@@ -340,6 +395,10 @@ TOKENIZER_FIX = "Set tokenizer.options to the architecture the checkpoint was tr
 LAYOUTS: dict[str, Layout] = {
     "ar": Layout(llamagen_key_map),
     "nar": Layout(nar_key_map),
+    "nar_video": Layout(nar_video_key_map, derived=r"freqs_cis|layers\.\d+\.attention\.kv_cache\..*",
+                        hints=NAR_VIDEO_HINTS,
+                        download="download the NAR authors' released NAR-videos checkpoint (NAR-L / NAR-LP on UCF-101) "
+                                 "and point model.checkpoint at it"),
     "par": Layout(par_key_map, check=check_par,
                   download="download e.g. PAR-XL-4x.pt from the PAR release and point model.checkpoint at it"),
     "var": Layout(derived=r"lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias", official_buffers=var_buffers,

@@ -17,6 +17,7 @@ import argparse
 import importlib
 import shlex
 import sys
+from pathlib import Path
 
 from nar_bench.errors import NarBenchError
 
@@ -33,28 +34,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="sample a class grid from a trained Lightning checkpoint")
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--out", default="samples.png")
-    p.add_argument("overrides", nargs="*", help="e.g. eval.sampling.cfg_scale=3")
+    p.add_argument("--out", default="results/runs/samples.png", help="PNG (.gif for video models) to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a file committed to git")
+    p.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.sampling.cfg_scale=3 seed=1")
     p.set_defaults(verb="nar_bench.run.sample")
 
     p = sub.add_parser("bench", help="throughput sweep: paradigm x size x batch size (tables, plots, MLflow)")
     p.add_argument("config", help="experiment YAML, e.g. experiments/throughput_sweep.yaml")
     p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. bench.batch_sizes=[1,8,64]")
+    p.add_argument("--out", help="results folder (default: bench.output_dir, results/runs/throughput)")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder holding committed results")
     p.set_defaults(verb="nar_bench.bench.runner")
 
     p = sub.add_parser("sweep", help="train + evaluate every point of a sweep YAML (one MLflow parent run, a child "
-                                     "per point); writes tables and a plot to results/<yaml name>/")
+                                     "per point); writes tables and a plot to results/runs/<yaml name>/")
     p.add_argument("config", help="sweep YAML, e.g. experiments/ablation_heads.yaml")
     p.add_argument("overrides", nargs="*", help="dotlist overrides applied to every point, e.g. trainer.max_steps=50")
     p.add_argument("--only", help="comma-separated variant names to run (default: all)")
-    p.add_argument("--out", help="results folder (default: results/<yaml name>)")
+    p.add_argument("--out", help="results folder (default: results/runs/<yaml name>)")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder holding committed results")
     p.set_defaults(verb="nar_bench.run.sweep")
 
-    p = sub.add_parser("report", help="tables and a plot of the MLflow runs of an experiment")
+    p = sub.add_parser("report", help="tables and a plot of one sweep's MLflow runs (mean ± std over distinct seeds)")
     p.add_argument("config", help="YAML whose tracking settings name the MLflow store and experiment")
     p.add_argument("overrides", nargs="*", help="e.g. tracking.experiment=cfg_sweep")
-    p.add_argument("--parent", help="only the child runs of this sweep (parent) run id; 'latest' = newest sweep")
-    p.add_argument("--out", help="results folder (default: results/report/<experiment>)")
+    p.add_argument("--parent", default="latest", help="sweep (parent) run id to report; 'latest' (default) = the "
+                                                      "newest FINISHED sweep; 'all' = every run of the experiment")
+    p.add_argument("--out", help="results folder (default: results/runs/report/<experiment>)")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder holding committed results")
     p.set_defaults(verb="nar_bench.run.report")
 
     p = sub.add_parser("extract-codes", help="tokenize an image dataset once into sharded .npy codes + labels "
@@ -77,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="nar-bench Lightning .ckpt or an official weights file")
     p.add_argument("--num-samples", type=int, default=50_000, help="images to sample, a multiple of the class "
                                                                    "count (default 50000)")
-    p.add_argument("--name", help="results/<name>/ and the MLflow run name (default eval-<paradigm>-<ckpt>)")
-    p.add_argument("--out", help="samples .npz (default results/<name>/samples.npz; shards beside it)")
+    p.add_argument("--name", help="folder <output_dir>/<name>/ and MLflow run name (default eval-<paradigm>-<ckpt>)")
+    p.add_argument("--out", help="samples .npz (default <output_dir>/<name>/samples.npz; shards beside it)")
     p.add_argument("--png-dir", help="also write every sample as a PNG into this folder")
     p.add_argument("--num-classes", type=int, help="classes of an official checkpoint (default: the dataset's)")
     p.add_argument("overrides", nargs="*", help="e.g. eval.reference=VIRTUAL_imagenet256_labeled.npz "
@@ -97,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(verb="nar_bench.run.reference")
 
     p = sub.add_parser("order-gifs", help="GIFs of the generation order, one frame per decoding step")
-    p.add_argument("--out", default="results", help="folder for order_<paradigm>.gif")
-    p.add_argument("--paradigms", nargs="+", default=["ar", "nar", "par"])
+    p.add_argument("--out", default="results/runs/order", help="folder for order_<paradigm>.gif")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder holding committed results")
+    p.add_argument("--paradigms", nargs="+", default=["ar", "nar", "par", "maskgit"])
     p.add_argument("--config", default="experiments/demo.yaml")
     p.add_argument("--ckpt", action="append", default=[], metavar="PARADIGM=PATH",
                    help="trained Lightning checkpoint for a paradigm (repeatable)")
@@ -119,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     args.command_line = shlex.join(["nar-bench", *argv])  # provenance of written results
     try:
+        if args.command == "sweep":  # checked before any training: a refused folder costs nothing
+            from nar_bench.tracking.provenance import SCRATCH_ROOT, guard_output
+
+            args.out = str(guard_output(args.out or SCRATCH_ROOT / Path(args.config).stem, args.overwrite))
         importlib.import_module(args.verb).main(args)  # imported here: --help needs no torch
     except NarBenchError as err:
         print(f"nar-bench: error: {err}", file=sys.stderr)

@@ -39,20 +39,25 @@ class DataConfig:
 class TokenizerConfig:
     name: str = "palette"  # palette | vq | msvq | codes | ...
     checkpoint: str | None = None
+    # a learned tokenizer (vq, msvq) without a checkpoint is refused unless this says it is meant
+    # (tests, demos of the code path; its codes mean nothing)
+    untrained: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # tokenizer-specific: preset, architecture fields
 
 
 @dataclass
 class ModelConfig:
-    paradigm: str = "ar"  # nar | ar | par | var
+    paradigm: str = "ar"  # nar | ar | par | var | maskgit
     size: str = "tiny"  # key of MODEL_SIZES; dim/n_layers/n_heads below override it
     dim: int | None = None
     n_layers: int | None = None
     n_heads: int | None = None
-    token_dropout: float = 0.1
-    resid_dropout: float = 0.1
-    ffn_dropout: float = 0.1
-    class_dropout: float = 0.1
+    # Training dropouts; null = the paradigm's released recipe (``Paradigm.default_dropouts``: 0.1 each
+    # for LlamaGen / NAR / PAR, resid / ffn / token 0 and class 0.1 for VAR)
+    token_dropout: float | None = None
+    resid_dropout: float | None = None
+    ffn_dropout: float | None = None
+    class_dropout: float | None = None
     checkpoint: str | None = None  # official or nar-bench state dict to load
     options: dict[str, Any] = field(default_factory=dict)  # paradigm-specific, see Paradigm.Options
 
@@ -143,14 +148,18 @@ class BenchConfig:
     repeats: int = 3
     include_decode: bool = False  # time tokenizer decode of the codes too
     cuda_graph: bool = False  # replay each batch's whole generation from one CUDA graph (GPU only)
-    compile: bool = False  # torch.compile the per-step forward (paradigm.compile_decoding)
+    compile: bool = False  # fused, compiled per-step forward (paradigm.compile_decoding)
+    compile_decoder: bool | None = None  # compile the tokenizer decoder with include_decode; null = bench.compile
+    roofline: bool = True  # count the FLOPs / floor bytes of each model: TFLOP/s, GB/s, % of compute floor
+    train_batch: int = 0  # > 0: images/s of a bf16 training step (fwd + bwd + AdamW) per model at this batch
+    train_attention: list[str] = field(default_factory=lambda: ["dense", "flex"])  # masked-attention paths timed
     # Token-only stand-in for the tokenizer: codes in [0, vocab_size) on the data.grid_size grid.
     # null = the configured tokenizer's code space (needed for include_decode and for VAR).
     vocab_size: int | None = None
     num_classes: int = 1000
     device: str = "auto"  # auto = cuda when available, else cpu
     profile_batch: int = 0  # > 0: write a torch.profiler table per model at this batch size
-    output_dir: str = "results/throughput"
+    output_dir: str = "results/runs/throughput"  # git-ignored scratch; results/throughput only via --out
 
 
 @dataclass
@@ -193,6 +202,27 @@ def merge(base: DictConfig, *layers: Any, source: str = "config") -> DictConfig:
         _raise_config_error(err, source, ExperimentConfig())
 
 
+def read_yaml(path: Path) -> DictConfig:
+    """The mapping in YAML file ``path``; NarBenchError (one line) for malformed YAML or a file
+    whose top level is not a mapping of config sections."""
+    import yaml
+
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise NarBenchError(f"config file '{path}' is not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise NarBenchError(f"cannot read config file '{path}': {err}") from None
+    if not isinstance(loaded, DictConfig):
+        raise NarBenchError(f"config file '{path}' holds a {type(loaded).__name__.removesuffix('Config').lower()} at "
+                            "its top level; it must be a mapping of sections (data:, model:, trainer:, ...), "
+                            "see experiments/demo.yaml")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
     """Schema defaults <- YAML file <- dotlist overrides; validated, read-only result."""
     cfg = OmegaConf.structured(ExperimentConfig)
@@ -201,12 +231,122 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise NarBenchError(f"config file '{path}' not found; pass a YAML from experiments/, "
                                 "e.g. experiments/demo.yaml")
-        cfg = merge(cfg, OmegaConf.load(path), source=str(path))
+        cfg = merge(cfg, read_yaml(path), source=str(path))
+    base = cfg
     if overrides:
         cfg = merge(cfg, OmegaConf.from_dotlist(list(overrides)), source="command-line overrides")
     paradigm_options(cfg.model)  # validates model.options against the chosen paradigm
     model_dims(cfg.model)
+    SamplingConfig(**cfg.eval.sampling)  # validates cfg_schedule / cfg_interval
+    check_geometry(cfg)
+    check_cell_size_change(base, cfg, list(overrides or []), str(path or "the defaults"))
     return cfg
+
+
+# --- input checks: one clear error before anything is built or trained ------------------------------
+def check_geometry(cfg: DictConfig) -> None:
+    """data.image_size must split into data.grid_size cells (the shapes data and the palette
+    tokenizer draw on that grid; a learned tokenizer's own grid is checked by
+    :func:`check_generator_inputs`)."""
+    import nar_bench.tokenizers  # noqa: F401  (registers the tokenizers)
+    from nar_bench.registry import TOKENIZERS
+
+    if cfg.tokenizer.name in TOKENIZERS and getattr(TOKENIZERS[cfg.tokenizer.name], "learned", False):
+        return
+    size, grid = cfg.data.image_size, cfg.data.grid_size
+    if size < 1 or grid < 1 or size % grid:
+        fits = [g for g in range(1, size + 1) if size % g == 0 and g <= 64] if size > 0 else []
+        raise NarBenchError(f"data.grid_size {grid} does not divide data.image_size {size}: tokens are square cells "
+                            f"of image_size / grid_size pixels; use a grid size dividing {size} "
+                            f"(e.g. {', '.join(map(str, fits[-4:]))})")
+
+
+def check_cell_size_change(base: DictConfig, cfg: DictConfig, overrides: list[str], source: str) -> None:
+    """An override of data.image_size alone on the palette tokenizer silently changes the token cell
+    size (image_size / grid_size) of the data and tokenizer: refused unless data.grid_size is given too."""
+    keys = {item.split("=", 1)[0].lstrip("+~") for item in overrides}
+    if cfg.tokenizer.name != "palette" or "data.image_size" not in keys or "data.grid_size" in keys:
+        return
+    before, after = base.data.image_size / base.data.grid_size, cfg.data.image_size / cfg.data.grid_size
+    if before != after:
+        keep = cfg.data.image_size * base.data.grid_size / base.data.image_size
+        keep_hint = f"data.grid_size={int(keep)} keeps {before:g} px cells, " if keep == int(keep) else ""
+        raise NarBenchError(
+            f"data.image_size={cfg.data.image_size} with data.grid_size {cfg.data.grid_size} (from {source}) changes "
+            f"the token cells from {before:g} px to {after:g} px; set data.grid_size too: {keep_hint}"
+            f"data.grid_size={cfg.data.grid_size} confirms {after:g} px cells")
+
+
+def check_generator_inputs(cfg: DictConfig) -> None:
+    """What a generator run needs, checked before any model, run or folder is created: the
+    tokenizer (a learned one has a checkpoint or ``tokenizer.untrained=true``; data.grid_size is
+    the grid it makes) and the geometry."""
+    import nar_bench.tokenizers  # noqa: F401  (registers the tokenizers)
+    from nar_bench.checkpoints import check_torch_file
+    from nar_bench.registry import TOKENIZERS
+
+    check_geometry(cfg)
+    for key, path in (("model.checkpoint", cfg.model.checkpoint), ("tokenizer.checkpoint", cfg.tokenizer.checkpoint)):
+        if path and Path(path).is_file():
+            check_torch_file(path, key)
+    tok = cfg.tokenizer
+    if tok.name not in TOKENIZERS:
+        raise NarBenchError(f"unknown tokenizer.name '{tok.name}'; choose one of: {', '.join(sorted(TOKENIZERS))}")
+    cls = TOKENIZERS[tok.name]
+    if not getattr(cls, "learned", False):  # registered factories (codes) read a manifest
+        return
+    if tok.checkpoint and not Path(tok.checkpoint).is_file():
+        raise NarBenchError(f"tokenizer.checkpoint: file '{tok.checkpoint}' not found; train one with "
+                            "nar-bench train-tokenizer or point tokenizer.checkpoint at the right path")
+    if not tok.checkpoint and not tok.untrained:
+        raise NarBenchError(f"tokenizer '{tok.name}' has learned weights but tokenizer.checkpoint is not set: "
+                            "train one first (nar-bench train-tokenizer ...) and pass tokenizer.checkpoint=<path>, "
+                            "or set tokenizer.untrained=true to run on the codes of random weights")
+    grid = cls.config_grid(cfg)
+    if grid is not None and cfg.data.frames is None and tuple(grid) != (cfg.data.grid_size,) * 2:
+        raise NarBenchError(
+            f"data.grid_size {cfg.data.grid_size} is ignored by tokenizer '{tok.name}': it makes a "
+            f"{grid[0]}x{grid[1]} code grid from {cfg.data.image_size}px images (its downsample / scales); set "
+            f"data.grid_size={grid[0]} (the synthetic data draws on that grid too) or change data.image_size / "
+            "tokenizer.options")
+
+
+def check_eval_inputs(cfg: DictConfig) -> None:
+    """What evaluation (nar_bench.run.evaluate) will need, checked before training: a known feature
+    extractor that fits the data, readable Inception weights, the reference images' folder."""
+    import nar_bench.metrics  # noqa: F401  (registers the feature extractors)
+    from nar_bench.checkpoints import load_file
+    from nar_bench.metrics.cache import cache_root
+    from nar_bench.registry import FEATURE_EXTRACTORS
+
+    ev = cfg.eval
+    if ev.extractor not in FEATURE_EXTRACTORS:
+        raise NarBenchError(f"unknown eval.extractor '{ev.extractor}'; choose one of: "
+                            f"{', '.join(sorted(FEATURE_EXTRACTORS))}")
+    if ev.extractor == "domain" and cfg.data.name != "shapes":
+        raise NarBenchError(f"eval.extractor=domain is the classifier of the synthetic shapes data, but data.name="
+                            f"'{cfg.data.name}'; use eval.extractor=inception (see experiments/ablation_heads.yaml)")
+    if ev.extractor == "inception":
+        options = OmegaConf.to_container(ev.extractor_options, resolve=True)
+        extractor = FEATURE_EXTRACTORS["inception"](cache_root(), **options)  # raises if the file is missing
+        load_file(extractor.weights_path, download="replace it with the torch-fidelity InceptionV3 weights "
+                                                   "(pt_inception-2015-12-05-6726825d.pth)")
+    reference = ev.reference_data or cfg.data.name
+    root = ev.reference_root or cfg.data.root
+    if reference == "imagefolder" and (not root or not Path(root).is_dir()):
+        raise NarBenchError(f"eval reference images: folder '{root}' not found; set eval.reference_root "
+                            "(or data.root) to the image folder the samples are compared with")
+
+
+def check_sweep_inputs(points: list[tuple[str, DictConfig]]) -> None:
+    """:func:`check_generator_inputs` and :func:`check_eval_inputs` of every sweep point, before the
+    first one trains (a bad last point must not fail after hours of training)."""
+    for name, point_cfg in points:
+        try:
+            check_generator_inputs(point_cfg)
+            check_eval_inputs(point_cfg)
+        except NarBenchError as err:
+            raise NarBenchError(f"sweep point '{name}': {err}") from None
 
 
 def model_dims(model: DictConfig) -> tuple[int, int, int]:
@@ -216,13 +356,22 @@ def model_dims(model: DictConfig) -> tuple[int, int, int]:
     return model.dim or dim, model.n_layers or n_layers, model.n_heads or n_heads
 
 
+DROPOUTS = ("token_dropout", "resid_dropout", "ffn_dropout", "class_dropout")
+
+
+def model_dropouts(model: DictConfig) -> dict[str, float]:
+    """``model.*_dropout``, each null one replaced by the paradigm's released recipe."""
+    import nar_bench.paradigms  # noqa: F401  (registers the paradigms)
+    from nar_bench.registry import PARADIGMS
+
+    recipe = PARADIGMS[model.paradigm].default_dropouts
+    return {key: recipe[key] if model[key] is None else float(model[key]) for key in DROPOUTS}
+
+
 def transformer_config(model: DictConfig, vocab_size: int, num_classes: int) -> TransformerConfig:
     dim, n_layers, n_heads = model_dims(model)
-    return TransformerConfig(
-        dim=dim, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab_size, num_classes=num_classes,
-        token_dropout=model.token_dropout, resid_dropout=model.resid_dropout,
-        ffn_dropout=model.ffn_dropout, class_dropout=model.class_dropout,
-    )
+    return TransformerConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab_size,
+                             num_classes=num_classes, **model_dropouts(model))
 
 
 def paradigm_options(model: DictConfig) -> Any:

@@ -53,3 +53,43 @@ def save_samples(samples: Tensor, path: str | Path, nrow: int) -> Path:
         return save_grid(samples, path, nrow)
     frames = [image_grid(samples[:, :, t], nrow).numpy() for t in range(samples.shape[2])]
     return save_gif(frames, Path(path).with_suffix(".gif"))
+
+
+def labelled_grid(images: Tensor, labels: Tensor | list[int], nrow: int, title: str,
+                  class_names: list[str] | None = None, caption: str = "", pad: int = 2) -> np.ndarray:
+    """uint8 (B, 3, H, W) images -> uint8 (H', W', 3) grid with ``title`` (e.g. variant and seed) on
+    top, the class of each column above it (``class_names[label]`` or "class <label>", from the
+    first row's ``labels``) and ``caption`` (e.g. provenance, sampling settings) at the bottom."""
+    from PIL import ImageDraw, ImageFont
+
+    grid = image_grid(images, nrow, pad).numpy()
+    labels = [int(label) for label in labels]
+    font = ImageFont.load_default(size=11)
+    cell = images.shape[-1] + pad
+    names = [class_names[label] if class_names and label < len(class_names) else f"class {label}"
+             for label in labels[:nrow]]
+    if any(font.getlength(name) > cell for name in names):  # small cells: the class number alone
+        names = [str(label) for label in labels[:nrow]]
+        title = f"{title}  (columns: class {', '.join(names)})"
+    lines = caption.splitlines() if caption else []
+    header, footer = 34, 14 * len(lines) + 6 if lines else 0
+    width = int(max([grid.shape[1], font.getlength(title) + 4, *(font.getlength(line) + 4 for line in lines)]))
+    canvas = Image.new("RGB", (width, grid.shape[0] + header + footer), "white")
+    canvas.paste(Image.fromarray(grid), (0, header))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((2, 2), title, fill=(0, 0, 0), font=font)
+    for col, name in enumerate(names):
+        draw.text((col * cell + 1, 18), name, fill=(60, 60, 60), font=font)
+    if lines:
+        draw.multiline_text((2, header + grid.shape[0] + 3), "\n".join(lines), fill=(80, 80, 80), font=font)
+    return np.asarray(canvas)
+
+
+def save_labelled_grid(images: Tensor, labels: Tensor | list[int], path: str | Path, nrow: int, title: str,
+                       class_names: list[str] | None = None, caption: str = "") -> Path:
+    """:func:`labelled_grid` written as a PNG at ``path`` (what evaluation and ``nar-bench sample``
+    write: a sample grid that says which class and which variant it shows)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(labelled_grid(images, labels, nrow, title, class_names, caption)).save(path)
+    return path

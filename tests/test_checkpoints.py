@@ -6,10 +6,11 @@ import datetime
 import pytest
 import torch
 
-from nar_bench.checkpoints import load_official, to_official
+from nar_bench.checkpoints import load_generator_weights, load_official, to_official
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.transformer import TransformerConfig
 from nar_bench.paradigms.nar import NAR, NAROptions
+from nar_bench.paradigms.nar_video import VideoNAR, VideoNAROptions
 from nar_bench.paradigms.raster_ar import RasterAR
 from tests.conftest import on_grid, randomize_heads
 
@@ -105,3 +106,63 @@ def test_checkpoint_with_arbitrary_objects_is_refused_clearly(tmp_path):
     torch.save({"model": to_official(build("ar", 0)), "saved_on": datetime.date(2025, 3, 13)}, path)
     with pytest.raises(NarBenchError, match="objects other than tensors.*datetime.date"):
         load_official(build("ar", 0), path)
+
+
+# --- NAR-videos LARP_AR (nar_video) ------------------------------------------------------------------------
+def official_video_state(dim: int, n_layer: int, vocab: int = 8192, classes: int = 101, positions: int = 1025,
+                         extra_blocks: int = 2, device: str = "meta") -> dict[str, torch.Tensor]:
+    """The key names and shapes of NAR-videos' LARP_AR state dict, written from its model file:
+    LlamaGen embeddings, n_layer + attn_num_back + attn_num_down blocks under ``layers``, the
+    absolute table ``abs_pe`` and the heads ``norm_R/output_R``, ``norm_D/output_D``, ``norm_B/output_B``."""
+    hidden = -(-int(8 * dim / 3) // 256) * 256
+    shapes = {"tok_embeddings.weight": (vocab, dim), "cls_embedding.embedding_table.weight": (classes + 1, dim),
+              "abs_pe": (1, positions, dim)}
+    for i in range(n_layer + extra_blocks):
+        block = {"attention.wqkv": (3 * dim, dim), "attention.wo": (dim, dim), "feed_forward.w1": (hidden, dim),
+                 "feed_forward.w3": (hidden, dim), "feed_forward.w2": (dim, hidden), "attention_norm": (dim,),
+                 "ffn_norm": (dim,)}
+        shapes |= {f"layers.{i}.{name}.weight": shape for name, shape in block.items()}
+    for head in "RDB":
+        shapes |= {f"norm_{head}.weight": (dim,), f"output_{head}.weight": (vocab, dim)}
+    return {k: torch.empty(shape, device=device) for k, shape in shapes.items()}
+
+
+def video_model(vocab: int = 32, seed: int = 0, **options) -> VideoNAR:
+    torch.manual_seed(seed)
+    cfg = TransformerConfig(dim=32, n_layers=2, n_heads=4, vocab_size=vocab, num_classes=5)
+    return randomize_heads(VideoNAR(*on_grid(cfg, (2, 2, 3)), VideoNAROptions(**options)), std=0.2).eval()
+
+
+@pytest.mark.parametrize("position_embedding", ["learned", "sincos"])
+def test_nar_video_official_state_dict_loads_at_nar_l_size(position_embedding):
+    with torch.device("meta"):
+        cfg = TransformerConfig(dim=1024, n_layers=24, n_heads=16, vocab_size=8192, num_classes=101)
+        model = VideoNAR(*on_grid(cfg, (4, 16, 16)), VideoNAROptions(position_embedding=position_embedding))
+    state = official_video_state(1024, 24)
+    load_official(model, state)  # raises on any missing, unexpected or mis-shaped key
+    assert set(to_official(model)) == set(state)
+
+
+@pytest.mark.parametrize("options", [{}, {"position_embedding": "sincos"}, {"down_blocks": 2, "back_blocks": 0}])
+def test_nar_video_official_file_round_trip_gives_identical_logits(tmp_path, options):
+    source, target = video_model(seed=0, **options), video_model(seed=1, **options)
+    tokens, labels = torch.randint(0, 32, (2, 12), generator=torch.Generator().manual_seed(3)), torch.tensor([1, 4])
+    with torch.no_grad():
+        assert not torch.allclose(source(tokens, labels), target(tokens, labels))
+        # NAR-videos' trainer saves {"model": {"name", "args", "sd"}, "optimizer": ..., "epoch": ...}
+        path = tmp_path / "epoch-last.pth"
+        torch.save({"model": {"name": "llama-abs-L", "args": {"num_classes": 5}, "sd": to_official(source)},
+                    "epoch": 3}, path)
+        load_generator_weights(target, path)
+        assert torch.equal(source(tokens, labels), target(tokens, labels))
+
+
+def test_nar_video_mismatch_names_the_keys_and_the_setting():
+    state = to_official(video_model(vocab=16))
+    with pytest.raises(NarBenchError) as err:
+        load_official(video_model(vocab=32), state)
+    msg = str(err.value)
+    assert "output_R.weight (16, 32) vs (32, 32)" in msg and "LARP tokenizer has 8192 codes" in msg
+    assert "a NAR video GPT" in msg and "model.paradigm=nar_video" in msg
+    with pytest.raises(NarBenchError, match="missing keys .*layers.4"):
+        load_official(video_model(down_blocks=2), to_official(video_model()))

@@ -54,3 +54,43 @@ def test_sweep_expansion_variants_grid_seeds():
     b16s1 = dict(runs)["b/batch_size=16/seed=1"]
     assert b16s1.model.size == "small" and b16s1.data.batch_size == 16 and b16s1.seed == 1
     assert not b16s1.sweep.variants  # a run does not carry the sweep again
+
+
+# Released recipes (issue 13): LlamaGen's GPT (and NAR, NAR-videos, PAR on it) trains with dropout
+# 0.1 on tokens, residuals, FFN and labels; VAR with drop_rate 0 and label dropout 0.1; MaskGIT's
+# BERT-style transformer with 0.1 on embeddings and hidden layers, and the same CFG label dropout.
+RECIPE_DROPOUTS = {  # paradigm: (token, resid, ffn, class)
+    "ar": (0.1, 0.1, 0.1, 0.1),
+    "maskgit": (0.1, 0.1, 0.1, 0.1),
+    "nar": (0.1, 0.1, 0.1, 0.1),
+    "nar_video": (0.1, 0.1, 0.1, 0.1),
+    "par": (0.1, 0.1, 0.1, 0.1),
+    "var": (0.0, 0.0, 0.0, 0.1),
+}
+
+
+@pytest.mark.parametrize("paradigm", RECIPE_DROPOUTS)
+def test_unset_dropouts_default_to_the_paradigms_released_recipe(paradigm):
+    from nar_bench.config import transformer_config
+    from nar_bench.registry import PARADIGMS
+
+    assert set(RECIPE_DROPOUTS) == set(PARADIGMS)
+    cfg = transformer_config(load_config(overrides=[f"model.paradigm={paradigm}"]).model, 16, 4)
+    assert (cfg.token_dropout, cfg.resid_dropout, cfg.ffn_dropout, cfg.class_dropout) == RECIPE_DROPOUTS[paradigm]
+    # an explicit value wins over the recipe
+    cfg = transformer_config(load_config(overrides=[f"model.paradigm={paradigm}", "model.resid_dropout=0.3"]).model,
+                             16, 4)
+    assert cfg.resid_dropout == 0.3
+
+
+def test_var_blocks_built_from_the_config_have_no_dropout():
+    from torch import nn
+
+    from nar_bench.paradigms import build_paradigm
+    from nar_bench.tokenizers import build_tokenizer
+
+    cfg = load_config("experiments/var_demo.yaml")
+    var = build_paradigm(cfg, build_tokenizer(cfg).code_space, 16)
+    drops = [m.p for m in var.modules() if isinstance(m, nn.Dropout)]
+    assert drops and all(p == 0.0 for p in drops)
+    assert var.model_cfg.class_dropout == 0.1

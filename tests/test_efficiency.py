@@ -19,7 +19,7 @@ from nar_bench.metrics.efficiency import (
 )
 from nar_bench.nn.cuda_graph import GraphedGenerate
 from nar_bench.nn.sampling import SamplingConfig
-from nar_bench.nn.transformer import count_parameters
+from nar_bench.nn.transformer import TransformerBlock, count_parameters
 from nar_bench.paradigms import build_paradigm
 from nar_bench.paradigms.nar import NAR
 from nar_bench.tokenizers import build_tokenizer
@@ -130,7 +130,7 @@ def test_profile_lists_the_top_ops():
 def bench_args(tmp_path, *extra):
     points = "[{name: AR-t, paradigm: ar, size: tiny}, {paradigm: nar, size: tiny}, {paradigm: not-a-paradigm}]"
     return ["bench", "experiments/throughput_sweep.yaml", f"bench.points={points}", "bench.batch_sizes=[1,2,4]",
-            "bench.device=cpu", "bench.cuda_graph=false",
+            "bench.device=cpu", "bench.cuda_graph=false", "bench.compile=false",
             "bench.dtype=fp32", "bench.warmup=1", "bench.repeats=1", "bench.vocab_size=24",
             "bench.num_classes=5", "bench.profile_batch=1", *GRID, f"bench.output_dir={tmp_path}/out",
             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", f"tracking.artifact_location={tmp_path}/art",
@@ -147,7 +147,7 @@ def test_sweep_runs_points_as_child_runs_records_oom_and_writes_tables_and_plots
 
     monkeypatch.setattr(NAR, "generate", nar_generate)
     with caplog.at_level(logging.WARNING):
-        assert main(bench_args(tmp_path)) == 0
+        assert main(bench_args(tmp_path, "bench.train_batch=2")) == 0
     assert "not-a-paradigm" in caplog.text  # skipped with a note, like VAR before it is merged
 
     out = tmp_path / "out"
@@ -168,6 +168,14 @@ def test_sweep_runs_points_as_child_runs_records_oom_and_writes_tables_and_plots
         assert command in Image.open(out / f"{name}.png").text["Description"]
     assert "aten::" in (out / "profile_AR-t.txt").read_text()
     assert "aten::" in (out / "profile_nar-tiny.txt").read_text()
+    ar = points[points.model == "AR-t"]  # roofline columns from the cost counted on the eager engine
+    assert (ar.gflop_per_image > 0).all() and (ar.tflops_s > 0).all() and (ar.gbps > 0).all()
+    assert points[points.model == "nar-tiny"].gflop_per_image.isna().all()  # its counting run hit the OOM
+    training = pd.read_csv(out / "training.csv")  # dense only on a CPU (FlexAttention trains on GPUs)
+    assert list(zip(training.model, training.attention, training.status, strict=True)) == [
+        ("AR-t", "dense", "ok"), ("nar-tiny", "dense", "ok")]
+    assert (training.images_s > 0).all() and (training.batch_size == 2).all()
+    assert "## Training step" in (out / "throughput.md").read_text()
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     runs = client.search_runs([client.get_experiment_by_name("throughput").experiment_id])
@@ -204,7 +212,8 @@ def test_compiled_decoding_generates_the_same_tokens_as_eager():
     eager = model.generate(labels, greedy)
     r = measure_generation(model, 2, greedy, dtype="fp32", warmup=1, repeats=1, device="cpu", compile=True)
     assert r.compiled and r.status == "ok"
-    assert hasattr(model.compiled_feed, "_torchdynamo_orig_callable")  # the compile hook is set
+    blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]
+    assert blocks and all(b.fused_decode is not None and b.fused_decode.compile for b in blocks)  # fused step on
     assert torch.equal(model.generate(labels, greedy), eager)
 
 
@@ -222,3 +231,21 @@ def test_inference_decoder_casts_to_bf16_channels_last_and_decodes_like_fp32():
     images = decode(codes)
     assert images.shape == reference.shape
     assert (images.float() - reference).abs().mean() < 0.05  # bf16 rounding, not a different decoder
+
+
+def test_nar_l_video_point_times_the_4x16x16_code_space_in_34_steps():
+    from omegaconf import OmegaConf
+
+    from nar_bench.bench.runner import bench_points, bench_tokenizer
+    from nar_bench.config import merge
+
+    points = dict(bench_points(load_config("experiments/throughput_sweep.yaml")))
+    point = points["NAR-L-video"]
+    _, space = bench_tokenizer(point)
+    assert space.grid == (4, 16, 16) and space.vocab_size == 8192 and point.bench.num_classes == 101
+    assert (point.model.paradigm, point.model.size) == ("nar_video", "L")
+    tiny = merge(point, OmegaConf.from_dotlist(["model.size=tiny"]))  # same code space, CPU-sized weights
+    model = build_paradigm(tiny, space, point.bench.num_classes)
+    assert model.num_steps == 34 and model.grid == (4, 16, 16)
+    r = measure_generation(model, 1, SAMPLING, dtype="fp32", warmup=0, repeats=1, device="cpu", size="tiny")
+    assert r.status == "ok" and r.steps == 34 and r.paradigm == "nar_video"

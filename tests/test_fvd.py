@@ -87,8 +87,8 @@ def test_i3d_extractor_calls_the_torchscript_detector_stylegan_v_style(tmp_path)
 
 
 def test_module_fvd_compares_validation_clips_with_samples(domain_cache):
-    cfg = load_config("experiments/video_nar.yaml", [f"data.image_size={SPEC.image_size}", "data.num_val=8",
-                                                      "model.n_layers=1"])
+    geometry = [f"data.image_size={SPEC.image_size}", f"data.grid_size={SPEC.grid}"]
+    cfg = load_config("experiments/video_nar.yaml", [*geometry, "data.num_val=8", "model.n_layers=1"])
     module = GeneratorModule(cfg, NUM_CLASSES)
     extractor = DomainVideoFeatures(SPEC, domain_cache)
     distance = module_fvd(module, 8, extractor, batch_size=4)

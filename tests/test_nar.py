@@ -11,7 +11,8 @@ from nar_bench.errors import NarBenchError
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import TransformerConfig, count_parameters
 from nar_bench.paradigms.contract import decode_forward_gap
-from nar_bench.paradigms.nar import NAR, NAROptions, VideoNAR, neighbor_schedule, proximity_mask
+from nar_bench.paradigms.nar import NAR, NAROptions, neighbor_schedule, proximity_mask
+from nar_bench.paradigms.nar_video import VideoNAR
 from nar_bench.paradigms.raster_ar import RasterAR
 from tests.conftest import on_grid, randomize_heads, train_steps
 

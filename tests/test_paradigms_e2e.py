@@ -27,8 +27,11 @@ RUNS = {  # paradigm: (config, overrides, decoding steps)
     "ar": ("experiments/demo.yaml", ["model.paradigm=ar"], 16),
     "nar": ("experiments/demo.yaml", ["model.paradigm=nar"], 7),
     "par": ("experiments/demo.yaml", ["model.paradigm=par", "model.options.regions=4"], 7),
-    "var": ("experiments/demo.yaml", ["model.paradigm=var", "model.size=d2", *MSVQ], 4),
+    # an untrained msvq, said so explicitly; its 8x8 latent is the grid
+    "var": ("experiments/demo.yaml", ["model.paradigm=var", "model.size=d2", *MSVQ, "tokenizer.untrained=true",
+                                      "data.grid_size=8"], 4),
     "nar_video": ("experiments/video_nar.yaml", ["data.frames=2"], 8),  # 2x4x4 grid: T + H + W - 2 steps
+    "maskgit": ("experiments/demo.yaml", ["model.paradigm=maskgit"], 8),  # options.steps (default 8)
 }
 
 
@@ -75,7 +78,7 @@ def test_experiment_yamls_build_the_paradigm_they_name(config):
 
 def test_var_demo_two_step_flow(tmp_path, capsys):
     """experiments/var_demo.yaml as its header says: train the msvq, then VAR on its codes."""
-    tiny = ["data.image_size=16", "data.grid_size=4", "data.batch_size=8", "data.num_val=8", "data.num_train=16",
+    tiny = ["data.image_size=16", "data.grid_size=8", "data.batch_size=8", "data.num_val=8", "data.num_train=16",
             "trainer.max_steps=2", "trainer.val_check_interval=2", "eval.samples_per_class=1", *MSVQ]
     assert main(["train-tokenizer", "experiments/var_demo.yaml", *tiny, *tracking_overrides(tmp_path)]) == 0
     weights = dict(item.split("=", 1) for item in last_line(capsys).split())["tokenizer_checkpoint"]

@@ -29,9 +29,7 @@ def last_summary(capsys) -> dict[str, str]:
     return dict(item.split("=", 1) for item in capsys.readouterr().out.strip().splitlines()[-1].split())
 
 
-def test_real_photos_tokenizer_codes_nar_and_ar_reference_and_evaluate(tmp_path, capsys, random_inception_weights,
-                                                                       monkeypatch):
-    monkeypatch.chdir(tmp_path)  # results/<name>/ of the evaluations
+def test_real_photos_tokenizer_codes_nar_and_ar_reference_and_evaluate(tmp_path, capsys, random_inception_weights):
     demo = str(Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml")
     photos = build_photo_folder(tmp_path / "photos", PER_CLASS, SIZE, num_classes=CLASSES)
     data = ["data.name=imagefolder", f"data.root={photos}", f"data.image_size={SIZE}", "data.grid_size=8",
@@ -59,7 +57,7 @@ def test_real_photos_tokenizer_codes_nar_and_ar_reference_and_evaluate(tmp_path,
                      *codes, f"data.image_size={SIZE}", "eval.batch_size=6", "eval.shard_size=6",
                      f"eval.reference={tmp_path / 'ref.npz'}",
                      f"eval.extractor_options.weights_path={random_inception_weights}", *track]) == 0
-        record = json.loads((tmp_path / "results" / f"photos-{paradigm}" / "eval.json").read_text())
+        record = json.loads((tmp_path / "runs" / f"photos-{paradigm}" / "eval.json").read_text())
         with np.load(record["samples"]) as samples:
             assert samples["arr_0"].shape == (12, SIZE, SIZE, 3)
             assert np.bincount(samples["arr_1"]).tolist() == [12 // CLASSES] * CLASSES

@@ -148,8 +148,7 @@ def shapes_reference(tmp_path_factory, random_inception_weights):
 
 
 def test_evaluate_verb_scores_an_official_weights_file_and_records_everything(
-        tmp_path, shapes_reference, random_inception_weights, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # results/<name>/ is relative to the working directory
+        tmp_path, shapes_reference, random_inception_weights):
     cfg, module = tiny_module()
     torch.save(to_official(module.paradigm), tmp_path / "official.pt")
     overrides = [*TINY, *tracking_overrides(tmp_path), f"eval.reference={shapes_reference}",
@@ -157,13 +156,13 @@ def test_evaluate_verb_scores_an_official_weights_file_and_records_everything(
     config = DEMO
     assert cli(["evaluate", config, "--ckpt", str(tmp_path / "official.pt"), "--num-samples", "16", "--name",
                 "tiny", "--png-dir", str(tmp_path / "png"), *overrides]) == 0
-    record = json.loads((tmp_path / "results" / "tiny" / "eval.json").read_text())
+    record = json.loads((tmp_path / "runs" / "tiny" / "eval.json").read_text())
     assert set(record["metrics"]) == {"fid", "sfid", "is", "is_std", "precision", "recall", "num_samples"}
     assert all(np.isfinite(v) for v in record["metrics"].values()) and record["metrics"]["fid"] > 0
     assert record["num_samples"] == 16 and record["seed"] == 0 and record["sampling"]["top_k"] == 8
     assert len(record["checkpoint"]["sha256"]) == len(record["reference"]["sha256"]) == 64
     assert {"command", "commit", "device", "date"} <= set(record["provenance"])
-    images, labels = read(tmp_path / "results" / "tiny" / "samples.npz")
+    images, labels = read(tmp_path / "runs" / "tiny" / "samples.npz")
     assert images.shape == (16, 16, 16, 3) and labels.tolist() == list(range(16))
     assert len(list((tmp_path / "png").glob("*.png"))) == 16
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
@@ -207,7 +206,7 @@ def test_bad_inputs_fail_with_one_clear_error_before_anything_is_written(
         err = capsys.readouterr().err
         assert code == 2 and len(err.strip().splitlines()) == 1, (message, err)
         assert re.search(message, err), (message, err)
-        assert not (tmp_path / "results").exists(), message
+        assert not (tmp_path / "runs" / "bad").exists(), message
 
 
 @pytest.mark.cuda

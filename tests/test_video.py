@@ -1,7 +1,10 @@
-"""NAR on video (T x H x W): schedule, 3D proximity mask, temporal head targets, cached decoding vs
-the masked forward; moving-shapes clips, the video palette tokenizer and video training."""
+"""NAR on video as the authors built it (NAR-videos LARP_AR): schedule, proximity mask, head
+sources and mixed weights over the eight t/h/w regions, the stacked head taps, absolute position
+embeddings, cached decoding vs the masked forward, NAR-L / NAR-LP sizes; moving-shapes clips, the
+video palette tokenizer and video training."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -15,9 +18,10 @@ from nar_bench.images import save_samples
 from nar_bench.lit.data import GeneratorDataModule
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.nn.sampling import SamplingConfig
-from nar_bench.nn.transformer import TransformerConfig, count_parameters
+from nar_bench.nn.transformer import MODEL_SIZES, TransformerConfig, count_parameters, sincos_table
 from nar_bench.paradigms.contract import decode_forward_gap
-from nar_bench.paradigms.nar import NAR, NAROptions, VideoNAR, neighbor_schedule
+from nar_bench.paradigms.nar import NAR, neighbor_schedule
+from nar_bench.paradigms.nar_video import VideoNAR, VideoNAROptions
 from nar_bench.registry import DATASETS
 from nar_bench.tokenizers.palette import PaletteTokenizer
 from tests.conftest import on_grid, randomize_heads, train_steps
@@ -28,15 +32,15 @@ NO_CFG = SamplingConfig(cfg_scale=1.0)
 CFG = SamplingConfig(cfg_scale=3.0, cfg_interval=3, temperature=0.9, top_k=8)
 
 
-def video_config(cls_token_num: int = 1) -> TransformerConfig:
-    # 3D RoPE: head_dim = 48 / 2 = 24 is divisible by 2 * 3 axes
-    return TransformerConfig(dim=48, n_layers=2, n_heads=2, vocab_size=VOCAB, num_classes=CLASSES,
+def video_config(n_layers: int = 2, cls_token_num: int = 1) -> TransformerConfig:
+    # head_dim 8: no RoPE, so nothing needs to divide by the number of axes
+    return TransformerConfig(dim=32, n_layers=n_layers, n_heads=4, vocab_size=VOCAB, num_classes=CLASSES,
                              cls_token_num=cls_token_num)
 
 
-def make_video_nar(grid=(2, 3, 3), seed=0, **options) -> VideoNAR:
+def make_video_nar(grid=(2, 3, 3), seed=0, n_layers=2, **options) -> VideoNAR:
     torch.manual_seed(seed)
-    return randomize_heads(VideoNAR(*on_grid(video_config(), grid), NAROptions(**options)), std=0.2).eval()
+    return randomize_heads(VideoNAR(*on_grid(video_config(n_layers), grid), VideoNAROptions(**options)), std=0.2).eval()
 
 
 def coords(grid):
@@ -62,93 +66,156 @@ def test_video_schedule_is_t_plus_h_plus_w(grid, steps):
         assert (distance[idx] == k).all() and (idx.diff() > 0).all()
 
 
-def test_video_paradigm_reports_the_step_count():
+def test_video_paradigm_reports_34_steps_for_the_released_4x16x16_grid():
     assert VideoNAR(*on_grid(video_config(), (4, 16, 16))).num_steps == 34
 
 
-# --- heads and training targets -----------------------------------------------------------------
-def reference_logits(model: VideoNAR, tokens, labels, overlap: str):
-    """Expected logits per raster token, written out per neighbour: horizontal head of the left
-    token, vertical head of the upper token, temporal head of the previous frame's token."""
-    h = model.hidden_states(tokens, labels)
-    heads = {name: model.head_output(name, model.head_input(name, h, model.rope, model.mask))
-             for name in ("horizontal", "vertical", "temporal")}
-    T, H, W = model.grid
-    want = []
-    for n, (t, r, c) in enumerate(coords(model.grid).tolist()):
-        pos = 1 + n  # sequence position (one condition token first)
-        sources = {}
-        if c > 0:
-            sources["horizontal"] = heads["horizontal"][:, pos - 1]
-        if r > 0:
-            sources["vertical"] = heads["vertical"][:, pos - W]
-        if t > 0:
-            sources["temporal"] = heads["temporal"][:, pos - H * W]
-        if n == 0:
-            sources = {name: out[:, 0] for name, out in heads.items()}
-        elif len(sources) > 1 and overlap in sources:
-            sources = {overlap: sources[overlap]}
-        want.append(torch.stack(list(sources.values())).mean(0))
-    return torch.stack(want, 1), heads
+# --- heads: sources, mixed weights, taps -----------------------------------------------------------
+# The official rule per region (which of t, h, w are > 0) -> heads averaged (right = from the left
+# token, down = from the token above, back = from the previous frame's token).
+REGION_HEADS = {
+    (False, False, False): ("right", "down", "back"),  # the start token, from the condition token
+    (False, False, True): ("right",),
+    (False, True, False): ("down",),
+    (True, False, False): ("back",),
+    (False, True, True): ("right", "down"),
+    (True, False, True): ("right", "back"),
+    (True, True, False): ("down", "back"),
+    (True, True, True): ("right", "down", "back"),
+}
 
 
-@pytest.mark.parametrize("heads", ["dimension", "single"])
-@pytest.mark.parametrize("overlap", ["mixed", "horizontal", "vertical", "temporal"])
+def head_logits(model: VideoNAR, tokens, labels) -> dict[str, torch.Tensor]:
+    """Each head's logits (B, cls + N, V) at every sequence position, computed directly."""
+    taps = model.run_stack(model.backbone.embed(tokens, labels), model.mask)
+    return {name: torch.nn.functional.linear(norm(x), weight)
+            for name, x, (norm, weight) in zip(("right", "down", "back"), taps, model.head_projections(), strict=True)}
+
+
+@pytest.mark.parametrize("region", list(REGION_HEADS), ids=lambda r: "t{}h{}w{}".format(*map(int, r)))
 @torch.no_grad()
-def test_training_targets_come_from_the_neighbours_that_reach_each_token(heads, overlap):
-    grid = (3, 2, 3)
-    model = make_video_nar(grid, heads=heads, overlap_head=overlap)
-    tokens, labels = sample_batch(grid)
-    want, outputs = reference_logits(model, tokens, labels, overlap)
-    logits = model(tokens, labels)
-    assert logits.shape == (2, 18, VOCAB)
-    torch.testing.assert_close(logits, want, atol=1e-5, rtol=0)
-    if heads == "single":  # one shared head serves all three directions
-        torch.testing.assert_close(outputs["temporal"], outputs["horizontal"], atol=0, rtol=0)
-    else:
-        assert (outputs["temporal"] - outputs["vertical"]).abs().max() > 1e-3
-
-
-@torch.no_grad()
-def test_first_column_of_later_frames_uses_the_temporal_head_alone():
-    grid = (3, 2, 3)
+def test_each_region_takes_the_mean_of_the_heads_that_reach_it(region):
+    grid = (2, 3, 3)
+    T, H, W = grid
     model = make_video_nar(grid)
+    t, h, w = (1 if region[0] else 0), (2 if region[1] else 0), (1 if region[2] else 0)
+    n = (t * H + h) * W + w
+    heads = REGION_HEADS[region]
+    source = {"right": n - 1, "down": n - W, "back": n - H * W}  # raster index of the neighbour
+    # weights and sources as buffers: sequence positions (one condition token first)
+    want_weight = torch.tensor([1 / len(heads) if name in heads else 0.0 for name in ("right", "down", "back")])
+    torch.testing.assert_close(model.head_weight[n], want_weight)
+    for j, name in enumerate(("right", "down", "back")):
+        if name in heads:
+            assert model.head_src[n, j] == (0 if n == 0 else 1 + source[name])
+    # and the logits themselves
     tokens, labels = sample_batch(grid)
-    h = model.hidden_states(tokens, labels)
-    temporal = model.head_output("temporal", model.head_input("temporal", h, model.rope, model.mask))
+    outputs = head_logits(model, tokens, labels)
+    want = torch.stack([outputs[name][:, 0 if n == 0 else 1 + source[name]] for name in heads]).mean(0)
+    torch.testing.assert_close(model(tokens, labels)[:, n], want, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_every_token_follows_the_official_region_rule():
+    grid = (3, 2, 3)
+    model = make_video_nar(grid, seed=2)
+    tokens, labels = sample_batch(grid)
+    outputs = head_logits(model, tokens, labels)
     logits = model(tokens, labels)
-    frame = 2 * 3
-    for t in (1, 2):  # (t, 0, 0) has only one neighbour: (t-1, 0, 0)
-        torch.testing.assert_close(logits[:, t * frame], temporal[:, 1 + (t - 1) * frame], atol=1e-5, rtol=0)
+    T, H, W = grid
+    assert logits.shape == (2, T * H * W, VOCAB)
+    for n, (t, h, w) in enumerate(coords(grid).tolist()):
+        heads = REGION_HEADS[(t > 0, h > 0, w > 0)]
+        pos = {"right": n, "down": n + 1 - W, "back": n + 1 - H * W} if n else dict.fromkeys(heads, 0)
+        want = torch.stack([outputs[name][:, pos[name]] for name in heads]).mean(0)
+        torch.testing.assert_close(logits[:, n], want, atol=1e-5, rtol=0)
 
 
-def test_temporal_head_is_one_block_norm_and_zero_initialised_output():
-    model = VideoNAR(*on_grid(video_config(), (2, 3, 3)))
-    single = VideoNAR(*on_grid(video_config(), (2, 3, 3)), NAROptions(heads="single"))
-    block = sum(p.numel() for p in model.temporal_block.parameters())
-    head = block + model.temporal_norm.weight.numel() + model.temporal_output.weight.numel()
-    assert block == sum(p.numel() for p in model.backbone.layers[0].parameters())
-    assert count_parameters(model) - count_parameters(single) == 2 * head  # vertical + temporal
-    assert not model.temporal_output.weight.any()
-    extra = {k.split(".")[0] for k in model.state_dict() if not k.startswith("backbone.")}
-    assert extra == {f"{name}_{part}" for name in ("vertical", "temporal") for part in ("block", "norm", "output")}
+@pytest.mark.parametrize("down_blocks, back_blocks", [(1, 1), (2, 1), (0, 2), (1, 0)])
+@torch.no_grad()
+def test_heads_read_the_stack_after_l_then_down_then_back_blocks(down_blocks, back_blocks):
+    model = make_video_nar(n_layers=2, down_blocks=down_blocks, back_blocks=back_blocks)
+    assert len(model.backbone.layers) == 2 + down_blocks + back_blocks
+    tokens, labels = sample_batch(model.grid)
+    x = model.backbone.embed(tokens, labels)
+    states = [x]
+    for layer in model.backbone.layers:
+        states.append(layer(states[-1], None, model.mask))
+    right, down, back = model.run_stack(x, model.mask)
+    assert torch.equal(right, states[2]) and torch.equal(down, states[2 + down_blocks])
+    assert torch.equal(back, states[-1])
 
 
-def test_training_reduces_loss_and_reaches_every_head():
+def test_three_zero_initialised_heads_and_no_rope():
+    cfg = TransformerConfig(dim=64, n_layers=1, n_heads=4, vocab_size=VOCAB, num_classes=CLASSES)
+    model = VideoNAR(*on_grid(cfg, (2, 2, 2)))  # head_dim 16: the 3D-RoPE model refused it (16 % 6 != 0)
+    assert model.rope is None
+    for output in (model.backbone.output, model.down_output, model.back_output):
+        assert output.weight.shape == (VOCAB, 64) and not output.weight.any()
+    extra = {k for k in model.state_dict() if not k.startswith("backbone.")}
+    assert extra == {f"{name}_{part}.weight" for name in ("down", "back") for part in ("norm", "output")}
+
+
+# --- absolute position embedding -------------------------------------------------------------------
+def test_learned_table_covers_condition_plus_raster_sequence():
+    model = VideoNAR(*on_grid(video_config(cls_token_num=2), (2, 3, 3)))
+    table = model.backbone.pos_embedding
+    assert isinstance(table, torch.nn.Parameter) and table.shape == (1, 2 + 18, 32)
+    assert 0.01 < table.std().item() < 0.03  # the official init: randn * 0.02
+
+
+def test_sincos_table_is_the_fixed_1d_embedding_and_is_saved():
+    model = VideoNAR(*on_grid(video_config(), (2, 3, 3)), VideoNAROptions(position_embedding="sincos"))
+    table = model.backbone.pos_embedding
+    assert not isinstance(table, torch.nn.Parameter) and "backbone.pos_embedding" in model.state_dict()
+    p, i = torch.arange(19.0)[:, None], torch.arange(16.0)
+    freqs = 1 / 10000 ** (i / 16)
+    torch.testing.assert_close(table[0], torch.cat([(p * freqs).sin(), (p * freqs).cos()], 1))
+    torch.testing.assert_close(sincos_table(19, 32), table[0])
+
+
+@torch.no_grad()
+def test_position_rows_are_added_per_raster_position():
+    model = make_video_nar()
+    tokens, labels = sample_batch(model.grid)
+    base = model(tokens, labels)
+    model.backbone.pos_embedding[0, 1 + 5].add_(1.0)  # the row of raster token 5 only
+    changed = (model(tokens, labels) - base).abs().amax((0, 2)) > 1e-6
+    assert not changed[:5].any() and changed[5:].any()  # earlier tokens never see token 5's row
+
+
+def test_bad_options_and_grids_name_the_fix():
+    with pytest.raises(NarBenchError, match="position_embedding='rope'.*learned, sincos"):
+        VideoNAROptions(position_embedding="rope")
+    with pytest.raises(NarBenchError, match="3D token grids.*use model.paradigm=nar$"):
+        VideoNAR(*on_grid(video_config(), (4, 4)))
+    with pytest.raises(NarBenchError, match="use model.paradigm=nar_video"):
+        cfg = TransformerConfig(dim=48, n_layers=1, n_heads=2, vocab_size=VOCAB, num_classes=CLASSES)
+        NAR(*on_grid(cfg, (2, 4, 4)))
+
+
+# --- training and parallel decoding -------------------------------------------------------------
+@pytest.mark.parametrize("position_embedding", ["learned", "sincos"])
+def test_training_reduces_loss_and_reaches_every_parameter(position_embedding):
     grid = (2, 2, 2)
-    model = make_video_nar(grid).train()
+    model = make_video_nar(grid, position_embedding=position_embedding).train()
     losses = train_steps(model, *sample_batch(grid), steps=8)
     assert losses[-1] < losses[0] - 0.5
 
 
-# --- parallel decoding ---------------------------------------------------------------------------
-@pytest.mark.parametrize("heads, overlap", [("dimension", "mixed"), ("dimension", "temporal"),
-                                            ("dimension", "horizontal"), ("single", "mixed")])
+@pytest.mark.parametrize("options", [{}, {"position_embedding": "sincos"}, {"down_blocks": 2, "back_blocks": 0}],
+                         ids=["learned", "sincos", "2+0"])
 @pytest.mark.parametrize("sampling", [NO_CFG, CFG], ids=["cfg_off", "cfg_on"])
-def test_cached_3d_decoding_matches_masked_forward(heads, overlap, sampling):
-    model = make_video_nar((2, 3, 3), heads=heads, overlap_head=overlap)
+def test_cached_decoding_matches_masked_forward(options, sampling):
+    model = make_video_nar((2, 3, 3), **options)
     gap = decode_forward_gap(model, torch.tensor([0, 4]), sampling, torch.Generator().manual_seed(0))
     assert gap < DECODE_ATOL
+
+
+def test_cached_decoding_matches_forward_with_two_condition_tokens():
+    torch.manual_seed(0)
+    model = randomize_heads(VideoNAR(*on_grid(video_config(cls_token_num=2), (2, 2, 3))), std=0.2).eval()
+    assert decode_forward_gap(model, torch.tensor([1, 3]), CFG, torch.Generator().manual_seed(1)) < DECODE_ATOL
 
 
 def test_one_forward_per_step_and_output_layout():
@@ -162,17 +229,30 @@ def test_one_forward_per_step_and_output_layout():
     assert fed_sizes == [1] + [len(idx) for idx in neighbor_schedule(grid)][:-1]
 
 
-# --- errors -------------------------------------------------------------------------------------
-def test_grid_rank_head_dim_and_overlap_head_errors_name_the_fix():
-    with pytest.raises(NarBenchError, match="3D token grids.*use model.paradigm=nar$"):
-        VideoNAR(*on_grid(video_config(), (4, 4)))
-    with pytest.raises(NarBenchError, match="use model.paradigm=nar_video"):
-        NAR(*on_grid(video_config(), (2, 4, 4)))
-    with pytest.raises(NarBenchError, match="head_dim .*= 16\\) must be divisible by 6"):
-        cfg = TransformerConfig(dim=64, n_layers=1, n_heads=4, vocab_size=VOCAB, num_classes=CLASSES)
-        VideoNAR(*on_grid(cfg, (2, 2, 2)))
-    with pytest.raises(NarBenchError, match="overlap_head='temporal'.*mixed, horizontal, vertical"):
-        NAR(*on_grid(video_config(), (3, 3)), NAROptions(overlap_head="temporal"))
+# --- paper sizes --------------------------------------------------------------------------------
+def paper_video_nar(size: str) -> VideoNAR:
+    dim, n_layers, n_heads = MODEL_SIZES[size]
+    with torch.device("meta"):
+        cfg = TransformerConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, vocab_size=8192, num_classes=101)
+        return VideoNAR(*on_grid(cfg, (4, 16, 16)))
+
+
+def expected_parameters(dim: int, n_layers: int, vocab: int = 8192, classes: int = 101, positions: int = 1025) -> int:
+    """LARP_AR's count written out: n_layers + 2 LLaMA blocks (qkv + out projection, SwiGLU, two
+    norms), token and class tables, the learned position table and three norm + output heads."""
+    hidden = math.ceil(int(8 * dim / 3) / 256) * 256
+    block = 4 * dim * dim + 3 * dim * hidden + 2 * dim
+    return (n_layers + 2) * block + vocab * dim + (classes + 1) * dim + positions * dim + 3 * (dim + vocab * dim)
+
+
+@pytest.mark.parametrize("size, millions", [("L", 369), ("LP", 694)])  # paper: NAR-L 369M, NAR-LP 694M
+def test_nar_l_and_lp_video_parameter_counts(size, millions):
+    model = paper_video_nar(size)
+    dim, n_layers, _ = MODEL_SIZES[size]
+    count = count_parameters(model)
+    assert count == expected_parameters(dim, n_layers)
+    assert round(count / 1e6) == millions
+    assert model.num_steps == 34 and len(model.backbone.layers) == n_layers + 2
 
 
 # --- data, tokenizer, training ------------------------------------------------------------------
@@ -228,7 +308,7 @@ def test_video_experiment_trains_and_samples_gif_clips(tmp_path):
     assert clips.shape == (4, 3, 2, 8, 8)
     loss = module.training_step((clips, labels), 0)
     loss.backward()
-    assert torch.isfinite(loss) and module.paradigm.temporal_output.weight.grad.abs().sum() > 0
+    assert torch.isfinite(loss) and module.paradigm.back_output.weight.grad.abs().sum() > 0
     samples = module.sample_images(torch.tensor([0, 5, 9]))
     assert samples.shape == (3, 3, 2, 8, 8) and samples.dtype == torch.uint8
     path = save_samples(samples, tmp_path / "samples.png", nrow=3)

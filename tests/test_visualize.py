@@ -13,13 +13,16 @@ from nar_bench.lit.module import GeneratorModule
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import TransformerConfig
 from nar_bench.paradigms.base import step_of_positions
-from nar_bench.paradigms.nar import NAR, VideoNAR
+from nar_bench.paradigms.maskgit import MaskGIT
+from nar_bench.paradigms.nar import NAR
+from nar_bench.paradigms.nar_video import VideoNAR
 from nar_bench.paradigms.par import PAR
 from nar_bench.paradigms.raster_ar import RasterAR
 from nar_bench.run.order_gifs import (
     CURRENT,
     UNDECODED_GREY,
     log_order_gif,
+    order_frames,
     order_gif,
     partial_images,
     token_panel,
@@ -37,6 +40,7 @@ PARADIGMS = {  # name -> (paradigm on a 4x4 image grid or a 3x4x4 video grid, to
     "nar": (lambda: NAR(*on_grid(TINY, (4, 4))), IMAGE_TOKENIZER, 7),
     "par": (lambda: PAR(*on_grid(TINY, (4, 4))), IMAGE_TOKENIZER, 4 + 4 - 1),
     "nar_video": (lambda: VideoNAR(*on_grid(TINY, (3, 4, 4))), VIDEO_TOKENIZER, 3 + 4 + 4 - 2),
+    "maskgit": (lambda: MaskGIT(*on_grid(TINY, (4, 4))), IMAGE_TOKENIZER, 8),  # options.steps
 }
 SAMPLING = SamplingConfig(cfg_scale=2.0)
 
@@ -86,6 +90,20 @@ def test_token_panel_highlights_exactly_the_tokens_of_the_step():
     assert torch.equal(highlighted.nonzero().flatten(), schedule[4])
 
 
+def test_maskgit_frames_follow_the_order_of_the_sampled_image():
+    torch.manual_seed(0)
+    paradigm = MaskGIT(*on_grid(TINY, (4, 4)))
+    codes = paradigm.generate(torch.tensor([1]), SAMPLING, torch.Generator().manual_seed(0))[0].flatten()
+    step = paradigm.token_steps()
+    frames = order_frames(paradigm, IMAGE_TOKENIZER, codes)
+    assert len(frames) == 8 and torch.bincount(step, minlength=8).tolist() == paradigm.step_counts()
+    images = partial_images(step, IMAGE_TOKENIZER, codes)
+    patch = IMAGE_TOKENIZER.patch
+    for s in range(8):  # after step s exactly the tokens committed up to s are shown
+        grey = (images[s][..., ::patch, ::patch].flatten(1) == UNDECODED_GREY).all(0)
+        assert torch.equal(~grey, step <= s)
+
+
 def test_module_order_gif_is_logged_to_mlflow(tmp_path):
     tracking = [f"tracking.tracking_uri=sqlite:///{tmp_path}/mlruns.db", f"tracking.artifact_location={tmp_path}/art",
                 "tracking.experiment=test"]
@@ -101,11 +119,11 @@ def test_module_order_gif_is_logged_to_mlflow(tmp_path):
     assert Image.open(local).n_frames == 7
 
 
-def test_write_order_gifs_for_ar_nar_par(tmp_path):
+def test_write_order_gifs_for_ar_nar_par_maskgit(tmp_path):
     paths = write_order_gifs(tmp_path, overrides=["model.size=tiny", "model.n_layers=1", "data.image_size=16",
                                                   "data.grid_size=4"])
-    assert [p.name for p in paths] == ["order_ar.gif", "order_nar.gif", "order_par.gif"]
-    assert [Image.open(p).n_frames for p in paths] == [16, 7, 7]
+    assert [p.name for p in paths] == ["order_ar.gif", "order_nar.gif", "order_par.gif", "order_maskgit.gif"]
+    assert [Image.open(p).n_frames for p in paths] == [16, 7, 7, 8]
 
 
 def test_order_gifs_verb_writes_one_gif_per_paradigm(tmp_path, capsys):
@@ -114,5 +132,5 @@ def test_order_gifs_verb_writes_one_gif_per_paradigm(tmp_path, capsys):
     args = ["order-gifs", "model.size=tiny", "data.image_size=16", "data.grid_size=4", "--out", str(tmp_path),
             "--paradigms", "nar", "par"]
     assert main(args) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["order_nar.gif", "order_par.gif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["order_nar.gif", "order_par.gif", "provenance.json"]
     assert Image.open(tmp_path / "order_nar.gif").n_frames == 7  # 4 + 4 - 1 anti-diagonals

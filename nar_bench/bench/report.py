@@ -23,7 +23,8 @@ MARKDOWN_DROP = ("latency_all", "device", "torch", "paradigm", "size")
 
 def summary_table(points: pd.DataFrame) -> pd.DataFrame:
     """One row per model: params, steps, best throughput and its batch, latency at batch 8, peak
-    memory at the best batch, largest batch that fits and the batch that ran out of memory."""
+    memory, achieved TFLOP/s and % of the compute floor at the best batch, compile time, largest
+    batch that fits and the batch that ran out of memory."""
     rows = []
     for model, g in points.groupby("model", sort=False):
         ok, oom = g[g.status == "ok"], g[g.status == "oom"]
@@ -39,6 +40,9 @@ def summary_table(points: pd.DataFrame) -> pd.DataFrame:
             "best_batch": None if best is None else best.batch_size,
             "latency_bs8_ms": at8.latency_s.iloc[0] * 1e3 if len(at8) else None,
             "peak_gb_at_best": None if best is None else best.peak_mem_gb,
+            "tflops_at_best": None if best is None else best.get("tflops_s"),
+            "floor_pct_at_best": None if best is None else best.get("floor_pct"),
+            "compile_s": ok["compile_s"].max() if "compile_s" in ok and ok["compile_s"].notna().any() else None,
             "max_batch": ok.batch_size.max() if len(ok) else None,
             "oom_at": oom.batch_size.min() if len(oom) else None,
         })
@@ -56,7 +60,7 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def write_markdown(points: pd.DataFrame, summary: pd.DataFrame, path: Path, prov: dict[str, str],
-                   settings: str) -> Path:
+                   settings: str, training: pd.DataFrame | None = None) -> Path:
     lines = [
         "# Throughput sweep",
         "",
@@ -74,6 +78,9 @@ def write_markdown(points: pd.DataFrame, summary: pd.DataFrame, path: Path, prov
         markdown(points.drop(columns=[c for c in MARKDOWN_DROP if c in points.columns])),
         "",
     ]
+    if training is not None:
+        lines += ["## Training step (bf16 autocast, forward + backward + AdamW, random codes)", "",
+                  markdown(training), ""]
     path.write_text("\n".join(lines))
     return path
 
@@ -96,6 +103,8 @@ def plot_panel(ax, points: pd.DataFrame, column: str, label: str, yscale: str) -
     ax.grid(True, which="both", alpha=0.3)
     if plotted:
         ax.set_yscale(yscale)
+        if yscale == "linear":  # memory starts at 0: a truncated axis would exaggerate the differences
+            ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "no data (no GPU memory stats on CPU)" if column == "peak_mem_gb" else "no data",
@@ -124,13 +133,20 @@ def write_plots(points: pd.DataFrame, out_dir: Path, prov: dict[str, str], setti
     return paths
 
 
-def write_report(points: pd.DataFrame, out_dir: str | Path, prov: dict[str, str], settings: str) -> list[Path]:
-    """points.csv, summary.csv, throughput.md and the plots under ``out_dir``; returns the paths."""
+def write_report(points: pd.DataFrame, out_dir: str | Path, prov: dict[str, str], settings: str,
+                 training: pd.DataFrame | None = None) -> list[Path]:
+    """points.csv, summary.csv, throughput.md (and training.csv with training-step rows) and the
+    plots under ``out_dir``; returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summary_table(points)
     csvs = [out_dir / "points.csv", out_dir / "summary.csv"]
     with_provenance(points, prov).to_csv(csvs[0], index=False)
     with_provenance(summary, prov).to_csv(csvs[1], index=False)
-    md = write_markdown(points, summary, out_dir / "throughput.md", prov, settings)
+    has_training = training is not None and not training.empty
+    if has_training:
+        csvs.append(out_dir / "training.csv")
+        with_provenance(training, prov).to_csv(csvs[-1], index=False)
+    md = write_markdown(points, summary, out_dir / "throughput.md", prov, settings,
+                        training if has_training else None)
     return [*csvs, md, *write_plots(points, out_dir, prov, settings)]

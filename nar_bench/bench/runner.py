@@ -12,6 +12,7 @@ import argparse
 import copy
 import logging
 import re
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -28,27 +29,33 @@ from tqdm import tqdm
 from nar_bench.bench.report import write_report
 from nar_bench.config import merge, model_dims, paradigm_options
 from nar_bench.errors import NarBenchError
+from nar_bench.metrics.cost_model import Ceilings, generation_cost, measure_ceilings
 from nar_bench.metrics.efficiency import (
     DTYPES,
     inference_decoder,
     measure_batch_sizes,
     profile_generation,
     randomize_weights,
+    release_decode_state,
+    reset_device_memory,
 )
+from nar_bench.metrics.training_throughput import measure_training_step
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.paradigms import build_paradigm
+from nar_bench.paradigms.engine import SequenceParadigm
 from nar_bench.registry import PARADIGMS
 from nar_bench.tokenizers import build_tokenizer
 from nar_bench.tokenizers.base import CodeSpace
 from nar_bench.tracking.mlflow import PARENT_TAG, client, create_run, experiment_id, parent_run
-from nar_bench.tracking.provenance import provenance, provenance_line
+from nar_bench.tracking.provenance import guard_output, provenance, provenance_line, write_provenance
 
 log = logging.getLogger(__name__)
 
 SWEEP_NAME = "throughput-sweep"
 RUN_PARAMS = ("model", "paradigm", "size", "params", "steps", "batch_size", "dtype", "cfg", "cfg_scale", "top_k",
               "top_p", "tokenizer_decode", "cuda_graph", "compiled", "device", "status")
-RUN_METRICS = ("latency_s", "throughput_img_s", "peak_mem_gb")
+RUN_METRICS = ("latency_s", "throughput_img_s", "peak_mem_gb", "setup_s", "compile_s", "gflop_per_image", "tflops_s",
+               "gbps", "floor_pct")
 
 
 def check_bench(bench: DictConfig) -> None:
@@ -113,12 +120,14 @@ def bench_device(name: str) -> torch.device:
 
 def bench_tokenizer(cfg: DictConfig) -> tuple[nn.Module | None, CodeSpace]:
     """(tokenizer, code space): the configured tokenizer and its codes, or for token-only timing
-    at ``bench.vocab_size`` no tokenizer and raster codes of that vocabulary over the data grid
-    (paper-size vocabularies are timed without the tokenizer's weights)."""
+    at ``bench.vocab_size`` no tokenizer and raster codes of that vocabulary over a data.grid_size
+    square grid, with data.frames in front for video (T x H x W): paper-size vocabularies are timed
+    without the tokenizer's weights."""
     if cfg.bench.vocab_size is None:
         tokenizer = build_tokenizer(cfg)
         return tokenizer, tokenizer.code_space
-    return None, CodeSpace(cfg.bench.vocab_size, (cfg.data.grid_size, cfg.data.grid_size))
+    grid = (cfg.data.grid_size, cfg.data.grid_size)
+    return None, CodeSpace(cfg.bench.vocab_size, (cfg.data.frames, *grid) if cfg.data.frames else grid)
 
 
 def settings_line(cfg: DictConfig) -> str:
@@ -142,20 +151,32 @@ def log_point(mlflow: MlflowClient, exp_id: str, parent_id: str, row: dict) -> N
     mlflow.set_terminated(run.info.run_id)
 
 
-def bench_model(label: str, cfg: DictConfig, device: torch.device, prov: dict[str, str]) -> Iterator[dict]:
-    """Result rows of one model at ascending batch sizes, up to and including its OOM point."""
+def bench_model(label: str, cfg: DictConfig, device: torch.device, prov: dict[str, str],
+                ceilings: Ceilings | None = None, training: list[dict] | None = None) -> Iterator[dict]:
+    """Result rows of one model at ascending batch sizes, up to and including its OOM point; with
+    ``bench.train_batch`` the training-step rows of the same model are appended to ``training``."""
     bench = cfg.bench
+    reset_device_memory(device)  # this model's peak must not include the previous model's leftovers
     torch.manual_seed(cfg.seed)
     tokenizer, codes = bench_tokenizer(cfg)
-    paradigm = build_paradigm(cfg, codes, bench.num_classes)
+    paradigm = build_paradigm(cfg, codes, bench.num_classes).to(device)
     randomize_weights(paradigm)
     if tokenizer is not None:
         tokenizer.to(device).eval()  # paradigms like VAR use it while generating
     sampling = SamplingConfig(**cfg.eval.sampling)
+    compile_decoder = bench.compile if bench.compile_decoder is None else bench.compile_decoder
+    decode_fn = inference_decoder(tokenizer, bench.dtype, compile_decoder) if bench.include_decode else None
+    # counted on the eager engine in fp32 before anything is compiled: the maths, not the kernels
+    cost = None
+    if bench.roofline:
+        try:
+            cost = generation_cost(paradigm, sampling, decode_fn)
+        except torch.cuda.OutOfMemoryError:
+            log.warning("no roofline columns for '%s': counting its cost at batch 2 ran out of memory", label)
+            release_decode_state(paradigm)
     protocol = {"dtype": bench.dtype, "warmup": bench.warmup, "repeats": bench.repeats, "device": device,
-                "decode_fn": inference_decoder(tokenizer, bench.dtype, bench.compile) if bench.include_decode else None,
-                "cuda_graph": bench.cuda_graph, "compile": bench.compile,
-                "size": cfg.model.size, "seed": cfg.seed}
+                "decode_fn": decode_fn, "cuda_graph": bench.cuda_graph, "compile": bench.compile,
+                "size": cfg.model.size, "seed": cfg.seed, "cost": cost, "ceilings": ceilings}
     sampling_cols = {"cfg_scale": sampling.cfg_scale, "top_k": sampling.top_k, "top_p": sampling.top_p}
     profile_path(bench.output_dir, label).unlink(missing_ok=True)  # no stale profile if this one is skipped
     fits = 0
@@ -172,40 +193,76 @@ def bench_model(label: str, cfg: DictConfig, device: torch.device, prov: dict[st
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"# {label}, batch {bench.profile_batch}, {settings_line(cfg)}\n# {provenance_line(prov)}\n"
                         f"{table}\n")
+    if bench.train_batch > 0 and training is not None:
+        training.extend(training_rows(label, paradigm, bench, device))
+
+
+def training_rows(label: str, paradigm: nn.Module, bench: DictConfig, device: torch.device) -> list[dict]:
+    """Images/s of a bf16 training step per masked-attention path in ``bench.train_attention``
+    (FlexAttention only on a GPU, where the paradigm trains under a mask on the LLaMA backbone)."""
+    flex = device.type == "cuda" and isinstance(paradigm, SequenceParadigm)  # FlexAttention trains on GPUs only
+    paths = [a for a in bench.train_attention if a == "dense" or (a == "flex" and flex)]
+    rows = []
+    for attention in paths:
+        result = measure_training_step(paradigm, bench.train_batch, attention=attention, device=device)
+        rows.append({"model": label, **asdict(result)})
+    return rows
 
 
 def profile_path(output_dir: str, label: str) -> Path:
     return Path(output_dir) / f"profile_{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}.txt"
 
 
-def run_throughput_sweep(cfg: DictConfig, command: str | None = None) -> pd.DataFrame:
+def eager_on_cpu(cfg: DictConfig, device: torch.device) -> DictConfig:
+    """``cfg`` with ``bench.cuda_graph`` off when ``device`` is not a GPU (CUDA graphs need one), so
+    the GPU settings of experiments/throughput_sweep.yaml also run on a CPU; says so in one line."""
+    if device.type == "cuda" or not cfg.bench.cuda_graph:
+        return cfg
+    print(f"note: bench.cuda_graph needs a CUDA device; timing eager generation on {device.type} "
+          "(recorded as cuda_graph=False)", file=sys.stderr)
+    return merge(cfg, {"bench": {"cuda_graph": False}}, source="CPU fallback")
+
+
+def run_throughput_sweep(cfg: DictConfig, command: str | None = None, overwrite: bool = False) -> pd.DataFrame:
     """Runs the sweep of ``cfg.bench``; returns the table of points (one row per model and batch
-    size, ``status`` ok | oom) and writes it with the summary and plots to ``bench.output_dir``."""
+    size, ``status`` ok | oom) and writes it with the summary and plots to ``bench.output_dir``
+    (refused before any work if that folder holds committed results, unless ``overwrite``)."""
+    guard_output(cfg.bench.output_dir, overwrite)
+    device = bench_device(cfg.bench.device)
+    cfg = eager_on_cpu(cfg, device)
     bench = cfg.bench
-    device = bench_device(bench.device)
     points = bench_points(cfg)
     prov = provenance(command, device)
     settings = settings_line(cfg)
     mlflow, exp_id = client(cfg.tracking), experiment_id(cfg.tracking)
     params = {"points": ", ".join(label for label, _ in points), "batch_sizes": list(bench.batch_sizes),
               "settings": settings, **{k: v[:500] for k, v in prov.items()}}
-    rows = []
+    rows, training, failed = [], [], []
+    ceilings = measure_ceilings(device.type) if bench.roofline and device.type == "cuda" else None
     per_model = len(set(bench.batch_sizes))
     with parent_run(cfg.tracking, SWEEP_NAME, params) as parent_id, \
             tqdm(total=len(points) * per_model, desc=SWEEP_NAME, leave=False) as bar:
         for i, (label, point_cfg) in enumerate(points):
-            for row in bench_model(label, point_cfg, device, prov):
-                bar.set_postfix_str(f"{label} bs={row['batch_size']} {row['status']}")
-                bar.update()
-                log_point(mlflow, exp_id, parent_id, row)
-                rows.append(row)
+            try:
+                for row in bench_model(label, point_cfg, device, prov, ceilings, training):
+                    bar.set_postfix_str(f"{label} bs={row['batch_size']} {row['status']}")
+                    bar.update()
+                    log_point(mlflow, exp_id, parent_id, row)
+                    rows.append(row)
+            except Exception as err:  # one model's failure is reported, the other models still run
+                log.exception("bench point '%s' failed", label)
+                failed.append(f"{label}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
             bar.update((i + 1) * per_model - bar.n)  # batch sizes past an OOM are skipped
         table = pd.DataFrame(rows)
-        files = write_report(table, bench.output_dir, prov, settings)
+        files = write_report(table, bench.output_dir, prov, settings, pd.DataFrame(training))
+        files.append(write_provenance(bench.output_dir, {**prov, "settings": settings}))
         if bench.profile_batch > 0:
             files += [p for label, _ in points if (p := profile_path(bench.output_dir, label)).is_file()]
         for path in files:
             mlflow.log_artifact(parent_id, str(path))
+        if failed:  # after the report of the points that ran; the parent run ends FAILED
+            raise NarBenchError(f"{len(failed)} bench point(s) failed (traceback above, results of the others in "
+                                f"{bench.output_dir}): " + "; ".join(failed))
     log.info("throughput sweep: %s", provenance_line(prov))
     return table
 
@@ -214,5 +271,7 @@ def main(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    run_throughput_sweep(cfg, command=args.command_line)
+    if args.out:
+        cfg = merge(cfg, {"bench": {"output_dir": args.out}}, source="--out")
+    run_throughput_sweep(cfg, command=args.command_line, overwrite=args.overwrite)
     print(f"results in {cfg.bench.output_dir}")

@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
 
 from nar_bench.errors import NarBenchError
+from nar_bench.lit.progress import StepProgressBar
 
 
 def uses_gpu(trainer_cfg: DictConfig) -> bool:
@@ -47,7 +48,7 @@ def make_trainer(cfg: DictConfig, logger, run_dir: Path) -> L.Trainer:
         gradient_clip_val=cfg.optim.grad_clip or None,
         logger=logger,
         callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
-                   LearningRateMonitor("step")],
+                   LearningRateMonitor("step"), StepProgressBar()],
         default_root_dir=run_dir,
         enable_model_summary=False,
     )

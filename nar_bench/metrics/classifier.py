@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -48,9 +50,15 @@ class ClassifierSpec:
 
 
 def cached_classifier(path: Path, spec: ClassifierSpec, train: Callable[[], nn.Module]) -> Path:
-    """``path``, first written (the spec and the weights of ``train()``, atomically) if missing."""
+    """``path``, first written (the spec and the weights of ``train()``, atomically) if missing;
+    that one-off training says what it is doing (it takes a while before the first metrics)."""
     if not path.is_file():
+        steps = getattr(spec, "steps", "?")
+        print(f"nar-bench: training the {path.parent.name} feature classifier once ({steps} steps, "
+              f"{type(spec).__name__}), for the synthetic-data metrics; cached at {path}", file=sys.stderr)
+        start = time.perf_counter()
         atomic_save({"spec": asdict(spec), "state_dict": train().state_dict()}, path)
+        print(f"nar-bench: feature classifier trained in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return path
 
 

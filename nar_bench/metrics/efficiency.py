@@ -7,6 +7,12 @@ CPU); latency = median seconds per batch, throughput = batch / latency. Peak GPU
 after warm-up, so it covers weights, caches and activations of the timed runs. ``batch_size``
 counts images: with CFG on, the model runs on twice as many rows. A point that runs out of GPU
 memory comes back with status "oom" instead of raising.
+
+Given a ``Cost`` (``nar_bench.metrics.cost_model``: FLOPs and floor bytes per batch, its docstring
+states the model) and the device's measured ``Ceilings``, a point also reports achieved TFLOP/s,
+GB/s and % of the compute floor. ``setup_s`` is the wall time before the first timed run (graph
+capture, warm-up runs, and compilation when compiled); ``compile_s`` = setup_s minus the time those
+runs take at the measured latency, reported for compiled points only.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
+from nar_bench.metrics.cost_model import Ceilings, Cost, roofline
 from nar_bench.nn.cuda_graph import GraphedGenerate
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import count_parameters, size_name
@@ -53,6 +60,12 @@ class EfficiencyResult:
     latency_all: list[float] = field(default_factory=list)  # every timed repeat, warm-up excluded
     throughput_img_s: float | None = None
     peak_mem_gb: float | None = None  # GiB; None on CPU
+    setup_s: float | None = None  # graph capture + warm-up (+ compilation), before the timed runs
+    compile_s: float | None = None  # setup_s minus its runs at the measured latency; compiled points only
+    gflop_per_image: float | None = None  # with a Cost: FLOPs of the batch / batch_size
+    tflops_s: float | None = None  # achieved
+    gbps: float | None = None  # floor bytes / latency
+    floor_pct: float | None = None  # compute floor (FLOPs / measured matmul rate) / latency, in %
 
 
 def model_size_name(paradigm: Paradigm) -> str:
@@ -78,11 +91,26 @@ def inference_dtype(dtype: str) -> torch.dtype:
     return torch.bfloat16 if dtype == "bf16" else torch.float32
 
 
-def inference_decoder(tokenizer: nn.Module, dtype: str, compile: bool = False) -> DecodeFn:
+def inference_decoder(tokenizer: nn.Module, dtype: str, compile: bool = False, chunk: int = 64) -> DecodeFn:
     """The tokenizer's decode as benchmarked: weights in the inference dtype, 4-D (conv) weights in
-    channels_last, the layout cuDNN's tensor-core convolutions run fastest in, optionally compiled."""
+    channels_last, the layout cuDNN's tensor-core convolutions run fastest in. ``compile`` gives the
+    fast path (``nar_bench.nn.fast_vae_decode.FastDecoder``: compiled, cuDNN-autotuned, decoded in
+    chunks of ``chunk`` images with one graph for every batch size)."""
+    if compile:
+        from nar_bench.nn.fast_vae_decode import FastDecoder
+
+        return FastDecoder(tokenizer, inference_dtype(dtype), chunk=chunk)
     tokenizer.to(dtype=inference_dtype(dtype), memory_format=torch.channels_last)
-    return torch.compile(tokenizer.decode, dynamic=True) if compile else tokenizer.decode
+    return tokenizer.decode
+
+
+def reset_device_memory(device: torch.device | str | None = None) -> None:
+    """Frees what unreachable objects hold and resets the peak counter: call before each model so
+    its peak memory does not include what the previous model left allocated."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def release_decode_state(paradigm: nn.Module) -> None:
@@ -159,11 +187,14 @@ def measure_generation(
     compile: bool = False,
     size: str | None = None,
     seed: int = 0,
+    cost: Cost | None = None,
+    ceilings: Ceilings | None = None,
 ) -> EfficiencyResult:
     """Latency, throughput and peak memory of generating ``batch_size`` images (module docstring
     has the protocol). ``decode_fn`` (e.g. ``tokenizer.decode``) is timed with the generation;
     ``cuda_graph`` captures the whole generation in a CUDA graph before the warm-up runs;
-    ``compile`` compiles the per-step forward first (``paradigm.compile_decoding()``)."""
+    ``compile`` compiles the per-step forward first (``paradigm.compile_decoding()``); ``cost`` and
+    ``ceilings`` (``nar_bench.metrics.cost_model``) add the roofline columns."""
     if batch_size < 1 or warmup < 0 or repeats < 1:
         raise NarBenchError(f"need batch_size >= 1, warmup >= 0, repeats >= 1; got {batch_size}, {warmup}, {repeats}")
     device = resolve_device(paradigm, device)
@@ -183,12 +214,14 @@ def measure_generation(
     labels = random_labels(paradigm, batch_size, device, seed)
     cuda = device.type == "cuda"
     try:
+        setup_start = time.perf_counter()
         run = generation_run(paradigm, labels, sampling, decode_fn, cuda_graph)
         for _ in range(warmup):
             run()
         if cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
+        setup_s = time.perf_counter() - setup_start
         times = [timed(run, device) for _ in range(repeats)]
     except torch.cuda.OutOfMemoryError:
         result.status = "oom"
@@ -199,6 +232,12 @@ def measure_generation(
     result.latency_all = times
     result.throughput_img_s = batch_size / result.latency_s
     result.peak_mem_gb = torch.cuda.max_memory_allocated(device) / GIB if cuda else None
+    result.setup_s = setup_s
+    if compile:  # the warm-up runs (and the two before a graph capture) at the steady-state latency
+        result.compile_s = max(0.0, setup_s - (warmup + 2 * cuda_graph) * result.latency_s)
+    if cost is not None:
+        for key, value in roofline(cost, batch_size, result.latency_s, ceilings).items():
+            setattr(result, key, value)
     return result
 
 

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # name -> (dim, n_layers, n_heads). B/L/XL/XXL are LlamaGen's GPT sizes, M is NAR's
-# (L minus 6 layers); tiny/small are CPU sizes for tests and the embedded demo. d{depth} are VAR's
+# (L minus 6 layers), LP NAR's video size (llama-abs-LP, NAR-LP); tiny/small are CPU sizes for tests
+# and the embedded demo. d{depth} are VAR's
 # sizes (width 64 * depth, heads = depth); d2 is a CPU-sized one on the same rule.
 MODEL_SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (64, 2, 4),
@@ -21,6 +22,7 @@ MODEL_SIZES: dict[str, tuple[int, int, int]] = {
     "B": (768, 12, 12),
     "M": (1024, 18, 16),
     "L": (1024, 24, 16),
+    "LP": (1280, 30, 20),
     "XL": (1280, 36, 20),
     "XXL": (1536, 48, 24),
     "d2": (128, 2, 2),
@@ -53,6 +55,10 @@ class TransformerConfig:
     resid_dropout: float = 0.1
     ffn_dropout: float = 0.1
     class_dropout: float = 0.1
+    # rope: rotary rows per grid axis (LlamaGen), passed to the blocks; learned | sincos: one absolute
+    # row per sequence position added to the inputs (NAR's video model), no rotary embedding.
+    position_embedding: str = "rope"
+    max_seq_len: int = 0  # rows of the absolute table (condition tokens + sequence); learned / sincos only
 
     @property
     def head_dim(self) -> int:
@@ -75,6 +81,19 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # normalised in fp32, cast back, then scaled: LlamaGen's order (checkpoint-exact logits)
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
+
+
+POSITION_EMBEDDINGS = ("rope", "learned", "sincos")
+
+
+def sincos_table(positions: int, dim: int, base: float = 10000.0) -> Tensor:
+    """(positions, dim) fixed 1D sin-cos embedding (MAE / NAR video ``use_fixed_pe``): the first half
+    of the channels is sin(p * w_i), the second half cos(p * w_i), w_i = base^(-i / (dim / 2))."""
+    if dim % 2:
+        raise ValueError(f"sin-cos position embedding needs an even dim, got {dim}")
+    freqs = base ** -(torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    angles = torch.arange(positions, dtype=torch.float64)[:, None] * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
 
 
 def rope_table(positions: Tensor, head_dim: int, base: float = 10000.0) -> Tensor:
@@ -133,6 +152,10 @@ class KVCache(nn.Module):
 
 
 class Attention(nn.Module):
+    # Set by ``nar_bench.nn.flex_masks.enable_flex_training``: masked (training) forwards then run
+    # FlexAttention on the mask's cached BlockMask instead of SDPA on the dense mask.
+    flex_masks = None
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
@@ -141,16 +164,26 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.resid_dropout)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: Tensor, freqs: Tensor, mask: Tensor | None, cache_start: int | None) -> Tensor:
+    def forward(self, x: Tensor, freqs: Tensor | None, mask: Tensor | None, cache_start: int | None) -> Tensor:
         b, n, _ = x.shape
         q, k, v = self.wqkv(x).view(b, n, 3, self.n_heads, self.head_dim).unbind(2)
-        q, k = apply_rope(q, freqs), apply_rope(k, freqs)
+        if freqs is not None:  # None: absolute position embeddings were added to the inputs
+            q, k = apply_rope(q, freqs), apply_rope(k, freqs)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        causal = False
         if cache_start is not None:
             # Every paradigm feeds its cache in decode order, so a step sees exactly the filled
-            # prefix: no mask is needed and SDPA can take its fastest kernel.
+            # prefix: no mask is needed and SDPA can take its fastest kernel. The first chunk is the
+            # condition tokens, causal among themselves as in training (they differ under absolute
+            # position embeddings).
             k, v = self.kv_cache.update(cache_start, k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            causal = cache_start == 0 and n > 1
+        if mask is not None and self.flex_masks is not None:
+            from nar_bench.nn.flex_masks import flex_masked_attention
+
+            out = flex_masked_attention(q, k, v, self.flex_masks(mask))
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, n, -1)))
 
 
@@ -167,6 +200,10 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
+    # Set by ``nar_bench.nn.fused_decode.enable_fused_decode``: cached (decoding) forwards then run
+    # the fused step; training and uncached forwards never do.
+    fused_decode = None
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.attention = Attention(cfg)
@@ -174,7 +211,13 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x: Tensor, freqs: Tensor, mask: Tensor | None = None, cache_start: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, freqs: Tensor | None, mask: Tensor | None = None,
+                cache_start: int | None = None) -> Tensor:
+        # the fused step rotates with RoPE and treats the fed rows as one step; absolute-position
+        # models and the causal multi-token prefill (cache_start 0) take the eager path
+        fusable = freqs is not None and cache_start is not None and (cache_start > 0 or x.shape[1] == 1)
+        if fusable and self.fused_decode is not None and not self.training:
+            return self.fused_decode(self, x, freqs, cache_start)
         h = x + self.attention(self.attention_norm(x), freqs, mask, cache_start)
         return h + self.feed_forward(self.ffn_norm(h))
 
@@ -200,14 +243,28 @@ class LabelEmbedder(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Class-conditional LLaMA decoder. Sequence = [condition token(s), image tokens...]."""
+    """Class-conditional LLaMA decoder. Sequence = [condition token(s), image tokens...].
+
+    Positions: rotary rows passed to ``run_blocks`` (``position_embedding="rope"``), or an absolute
+    table ``pos_embedding`` (1, max_seq_len, dim), learned or fixed sin-cos, added to the inputs
+    after the token dropout (``embed``, ``add_positions``); the blocks then get ``freqs=None``.
+    """
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
+        if cfg.position_embedding not in POSITION_EMBEDDINGS:
+            raise ValueError(f"position_embedding '{cfg.position_embedding}' is not one of {POSITION_EMBEDDINGS}")
+        if cfg.position_embedding != "rope" and cfg.max_seq_len < 1:
+            raise ValueError("absolute position embeddings need max_seq_len (condition tokens + sequence) >= 1")
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.cls_embedding = LabelEmbedder(cfg.num_classes, cfg.dim, cfg.class_dropout)
         self.tok_dropout = nn.Dropout(cfg.token_dropout)
+        if cfg.position_embedding == "learned":
+            self.pos_embedding = nn.Parameter(torch.empty(1, cfg.max_seq_len, cfg.dim))
+        else:  # sincos: persistent, as official files carry the fixed table too; rope: None
+            table = sincos_table(cfg.max_seq_len, cfg.dim)[None] if cfg.position_embedding == "sincos" else None
+            self.register_buffer("pos_embedding", table)
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -217,14 +274,21 @@ class Transformer(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=std)
+        if isinstance(self.pos_embedding, nn.Parameter):
+            nn.init.normal_(self.pos_embedding, std=std)
         nn.init.zeros_(self.output.weight)  # LlamaGen zero-initialises the output layer
 
     def embed(self, tokens: Tensor, labels: Tensor) -> Tensor:
         """tokens (B, N) in sequence order, labels (B,) -> (B, cls + N, dim)."""
         cond = self.cls_embedding(labels)[:, None].expand(-1, self.cfg.cls_token_num, -1)
-        return self.tok_dropout(torch.cat([cond, self.tok_embeddings(tokens)], dim=1))
+        h = self.tok_dropout(torch.cat([cond, self.tok_embeddings(tokens)], dim=1))
+        return self.add_positions(h, slice(0, h.shape[1]))
 
-    def run_blocks(self, h: Tensor, freqs: Tensor, mask: Tensor | None = None,
+    def add_positions(self, x: Tensor, positions: Tensor | slice) -> Tensor:
+        """x (B, n, dim) plus the absolute rows of sequence ``positions`` (n,); x itself under RoPE."""
+        return x if self.pos_embedding is None else x + self.pos_embedding[0, positions]
+
+    def run_blocks(self, h: Tensor, freqs: Tensor | None, mask: Tensor | None = None,
                    cache_start: int | None = None) -> Tensor:
         for layer in self.layers:
             h = layer(h, freqs, mask, cache_start)

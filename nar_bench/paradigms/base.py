@@ -6,6 +6,8 @@ A paradigm is built from (model config, code space, options): the code space is 
 reaches into the tokenizer. It is defined by its schedule, the list of code positions produced at
 each decoding step; the training mask, the decode loop and the step count derive from it.
 ``generate`` returns codes in the code space's own layout, which the tokenizer decodes.
+A paradigm whose positions are chosen while decoding (MaskGIT) has no such list: it overrides
+``num_steps`` and ``token_steps`` and its ``schedule()`` raises.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nar_bench.nn.sampling import SamplingConfig
+from nar_bench.nn.sampling import SamplingConfig, guided_steps
 from nar_bench.nn.transformer import TransformerConfig
 from nar_bench.tokenizers.base import CodeSpace
 
@@ -37,6 +39,10 @@ class Paradigm(nn.Module, ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
+    # Training dropouts of the paradigm's released recipe, used where model.*_dropout is null:
+    # LlamaGen's GPT (and NAR, PAR on it) trains with 0.1 on tokens, residuals, FFN and labels.
+    default_dropouts: ClassVar[dict[str, float]] = {
+        "token_dropout": 0.1, "resid_dropout": 0.1, "ffn_dropout": 0.1, "class_dropout": 0.1}
 
     def __init__(self, model: TransformerConfig, codes: CodeSpace, options: Any = None):
         super().__init__()
@@ -57,6 +63,13 @@ class Paradigm(nn.Module, ABC):
     @property
     def num_steps(self) -> int:
         return len(self.schedule())
+
+    def token_steps(self, sample: int = 0) -> Tensor:
+        """(N,) decoding step at which each raster token of sample ``sample`` of the latest
+        ``generate`` call was produced (what the order GIFs draw). Fixed orders: the same for every
+        sample, from ``schedule()``; data-dependent orders (MaskGIT) override it with what
+        ``generate`` recorded."""
+        return step_of_positions(self.schedule(), self.num_tokens)
 
     @abstractmethod
     def train_mask(self) -> Tensor:
@@ -84,6 +97,15 @@ class Paradigm(nn.Module, ABC):
     def generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
         """Samples codes for ``labels`` (B,) in the code space's layout: (B, *grid) for raster codes,
         (B, num_tokens) for multi-scale ones. Restores train/eval mode on return."""
+
+    def official_guided_steps(self, interval: int) -> list[bool] | None:
+        """Per decoding step, whether the paradigm's official sampling script guides it when given
+        ``cfg_interval=interval`` (>= 0); None when that script has no interval."""
+        return None
+
+    def guided_steps(self, sampling: SamplingConfig) -> list[bool]:
+        """Per decoding step, whether CFG applies under ``sampling`` (``nn.sampling.guided_steps``)."""
+        return guided_steps(sampling, self.num_steps, self.official_guided_steps)
 
 
 def grid_coords(grid: tuple[int, ...]) -> Tensor:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from nar_bench.errors import NarBenchError
+from nar_bench.nn.fused_decode import enable_fused_decode
 from nar_bench.nn.modes import eval_mode
 from nar_bench.nn.sampling import SamplingConfig, sample_step, with_null_class
 from nar_bench.nn.transformer import Transformer, TransformerConfig, condition_rope, rope_table, setup_kv_caches
@@ -32,11 +33,21 @@ class SequenceParadigm(Paradigm):
             raise NarBenchError(f"paradigm '{self.name}' decodes raster code grids, but the tokenizer's codes are "
                                 f"{codes.layout}; use a raster tokenizer (palette, vq) or model.paradigm=var")
         super().__init__(model, codes, options)
-        self.compiled_feed = None  # set by compile_decoding
-        self.backbone = Transformer(model)
-        rope = condition_rope(rope_table(grid_coords(self.grid), model.head_dim, model.rope_base), model.cls_token_num)
+        self.backbone = Transformer(self.backbone_config(model))
+        rope = None  # absolute position embeddings live in the backbone instead
+        if self.backbone.cfg.position_embedding == "rope":
+            rope = condition_rope(rope_table(grid_coords(self.grid), model.head_dim, model.rope_base),
+                                  model.cls_token_num)
         self.register_buffer("rope", rope, persistent=False)  # (cls + N, head_dim/2, 2), raster order
         self.register_buffer("mask", self.train_mask(), persistent=False)
+
+    def backbone_config(self, model: TransformerConfig) -> TransformerConfig:
+        """Config of ``self.backbone`` (the model config itself unless a paradigm extends the stack)."""
+        return model
+
+    def rope_rows(self, positions: Tensor | slice) -> Tensor | None:
+        """Rotary rows of sequence ``positions``; None without RoPE."""
+        return None if self.rope is None else self.rope[positions]
 
     def hidden_states(self, tokens: Tensor, labels: Tensor) -> Tensor:
         """Teacher-forced backbone output (B, cls + N, dim) for the raster sequence."""
@@ -44,7 +55,7 @@ class SequenceParadigm(Paradigm):
         return self.backbone.run_blocks(h, self.rope, self.mask)
 
     # --- decoding -------------------------------------------------------------------------------
-    def feed(self, x: Tensor, rope: Tensor, cache_start: int) -> Any:
+    def feed(self, x: Tensor, rope: Tensor | None, cache_start: int) -> Any:
         """Runs embedded inputs (B, n, dim) through the cached model; returns what
         ``step_logits`` needs (by default the backbone's hidden states)."""
         return self.backbone.run_blocks(x, rope, cache_start=cache_start)
@@ -55,19 +66,28 @@ class SequenceParadigm(Paradigm):
         By default m = n; paradigms that feed extra inputs (PAR's transition tokens) append them.
         The cache holds cls + N positions and the last step is never fed, so up to
         ``len(schedule()[-1])`` extra inputs fit."""
-        return self.backbone.tok_embeddings(tokens), self.rope[self.model_cfg.cls_token_num + idx]
+        positions = self.model_cfg.cls_token_num + idx
+        return self.backbone.add_positions(self.backbone.tok_embeddings(tokens), positions), self.rope_rows(positions)
+
+    def prefill_inputs(self, cond: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The first inputs fed: embedded condition tokens (B', cls, dim) for labels ``cond`` (B',)
+        and their rotary rows."""
+        cls_n = self.model_cfg.cls_token_num
+        x = self.backbone.cls_embedding(cond)[:, None].expand(-1, cls_n, -1)
+        return self.backbone.add_positions(x, slice(0, cls_n)), self.rope_rows(slice(0, cls_n))
 
     @abstractmethod
     def step_logits(self, step: int, fed: Any) -> Tensor:
         """Logits (B, n_step, V) for the tokens of ``step`` from the state fed at step-1 (or the
         condition, for step 0), in the order of ``schedule()[step]``."""
 
-    def compile_decoding(self) -> None:
-        """Compiles the per-step forward (``feed``) with torch.compile, one dynamic-shape graph
-        for every step: it fuses the elementwise work (RoPE, norms, SwiGLU, residuals) that
-        dominates decoding. Safe to call twice."""
-        if self.compiled_feed is None:
-            self.compiled_feed = torch.compile(self.feed, dynamic=True)
+    def compile_decoding(self, attention: str = "auto") -> None:
+        """Routes every cached block step through the fused decode path
+        (``nar_bench.nn.fused_decode``): two torch.compile regions per block (norm + QKV + RoPE;
+        wo + norm + SwiGLU + residuals), compiled once for all blocks, steps and batch sizes, and a
+        decode attention kernel that writes the KV cache and reads only its filled prefix.
+        Safe to call twice."""
+        enable_fused_decode(self, compile=True, attention=attention)
 
     def device_schedule(self, device: torch.device) -> list[Tensor]:
         """The schedule's index tensors on ``device``, copied once: the decode loop then does no
@@ -81,21 +101,20 @@ class SequenceParadigm(Paradigm):
     @torch.inference_mode()
     def generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
         with eval_mode(self):
-            feed = self.compiled_feed or self.feed
             cls_n, steps = self.model_cfg.cls_token_num, self.device_schedule(labels.device)
             cond = with_null_class(labels, self.model_cfg.num_classes) if sampling.uses_cfg else labels
             setup_kv_caches(self, cond.shape[0], cls_n + self.num_tokens, self.cache_dtype())
 
-            x = self.backbone.cls_embedding(cond)[:, None].expand(-1, cls_n, -1)
-            fed = feed(x, self.rope[:cls_n], cache_start=0)
+            fed = self.feed(*self.prefill_inputs(cond), cache_start=0)
             out = labels.new_empty(labels.shape[0], self.num_tokens)
             pos = cls_n
+            guided = self.guided_steps(sampling)
             for s, idx in enumerate(steps):
-                new = sample_step(self.step_logits(s, fed), sampling, s, generator)
+                new = sample_step(self.step_logits(s, fed), sampling, guided[s], generator)
                 out[:, idx] = new
                 if s + 1 < len(steps):
                     fed_tokens = new.repeat(2, 1) if sampling.uses_cfg else new
                     x, rope = self.decode_inputs(s, fed_tokens, idx)
-                    fed = feed(x, rope, cache_start=pos)
+                    fed = self.feed(x, rope, cache_start=pos)
                     pos += x.shape[1]
         return out.view(labels.shape[0], *self.grid)

@@ -1,24 +1,20 @@
-"""Next-neighbour prediction (NAR, arXiv 2503.10696) on H x W image and T x H x W video token grids.
+"""Next-neighbour prediction (NAR, arXiv 2503.10696) on H x W image token grids.
 
-Step k produces every token whose coordinates sum to k (h + w = k: one anti-diagonal of an image;
-t + h + w = k: one diagonal plane of a video), so a grid takes sum(side - 1) + 1 steps: H + W - 1
-for images, T + H + W - 2 for video. The training sequence stays [condition, tokens in raster
-order]; the proximity mask lets a token at distance k attend to every token of distance <= k (and
-the condition). RoPE has one axis per grid axis (``rope_table``), so video needs head_dim % 6 == 0.
+Step k produces every token whose coordinates sum to k (h + w = k: one anti-diagonal), so an H x W
+grid takes H + W - 1 steps. The training sequence stays [condition, tokens in raster order]; the
+proximity mask lets a token at distance k attend to every token of distance <= k (and the
+condition). RoPE is 2D (``rope_table``). The schedule, mask and head-source functions below work
+on grids of any rank: ``nar_video.py`` builds the authors' T x H x W video model on them.
 
 Heads (``Options.heads``), one per grid axis, each predicting the next token along its axis:
 - ``"dimension"`` (the paper's model): the horizontal head is the backbone's norm + output, its
-  output at (.., h, w) predicts (.., h, w+1); the vertical head is one extra transformer block on
-  the backbone's hidden states (before the final norm) plus its own RMSNorm + linear, predicting
-  (.., h+1, w); video adds a temporal head built the same way, predicting (t+1, h, w).
-  Each token is predicted by the heads of the neighbours that can reach it (left via horizontal,
-  above via vertical, previous frame via temporal); the start token by every head from the
-  condition token. Where several heads can reach a token (the overlapped region),
-  ``Options.overlap_head`` picks ``"mixed"`` (mean of their logits; paper default) or one head
-  name (paper Table 5 for images). In video a token can be reached by two heads that do not
-  include the named one (e.g. t, h > 0 at w = 0 for ``"horizontal"``); such tokens keep the mean
-  of the heads that reach them. Tokens reached by one head use it; the same rule in training and
-  decoding.
+  output at (h, w) predicts (h, w+1); the vertical head is one extra transformer block on the
+  backbone's hidden states (before the final norm) plus its own RMSNorm + linear, predicting
+  (h+1, w). Each token is predicted by the heads of the neighbours that can reach it (left via
+  horizontal, above via vertical); the start token by every head from the condition token. Where
+  both heads reach a token (the overlapped region), ``Options.overlap_head`` picks ``"mixed"``
+  (mean of their logits; paper default) or one head name (paper Table 5). Tokens reached by one
+  head use it; the same rule in training and decoding.
 - ``"single"`` (Table 4, "NAR order w/o dimension-oriented heads"): same order, mask and targets,
   but the backbone's output head serves every direction (no extra blocks or parameters).
 
@@ -41,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
+from nar_bench.nn.sampling import guided_while_tokens_before_at_most
 from nar_bench.nn.transformer import RMSNorm, TransformerBlock, TransformerConfig
 from nar_bench.paradigms.base import grid_coords, visibility_mask
 from nar_bench.paradigms.engine import SequenceParadigm
@@ -113,6 +110,46 @@ def head_sources(grid: tuple[int, ...], overlap_head: str, cls_token_num: int) -
     return src, weight
 
 
+def register_head_sources(model: SequenceParadigm, src: Tensor, weight: Tensor) -> None:
+    """Buffers of ``head_sources`` for training (``head_src``, ``head_weight``: (N, D) in raster order)
+    and decoding: the same sources as indices into the previous step's fed chunk (distance k-1 in
+    schedule order, or the condition chunk for step 0), in decode order so step k's rows are the
+    contiguous slice ``decode_offsets[k]:decode_offsets[k+1]``."""
+    model.register_buffer("head_src", src, persistent=False)
+    model.register_buffer("head_weight", weight, persistent=False)
+    schedule = model.schedule()
+    rank = torch.empty(model.num_tokens, dtype=torch.long)
+    for idx in schedule:
+        rank[idx] = torch.arange(len(idx))
+    cls_n = model.model_cfg.cls_token_num
+    chunk_src = torch.where(src >= cls_n, rank[(src - cls_n).clamp(min=0)], src)
+    chunk_src = chunk_src.masked_fill(weight == 0, 0)  # unused sources: any valid chunk row
+    order = torch.cat(schedule)
+    model.register_buffer("decode_head_src", chunk_src[order], persistent=False)
+    model.register_buffer("decode_head_weight", weight[order], persistent=False)
+    model.decode_offsets = [0, *itertools.accumulate(len(idx) for idx in schedule)]
+
+
+def mixed_head_logits(inputs: Sequence[Tensor], projections: Sequence[tuple[nn.Module, Tensor]], src: Tensor,
+                      weight: Tensor) -> Tensor:
+    """Logits (B, n, V) for n targets: sum_j weight[:, j] * head_j(inputs[j][:, src[:, j]]), head j
+    being ``projections[j]`` = (norm, output weight (V, dim)); inputs: one (B, S, dim) tensor per head.
+
+    Every head is linear after its norm, so the weighted sum is one matmul plus one accumulating
+    matmul per further head, on weighted features: no per-head logit tensors, which would dominate
+    decoding's memory traffic (V = 16384 per token).
+    """
+    logits = None
+    for j, (x, (norm, out_weight)) in enumerate(zip(inputs, projections, strict=True)):
+        features = norm(x[:, src[:, j]]) * weight[:, j, None].to(x.dtype)
+        if logits is None:
+            logits = F.linear(features, out_weight)
+        else:
+            logits.view(-1, logits.shape[-1]).addmm_(features.flatten(0, 1).to(logits.dtype),
+                                                     out_weight.to(logits.dtype).t())
+    return logits
+
+
 @PARADIGMS.register("nar")
 class NAR(SequenceParadigm):
     Options = NAROptions
@@ -134,23 +171,7 @@ class NAR(SequenceParadigm):
             for name in self.head_names[1:]:  # the horizontal head is the backbone's own output
                 self.add_axis_head(name, model)
 
-        src, weight = head_sources(self.grid, self.options.overlap_head, model.cls_token_num)
-        self.register_buffer("head_src", src, persistent=False)  # (N, D) training-sequence positions
-        self.register_buffer("head_weight", weight, persistent=False)  # (N, D)
-        # Decoding: the same sources as indices into the previous step's fed chunk (distance k-1 in
-        # schedule order, or the condition chunk for step 0), laid out in decode order so step k's
-        # rows are the contiguous slice decode_offsets[k]:decode_offsets[k+1].
-        schedule = self.schedule()
-        rank = torch.empty(self.num_tokens, dtype=torch.long)
-        for idx in schedule:
-            rank[idx] = torch.arange(len(idx))
-        cls_n = model.cls_token_num
-        chunk_src = torch.where(src >= cls_n, rank[(src - cls_n).clamp(min=0)], src)
-        chunk_src = chunk_src.masked_fill(weight == 0, 0)  # unused sources: any valid chunk row
-        order = torch.cat(schedule)
-        self.register_buffer("decode_head_src", chunk_src[order], persistent=False)
-        self.register_buffer("decode_head_weight", weight[order], persistent=False)
-        self.decode_offsets = [0, *itertools.accumulate(len(idx) for idx in schedule)]
+        register_head_sources(self, *head_sources(self.grid, self.options.overlap_head, model.cls_token_num))
 
     def add_axis_head(self, name: str, model: TransformerConfig) -> None:
         """``{name}_block`` + ``{name}_norm`` + ``{name}_output``: the official checkpoint layout
@@ -195,23 +216,8 @@ class NAR(SequenceParadigm):
         return [self.head_input(name, h, rope, mask, cache_start) for name in self.head_names]
 
     def neighbor_logits(self, inputs: Sequence[Tensor], src: Tensor, weight: Tensor) -> Tensor:
-        """Logits (B, n, V) for n targets: sum_j weight[:, j] * head_j(inputs[j][:, src[:, j]]).
-        inputs: one (B, S, dim) tensor per head.
-
-        Every head is linear after its norm, so the weighted sum is one matmul plus one
-        accumulating matmul per further head, on weighted features: no per-head logit tensors,
-        which would dominate decoding's memory traffic (V = 16384 per token).
-        """
-        logits = None
-        for j, (name, x) in enumerate(zip(self.head_names, inputs, strict=True)):
-            norm, out_weight = self.head_projection(name)
-            features = norm(x[:, src[:, j]]) * weight[:, j, None].to(x.dtype)
-            if logits is None:
-                logits = F.linear(features, out_weight)
-            else:
-                logits.view(-1, logits.shape[-1]).addmm_(features.flatten(0, 1).to(logits.dtype),
-                                                         out_weight.to(logits.dtype).t())
-        return logits
+        """Logits (B, n, V) for n targets from one (B, S, dim) input per head (``mixed_head_logits``)."""
+        return mixed_head_logits(inputs, [self.head_projection(name) for name in self.head_names], src, weight)
 
     def forward(self, tokens: Tensor, labels: Tensor) -> Tensor:
         h = self.hidden_states(tokens, labels)
@@ -226,10 +232,7 @@ class NAR(SequenceParadigm):
         rows = slice(self.decode_offsets[step], self.decode_offsets[step + 1])
         return self.neighbor_logits(fed, self.decode_head_src[rows], self.decode_head_weight[rows])
 
-
-@PARADIGMS.register("nar_video")
-class VideoNAR(NAR):
-    """NAR on T x H x W video token grids: step k = {t + h + w = k}, plus the temporal head."""
-
-    grid_axes = ("T", "H", "W")
-    other_grids = "for H x W images use model.paradigm=nar"
+    def official_guided_steps(self, interval: int) -> list[bool]:
+        """NAR-images ``generate.py``: before each step it compares the tokens generated so far with
+        cfg_interval and guides while they number at most N (the prefill step is always guided)."""
+        return guided_while_tokens_before_at_most([len(idx) for idx in self.schedule()], interval)

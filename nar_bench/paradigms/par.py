@@ -121,3 +121,14 @@ class PAR(SequenceParadigm):
     def step_logits(self, step: int, fed: Tensor) -> Tensor:
         width = 1 if step < self.num_regions else self.num_regions
         return self.backbone.head(fed[:, -width:])
+
+    def official_guided_steps(self, interval: int) -> list[bool]:
+        """PAR's ``generate``: the prefill samples step 0 guided; the sequential loop over the other
+        initial tokens counts i = 0, 1, .. (step i + 1) and stops guiding once i > cfg_interval; the
+        parallel loop starts a fresh counter at 0 that grows by n (regions) per step, so guidance is
+        back on for its first step and lasts while j * n <= cfg_interval (parallel step j).
+        Read from the loop as PAR-derived repositories carry it (PAR3D, ResTok ``generate_multi``):
+        the PAR repository's own file is not in the reference index."""
+        n, region = region_layout(self.grid, self.num_regions).shape
+        sequential = [s == 0 or s - 1 <= interval for s in range(n)]
+        return sequential + [j * n <= interval for j in range(region - 1)]

@@ -26,3 +26,9 @@ class RasterAR(SequenceParadigm):
 
     def step_logits(self, step: int, fed: Tensor) -> Tensor:
         return self.backbone.head(fed[:, -1:])
+
+    def official_guided_steps(self, interval: int) -> list[bool]:
+        """LlamaGen (``autoregressive/models/generate.py``): the prefill samples token 0 guided, then
+        decode iteration i (from 0) samples token i + 1 and drops guidance once i > cfg_interval,
+        so tokens 0 .. N + 1 are guided: N + 2 tokens for cfg_interval = N."""
+        return [s <= interval + 1 for s in range(self.num_steps)]

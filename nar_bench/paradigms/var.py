@@ -45,10 +45,14 @@ class VAROptions:
 class VAR(Paradigm):
     """Next-scale prediction with AdaLN blocks. Width ``model.dim`` (VAR: 64 * depth), heads
     ``model.n_heads`` (VAR: depth), MLP ratio 4. Dropouts from the model config: class_dropout =
-    label dropout, resid_dropout = attention output, ffn_dropout = MLP output (VAR trains with 0 for
-    both); token_dropout is unused."""
+    label dropout, resid_dropout = attention output, ffn_dropout = MLP output; unset, they default
+    to VAR's recipe (``default_dropouts``: 0, 0 and label dropout 0.1); token_dropout is unused.
+    VAR's sampler has no cfg_interval: ``cfg_schedule=official`` with an interval is refused."""
 
     Options = VAROptions
+    # VAR's models/var.py: drop_rate = attn_drop_rate = 0, cond_drop_rate 0.1 (stochastic depth is
+    # Options.drop_path); token_dropout has no counterpart here.
+    default_dropouts = {"token_dropout": 0.0, "resid_dropout": 0.0, "ffn_dropout": 0.0, "class_dropout": 0.1}
 
     def __init__(self, model: TransformerConfig, codes: CodeSpace, options: Any = None):
         if codes.layout != MULTISCALE or codes.next_scale is None:
@@ -160,12 +164,12 @@ class VAR(Paradigm):
         x = cond[:, None] + self.pos_start + lvl_pos[:, : self.first_l]
         f_hat = torch.zeros(b, tok.z_channels, *self.grid, device=labels.device)
         out = labels.new_empty(b, self.num_tokens)
-        guidance = self.guidance_scales(sampling.cfg_scale)
+        guidance, guided = self.guidance_scales(sampling.cfg_scale), self.guided_steps(sampling)
         for si, ((begin, end), scale) in enumerate(zip(self.scale_bounds, guidance, strict=True)):
             h = x
             for block in self.blocks:
                 h = block(h, cond, cache_start=begin)
-            idx = sample_step(self._logits(h, cond), sampling, si, generator, scale)
+            idx = sample_step(self._logits(h, cond), sampling, guided[si], generator, scale)
             out[:, begin:end] = idx
             f_hat, nxt = tok.next_input(si, f_hat, idx)
             if nxt is not None:

@@ -4,7 +4,8 @@
 paper would print. N class-balanced samples (label i % classes, noise from (seed, i), so identical for
 any batch size and device count) go through ``Trainer.predict`` into resumable ADM-format shards
 (each rank writes the shards it generates; rank 0 assembles the .npz), then ADM's metrics against
-``eval.reference`` (FID, sFID, IS, precision, recall), one MLflow run and results/<name>/eval.json.
+``eval.reference`` (FID, sFID, IS, precision, recall), one MLflow run and <output_dir>/<name>/eval.json
+(results/runs/<name>/ by default).
 
 ``evaluate`` (sweeps, ``make ablation-heads``): the same shards and seeds for eval.num_samples
 samples; ADM's metrics when ``eval.reference`` is set, else torch-fidelity's FID / IS / KID /
@@ -314,14 +315,14 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt: str | Path, num_samples: int = 50
                         num_classes: int | None = None, command: str | None = None) -> dict | None:
     """Samples ``num_samples`` class-balanced images from ``ckpt`` into an ADM .npz (resumable
     shards), scores them against ``eval.reference`` with ADM's metrics, logs one MLflow run and
-    writes ``results/<name>/eval.json``. Returns that record on rank 0, None on other ranks."""
+    writes ``<output_dir>/<name>/eval.json``. Returns that record on rank 0, None on other ranks."""
     if not cfg.eval.reference:
         raise NarBenchError("eval.reference is not set: pass eval.reference=<ADM reference batch .npz> (e.g. "
                             "VIRTUAL_imagenet256_labeled.npz, or one built with `nar-bench reference`)")
     reference = check_adm_inputs(cfg)
     module = load_generator(cfg, ckpt, num_classes)
     name = name or cfg.tracking.run_name or f"eval-{cfg.model.paradigm}-{Path(ckpt).stem}"
-    results = Path("results") / name.replace("/", "_")
+    results = Path(cfg.output_dir) / name.replace("/", "_")  # results/runs/<name> (git-ignored) by default
     out = Path(out) if out else results / "samples.npz"
     ckpt_sha = sha256_file(ckpt)
     settings = sample_settings(cfg, module.num_classes, checkpoint_sha256=ckpt_sha)

@@ -3,11 +3,15 @@
 Each frame shows two panels: the token grid, with the tokens decoded at this step
 highlighted (earlier ones dark, later ones light), and the partial image so far (the code grid
 decoded by the tokenizer with not-yet-decoded tokens filled by code 0, their cells greyed out).
-Video grids (T, H, W) show the T frames in a row in each panel, the panels stacked. Works for every paradigm whose
-``schedule()`` lists raster indices per step (ar, par, nar, nar_video).
+Video grids (T, H, W) show the T frames in a row in each panel, the panels stacked. The order is the
+paradigm's ``token_steps()``: its ``schedule()`` for fixed orders (ar, par, nar, nar_video), the order
+the sampled image was decoded in for MaskGIT (data dependent).
 
-    nar-bench order-gifs --out results                      # order_{ar,nar,par}.gif, tiny random models
+    nar-bench order-gifs                     # results/runs/order/order_{ar,nar,par,maskgit}.gif, untrained models
     nar-bench order-gifs --ckpt nar=results/runs/<run>/checkpoints/last.ckpt
+
+A folder holding committed GIFs (results/order) is only written with ``--overwrite``; the caption of
+every frame says whether the model is trained (its checkpoint) or untrained (order only).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from nar_bench.errors import NarBenchError
 from nar_bench.images import save_gif, to_uint8
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.nn.sampling import SamplingConfig
-from nar_bench.paradigms.base import Paradigm, step_of_positions
+from nar_bench.paradigms.base import Paradigm
 from nar_bench.tokenizers.base import RASTER, Tokenizer
 from nar_bench.tracking.mlflow import log_artifact
 
@@ -80,14 +84,15 @@ def frames_in_a_row(panel: Tensor, gap: int) -> np.ndarray:
     return row.permute(1, 2, 0).numpy()
 
 
-def order_frames(paradigm: Paradigm, tokenizer: Tokenizer, codes: Tensor, panel_size: int = 256) -> list[np.ndarray]:
+def order_frames(paradigm: Paradigm, tokenizer: Tokenizer, codes: Tensor, panel_size: int = 256,
+                 step: Tensor | None = None, subtitle: str = "") -> list[np.ndarray]:
     """One uint8 RGB frame (H, W, 3) per decoding step of ``paradigm`` for raster codes (N,) or
-    (*grid): caption, token panel and partial image. Image panels sit side by side, about
-    ``panel_size`` pixels tall; video panels (rows of T frames, up to 3 * panel_size wide) are
-    stacked."""
+    (*grid), decoded in the order ``step`` (N,) (default: ``paradigm.token_steps()``, the order of
+    the latest generated sample): caption (step count; ``subtitle``, e.g. class and model), token
+    panel and partial image. Image panels sit side by side, about ``panel_size`` pixels tall; video
+    panels (rows of T frames, up to 3 * panel_size wide) are stacked."""
     codes = codes.flatten()
-    schedule = paradigm.schedule()
-    step = step_of_positions(schedule, codes.numel())
+    step = paradigm.token_steps() if step is None else step
     images = partial_images(step, tokenizer, codes)
     video = images.dim() == 5
     row_width = images.shape[-1] * (images.shape[2] if video else 1)
@@ -95,15 +100,18 @@ def order_frames(paradigm: Paradigm, tokenizer: Tokenizer, codes: Tensor, panel_
     images = cell_pixels(images, [side * scale for side in images.shape[-2:]])
     font = ImageFont.load_default(size=14)
     frames = []
-    for s, idx in enumerate(schedule):
+    for s in range(paradigm.num_steps):
         tokens = token_panel(step, s, tokenizer.grid, images.shape[-2:])
         body = stack_panels([frames_in_a_row(p, gap=4) for p in (tokens, images[s])], axis=0 if video else 1)
-        frame = Image.new("RGB", (body.shape[1], body.shape[0] + 24), "white")
-        frame.paste(Image.fromarray(body), (0, 24))
+        top = 42 if subtitle else 24
+        frame = Image.new("RGB", (body.shape[1], body.shape[0] + top), "white")
+        frame.paste(Image.fromarray(body), (0, top))
         done = int((step <= s).sum())
-        caption = (f"{paradigm.name}  step {s + 1}/{len(schedule)}  +{len(idx)} tokens  "
+        caption = (f"{paradigm.name}  step {s + 1}/{paradigm.num_steps}  +{int((step == s).sum())} tokens  "
                    f"({done}/{codes.numel()} decoded)")
         ImageDraw.Draw(frame).text((4, 4), caption, fill=(0, 0, 0), font=font)
+        if subtitle:
+            ImageDraw.Draw(frame).text((4, 22), subtitle, fill=(70, 70, 70), font=ImageFont.load_default(size=11))
         frames.append(np.asarray(frame))
     return frames
 
@@ -117,7 +125,7 @@ def stack_panels(panels: list[np.ndarray], axis: int, gap: int = 12) -> np.ndarr
 
 
 def order_gif(source: GeneratorModule | Paradigm, label: int, path: str | Path, tokenizer: Tokenizer | None = None,
-              sampling: SamplingConfig | None = None, seed: int = 0) -> Path:
+              sampling: SamplingConfig | None = None, seed: int = 0, subtitle: str | None = None) -> Path:
     """Samples one image (or clip) of class ``label`` and writes its generation order as a GIF
     with exactly one frame per decoding step. ``source`` is a GeneratorModule (its tokenizer and
     ``eval.sampling`` are used) or a paradigm together with ``tokenizer`` (``sampling`` defaults
@@ -134,7 +142,7 @@ def order_gif(source: GeneratorModule | Paradigm, label: int, path: str | Path, 
     device = next(paradigm.parameters()).device
     generator = torch.Generator(device).manual_seed(seed)
     codes = paradigm.generate(torch.tensor([label], device=device), sampling, generator)[0]
-    frames = order_frames(paradigm, tokenizer, codes)
+    frames = order_frames(paradigm, tokenizer, codes, subtitle=f"class {label}" if subtitle is None else subtitle)
     step_ms = int(np.clip(GIF_SECONDS * 1000 / len(frames), 40, 500))
     return save_gif(frames, path, duration_ms=[step_ms] * (len(frames) - 1) + [LAST_FRAME_MS])
 
@@ -147,28 +155,48 @@ def log_order_gif(module: GeneratorModule, logger, label: int = 0, seed: int = 0
         log_artifact(logger, path, "order")
 
 
-def write_order_gifs(out_dir: str | Path = "results", paradigms: Sequence[str] = ("ar", "nar", "par"),
+def write_order_gifs(out_dir: str | Path = "results/runs/order",
+                     paradigms: Sequence[str] = ("ar", "nar", "par", "maskgit"),
                      config: str | Path = "experiments/demo.yaml", overrides: Sequence[str] = (),
-                     checkpoints: dict[str, str] | None = None, label: int = 0) -> list[Path]:
-    """``<out_dir>/order_<paradigm>.gif`` for each paradigm: from its Lightning checkpoint when
-    ``checkpoints`` names one, else from a freshly initialised model of ``config`` (random
-    tokens, same order)."""
+                     checkpoints: dict[str, str] | None = None, label: int = 0, overwrite: bool = False,
+                     command: str | None = None) -> list[Path]:
+    """``<out_dir>/order_<paradigm>.gif`` for each paradigm, plus provenance.json: from its Lightning
+    checkpoint when ``checkpoints`` names one, else from a freshly initialised model of ``config``
+    (random tokens, same order; captioned "untrained"). A folder holding committed results is
+    refused before anything is built, unless ``overwrite``."""
     from nar_bench.config import load_config
     from nar_bench.lit.data import GeneratorDataModule
+    from nar_bench.tracking.provenance import guard_output, provenance, write_provenance
 
-    paths = []
+    guard_output(out_dir, overwrite)
+    checkpoints = checkpoints or {}
+    for name, path in checkpoints.items():
+        if name not in paradigms:
+            raise NarBenchError(f"--ckpt {name}=...: '{name}' is not among --paradigms {' '.join(paradigms)}")
+        if not Path(path).is_file():
+            raise NarBenchError(f"--ckpt {name}={path}: file not found; train first (nar-bench train ...)")
+    paths, models = [], {}
     for name in paradigms:
-        if checkpoints and name in checkpoints:
+        if name in checkpoints:
             module = GeneratorModule.load_from_checkpoint(checkpoints[name], map_location="cpu")
+            models[name] = f"trained: {checkpoints[name]}"
         else:
             cfg = load_config(config, [f"model.paradigm={name}", *overrides])
             torch.manual_seed(cfg.seed)
             module = GeneratorModule(cfg, GeneratorDataModule(cfg.data).num_classes)
-        paths.append(order_gif(module, label, Path(out_dir) / f"order_{name}.gif", seed=module.cfg.seed))
+            models[name] = f"untrained ({config}; shows the order, not image quality)"
+        subtitle = f"class {label} | {models[name].split(' (')[0]}"
+        paths.append(order_gif(module, label, Path(out_dir) / f"order_{name}.gif", seed=module.cfg.seed,
+                               subtitle=subtitle))
+    write_provenance(out_dir, provenance(command, "cpu", label=str(label),
+                                         **{f"model_{name}": model for name, model in models.items()}))
     return paths
 
 
 def main(args: argparse.Namespace) -> None:
+    if any("=" not in item for item in args.ckpt):
+        raise NarBenchError(f"--ckpt takes PARADIGM=PATH, got {' '.join(args.ckpt)}")
     checkpoints = dict(item.split("=", 1) for item in args.ckpt)
-    for path in write_order_gifs(args.out, args.paradigms, args.config, args.overrides, checkpoints, args.label):
+    for path in write_order_gifs(args.out, args.paradigms, args.config, args.overrides, checkpoints, args.label,
+                                 args.overwrite, args.command_line):
         print(path)

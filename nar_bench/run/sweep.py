@@ -19,7 +19,7 @@ import pandas as pd
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from nar_bench.config import expand_sweep
+from nar_bench.config import check_sweep_inputs, expand_sweep
 from nar_bench.errors import NarBenchError
 from nar_bench.run.evaluate import evaluate
 from nar_bench.run.train import FittedRun, finish_run, fit
@@ -89,6 +89,7 @@ def run_sweep(cfg: DictConfig, run_point: RunPoint, name: str) -> pd.DataFrame:
     """Expands ``cfg.sweep``, runs each point, returns the result table (one row per point).
     A failed sweep returns nothing and its parent run is marked FAILED in MLflow."""
     points = expand_sweep(cfg)
+    check_sweep_inputs(points)  # every point's inputs, before the first one trains
     rows = []
     params = {"points": len(points), "sweep": OmegaConf.to_yaml(cfg.sweep)[:5000]}
     with parent_run(cfg.tracking, name, params) as parent_id:
@@ -123,6 +124,6 @@ def main(args: argparse.Namespace) -> None:
     if rank_zero_only.rank != 0:
         return
     grid = [key.split(".")[-1] for key in cfg.sweep.grid]
-    info = provenance(args.command_line, experiment=cfg.tracking.experiment)
+    info = provenance(args.command_line, experiment=cfg.tracking.experiment, extractor=cfg.eval.extractor)
     paths = write_report(table, grid, args.out or Path("results") / Path(args.config).stem, info)
     print("\n".join(str(path) for path in paths.values()))

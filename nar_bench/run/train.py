@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
 
+from nar_bench.config import check_generator_inputs
 from nar_bench.images import save_samples
 from nar_bench.lit.data import GeneratorDataModule
 from nar_bench.lit.module import GeneratorModule
@@ -36,6 +37,7 @@ class FittedRun:
 def fit(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None = None) -> FittedRun:
     """Trains ``cfg`` in a new MLflow run (a child of ``parent_run_id`` if given); every rank returns."""
     check_inputs(cfg)
+    check_generator_inputs(cfg)
     L.seed_everything(cfg.seed, workers=True)
     data = GeneratorDataModule(cfg.data)
     module = GeneratorModule(cfg, data.num_classes)

@@ -55,6 +55,13 @@ class CodeSpace:
 class Tokenizer(nn.Module, ABC):
     vocab_size: int
     grid: tuple[int, ...]
+    learned: bool = False  # its codes come from trained weights (tokenizer.checkpoint), e.g. vq, msvq
+
+    @classmethod
+    def config_grid(cls, cfg: Any) -> tuple[int, ...] | None:
+        """The code grid ``from_config(cfg)`` would build, read from the config alone (no weights
+        built); None when the tokenizer cannot tell without building (e.g. codes read a manifest)."""
+        return None
 
     @property
     def code_space(self) -> CodeSpace:

@@ -189,6 +189,14 @@ class MultiScaleVQ(Tokenizer):
         self.quantize = ResidualQuantizer(self.cfg, self.scales)
         self.scale_bounds = scale_bounds(self.scales)
 
+    learned = True
+
+    @classmethod
+    def config_grid(cls, cfg) -> tuple[int, int]:
+        """The last of tokenizer.options.scales (data.grid_size is not read)."""
+        side = preset_config(cfg.tokenizer.get("options"), PRESETS, "synthetic", "msvq").scales[-1]
+        return side, side
+
     @classmethod
     def from_config(cls, cfg) -> MultiScaleVQ:
         """Reads ``tokenizer.options`` (``preset``: synthetic | vae_ch160v4096z32, then any

@@ -100,16 +100,21 @@ class VQTokenizer(Tokenizer):
     def __init__(self, cfg: VQConfig | None = None, image_size: int = 256):
         super().__init__()
         self.cfg = cfg or VQConfig()
-        down = self.cfg.net.downsample
-        if image_size % down:
-            raise NarBenchError(f"vq: data.image_size {image_size} is not a multiple of the tokenizer's downsample "
-                                f"{down} (2 ** (len(ch_mult) - 1)); use e.g. {max(down, image_size // down * down)}")
-        self.grid = (image_size // down, image_size // down)
+        side = latent_side(image_size, self.cfg.net.downsample)
+        self.grid = (side, side)
         self.vocab_size = self.cfg.codebook_size
         self.encoder, self.decoder = Encoder(self.cfg.net), Decoder(self.cfg.net)
         self.quantize = VectorQuantizer(self.cfg.codebook_size, self.cfg.code_dim, self.cfg.beta)
         self.quant_conv = nn.Conv2d(self.cfg.z_channels, self.cfg.code_dim, 1)
         self.post_quant_conv = nn.Conv2d(self.cfg.code_dim, self.cfg.z_channels, 1)
+
+    learned = True
+
+    @classmethod
+    def config_grid(cls, cfg) -> tuple[int, int]:
+        """data.image_size / downsample of the configured architecture (data.grid_size is not read)."""
+        side = latent_side(cfg.data.image_size, vq_config(cfg.tokenizer.get("options") or {}).net.downsample)
+        return side, side
 
     @classmethod
     def from_config(cls, cfg) -> VQTokenizer:
@@ -160,6 +165,14 @@ class VQTokenizer(Tokenizer):
         if self.training:
             logs["codebook_usage"] = torch.tensor(self.quantize.record_usage(codes))
         return rec_loss + codebook_loss + commit_loss, logs
+
+
+def latent_side(image_size: int, down: int) -> int:
+    """Side of the code grid of ``image_size`` px images at downsample ``down``."""
+    if image_size % down:
+        raise NarBenchError(f"vq: data.image_size {image_size} is not a multiple of the tokenizer's downsample "
+                            f"{down} (2 ** (len(ch_mult) - 1)); use e.g. {max(down, image_size // down * down)}")
+    return image_size // down
 
 
 def vq_config(options) -> VQConfig:

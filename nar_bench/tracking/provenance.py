@@ -4,6 +4,7 @@ every results file so a table or plot can be traced back to the run that made it
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from nar_bench.errors import NarBenchError
 
 
 def device_name(device: torch.device | str) -> str:
@@ -62,3 +65,66 @@ def provenance(command: str | None = None, device: torch.device | str | None = N
 def provenance_line(prov: dict[str, str]) -> str:
     """One line for plot footers and Markdown headers."""
     return " | ".join(f"{key}: {value}" for key, value in prov.items())
+
+
+# --- never overwrite committed results -----------------------------------------------------------
+PROVENANCE_FILE = "provenance.json"
+SCRATCH_ROOT = Path("results") / "runs"  # git-ignored: where verbs write unless told otherwise
+
+
+def _tracked_files(path: Path) -> list[str]:
+    """Files under ``path`` (a folder or one file) that git tracks; [] outside a checkout."""
+    anchor = path if path.is_dir() else path.parent
+    while not anchor.exists():
+        anchor = anchor.parent
+    try:
+        listed = subprocess.run(["git", "ls-files", "--", str(path.resolve())], cwd=anchor, capture_output=True,
+                                text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return listed.split()
+
+
+def recorded_commit(folder: Path) -> str | None:
+    """The commit in ``folder``'s provenance.json (older files call it git_commit), if any."""
+    path = folder / PROVENANCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "unreadable"
+    return str(info.get("commit") or info.get("git_commit") or "not recorded") if isinstance(info, dict) else None
+
+
+def committed_results(path: str | Path) -> str | None:
+    """Why writing to ``path`` (a results folder, or one output file) would replace results that are
+    committed or came from another commit; None when it is safe."""
+    path = Path(path)
+    folder = path if path.is_dir() or not path.suffix else path.parent
+    tracked = _tracked_files(path)
+    if tracked:
+        return f"'{path}' holds files committed to git ({tracked[0]}{', ...' if len(tracked) > 1 else ''})"
+    recorded = recorded_commit(folder)
+    if recorded is not None and recorded.removesuffix("-dirty") != git_commit().removesuffix("-dirty"):
+        return f"'{folder}' holds results of commit {recorded[:12]} ({folder / PROVENANCE_FILE})"
+    return None
+
+
+def guard_output(path: str | Path, overwrite: bool = False) -> Path:
+    """``path`` if a verb may write there, else NarBenchError (before any work is done): a folder
+    (or file) holding files committed to git, or a provenance.json of another commit, is only
+    written over with ``overwrite``. Call it first in every verb that writes results."""
+    reason = None if overwrite else committed_results(path)
+    if reason:
+        raise NarBenchError(f"refusing to overwrite: {reason}; write elsewhere (--out {SCRATCH_ROOT}/...) "
+                            "or pass --overwrite to replace them")
+    return Path(path)
+
+
+def write_provenance(folder: str | Path, info: dict) -> Path:
+    """``folder``/provenance.json (what :func:`guard_output` reads back)."""
+    path = Path(folder) / PROVENANCE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info, indent=2) + "\n")
+    return path

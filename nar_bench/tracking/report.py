@@ -2,13 +2,18 @@
 
 One table layout for both sources: a row per run with ``point``, ``variant``, ``seed``, one column
 per sweep grid key (e.g. ``cfg_scale``) and the metrics (``fid``, ``is``, ``class_accuracy``, ...).
-``summarize`` averages over seeds; ``plot_summary`` draws bars per variant (with error bars over
-seeds) or, for a sweep over one numeric grid key, one line per variant against it.
+``summarize`` averages over DISTINCT seeds: only FINISHED runs count, and several runs of one point
+(variant, seed and grid values, or the same ``nar_bench.point_key`` tag) collapse to the latest one;
+``summary_use`` says for every run why it is in or out. ``plot_summary`` draws bars per variant (error
+bars = std over seeds where n > 1) or, for a sweep over one numeric grid key, one line per variant
+against it; every plot states n per variant and carries its provenance and evaluation settings.
+The notebook (notebooks/compare_runs.ipynb) calls the same functions.
 """
 
 from __future__ import annotations
 
-import json
+import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -23,12 +28,19 @@ import nar_bench.metrics  # noqa: E402, F401  (registers the metrics' directions
 from nar_bench.errors import NarBenchError  # noqa: E402
 from nar_bench.registry import METRIC_DIRECTIONS  # noqa: E402
 from nar_bench.tracking.mlflow import COMMIT_TAG, DEVICE_TAG, PARENT_TAG, tracking_uri  # noqa: E402
+from nar_bench.tracking.provenance import provenance_line, write_provenance  # noqa: E402
 
 METRICS = ("fid", "is", "precision", "recall", "kid", "class_accuracy")  # table order, when present
 PLOT_METRICS = ("fid", "is", "class_accuracy")
 # tags nar_bench.run.sweep puts on every sweep child run; POINT_TAG + short grid key, e.g. cfg_scale
 VARIANT_TAG, SEED_TAG, POINT_TAG = "nar_bench.variant", "nar_bench.seed", "nar_bench.point."
 TRAINED_IN_TAG = "nar_bench.trained_in_run"  # on runs that evaluate a model trained in another run
+POINT_KEY_TAG = "nar_bench.point_key"  # hash of a sweep point's resolved config: one key = one point
+USED = "used"  # summary_use value of the runs a summary averages
+EXTRACTORS = {  # eval.extractor -> what its FID / IS / KID / precision-recall are computed on
+    "domain": "domain-feature metrics (synthetic-shapes classifier features, not Inception)",
+    "inception": "Inception-V3 features",
+}
 
 
 # --- MLflow -> table ----------------------------------------------------------------------------
@@ -46,21 +58,73 @@ def search_runs(tracking: DictConfig) -> pd.DataFrame:
     return mlflow.search_runs(experiment_names=[tracking.experiment], order_by=["attributes.start_time ASC"])
 
 
-def fetch_runs(tracking: DictConfig, parent_run_id: str | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """(result table, its grid columns) for the runs of the experiment; only the children of
-    ``parent_run_id`` if given ("latest": the newest parent run). Parent runs are left out."""
-    runs = search_runs(tracking)
+@dataclass
+class RunSelection:
+    """The runs a report is about: ``table`` (tidy_runs layout), its ``grid`` columns, the sweep
+    (parent) run they belong to (None for ``--parent all``) and notes on how it was chosen."""
+
+    table: pd.DataFrame
+    grid: list[str]
+    parent_run_id: str | None
+    notes: list[str] = field(default_factory=list)
+
+    def info(self) -> dict[str, str]:
+        """Provenance entries of the selection (for provenance.json and plot footers)."""
+        info = {"parent_run": self.parent_run_id or "all (every sweep of the experiment)"}
+        return {**info, **({"selection_notes": "; ".join(self.notes)} if self.notes else {})}
+
+
+def parent_ids(runs: pd.DataFrame) -> list[str]:
+    """Ids of sweep parent runs: runs named as a parent by another run, or holding a sweep's
+    ``points`` param (a parent killed before its first child)."""
     parent_col = f"tags.{PARENT_TAG}"
-    parents = runs[parent_col].dropna().unique() if parent_col in runs else []
-    if parent_run_id == "latest":
-        if not len(parents):
-            raise NarBenchError(f"experiment '{tracking.experiment}' has no sweep (parent) runs")
-        parent_run_id = runs[runs.run_id.isin(parents)].run_id.iloc[-1]
-    if parent_run_id is not None:
-        runs = runs[runs.get(parent_col) == parent_run_id] if parent_col in runs else runs.iloc[:0]
+    named = set(runs[parent_col].dropna()) if parent_col in runs else set()
+    if "params.points" in runs:
+        no_parent = runs[parent_col].isna() if parent_col in runs else True
+        named |= set(runs.run_id[runs["params.points"].notna() & no_parent])
+    return [run_id for run_id in runs.run_id if run_id in named]  # start-time order
+
+
+def resolve_parent(runs: pd.DataFrame, parent: str | None, experiment: str) -> tuple[str | None, list[str]]:
+    """(parent run id, notes) for ``parent``: "latest" (or None) = the newest FINISHED sweep, saying
+    which newer unfinished ones it skipped; "all" = None (every run); else a run id (or a prefix of
+    at least 8 characters, as run folders show)."""
+    parents = runs[runs.run_id.isin(parent_ids(runs))].sort_values("start_time")
+    if parent == "all":
+        return None, []
+    if parent in (None, "latest"):
+        finished = parents[parents.status == "FINISHED"]
+        if finished.empty:
+            found = ", ".join(f"{r.run_id[:8]} ({r.status})" for r in parents.itertuples()) or "none"
+            raise NarBenchError(f"experiment '{experiment}' has no FINISHED sweep (parent) run (found: {found}); "
+                                "name one with --parent <run id>, or --parent all for every run")
+        chosen = finished.iloc[-1]
+        skipped = parents[parents.start_time > chosen.start_time]
+        notes = [f"--parent latest skipped sweep run {r.run_id} ({r.status}, started {r.start_time:%Y-%m-%d %H:%M})"
+                 for r in skipped.itertuples()]
+        return chosen.run_id, notes + [f"report of sweep run {chosen.run_id} (newest FINISHED)"]
+    matches = parents[parents.run_id.str.startswith(parent)] if len(parent) >= 8 else parents[parents.run_id == parent]
+    if len(matches) != 1:
+        known = ", ".join(f"{r.run_id} ({r.status})" for r in parents.itertuples()) or "none"
+        raise NarBenchError(f"--parent {parent}: {'ambiguous' if len(matches) else 'no such'} sweep run in experiment "
+                            f"'{experiment}'; sweep runs: {known}")
+    chosen = matches.iloc[0]
+    notes = [] if chosen.status == "FINISHED" else [f"sweep run {chosen.run_id} is {chosen.status}"]
+    return chosen.run_id, notes
+
+
+def fetch_runs(tracking: DictConfig, parent: str | None = "latest") -> RunSelection:
+    """The runs of one sweep of experiment ``tracking.experiment``: the children of ``parent``
+    (see :func:`resolve_parent`; "all" = every run of the experiment). Parent runs are left out."""
+    runs = search_runs(tracking)
+    parent_id, notes = resolve_parent(runs, parent, tracking.experiment)
+    parent_col = f"tags.{PARENT_TAG}"
+    if parent_id is not None:
+        runs = runs[runs[parent_col] == parent_id] if parent_col in runs else runs.iloc[:0]
         if runs.empty:
-            raise NarBenchError(f"run '{parent_run_id}' has no child runs in experiment '{tracking.experiment}'")
-    return tidy_runs(runs[~runs.run_id.isin(parents)])
+            raise NarBenchError(f"sweep run '{parent_id}' has no child runs in experiment '{tracking.experiment}'")
+    table, grid = tidy_runs(runs[~runs.run_id.isin(parent_ids(runs))])
+    return RunSelection(table, grid, parent_id, notes)
 
 
 def _numeric(values: pd.Series) -> pd.Series:
@@ -91,66 +155,164 @@ def tidy_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     for metric in ("train/loss", "val/loss"):
         if f"metrics.{metric}" in runs:
             table[metric.replace("/", "_")] = runs[f"metrics.{metric}"]
+    if "params.cfg/eval/extractor" in runs:
+        table["extractor"] = runs["params.cfg/eval/extractor"]
     table["device"], table["commit"] = tag(DEVICE_TAG), tag(COMMIT_TAG)
-    table["status"] = runs["status"]
+    table["status"], table["start_time"] = runs["status"], runs["start_time"]
+    table["point_key"], table["parent_run"] = tag(POINT_KEY_TAG), tag(PARENT_TAG)
     table["mlflow_run_id"] = runs["run_id"]
     table["trained_in_run"] = tag(TRAINED_IN_TAG).fillna(runs["run_id"])
     return table.reset_index(drop=True), grid
 
 
+# --- which runs a summary averages ---------------------------------------------------------------
+def _latest_first(table: pd.DataFrame) -> pd.Index:
+    """Row labels, newest run first (by start_time when known, else later rows are newer)."""
+    order = pd.Series(range(len(table)), index=table.index)
+    if "start_time" in table and table["start_time"].notna().all():
+        return table.assign(_order=order).sort_values(["start_time", "_order"], ascending=False).index
+    return order.sort_values(ascending=False).index
+
+
+def summary_use(table: pd.DataFrame, grid: list[str]) -> pd.Series:
+    """Per run: ``"used"`` or why the summary leaves it out. Only FINISHED runs count (a table
+    without ``status``, e.g. a sweep's own rows, is all finished); runs of one point (same
+    ``point_key``, or same variant + seed + grid values without one) collapse to the newest; and
+    a group (variant + grid values) never counts one seed twice, so n = distinct seeds."""
+    use = pd.Series(USED, index=table.index, dtype=object)
+    if "status" in table:
+        unfinished = table["status"].fillna("unknown") != "FINISHED"
+        use[unfinished] = "left out: " + table.loc[unfinished, "status"].fillna("status unknown").astype(str)
+    group = ["variant", *grid]
+    seed = table["seed"] if "seed" in table else pd.Series(float("nan"), index=table.index)
+    point = table[group].astype(str).agg("|".join, axis=1) + "|seed=" + seed.astype(str)
+    if "point_key" in table:
+        point = table["point_key"].where(table["point_key"].notna(), point).astype(str)
+    group_seed = table[group].astype(str).agg("|".join, axis=1) + "|seed=" + seed.astype(str)
+    kept_point: dict[str, str] = {}
+    kept_seed: dict[str, str] = {}
+    for label in _latest_first(table):
+        if use[label] != USED:
+            continue
+        run_id = str(table.at[label, "mlflow_run_id"]) if "mlflow_run_id" in table else f"row {label}"
+        if point[label] in kept_point:
+            use[label] = f"duplicate of {kept_point[point[label]]}"
+        elif group_seed[label] in kept_seed:
+            use[label] = f"same variant and seed as {kept_seed[group_seed[label]]} with another config (point_key)"
+        else:
+            kept_point[point[label]] = kept_seed[group_seed[label]] = run_id
+    return use
+
+
+def used_runs(table: pd.DataFrame, grid: list[str]) -> pd.DataFrame:
+    """The runs a summary averages (see :func:`summary_use`), in table order."""
+    return table[summary_use(table, grid) == USED]
+
+
 # --- table -> summary, plot, files ---------------------------------------------------------------
 def summarize(table: pd.DataFrame, group: list[str]) -> pd.DataFrame:
-    """Mean, std and count over seeds of every metric, per group (variant + grid point), in the
-    order the groups first appear."""
-    metrics = [m for m in METRICS if m in table and table[m].notna().any()]
+    """Mean and std over DISTINCT seeds of every metric per group (variant + grid point), in the
+    order the groups first appear; ``seeds`` = n (distinct seeds), ``seed_list`` names them. Only the
+    runs :func:`summary_use` marks used are averaged (finished, one per point)."""
+    runs = used_runs(table, [col for col in group if col != "variant"])
+    metrics = [m for m in METRICS if m in runs and runs[m].notna().any()]
     if not metrics:
-        raise NarBenchError("no evaluation metrics in these runs (fid, is, ...); were they evaluated?")
-    grouped = table.groupby(group, sort=False, dropna=False)[metrics]
-    summary = grouped.agg(["mean", "std"])
+        raise NarBenchError("no evaluation metrics in the FINISHED runs of this selection (fid, is, ...); "
+                            "were they evaluated? (runs.csv lists every run and its status)")
+    grouped = runs.groupby(group, sort=False, dropna=False)
+    summary = grouped[metrics].agg(["mean", "std"])
     summary.columns = [f"{metric}_{stat}" for metric, stat in summary.columns]
     summary.insert(0, "seeds", grouped.size())
+    seeds = runs["seed"] if "seed" in runs else pd.Series(float("nan"), index=runs.index)
+    summary.insert(1, "seed_list", seeds.groupby([runs[g] for g in group], sort=False, dropna=False).agg(
+        lambda s: ",".join("?" if pd.isna(v) else str(int(v)) for v in sorted(s, key=lambda v: (pd.isna(v), v)))))
+    if "num_samples" in runs:
+        summary["num_samples"] = grouped["num_samples"].first()
     return summary.reset_index()
 
 
 def summary_markdown(summary: pd.DataFrame, group: list[str]) -> str:
-    """``mean ± std`` cells (just the mean for one seed)."""
-    cells = summary[group + ["seeds"]].copy()
+    """``mean ± std (n=k)`` cells; one seed: ``mean (n=1)``, no ±."""
+    cells = summary[group].copy()
+    cells["n (seeds)"] = [f"{n} ({seeds})" for n, seeds in zip(summary["seeds"], summary["seed_list"], strict=True)]
     for metric in METRICS:
         if f"{metric}_mean" not in summary:
             continue
         mean, std = summary[f"{metric}_mean"], summary[f"{metric}_std"]
-        cells[metric] = [f"{m:.4g}" if pd.isna(s) else f"{m:.4g} ± {s:.2g}" for m, s in zip(mean, std, strict=True)]
+        cells[metric] = [f"{m:.4g} (n=1)" if n == 1 else "-" if pd.isna(m) else f"{m:.4g} ± {s:.2g}"
+                         for m, s, n in zip(mean, std, summary["seeds"], strict=True)]
     return cells.to_markdown(index=False)
 
 
-def plot_summary(summary: pd.DataFrame, group: list[str], path: str | Path) -> Path:
+def evaluation_line(table: pd.DataFrame, info: dict[str, str] | None = None) -> str:
+    """What the metrics are: feature extractor and samples per run, e.g. "domain-feature metrics
+    (...), 256 samples per run" (so a domain-feature FID is never read as Inception FID-50K)."""
+    info = info or {}
+    extractors = table["extractor"].dropna().unique().tolist() if "extractor" in table else []
+    extractors = extractors or ([info["extractor"]] if info.get("extractor") else [])
+    what = ", ".join(EXTRACTORS.get(str(e), f"extractor {e}") for e in extractors) or "feature extractor not recorded"
+    counts = sorted({int(n) for n in table["num_samples"].dropna()}) if "num_samples" in table else []
+    samples = f"{'/'.join(map(str, counts))} generated samples per run" if counts else "sample count not recorded"
+    return f"{what}, {samples}"
+
+
+def plot_summary(summary: pd.DataFrame, group: list[str], path: str | Path, caption: str = "") -> Path:
     """Bars per group, or lines per variant against the single numeric grid column if there is one;
-    error bars = std over seeds where a group has more than one seed."""
+    error bars = std over seeds only where a group has n > 1 (n is in every label); y axes start
+    at 0. ``caption`` (provenance, evaluation settings) goes in the footer."""
     metrics = [m for m in PLOT_METRICS if f"{m}_mean" in summary]
     grid = [col for col in group if col != "variant"]
     line_x = grid[0] if len(grid) == 1 and pd.api.types.is_numeric_dtype(summary[grid[0]]) else None
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.8 * len(metrics), 3.8), squeeze=False)
+    width = 4.8 * len(metrics)
+    footer = [line for part in caption.splitlines() for line in textwrap.wrap(part, int(width * 21))]
+    footer_in = 0.12 * len(footer) + 0.1 if footer else 0.0  # inches of 6 pt text
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width, 4.6 + footer_in), squeeze=False)
+    several = summary["seeds"] > 1
     for ax, metric in zip(axes[0], metrics, strict=True):
-        mean, std = summary[f"{metric}_mean"], summary[f"{metric}_std"].where(summary["seeds"] > 1)
+        mean, std = summary[f"{metric}_mean"], summary[f"{metric}_std"]
         if line_x:
             for variant, rows in summary.groupby("variant", sort=False):
-                ax.errorbar(rows[line_x], mean[rows.index], yerr=std[rows.index], marker="o", capsize=3, label=variant)
+                counts = "/".join(str(n) for n in rows["seeds"].unique())
+                line = ax.plot(rows[line_x], mean[rows.index], marker="o", label=f"{variant} (n={counts})")[0]
+                err = rows.index[several[rows.index]]
+                if len(err):
+                    ax.errorbar(rows.loc[err, line_x], mean[err], yerr=std[err], fmt="none", capsize=3,
+                                color=line.get_color())
             ax.set_xlabel(line_x)
             ax.legend(fontsize="small")
         else:
-            labels = summary[group].astype(str).agg(" ".join, axis=1)
-            ax.bar(range(len(summary)), mean, yerr=std.fillna(0), capsize=4, color="tab:blue")
+            labels = [f"{' '.join(map(str, row))}\n(n={n})" for row, n in
+                      zip(summary[group].itertuples(index=False), summary["seeds"], strict=True)]
+            ax.bar(range(len(summary)), mean, color="tab:blue")
+            err = summary.index[several]
+            if len(err):  # no zero-height caps for n = 1
+                ax.errorbar(err, mean[err], yerr=std[err], fmt="none", capsize=4, color="black")
             ax.set_xticks(range(len(summary)), labels, rotation=30, ha="right", fontsize="small")
+        ax.set_ylim(bottom=0)
+        if metric == "class_accuracy":
+            ax.set_ylim(0, 1)
         ax.set_title(f"{metric} ({METRIC_DIRECTIONS[metric]} is better)")
         ax.grid(axis="y", alpha=0.3)
-    if (summary["seeds"] > 1).any():
-        fig.suptitle(f"error bars: std over {summary['seeds'].max()} seeds", fontsize="small", y=0.99)
-    fig.tight_layout()
+    bars = "error bars: std over the n seeds" if several.any() else "one seed per point (n=1): no error bars"
+    fig.suptitle(f"mean over distinct seeds; {bars}", fontsize="small")
+    fig.tight_layout(rect=(0, footer_in / (4.6 + footer_in), 1, 1))
+    if footer:
+        fig.text(0.01, 0.05 / (4.6 + footer_in), "\n".join(footer), fontsize=6, va="bottom", linespacing=1.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, metadata={"Description": caption} if caption else None)
     plt.close(fig)
     return path
+
+
+def plot_caption(table: pd.DataFrame, info: dict[str, str]) -> str:
+    """Footer of a result plot: command, commit and device of the report, where the runs ran, the
+    evaluation settings and the seeds."""
+    seeds = sorted({int(s) for s in table["seed"].dropna()}) if "seed" in table else []
+    shown = {key: info[key] for key in ("command", "commit", "device", "runs_commit", "runs_device", "parent_run")
+             if key in info}
+    return (f"{provenance_line(shown)}\n{evaluation_line(table, info)}; "
+            f"seeds: {', '.join(map(str, seeds)) or 'not recorded'}")
 
 
 def runs_provenance(table: pd.DataFrame) -> dict[str, str]:
@@ -169,22 +331,34 @@ def write_table(table: pd.DataFrame, path: str | Path) -> tuple[Path, Path]:
     return csv, md
 
 
+def left_out_line(use: pd.Series) -> str:
+    """E.g. "left out of the summary: 1 duplicate, 1 FAILED, 1 RUNNING (runs.csv says which)"."""
+    reasons = use[use != USED].str.replace(r"^(duplicate) of .*", r"\1", regex=True).str.replace(
+        r"^left out: ", "", regex=True).str.replace(r"^same variant and seed .*", "same seed, other config",
+                                                    regex=True)
+    if reasons.empty:
+        return "every run is in the summary"
+    counts = ", ".join(f"{n} {reason}" for reason, n in reasons.value_counts(sort=False).items())
+    return f"left out of the summary: {counts} (runs.csv says which)"
+
+
 def write_report(table: pd.DataFrame, grid: list[str], out_dir: str | Path, info: dict[str, str]) -> dict[str, Path]:
-    """Writes runs.csv/.md (one row per run), summary.csv/.md (mean ± std over seeds per variant and
-    ``grid`` columns, with the provenance ``info`` on top), metrics.png and provenance.json.
-    Runs MLflow lists as unfinished (killed, crashed, still running) stay in runs.csv with their
-    status but are left out of the summary and plot."""
+    """Writes runs.csv/.md (one row per run, ``summary_use`` saying whether the summary uses it),
+    summary.csv/.md (mean ± std over distinct seeds per variant and ``grid`` columns, FINISHED runs
+    only, with the provenance ``info`` on top), metrics.png and provenance.json. The caller guards
+    ``out_dir`` (tracking.provenance.guard_output) before doing any work."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     group = ["variant", *grid]
-    finished = table if "status" not in table else table[table["status"] == "FINISHED"]
-    summary = summarize(finished, group)
+    use = summary_use(table, grid)
+    summary = summarize(table, group)
+    info = {**info, "evaluation": evaluation_line(table, info), "summary": left_out_line(use)}
     paths = {"runs_csv": out / "runs.csv", "runs_md": out / "runs.md", "summary_csv": out / "summary.csv",
              "summary_md": out / "summary.md", "plot": out / "metrics.png", "provenance": out / "provenance.json"}
-    write_table(table, paths["runs_csv"])
+    write_table(table.assign(summary_use=use), paths["runs_csv"])
     summary.to_csv(paths["summary_csv"], index=False)
     header = "\n".join(f"- {key}: `{value}`" for key, value in info.items())
     paths["summary_md"].write_text(f"{header}\n\n{summary_markdown(summary, group)}\n")
-    plot_summary(summary, group, paths["plot"])
-    paths["provenance"].write_text(json.dumps(info, indent=2) + "\n")
+    plot_summary(summary, group, paths["plot"], plot_caption(table, info))
+    write_provenance(out, info)
     return paths
