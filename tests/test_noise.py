@@ -75,6 +75,7 @@ PARADIGM_CONFIGS = {
     "ar": ("experiments/demo.yaml", ["model.paradigm=ar"]),
     "par": ("experiments/demo.yaml", ["model.paradigm=par", "model.options.regions=4"]),
     "var": ("experiments/var_demo.yaml", []),
+    "maskgit": ("experiments/demo.yaml", ["model.paradigm=maskgit"]),
 }
 
 
