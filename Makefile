@@ -7,6 +7,11 @@
 #   make ablation-heads   paper Tables 4/5 (heads, overlap head) as one MLflow sweep -> results/runs/ablation_heads/
 #   make cfg-sweep        FID/IS/accuracy vs CFG scale per paradigm -> results/runs/cfg_sweep/
 #   make report CONFIG=experiments/ablation_heads.yaml   tables + plot of the newest FINISHED sweep, from MLflow
+#   make evaluate CKPT=<run .ckpt | official file> REF=<ADM reference .npz> [CONFIG=...] [ARGS="--num-samples 50000 ..."]
+#                 paper-comparable FID / sFID / IS / precision / recall -> results/runs/<name>/eval.json + MLflow
+#   make reference SOURCE=<image folder | YAML> REF=ref.npz [ARGS="--image-size 256"]   ADM reference batch
+#   make real-photos-demo   scikit-image's photos: VQ -> codes -> NAR + AR -> reference -> evaluate (CPU ok,
+#                           needs $$NAR_BENCH_INCEPTION_WEIGHTS) -> results/runs/photos-{nar,ar}/eval.json
 # Verbs write to the git-ignored results/runs/; the committed results/<name>/ folders are only
 # replaced with ARGS="--out results/<name> --overwrite".
 PYTHON ?= python3
@@ -20,7 +25,8 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= experiments/demo.yaml
 ARGS   ?=
 
-.PHONY: setup demo train test lint throughput-sweep order-gifs mlflow-ui clean ablation-heads cfg-sweep report
+.PHONY: setup demo train test lint throughput-sweep order-gifs mlflow-ui clean ablation-heads cfg-sweep report \
+	evaluate reference real-photos-demo
 
 $(STAMP): pyproject.toml
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -48,6 +54,34 @@ cfg-sweep: $(STAMP)
 
 report: $(STAMP)
 	$(BIN)/nar-bench report $(CONFIG) $(ARGS)
+
+evaluate: $(STAMP)
+	@test -n "$(CKPT)" -a -n "$(REF)" || { echo "usage: make evaluate CKPT=<checkpoint> REF=<reference .npz> [CONFIG=...] [ARGS=...]"; exit 2; }
+	$(BIN)/nar-bench evaluate $(CONFIG) --ckpt $(CKPT) eval.reference=$(REF) $(ARGS)
+
+reference: $(STAMP)
+	@test -n "$(SOURCE)" -a -n "$(REF)" || { echo "usage: make reference SOURCE=<image folder | YAML> REF=<out .npz> [ARGS=...]"; exit 2; }
+	$(BIN)/nar-bench reference $(SOURCE) --out $(REF) $(ARGS)
+
+PHOTOS       := results/real_photos
+PHOTOS_CFG   := experiments/real_photos.yaml
+PHOTOS_CODES := data.name=codes data.root=$(PHOTOS)/codes tokenizer.name=codes
+PHOTOS_STEPS ?= 300
+PHOTOS_N     ?= 512
+real-photos-demo: $(STAMP)
+	rm -rf $(PHOTOS)/images $(PHOTOS)/codes
+	$(BIN)/python -c "from nar_bench.data.skimage_photos import build_photo_folder as b; b('$(PHOTOS)/images', 64, 32)"
+	$(BIN)/nar-bench train-tokenizer $(PHOTOS_CFG) trainer.max_steps=$(PHOTOS_STEPS) tracking.run_name=photos-vq
+	$(BIN)/nar-bench extract-codes $(PHOTOS_CFG) $(PHOTOS)/codes \
+		tokenizer.checkpoint=$$(ls -td results/runs/photos-vq-*/ | head -1)tokenizer.pt
+	$(BIN)/nar-bench reference $(PHOTOS)/images --out $(PHOTOS)/ref.npz --image-size 32
+	for p in nar ar; do \
+		$(BIN)/nar-bench train $(PHOTOS_CFG) $(PHOTOS_CODES) model.paradigm=$$p trainer.max_steps=$(PHOTOS_STEPS) \
+			tracking.run_name=photos-$$p && \
+		$(BIN)/nar-bench evaluate $(PHOTOS_CFG) $(PHOTOS_CODES) --name photos-$$p --num-samples $(PHOTOS_N) \
+			--ckpt $$(ls -td results/runs/photos-$$p-*/ | head -1)checkpoints/last.ckpt \
+			eval.reference=$(PHOTOS)/ref.npz $(ARGS) || exit 1; \
+	done
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -7,6 +7,8 @@
     nar-bench report experiments/ablation_heads.yaml --parent latest
     nar-bench train-tokenizer experiments/demo.yaml tokenizer.name=vq tokenizer.options.preset=synthetic
     nar-bench extract-codes experiments/demo.yaml results/codes/imagenet data.name=imagefolder data.root=...
+    nar-bench reference /data/imagenet/val --out ref.npz --image-size 256
+    nar-bench evaluate experiments/demo.yaml --ckpt last.ckpt eval.reference=ref.npz [--num-samples 50000]
 """
 
 from __future__ import annotations
@@ -79,6 +81,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment YAML naming the data and the tokenizer")
     p.add_argument("overrides", nargs="*", help="e.g. tokenizer.name=vq trainer.max_steps=2000")
     p.set_defaults(verb="nar_bench.run.train_tokenizer")
+
+    p = sub.add_parser("evaluate", help="paper-comparable FID / sFID / IS / precision / recall of a checkpoint "
+                                        "against an ADM reference batch (eval.reference=<file.npz>)")
+    p.add_argument("config", help="experiment YAML describing the model, tokenizer and eval.sampling")
+    p.add_argument("--ckpt", required=True, help="nar-bench Lightning .ckpt or an official weights file")
+    p.add_argument("--num-samples", type=int, default=50_000, help="images to sample, a multiple of the class "
+                                                                   "count (default 50000)")
+    p.add_argument("--name", help="folder <output_dir>/<name>/ and MLflow run name (default eval-<paradigm>-<ckpt>)")
+    p.add_argument("--out", help="samples .npz (default <output_dir>/<name>/samples.npz; shards beside it)")
+    p.add_argument("--png-dir", help="also write every sample as a PNG into this folder")
+    p.add_argument("--num-classes", type=int, help="classes of an official checkpoint (default: the dataset's)")
+    p.add_argument("overrides", nargs="*", help="e.g. eval.reference=VIRTUAL_imagenet256_labeled.npz "
+                                                "eval.sampling.cfg_scale=2.0 trainer.devices=8")
+    p.set_defaults(verb="nar_bench.run.evaluate")
+
+    p = sub.add_parser("reference", help="ADM-format reference batch (images + mu/sigma + mu_s/sigma_s) from an "
+                                         "image folder or a dataset config")
+    p.add_argument("source", help="image folder (ImageNet layout) or experiment YAML naming the data")
+    p.add_argument("--out", required=True, help="reference .npz to write")
+    p.add_argument("--image-size", type=int, default=256, help="center-crop size for an image folder (default 256)")
+    p.add_argument("--split", default="val", help="dataset split for a YAML source (default val)")
+    p.add_argument("--num-images", type=int, help="use the first N images (default: all)")
+    p.add_argument("--inception-weights", help="InceptionV3 weights file (default $NAR_BENCH_INCEPTION_WEIGHTS)")
+    p.add_argument("overrides", nargs="*", help="dotlist overrides for a YAML source, e.g. data.num_val=2048")
+    p.set_defaults(verb="nar_bench.run.reference")
+
     p = sub.add_parser("order-gifs", help="GIFs of the generation order, one frame per decoding step")
     p.add_argument("--out", default="results/runs/order", help="folder for order_<paradigm>.gif")
     p.add_argument("--overwrite", action="store_true", help="write into a folder holding committed results")

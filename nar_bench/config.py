@@ -98,6 +98,12 @@ class EvalConfig:
     reference_split: str = "val"
     reference_data: str | None = None  # dataset of reference images (default data.name), e.g. imagefolder
     reference_root: str | None = None  # its folder (default data.root)
+    # paper-comparable evaluation (nar-bench evaluate): ADM reference batch .npz (images + mu/sigma +
+    # mu_s/sigma_s, e.g. VIRTUAL_imagenet256_labeled.npz or one from `nar-bench reference`); when set,
+    # metrics are ADM's fid, sfid, is, precision, recall on torch-fidelity's InceptionV3
+    reference: str | None = None
+    shard_size: int = 1000  # samples per .npz shard (the unit of resuming and of work per device)
+    decode_batch: int = 32  # codes per tokenizer decode call (fixed: images do not depend on batch_size)
 
 
 @dataclass

@@ -73,3 +73,24 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def random_inception_weights(tmp_path_factory) -> Path:
+    """A weights file for torch-fidelity's InceptionV3 with random weights: the official file is not
+    on test machines, and the wiring (layers, hooks, shapes) does not depend on trained weights."""
+    from nar_bench.metrics.fidelity import torch_fidelity
+
+    inception = torch_fidelity.FeatureExtractorInceptionV3
+    torch.manual_seed(0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "load", lambda *args, **kwargs: None)
+        patch.setattr(inception, "load_state_dict", lambda self, state_dict: None)
+        random_init = inception("inception-v3-compat", ["2048"], feature_extractor_weights_path="not read")
+    for module in random_init.modules():  # He init keeps activations O(1) through the 90-odd ReLU layers
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    torch.nn.init.normal_(random_init.fc.weight, std=2048**-0.5)
+    path = tmp_path_factory.mktemp("inception") / "inception-random.pth"
+    torch.save(random_init.state_dict(), path)
+    return path

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from nar_bench.errors import NarBenchError
+from nar_bench.nn.noise import RowNoise
 
 CFG_SCHEDULES = ("steps", "official")
 
@@ -144,9 +145,14 @@ def sample_guided(logits: Tensor, scale: float, temperature: float = 1.0, top_k:
     return candidates.gather(-1, choice[..., None]).squeeze(-1)
 
 
-def _draw(logits: Tensor, generator: torch.Generator | None) -> Tensor:
+def _draw(logits: Tensor, generator: torch.Generator | RowNoise | None) -> Tensor:
+    """Categorical draw from logits (B, ..., V). A ``RowNoise`` gives each row noise of its own
+    (per-sample seeds: independent of batch size and rank); a ``torch.Generator`` one shared stream."""
     probs = logits.softmax(-1)
-    race = torch.empty_like(probs).exponential_(1, generator=generator)
+    if isinstance(generator, RowNoise):
+        race = generator.exponential(tuple(probs.shape))
+    else:
+        race = torch.empty_like(probs).exponential_(1, generator=generator)
     return (probs / race).argmax(-1)
 
 

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.modes import eval_mode
+from nar_bench.nn.noise import RowNoise
 from nar_bench.nn.sampling import SamplingConfig, guided_logits, sample, with_null_class
 from nar_bench.nn.transformer import Transformer, TransformerConfig, condition_rope, rope_table
 from nar_bench.paradigms.base import Paradigm, grid_coords
@@ -97,10 +98,13 @@ def masked_counts(num_tokens: int, steps: int, schedule: str) -> list[int]:
     return counts
 
 
-def gumbel_noise(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Standard Gumbel samples (float32, shaped like ``like``) as -log(Exp(1)), drawn with ``generator``
-    as every other decoding draw (``nn/sampling.py``)."""
-    race = torch.empty(like.shape, dtype=torch.float32, device=like.device).exponential_(1, generator=generator)
+def gumbel_noise(like: Tensor, generator: torch.Generator | RowNoise | None = None) -> Tensor:
+    """Standard Gumbel samples (float32, shaped like ``like`` (B, ...)) as -log(Exp(1)), drawn with
+    ``generator`` as every other decoding draw (``nn/sampling.py``; a RowNoise: per-sample seeds)."""
+    if isinstance(generator, RowNoise):
+        race = generator.exponential(tuple(like.shape))
+    else:
+        race = torch.empty(like.shape, dtype=torch.float32, device=like.device).exponential_(1, generator=generator)
     return -race.clamp_min(torch.finfo(torch.float32).tiny).log()
 
 

@@ -1,0 +1,319 @@
+"""Paper-comparable metrics the way the ADM evaluator (guided-diffusion ``evaluations/evaluator.py``)
+defines them, on torch-fidelity's TF-ported InceptionV3 (the 2015-12-05 graph ADM also runs):
+
+- FID: Frechet distance of pool_3 (2048-d) statistics, the reference's from its stored ``mu`` /
+  ``sigma``; computed by torch-fidelity's ``fid_statistics_to_metric`` (an eigenvalue form of
+  ADM's ``sqrtm`` trace, equal up to round-off).
+- sFID: the same on ADM's spatial features, ``mixed_6/conv`` (torch-fidelity's
+  ``Mixed_6d.branch1x1``, post-ReLU) first 7 channels of 17x17, flattened in (H, W, C) order as
+  ADM's NHWC reshape does: 2023-d, against ``mu_s`` / ``sigma_s``.
+- Inception Score: torch-fidelity's on the bias-free logits (ADM multiplies pool_3 by the softmax
+  weights only), 10 splits in sample order (ADM's 5,000-image splits for N = 50,000).
+- Precision / recall: ADM's k=3 manifold estimate on pool_3 features against the reference images
+  (a point is inside a manifold if it lies within some member's distance to its 3rd nearest neighbour).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from nar_bench.errors import NarBenchError
+from nar_bench.metrics.adm_npz import (
+    IMAGES_KEY,
+    REFERENCE_STATS,
+    check_images,
+    images_header,
+    iter_images,
+    npz_keys,
+    read_array,
+    sha256_file,
+    write_npz,
+)
+from nar_bench.metrics.cache import cache_root
+from nar_bench.metrics.fidelity import inception_extractor, torch_fidelity
+
+SPATIAL_CHANNELS, SPATIAL_SIZE = 7, 17
+SPATIAL_DIM = SPATIAL_CHANNELS * SPATIAL_SIZE * SPATIAL_SIZE  # 2023
+POOL_DIM = 2048
+IS_SPLITS = 10
+PR_NEIGHBORHOOD = 3
+
+
+@dataclass
+class Features:
+    """Inception features of N images: ``pool`` (N, 2048), ``spatial`` (N, 2023), ``logits`` (N, 1008)
+    bias-free logits; float32 on CPU."""
+
+    pool: Tensor
+    spatial: Tensor
+    logits: Tensor
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+
+class InceptionFeatures:
+    """torch-fidelity's ``inception-v3-compat`` from a local weights file, plus a hook for ADM's
+    spatial features. ``weights_path`` None: ``$NAR_BENCH_INCEPTION_WEIGHTS`` or the cache's copy."""
+
+    def __init__(self, weights_path: str | Path | None = None, device: str | torch.device = "cpu",
+                 cache_dir: str | Path | None = None):
+        options = {"weights_path": str(weights_path)} if weights_path else {}
+        self.weights_path = inception_extractor(cache_root(cache_dir), **options).weights_path  # raises if missing
+        try:
+            model = torch_fidelity.FeatureExtractorInceptionV3(
+                "inception-v3-compat", ["2048", "logits_unbiased"],
+                feature_extractor_weights_path=str(self.weights_path))
+        except Exception as err:  # torch.load / load_state_dict raise many types for a bad file
+            raise NarBenchError(
+                f"InceptionV3 weights '{self.weights_path}' cannot be loaded ({type(err).__name__}: "
+                f"{str(err)[:200]}); the file is corrupt or not torch-fidelity's "
+                "weights-inception-2015-12-05-6726825d.pth: download it again") from None
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self._spatial: Tensor | None = None
+        # TF's mixed_6/conv is the 1x1 branch of the 4th 17x17 block (torch-fidelity's weight converter
+        # maps mixed_6/conv/* onto Mixed_6d.branch1x1); BasicConv2d's output is already post-ReLU.
+        self.model.Mixed_6d.branch1x1.register_forward_hook(self._keep_spatial)
+
+    def _keep_spatial(self, module, inputs, output: Tensor) -> None:
+        # (B, 192, 17, 17) -> first 7 channels, NHWC order -> (B, 2023)
+        self._spatial = output[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(len(output), -1).float()
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor | np.ndarray) -> Features:
+        """images (B, H, W, 3) uint8 (numpy, ADM's layout) or (B, 3, H, W) uint8 tensor -> Features."""
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(np.ascontiguousarray(check_images(images))).permute(0, 3, 1, 2)
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise NarBenchError(f"images must be (B, 3, H, W) uint8, got {images.dtype} {tuple(images.shape)}")
+        pool, logits = self.model(images.to(self.device))
+        return Features(pool.cpu(), self._spatial.cpu(), logits.cpu())
+
+    def extract(self, batches: Iterable[Tensor | np.ndarray], total: int | None = None,
+                desc: str = "Inception features") -> Features:
+        """Features of every image of ``batches`` (see ``__call__``), concatenated in order."""
+        parts = [self(batch) for batch in tqdm(batches, total=total, desc=desc, leave=False, unit="batch")]
+        if not parts:
+            raise NarBenchError("no images to extract features from")
+        return Features(*(torch.cat([getattr(p, name) for p in parts]) for name in ("pool", "spatial", "logits")))
+
+
+def statistics(features: Tensor) -> dict[str, np.ndarray]:
+    """torch-fidelity's mean / covariance of features (N, D), in float64: {mu (D,), sigma (D, D)}."""
+    if len(features) < 2:
+        raise NarBenchError(f"statistics need at least 2 images, got {len(features)}")
+    return torch_fidelity.metric_fid.fid_features_to_statistics(features.double())
+
+
+def frechet_distance(stats_1: dict[str, np.ndarray], stats_2: dict[str, np.ndarray]) -> float:
+    """torch-fidelity's FID of two {mu, sigma} (cast to float64: its dtypes must match)."""
+    a = {key: np.asarray(stats_1[key], np.float64) for key in ("mu", "sigma")}
+    b = {key: np.asarray(stats_2[key], np.float64) for key in ("mu", "sigma")}
+    if a["mu"].shape != b["mu"].shape or a["sigma"].shape != b["sigma"].shape:
+        raise NarBenchError(f"statistics of different dimensions: {a['mu'].shape} vs {b['mu'].shape}")
+    return float(torch_fidelity.metric_fid.fid_statistics_to_metric(a, b, False)[torch_fidelity.KEY_METRIC_FID])
+
+
+def inception_score(logits: Tensor, splits: int = IS_SPLITS) -> tuple[float, float]:
+    """(mean, std) of torch-fidelity's Inception Score over ``splits`` consecutive splits of logits
+    (N, 1008), without shuffling (as ADM)."""
+    if len(logits) < splits:
+        raise NarBenchError(f"the Inception Score over {splits} splits needs at least {splits} images, "
+                            f"got {len(logits)}")
+    out = torch_fidelity.metric_isc.isc_features_to_metric(logits, splits=splits, shuffle=False)
+    return out[torch_fidelity.KEY_METRIC_ISC_MEAN], out[torch_fidelity.KEY_METRIC_ISC_STD]
+
+
+def _squared_distances(u: Tensor, v: Tensor, half: bool) -> Tensor:
+    """(n, m) squared Euclidean distances, ||u||^2 - 2 u.v + ||v||^2 clamped at 0. ``half``: in
+    float16 like ADM's DistanceBlock, falling back to float32 if that overflows."""
+    def compute(a: Tensor, b: Tensor) -> Tensor:
+        d = (a * a).sum(1, keepdim=True) - 2 * a @ b.T + (b * b).sum(1)[None]
+        return d.clamp_min(0)
+
+    if half:
+        d = compute(u.half(), v.half())
+        if torch.isfinite(d).all():
+            return d.float()
+    return compute(u.float(), v.float())
+
+
+def _blocks(n: int, size: int) -> Iterator[slice]:
+    return (slice(s, min(s + size, n)) for s in range(0, n, size))
+
+
+def manifold_radii(features: Tensor, k: int = PR_NEIGHBORHOOD, block: int = 10000, half: bool = True) -> Tensor:
+    """(N,) squared distance of each feature (N, D) to its k-th nearest other feature (the point
+    itself, at distance 0, is the 0-th)."""
+    if len(features) <= k:
+        raise NarBenchError(f"the k={k} manifold needs more than {k} images, got {len(features)}")
+    radii = []
+    for rows in _blocks(len(features), block):
+        d = torch.cat([_squared_distances(features[rows], features[cols], half)
+                       for cols in _blocks(len(features), block)], dim=1)
+        radii.append(d.kthvalue(k + 1, dim=1).values)
+    return torch.cat(radii)
+
+
+def _inside(points: Tensor, centres: Tensor, radii: Tensor, block: int, half: bool) -> Tensor:
+    """(len(points),) bool: is the point within radii[j] of some centre j?"""
+    inside = torch.zeros(len(points), dtype=torch.bool, device=points.device)
+    for rows in _blocks(len(points), block):
+        for cols in _blocks(len(centres), block):
+            d = _squared_distances(points[rows], centres[cols], half)
+            inside[rows] |= (d <= radii[cols][None]).any(1)
+    return inside
+
+
+def precision_recall(reference: Tensor, samples: Tensor, k: int = PR_NEIGHBORHOOD, block: int = 10000,
+                     half: bool = True, device: str | torch.device = "cpu") -> tuple[float, float]:
+    """ADM's improved precision / recall of sample features (N, D) against reference features (M, D):
+    precision = fraction of samples inside the reference manifold, recall = fraction of reference
+    points inside the sample manifold (k-NN radii, k=3). ``half``: float16 distances as ADM."""
+    reference, samples = reference.to(device), samples.to(device)
+    ref_radii = manifold_radii(reference, k, block, half)
+    sample_radii = manifold_radii(samples, k, block, half)
+    precision = _inside(samples, reference, ref_radii, block, half).double().mean().item()
+    recall = _inside(reference, samples, sample_radii, block, half).double().mean().item()
+    return precision, recall
+
+
+@dataclass
+class Reference:
+    """An ADM reference batch: its file, SHA-256, image shape (N, H, W, 3) and stored statistics."""
+
+    path: Path
+    sha256: str
+    shape: tuple[int, int, int, int]
+    fid_stats: dict[str, np.ndarray]
+    sfid_stats: dict[str, np.ndarray]
+
+
+def load_reference(path: str | Path) -> Reference:
+    """Reads and checks an ADM reference batch (images + mu/sigma + mu_s/sigma_s)."""
+    path = Path(path).expanduser()
+    what = "reference batch"
+    if not path.is_file():
+        raise NarBenchError(f"reference batch '{path}' not found: set eval.reference to an ADM-format .npz "
+                            "(e.g. VIRTUAL_imagenet256_labeled.npz) or build one with `nar-bench reference`")
+    keys = npz_keys(path, what)
+    missing = [key for key in (IMAGES_KEY, *REFERENCE_STATS) if key not in keys]
+    if missing:
+        raise NarBenchError(f"reference batch '{path}' lacks {', '.join(missing)} (has: {', '.join(keys)}); a "
+                            "reference needs arr_0 images and the Inception statistics mu, sigma, mu_s, sigma_s: "
+                            "rebuild it with `nar-bench reference`")
+    shape = images_header(path, what)
+    fid = {"mu": read_array(path, "mu", what), "sigma": read_array(path, "sigma", what)}
+    sfid = {"mu": read_array(path, "mu_s", what), "sigma": read_array(path, "sigma_s", what)}
+    for name, stats, dim in (("mu/sigma", fid, POOL_DIM), ("mu_s/sigma_s", sfid, SPATIAL_DIM)):
+        if stats["mu"].shape != (dim,) or stats["sigma"].shape != (dim, dim):
+            raise NarBenchError(f"reference batch '{path}': {name} have shapes {stats['mu'].shape} / "
+                                f"{stats['sigma'].shape}, expected ({dim},) / ({dim}, {dim})")
+    return Reference(path, sha256_file(path), shape, fid, sfid)
+
+
+def _pool_cache(sha256: str, extractor: InceptionFeatures, cache_dir: str | Path | None) -> Path:
+    return cache_root(cache_dir) / "adm" / f"{sha256[:16]}-{extractor.weights_path.stem}-pool.pt"
+
+
+def _save_pool(path: Path, pool: Tensor) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(pool, tmp)
+    tmp.replace(path)
+
+
+def reference_pool_features(reference: Reference, extractor: InceptionFeatures, batch_size: int,
+                            cache_dir: str | Path | None = None) -> Tensor:
+    """(M, 2048) pool features of the reference images (for precision / recall), cached by the
+    file's hash and the weights file (``build_reference`` fills the cache for the files it writes)."""
+    cache = _pool_cache(reference.sha256, extractor, cache_dir)
+    if cache.is_file():
+        return torch.load(cache)
+    batches = iter_images(reference.path, batch_size, "reference batch")
+    pool = extractor.extract(batches, math.ceil(reference.shape[0] / batch_size), "reference features").pool
+    _save_pool(cache, pool)
+    return pool
+
+
+ADM_METRICS = ("fid", "sfid", "is", "pr")  # pr: precision and recall
+
+
+def adm_metrics(samples: Features, reference: Reference, reference_pool: Tensor | None,
+                metrics: Sequence[str] = ADM_METRICS, half_distances: bool = True,
+                device: str | torch.device = "cpu") -> dict[str, float]:
+    """fid, sfid, is, is_std, precision, recall (those of ``metrics``) of sample features against
+    an ADM reference; ``reference_pool`` (M, 2048) is needed for "pr" only."""
+    unknown = sorted(set(metrics) - set(ADM_METRICS))
+    if unknown or not metrics:
+        raise NarBenchError(f"unknown metric(s) {unknown or '(none given)'}; choose from: {', '.join(ADM_METRICS)}")
+    out: dict[str, float] = {}
+    if "fid" in metrics:
+        out["fid"] = frechet_distance(statistics(samples.pool), reference.fid_stats)
+    if "sfid" in metrics:
+        out["sfid"] = frechet_distance(statistics(samples.spatial), reference.sfid_stats)
+    if "is" in metrics:
+        out["is"], out["is_std"] = inception_score(samples.logits)
+    if "pr" in metrics:
+        out["precision"], out["recall"] = precision_recall(reference_pool, samples.pool, half=half_distances,
+                                                           device=device)
+    return out
+
+
+def check_same_size(samples_shape: tuple[int, ...], reference: Reference) -> None:
+    """Raises unless (N, H, W, 3) samples have the reference images' H x W."""
+    if tuple(samples_shape[1:3]) != tuple(reference.shape[1:3]):
+        raise NarBenchError(f"samples are {samples_shape[1]}x{samples_shape[2]} but the reference batch "
+                            f"'{reference.path}' holds {reference.shape[1]}x{reference.shape[2]} images: score "
+                            "against a reference of the same resolution (or build one with `nar-bench reference`)")
+
+
+def evaluate_npz(samples_path: str | Path, reference_path: str | Path, weights_path: str | Path | None = None,
+                 batch_size: int = 64, device: str | torch.device = "cpu", metrics: Sequence[str] = ADM_METRICS,
+                 half_distances: bool = True, cache_dir: str | Path | None = None) -> dict[str, float]:
+    """ADM's evaluator on two .npz files: fid, sfid, is, is_std, precision, recall (see
+    ``adm_metrics``) and num_samples."""
+    reference = load_reference(reference_path)
+    shape = images_header(samples_path, "sample batch")
+    check_same_size(shape, reference)
+    extractor = InceptionFeatures(weights_path, device, cache_dir)
+    features = extractor.extract(iter_images(samples_path, batch_size, "sample batch"),
+                                 math.ceil(shape[0] / batch_size), "sample features")
+    ref_pool = reference_pool_features(reference, extractor, batch_size, cache_dir) if "pr" in metrics else None
+    return {**adm_metrics(features, reference, ref_pool, metrics, half_distances, device),
+            "num_samples": float(shape[0])}
+
+
+def build_reference(images: Iterable[np.ndarray], num_images: int, image_shape: tuple[int, int, int],
+                    out: str | Path, weights_path: str | Path | None = None, device: str | torch.device = "cpu",
+                    cache_dir: str | Path | None = None) -> Path:
+    """Writes an ADM reference batch: ``arr_0`` (N, H, W, 3) uint8 from chunks ``images`` (n_i, H, W, 3)
+    (N = ``num_images``, (H, W, 3) = ``image_shape``) plus the Inception statistics mu/sigma (pool_3)
+    and mu_s/sigma_s (spatial). Images stream into the file as their features are computed; the
+    file appears only when complete."""
+    extractor = InceptionFeatures(weights_path, device, cache_dir)
+    parts: list[Features] = []
+
+    def featurised() -> Iterator[np.ndarray]:
+        for chunk in tqdm(images, desc="reference features", leave=False, unit="batch"):
+            parts.append(extractor(check_images(np.asarray(chunk), "reference images")))
+            yield chunk
+
+    def stats() -> dict[str, np.ndarray]:
+        fid = statistics(torch.cat([p.pool for p in parts]))
+        sfid = statistics(torch.cat([p.spatial for p in parts]))
+        return {"mu": fid["mu"], "sigma": fid["sigma"], "mu_s": sfid["mu"], "sigma_s": sfid["sigma"]}
+
+    path = write_npz(out, stats, images=featurised(), num_images=num_images, image_shape=tuple(image_shape))
+    _save_pool(_pool_cache(sha256_file(path), extractor, cache_dir), torch.cat([p.pool for p in parts]))
+    return path

@@ -1,0 +1,115 @@
+"""Samples written as they are generated: ADM-format shards, resumable, assembled atomically.
+
+``SampleStore(out, num_samples, shard_size, settings)`` splits sample indices 0..N-1 into
+consecutive shards ``<out>.shards/shard_00000.npz`` ... (``arr_0`` images (n, H, W, 3) uint8,
+``arr_1`` labels, ``index`` sample indices). Each shard is written atomically, so a shard file that
+exists is complete: a killed run resumes with the missing shards only. ``assemble`` streams the
+shards into ``out`` (ADM's ``arr_0`` / ``arr_1``), which appears only when every shard is there.
+``settings`` (what decides the samples: checkpoint, sampling, seed, N, ...) are stored beside the
+shards; resuming with other settings is an error instead of a silent mix of two runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from nar_bench.errors import NarBenchError
+from nar_bench.metrics.adm_npz import IMAGES_KEY, LABELS_KEY, atomic_path, check_images, write_npz
+
+SETTINGS_FILE = "settings.json"
+
+
+class SampleStore:
+    def __init__(self, out: str | Path, num_samples: int, shard_size: int, settings: Mapping[str, Any] | None = None):
+        if num_samples < 1 or shard_size < 1:
+            raise NarBenchError(f"num_samples ({num_samples}) and shard_size ({shard_size}) must be positive")
+        self.out = Path(out)
+        self.shard_dir = self.out.with_name(self.out.name + ".shards")
+        self.num_samples, self.shard_size = num_samples, shard_size
+        self.settings = json.loads(json.dumps({**(settings or {}), "num_samples": num_samples,
+                                               "shard_size": shard_size}))
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_samples // self.shard_size)
+
+    def indices(self, shard: int) -> range:
+        """Sample indices of shard ``shard``."""
+        return range(shard * self.shard_size, min((shard + 1) * self.shard_size, self.num_samples))
+
+    def shard_path(self, shard: int) -> Path:
+        return self.shard_dir / f"shard_{shard:05d}.npz"
+
+    def open(self) -> list[int]:
+        """Creates the shard folder or checks that its shards were made with the same settings;
+        returns the shards still to generate."""
+        saved = self.shard_dir / SETTINGS_FILE
+        if saved.is_file():
+            previous = json.loads(saved.read_text())
+            if previous != self.settings:
+                changed = sorted(k for k in {*previous, *self.settings} if previous.get(k) != self.settings.get(k))
+                raise NarBenchError(
+                    f"'{self.shard_dir}' holds shards of a run with other settings (differing: {', '.join(changed)}); "
+                    "delete that folder to start over, or write to another output file")
+        else:
+            self.shard_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(saved) as tmp:
+                tmp.write_text(json.dumps(self.settings, indent=1, sort_keys=True))
+        return self.pending()
+
+    def finished(self) -> list[int]:
+        return [k for k in range(self.num_shards) if self.shard_path(k).is_file()]
+
+    def pending(self) -> list[int]:
+        done = set(self.finished())
+        return [k for k in range(self.num_shards) if k not in done]
+
+    def write_shard(self, shard: int, images: np.ndarray, labels: np.ndarray) -> Path:
+        """Stores shard ``shard``: images (n, H, W, 3) uint8 and labels (n,) for its n indices."""
+        n = len(self.indices(shard))
+        check_images(images, "samples")
+        if len(images) != n or len(labels) != n:
+            raise NarBenchError(f"shard {shard} holds {n} samples, got {len(images)} images and {len(labels)} labels")
+        index = np.asarray(self.indices(shard), dtype=np.int64)
+        return write_npz(self.shard_path(shard), {IMAGES_KEY: images, LABELS_KEY: np.asarray(labels), "index": index})
+
+    def _load(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(self.shard_path(shard)) as npz:
+            if not np.array_equal(npz["index"], np.asarray(self.indices(shard))):
+                raise NarBenchError(f"{self.shard_path(shard)} holds other sample indices than shard {shard}")
+            return npz[IMAGES_KEY], npz[LABELS_KEY]
+
+    def assemble(self, keep_shards: bool = False) -> Path:
+        """Streams every shard into ``out`` (arr_0 images, arr_1 labels), atomically; removes the
+        shard folder unless ``keep_shards``."""
+        missing = self.pending()
+        if missing:
+            more = "..." if len(missing) > 5 else ""
+            raise NarBenchError(f"cannot assemble '{self.out}': shards {missing[:5]}{more} are not written yet")
+        first, _ = self._load(0)
+        labels = np.concatenate([self._load(k)[1] for k in range(self.num_shards)])
+        write_npz(self.out, {LABELS_KEY: labels}, images=(self._load(k)[0] for k in range(self.num_shards)),
+                  num_images=self.num_samples, image_shape=first.shape[1:])
+        if not keep_shards:
+            shutil.rmtree(self.shard_dir)
+        return self.out
+
+    def iter_shards(self) -> Iterator[tuple[range, np.ndarray, np.ndarray]]:
+        """(indices, images, labels) of every written shard, in order."""
+        for k in self.finished():
+            yield (self.indices(k), *self._load(k))
+
+
+def write_pngs(images: np.ndarray, labels: np.ndarray, folder: str | Path, start: int = 0) -> None:
+    """images (n, H, W, 3) uint8 -> ``folder/<index>_<label>.png`` (index from ``start``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (image, label) in enumerate(zip(check_images(images), labels, strict=True)):
+        Image.fromarray(image).save(folder / f"{start + i:06d}_{int(label)}.png")
