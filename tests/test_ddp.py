@@ -136,7 +136,7 @@ for scale in {scales!r}:  # two evaluations of one model: two MLflow runs
     point = merge(cfg, OmegaConf.from_dotlist([f"eval.sampling.cfg_scale={{scale}}"]))
     logger = make_logger(point.tracking, f"eval-cfg{{scale}}")
     metrics = evaluate(module, point, logger=logger, out_dir=f"{{out}}/cfg{{scale}}")
-    logger.finalize("success")
+    logger.end()  # a RunLogger run ends when the caller says so
     if metrics:  # rank 0 only
         print("METRICS", scale, json.dumps(metrics))
 """

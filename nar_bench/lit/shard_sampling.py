@@ -69,6 +69,8 @@ class ShardSampler(L.LightningModule):
 
     def predict_step(self, batch: Tensor, batch_idx: int) -> None:
         for shard in batch.tolist():
+            if shard < 0:  # padding: a rank with no shard of its own
+                continue
             images, labels = self.shard_images(shard)
             self.store.write_shard(shard, images, labels)
             if self.png_dir is not None:
@@ -84,7 +86,9 @@ def sample_to_store(trainer: L.Trainer, module: L.LightningModule, store: Sample
     pending = store.open()
     if pending:
         sampler = ShardSampler(module, store, sampling, seed, num_classes, batch_size, decode_batch, png_dir)
-        trainer.predict(sampler, DataLoader(pending, batch_size=1), return_predictions=False)
+        # every rank needs an item (Lightning's unrepeated sampler refuses an empty rank): pad with -1
+        items = pending + [-1] * max(0, trainer.world_size - len(pending))
+        trainer.predict(sampler, DataLoader(items, batch_size=1), return_predictions=False)
     if trainer.world_size > 1:
         trainer.strategy.barrier("shards written")
     if not trainer.is_global_zero:

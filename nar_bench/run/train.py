@@ -58,6 +58,8 @@ def fit(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None 
             logger.experiment.set_tag(logger.run_id, RUN_DIR_TAG, str(run_dir.resolve()))
         trainer = make_trainer(cfg, logger, run_dir)
         trainer.fit(module, data, ckpt_path=resume.checkpoint if resume else None)
+        # rank 0's folder on every rank: evaluation shards written by any rank must land beside its checkpoint
+        run_dir = Path(trainer.strategy.broadcast(str(run_dir)))
     except BaseException as err:
         logger.end(run_end_status(err))
         raise
