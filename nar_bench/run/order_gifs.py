@@ -169,6 +169,7 @@ def write_order_gifs(out_dir: str | Path = "results/runs/order",
     from nar_bench.tracking.provenance import guard_output, provenance, write_provenance
 
     guard_output(out_dir, overwrite)
+    prov = provenance(command, "cpu")  # before any GIF is written: the commit is the code's, not -dirty
     checkpoints = checkpoints or {}
     for name, path in checkpoints.items():
         if name not in paradigms:
@@ -188,8 +189,7 @@ def write_order_gifs(out_dir: str | Path = "results/runs/order",
         subtitle = f"class {label} | {models[name].split(' (')[0]}"
         paths.append(order_gif(module, label, Path(out_dir) / f"order_{name}.gif", seed=module.cfg.seed,
                                subtitle=subtitle))
-    write_provenance(out_dir, provenance(command, "cpu", label=str(label),
-                                         **{f"model_{name}": model for name, model in models.items()}))
+    write_provenance(out_dir, {**prov, "label": str(label), **{f"model_{name}": model for name, model in models.items()}})
     return paths
 
 
