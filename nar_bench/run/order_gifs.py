@@ -189,7 +189,8 @@ def write_order_gifs(out_dir: str | Path = "results/runs/order",
         subtitle = f"class {label} | {models[name].split(' (')[0]}"
         paths.append(order_gif(module, label, Path(out_dir) / f"order_{name}.gif", seed=module.cfg.seed,
                                subtitle=subtitle))
-    write_provenance(out_dir, {**prov, "label": str(label), **{f"model_{name}": model for name, model in models.items()}})
+    models = {f"model_{name}": model for name, model in models.items()}
+    write_provenance(out_dir, {**prov, "label": str(label), **models})
     return paths
 
 
