@@ -22,6 +22,11 @@ from pathlib import Path
 from nar_bench.errors import NarBenchError
 
 
+def add_overwrite(p: argparse.ArgumentParser, what: str = "write into a folder holding committed results") -> None:
+    """The one opt-in past ``tracking.provenance.guard_output`` that a verb writing results offers."""
+    p.add_argument("--overwrite", action="store_true", help=what)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nar-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample a class grid from a trained Lightning checkpoint")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--out", default="results/runs/samples.png", help="PNG (.gif for video models) to write")
-    p.add_argument("--overwrite", action="store_true", help="replace a file committed to git")
+    add_overwrite(p, "replace a file committed to git")
     p.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.sampling.cfg_scale=3 seed=1")
     p.set_defaults(verb="nar_bench.run.sample")
 
@@ -45,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment YAML, e.g. experiments/throughput_sweep.yaml")
     p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. bench.batch_sizes=[1,8,64]")
     p.add_argument("--out", help="results folder (default: bench.output_dir, results/runs/throughput)")
-    p.add_argument("--overwrite", action="store_true", help="write into a folder holding committed results")
+    add_overwrite(p)
     p.set_defaults(verb="nar_bench.bench.runner")
 
     p = sub.add_parser("sweep", help="train + evaluate every point of a sweep YAML (one MLflow parent run, a child "
@@ -54,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotlist overrides applied to every point, e.g. trainer.max_steps=50")
     p.add_argument("--only", help="comma-separated variant names to run (default: all)")
     p.add_argument("--out", help="results folder (default: results/runs/<yaml name>)")
-    p.add_argument("--overwrite", action="store_true", help="write into a folder holding committed results")
+    add_overwrite(p)
     p.add_argument("--fresh", action="store_true", help="start a new parent run instead of resuming this sweep's "
                                                         "(re-running a sweep skips its FINISHED points)")
     p.set_defaults(verb="nar_bench.run.sweep")
@@ -65,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent", default="latest", help="sweep (parent) run id to report; 'latest' (default) = the "
                                                       "newest FINISHED sweep; 'all' = every run of the experiment")
     p.add_argument("--out", help="results folder (default: results/runs/report/<experiment>)")
-    p.add_argument("--overwrite", action="store_true", help="write into a folder holding committed results")
+    add_overwrite(p)
     p.set_defaults(verb="nar_bench.run.report")
 
     p = sub.add_parser("extract-codes", help="tokenize an image dataset once into sharded .npy codes + labels "
@@ -109,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("order-gifs", help="GIFs of the generation order, one frame per decoding step")
     p.add_argument("--out", default="results/runs/order", help="folder for order_<paradigm>.gif")
-    p.add_argument("--overwrite", action="store_true", help="write into a folder holding committed results")
+    add_overwrite(p)
     p.add_argument("--paradigms", nargs="+", default=["ar", "nar", "par", "maskgit"])
     p.add_argument("--config", default="experiments/demo.yaml")
     p.add_argument("--ckpt", action="append", default=[], metavar="PARADIGM=PATH",
