@@ -4,7 +4,9 @@ for every paradigm.
 Per batch size: random class labels; ``warmup`` untimed runs (allocation, autotuning,
 compilation); ``repeats`` timed runs, each bracketed by CUDA events (synchronised perf_counter on
 CPU); latency = median seconds per batch, throughput = batch / latency. Peak GPU memory is reset
-after warm-up, so it covers weights, caches and activations of the timed runs. ``batch_size``
+before the setup (after the previous batch's caches are freed), so it covers weights, caches and
+activations of the warm-up, the graph capture and the timed runs: a CUDA graph's activations live
+in its private pool, allocated during capture, and replay allocates nothing the counter would see. ``batch_size``
 counts images: with CFG on, the model runs on twice as many rows. A point that runs out of GPU
 memory comes back with status "oom" instead of raising.
 
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
 from nar_bench.metrics.cost_model import Ceilings, Cost, roofline
-from nar_bench.nn.cuda_graph import GraphedGenerate
+from nar_bench.nn.cuda_graph import CAPTURE_WARMUP, GraphedGenerate
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import count_parameters, size_name
 from nar_bench.paradigms.base import Paradigm
@@ -213,6 +215,8 @@ def measure_generation(
     release_decode_state(paradigm)
     labels = random_labels(paradigm, batch_size, device, seed)
     cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     try:
         setup_start = time.perf_counter()
         run = generation_run(paradigm, labels, sampling, decode_fn, cuda_graph)
@@ -220,7 +224,6 @@ def measure_generation(
             run()
         if cuda:
             torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
         setup_s = time.perf_counter() - setup_start
         times = [timed(run, device) for _ in range(repeats)]
     except torch.cuda.OutOfMemoryError:
@@ -233,8 +236,8 @@ def measure_generation(
     result.throughput_img_s = batch_size / result.latency_s
     result.peak_mem_gb = torch.cuda.max_memory_allocated(device) / GIB if cuda else None
     result.setup_s = setup_s
-    if compile:  # the warm-up runs (and the two before a graph capture) at the steady-state latency
-        result.compile_s = max(0.0, setup_s - (warmup + 2 * cuda_graph) * result.latency_s)
+    if compile:  # the warm-up runs (and the one before a graph capture) at the steady-state latency
+        result.compile_s = max(0.0, setup_s - (warmup + CAPTURE_WARMUP * cuda_graph) * result.latency_s)
     if cost is not None:
         for key, value in roofline(cost, batch_size, result.latency_s, ceilings).items():
             setattr(result, key, value)

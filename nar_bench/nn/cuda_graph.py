@@ -14,11 +14,16 @@ from torch import Tensor
 
 from nar_bench.nn.sampling import SamplingConfig
 
+# One warm-up before capture is enough: it allocates the caches and compiles / picks kernels; each
+# extra one costs a full host-side pass over every step (seconds for AR's 256 steps).
+CAPTURE_WARMUP = 1
+
 
 class GraphedGenerate:
     """``GraphedGenerate(paradigm, batch, sampling)(labels)`` == ``paradigm.generate(labels, sampling)``."""
 
-    def __init__(self, paradigm: torch.nn.Module, batch_size: int, sampling: SamplingConfig, warmup: int = 2):
+    def __init__(self, paradigm: torch.nn.Module, batch_size: int, sampling: SamplingConfig,
+                 warmup: int = CAPTURE_WARMUP):
         device = next(paradigm.parameters()).device
         if device.type != "cuda":
             raise ValueError("CUDA graphs need the paradigm on a CUDA device")

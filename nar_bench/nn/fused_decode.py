@@ -212,6 +212,21 @@ class FusedDecode:
             torch._dynamo.mark_dynamic(out, 0)
         return self.block_outputs(block, rows, out, stacked_w13(block)).view(b, n, dim)
 
+    def whole_sequence(self, block: nn.Module, x: Tensor, freqs: Tensor) -> Tensor:
+        """Uncached, unmasked forward of a whole sequence (MaskGIT's bidirectional decoding step)
+        through the same two compiled regions, SDPA between them: x (B, S, dim), freqs (S, D/2, 2)."""
+        b, s, dim = x.shape
+        rows = x.reshape(b * s, dim)
+        freqs_rows = self.rope_rows_table(freqs, b, s)
+        if self.compile:
+            for t in (rows, freqs_rows):
+                torch._dynamo.mark_dynamic(t, 0)
+        q, k, v = (t.view(b, s, *t.shape[1:]).transpose(1, 2) for t in self.attention_inputs(block, rows, freqs_rows))
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * s, dim)
+        if self.compile:
+            torch._dynamo.mark_dynamic(out, 0)
+        return self.block_outputs(block, rows, out, stacked_w13(block)).view(b, s, dim)
+
     def rope_rows_table(self, freqs: Tensor, b: int, n: int) -> Tensor:
         """freqs expanded to one row per (batch row, token): (B * n, D/2, 2). Built once per step:
         every block of a step gets the same ``freqs`` object (the memo holds it, so identity is

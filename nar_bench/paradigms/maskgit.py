@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
+from nar_bench.nn.fused_decode import enable_fused_decode
 from nar_bench.nn.modes import eval_mode
 from nar_bench.nn.noise import RowNoise
 from nar_bench.nn.sampling import SamplingConfig, guided_logits, sample, with_null_class
@@ -123,7 +124,6 @@ class MaskGIT(Paradigm):
             raise NarBenchError(f"maskgit fills a raster code grid, but the tokenizer's codes are {codes.layout}; "
                                 "use a raster tokenizer (palette, vq)")
         super().__init__(model, codes, options)
-        self.compiled_masked_logits = None  # set by compile_decoding
         opt = self.options
         self.masked_after = masked_counts(self.num_tokens, opt.steps, opt.schedule)  # fails before building
         self.backbone = Transformer(model)
@@ -206,10 +206,11 @@ class MaskGIT(Paradigm):
         return self.backbone.head(h.gather(1, index[..., None].expand(-1, -1, h.shape[-1])))
 
     def compile_decoding(self) -> None:
-        """Compiles the per-step forward (``masked_logits``) with torch.compile, one dynamic-shape
-        graph for every step (the masked count shrinks). Safe to call twice."""
-        if self.compiled_masked_logits is None:
-            self.compiled_masked_logits = torch.compile(self.masked_logits, dynamic=True)
+        """Runs every block of the decoding forward through the shared fused regions
+        (``nar_bench.nn.fused_decode``: norm + QKV + RoPE, then wo + norm + SwiGLU + residuals, with
+        SDPA between), compiled once for all blocks, steps, batch sizes and paradigms: the rows
+        (batch x sequence) are their one dynamic dim. Safe to call twice."""
+        enable_fused_decode(self, compile=True)
 
     @torch.inference_mode()
     def generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
@@ -219,7 +220,6 @@ class MaskGIT(Paradigm):
             return self._generate(labels, sampling, generator)
 
     def _generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> Tensor:
-        masked_logits = self.compiled_masked_logits or self.masked_logits
         b, n, device = labels.shape[0], self.num_tokens, labels.device
         cond = with_null_class(labels, self.model_cfg.num_classes) if sampling.uses_cfg else labels
         tokens = labels.new_zeros(b, n)  # committed codes; a placeholder 0 where still masked
@@ -228,7 +228,7 @@ class MaskGIT(Paradigm):
         token_steps = labels.new_full((b, n), -1)
         guided = self.guided_steps(sampling)
         for s, (keep, temperature) in enumerate(zip(self.step_counts(), self.choice_temperatures(), strict=True)):
-            logits = guided_logits(masked_logits(tokens, masked, cond, pending), sampling, guided[s])  # (B, m, V)
+            logits = guided_logits(self.masked_logits(tokens, masked, cond, pending), sampling, guided[s])  # (B, m, V)
             ids = sample(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)  # (B, m)
             confidence = sampled_log_prob(logits, ids)
             if temperature > 0:
