@@ -8,10 +8,10 @@ from nar_bench.tokenizers import build_tokenizer
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def tiny_tokenizer(name: str):
+def tiny_tokenizer(name: str, image_size: int = 16):
     torch.manual_seed(0)
     extra = ["model.paradigm=var", "tokenizer.options.scales=[1,2,4]"] if name == "msvq" else []
-    cfg = load_config(None, [f"tokenizer.name={name}", "data.grid_size=4", "data.image_size=16", *extra])
+    cfg = load_config(None, [f"tokenizer.name={name}", "data.grid_size=4", f"data.image_size={image_size}", *extra])
     return build_tokenizer(cfg).eval()
 
 
@@ -29,11 +29,19 @@ def test_chunked_decode_equals_one_batch_decode(name):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", ["vq", "msvq"])
-def test_compiled_bf16_decode_is_close_to_eager_fp32_on_gpu(name):
-    tok = tiny_tokenizer(name).cuda()
-    codes = torch.randint(tok.vocab_size, (9, tok.encode(torch.zeros(1, 3, 16, 16, device="cuda")).shape[1]),
+def test_compiled_bf16_decode_is_as_close_to_fp32_as_eager_bf16_on_gpu(name):
+    """Stated tolerance: the compiled bf16 decode is within twice the eager bf16 decode's own error
+    against the fp32 decoder (max and mean abs), i.e. compiling loses no accuracy beyond bf16's."""
+    # VQ-16 at 64 px: a 4x4 latent (at 16 px its 1x1 latent gives token strides of 1 in channels_last,
+    # which bf16 SDPA rejects in the eager reference)
+    size = 64 if name == "vq" else 16
+    tok = tiny_tokenizer(name, size).cuda()
+    codes = torch.randint(tok.vocab_size, (9, tok.encode(torch.zeros(1, 3, size, size, device="cuda")).shape[1]),
                           device="cuda")
     with torch.no_grad():
         ref = tok.decode(codes).float()
-    out = FastDecoder(tok, chunk=4)(codes).float()
-    assert (out - ref).abs().max() < 0.05 and (out - ref).abs().mean() < 0.01
+    eager = FastDecoder(tok, chunk=4, compile=False)(codes).float()  # casts tok to bf16, channels_last
+    fast = FastDecoder(tok, chunk=4)(codes).float()
+    eager_err, fast_err = (eager - ref).abs(), (fast - ref).abs()
+    assert 0 < eager_err.max() < 0.1 * ref.abs().max()  # bf16 really ran, and sanely
+    assert fast_err.max() <= 2 * eager_err.max() and fast_err.mean() <= 2 * eager_err.mean()

@@ -52,4 +52,7 @@ def test_flex_training_step_equals_dense_mask_on_gpu(cls, options):
     grad = torch.autograd.grad(out.square().sum(), weight)[0]
     disable_flex_training(model)
     torch.testing.assert_close(out, ref, rtol=2e-3, atol=2e-3)  # fp32 (tf32 off by default)
-    torch.testing.assert_close(grad, ref_grad, rtol=2e-3, atol=2e-3)
+    # The gradient of a sum of squares reaches ~1e5 here; two fp32 kernels summing such terms in a
+    # different order differ by ~1e-6 of that (H200: 0.07 and 0.1 of 1e5 for NAR and AR), so the
+    # absolute tolerance is relative to the gradient's scale. A wrong mask is off by O(scale).
+    torch.testing.assert_close(grad, ref_grad, rtol=2e-3, atol=1e-5 * ref_grad.abs().max().item())

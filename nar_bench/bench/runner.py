@@ -187,8 +187,10 @@ def bench_model(label: str, cfg: DictConfig, device: torch.device, prov: dict[st
         log.warning("no profile for '%s': batch %d is above the largest that fits (%d)", label, bench.profile_batch,
                     fits)
     elif bench.profile_batch > 0:
+        # no warm-up run when the sweep has just run this model at that batch size
+        warm = bench.profile_batch in bench.batch_sizes
         table = profile_generation(paradigm, bench.profile_batch, sampling, bench.dtype, device=device,
-                                   decode_fn=protocol["decode_fn"])
+                                   decode_fn=protocol["decode_fn"], warmup=0 if warm else 1)
         path = profile_path(bench.output_dir, label)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"# {label}, batch {bench.profile_batch}, {settings_line(cfg)}\n# {provenance_line(prov)}\n"

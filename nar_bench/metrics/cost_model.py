@@ -37,6 +37,16 @@ def _formula(packet):
     return flop_registry.get(_ALIASES.get(packet, packet))
 
 
+# Composite ops that may contain a matmul, convolution or attention: under inference mode they
+# arrive undecomposed, so the counter decomposes them to reach those kernels. Other composites
+# (casts, reshapes, norms, softmax, dropout) hold only elementwise work, which the model counts as
+# free; running them whole keeps counting cheap (decomposing every one was ~4x the dispatches).
+_MATMUL_COMPOSITES = {aten.linear, aten.matmul, aten.einsum, aten.bilinear, aten.tensordot,
+                      aten.scaled_dot_product_attention, aten.conv1d, aten.conv2d, aten.conv3d,
+                      aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d, aten.chain_matmul,
+                      aten.linalg_multi_dot, aten.mv, aten.inner, aten.dot, aten.outer}
+
+
 class CostCounter(TorchDispatchMode):
     """Counts FLOPs and operand/result bytes of matmuls, convolutions and attention run under it."""
 
@@ -48,9 +58,8 @@ class CostCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         formula = _formula(func._overloadpacket)
-        if formula is None:
-            # Under inference mode composite ops (linear, SDPA) arrive undecomposed: decompose them
-            # with the counter active, so their matmuls / attention kernels are counted.
+        if formula is None and func._overloadpacket in _MATMUL_COMPOSITES:
+            # decomposed with the counter active, so their matmuls / attention kernels are counted
             with self:
                 out = func.decompose(*args, **kwargs)
             if out is not NotImplemented:

@@ -34,7 +34,10 @@ def block_mask_of(mask: Tensor, block_size: int = 128) -> BlockMask:
 
 @functools.cache
 def _compiled_flex():
-    return torch.compile(flex_attention, dynamic=False)
+    # Dynamic shapes: one compiled forward and backward serve every paradigm's sequence length
+    # (AR / NAR 257, PAR 256, video), batch and head count; static shapes recompiled (~35 s on an
+    # H200) for each, which dominated the bench's training-step rows.
+    return torch.compile(flex_attention, dynamic=True)
 
 
 def flex_masked_attention(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask) -> Tensor:
