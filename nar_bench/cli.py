@@ -27,6 +27,12 @@ def add_overwrite(p: argparse.ArgumentParser, what: str = "write into a folder h
     p.add_argument("--overwrite", action="store_true", help=what)
 
 
+def add_fresh(p: argparse.ArgumentParser, kept: str) -> None:
+    """The opt-out of resuming that the verbs with a parent run offer (``nar_bench.tracking.resume``)."""
+    p.add_argument("--fresh", action="store_true",
+                   help=f"start a new parent run instead of resuming this one's (re-running keeps {kept})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nar-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. bench.batch_sizes=[1,8,64]")
     p.add_argument("--out", help="results folder (default: bench.output_dir, results/runs/throughput)")
     add_overwrite(p)
+    add_fresh(p, "the models it measured on this GPU model at this commit")
     p.set_defaults(verb="nar_bench.bench.runner")
 
     p = sub.add_parser("sweep", help="train + evaluate every point of a sweep YAML (one MLflow parent run, a child "
@@ -60,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated variant names to run (default: all)")
     p.add_argument("--out", help="results folder (default: results/runs/<yaml name>)")
     add_overwrite(p)
-    p.add_argument("--fresh", action="store_true", help="start a new parent run instead of resuming this sweep's "
-                                                        "(re-running a sweep skips its FINISHED points)")
+    add_fresh(p, "its FINISHED points")
     p.set_defaults(verb="nar_bench.run.sweep")
 
     p = sub.add_parser("report", help="tables and a plot of one sweep's MLflow runs (mean ± std over distinct seeds)")

@@ -181,7 +181,9 @@ def test_sweep_runs_points_as_child_runs_records_oom_and_writes_tables_and_plots
     runs = client.search_runs([client.get_experiment_by_name("throughput").experiment_id])
     (parent,) = [r for r in runs if r.info.run_name == "throughput-sweep"]
     children = [r for r in runs if r is not parent]
-    assert parent.info.status == "FINISHED" and len(children) == 5
+    assert parent.info.status == "FINISHED" and len(children) == 5 + 2  # a run per point + each model's rows
+    assert sorted(r.info.run_name for r in children if r.info.run_name.endswith("/rows")) == ["AR-t/rows",
+                                                                                                  "nar-tiny/rows"]
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
     assert all(r.data.tags[COMMIT_TAG] == git_commit() and r.data.tags[DEVICE_TAG] for r in runs)
     by_name = {r.info.run_name: r for r in children}
@@ -191,6 +193,37 @@ def test_sweep_runs_points_as_child_runs_records_oom_and_writes_tables_and_plots
     assert oom.params["status"] == "oom" and not oom.metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"points.csv", "summary.csv", "throughput.md", "figure6.png", "profile_AR-t.txt"} <= artifacts
+
+
+def test_a_stopped_bench_resumes_keeping_the_models_it_measured(tmp_path, monkeypatch):
+    """The first run dies in NAR's cost counting (after AR was measured); the re-run measures only
+    NAR and reports both from one parent run; --fresh measures both again."""
+    import nar_bench.bench.runner as runner
+
+    measured = []
+    original = runner.bench_model
+
+    def bench_model(label, *args, **kwargs):
+        measured.append(label)
+        if label == "nar-tiny" and measured.count("nar-tiny") == 1:
+            raise KeyboardInterrupt("SIGTERM")  # what a time limit's signal becomes (lifecycle.interruptible)
+        yield from original(label, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "bench_model", bench_model)
+    args = bench_args(tmp_path, "bench.points=[{name: AR-t, paradigm: ar, size: tiny}, {paradigm: nar, size: tiny}]")
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    assert stopped.value.code == 130 and not (tmp_path / "out" / "points.csv").exists()
+    assert main(args) == 0 and measured == ["AR-t", "nar-tiny", "nar-tiny"]
+    points = pd.read_csv(tmp_path / "out" / "points.csv")
+    assert list(zip(points.model, points.batch_size, strict=True)) == [
+        ("AR-t", 1), ("AR-t", 2), ("AR-t", 4), ("nar-tiny", 1), ("nar-tiny", 2), ("nar-tiny", 4)]
+    assert "aten::" in (tmp_path / "out" / "profile_AR-t.txt").read_text()  # the kept model's profile too
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    runs = client.search_runs([client.get_experiment_by_name("throughput").experiment_id])
+    parents = [r for r in runs if r.info.run_name == "throughput-sweep"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert main([*args, "--fresh"]) == 0 and measured[3:] == ["AR-t", "nar-tiny"]
 
 
 @pytest.mark.parametrize("override, message", [

@@ -4,12 +4,18 @@ Each model of ``bench.points`` is built through the registry, given random weigh
 with the efficiency protocol at ascending batch sizes until one runs out of GPU memory (recorded
 as the model's limit). One MLflow parent run ("throughput-sweep") holds a child run per point; the
 tables and plots go to ``bench.output_dir`` and are logged to the parent run.
+
+A bench resumes like a sweep: each model, once measured (points, profile and training rows), logs
+its rows on a child run ``<model>/rows``; re-running the same command on the same GPU model at the
+same commit reopens the parent run and keeps those models, so a sweep stopped by a time limit or a
+crash measures only what is missing. ``--fresh`` re-measures everything.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import logging
 import re
 import sys
@@ -48,6 +54,7 @@ from nar_bench.tokenizers import build_tokenizer
 from nar_bench.tokenizers.base import CodeSpace
 from nar_bench.tracking.mlflow import PARENT_TAG, client, create_run, experiment_id, parent_run
 from nar_bench.tracking.provenance import guard_output, provenance, provenance_line, write_provenance
+from nar_bench.tracking.resume import POINT_KEY_TAG, POINT_ROW, finished_points, point_key, sweep_key
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +158,20 @@ def log_point(mlflow: MlflowClient, exp_id: str, parent_id: str, row: dict) -> N
     mlflow.set_terminated(run.info.run_id)
 
 
+def bench_key(cfg: DictConfig, prov: dict[str, str]) -> str:
+    """Sweep key of a bench: its settings on this GPU model at this commit, so a resumed bench only
+    keeps models measured by the same code on the same kind of device."""
+    return hashlib.sha256(f"{sweep_key(cfg)}|{prov['device']}|{prov['commit']}".encode()).hexdigest()[:16]
+
+
+def record_model(mlflow: MlflowClient, exp_id: str, parent_id: str, label: str, key: str, rows: dict) -> None:
+    """The measured model's rows (points, training, profile text) on a FINISHED child run, where a
+    resumed bench reads them back."""
+    run = create_run(mlflow, exp_id, f"{label}/rows", tags={PARENT_TAG: parent_id, POINT_KEY_TAG: key})
+    mlflow.log_dict(run.info.run_id, rows, POINT_ROW)
+    mlflow.set_terminated(run.info.run_id)
+
+
 def bench_model(label: str, cfg: DictConfig, device: torch.device, prov: dict[str, str],
                 ceilings: Ceilings | None = None, training: list[dict] | None = None) -> Iterator[dict]:
     """Result rows of one model at ascending batch sizes, up to and including its OOM point; with
@@ -225,10 +246,12 @@ def eager_on_cpu(cfg: DictConfig, device: torch.device) -> DictConfig:
     return merge(cfg, {"bench": {"cuda_graph": False}}, source="CPU fallback")
 
 
-def run_throughput_sweep(cfg: DictConfig, command: str | None = None, overwrite: bool = False) -> pd.DataFrame:
+def run_throughput_sweep(cfg: DictConfig, command: str | None = None, overwrite: bool = False,
+                         fresh: bool = False) -> pd.DataFrame:
     """Runs the sweep of ``cfg.bench``; returns the table of points (one row per model and batch
     size, ``status`` ok | oom) and writes it with the summary and plots to ``bench.output_dir``
-    (refused before any work if that folder holds committed results, unless ``overwrite``)."""
+    (refused before any work if that folder holds committed results, unless ``overwrite``). Models
+    an earlier run of the same bench measured are kept unless ``fresh`` (module docstring)."""
     guard_output(cfg.bench.output_dir, overwrite)
     device = bench_device(cfg.bench.device)
     cfg = eager_on_cpu(cfg, device)
@@ -242,15 +265,36 @@ def run_throughput_sweep(cfg: DictConfig, command: str | None = None, overwrite:
     rows, training, failed = [], [], []
     ceilings = measure_ceilings(device.type) if bench.roofline and device.type == "cuda" else None
     per_model = len(set(bench.batch_sizes))
-    with parent_run(cfg.tracking, SWEEP_NAME, params) as parent_id, \
+    with parent_run(cfg.tracking, SWEEP_NAME, params, key=bench_key(cfg, prov), fresh=fresh) as parent_id, \
             tqdm(total=len(points) * per_model, desc=SWEEP_NAME, leave=False) as bar:
+        done = finished_points(cfg.tracking, parent_id)
+        kept = [label for label, point_cfg in points if point_key(point_cfg) in done]
+        if kept:
+            print(f"nar-bench: keeping {len(kept)} model(s) measured earlier in this bench ({', '.join(kept)}); "
+                  "--fresh re-measures them", flush=True)
         for i, (label, point_cfg) in enumerate(points):
+            key = point_key(point_cfg)
+            if key in done:
+                rows += done[key]["points"]
+                training += done[key]["training"]
+                if done[key]["profile"] is not None:
+                    profile_path(bench.output_dir, label).parent.mkdir(parents=True, exist_ok=True)
+                    profile_path(bench.output_dir, label).write_text(done[key]["profile"])
+                bar.update((i + 1) * per_model - bar.n)
+                continue
             try:
-                for row in bench_model(label, point_cfg, device, prov, ceilings, training):
+                model_rows, model_training = [], []
+                for row in bench_model(label, point_cfg, device, prov, ceilings, model_training):
                     bar.set_postfix_str(f"{label} bs={row['batch_size']} {row['status']}")
                     bar.update()
                     log_point(mlflow, exp_id, parent_id, row)
                     rows.append(row)
+                    model_rows.append(row)
+                training += model_training
+                profile = profile_path(bench.output_dir, label)
+                record_model(mlflow, exp_id, parent_id, label, key, {
+                    "points": model_rows, "training": model_training,
+                    "profile": profile.read_text() if profile.is_file() else None})
             except Exception as err:  # one model's failure is reported, the other models still run
                 log.exception("bench point '%s' failed", label)
                 failed.append(f"{label}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
@@ -277,5 +321,5 @@ def main(args: argparse.Namespace) -> None:
     if args.out:
         cfg = merge(cfg, {"bench": {"output_dir": args.out}}, source="--out")
     with interruptible():  # SIGINT / SIGTERM end the sweep's runs KILLED
-        run_throughput_sweep(cfg, command=args.command_line, overwrite=args.overwrite)
+        run_throughput_sweep(cfg, command=args.command_line, overwrite=args.overwrite, fresh=args.fresh)
     print(f"results in {cfg.bench.output_dir}")

@@ -21,7 +21,6 @@ import ctypes
 import gc
 import hashlib
 import json
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,8 +39,17 @@ from nar_bench.lit.trainer import uses_gpu
 from nar_bench.run.evaluate import evaluate
 from nar_bench.run.train import finish_run, fit
 from nar_bench.tracking.lifecycle import run_end_status
-from nar_bench.tracking.mlflow import RUN_DIR_TAG, child_runs, client, make_logger, parent_run
+from nar_bench.tracking.mlflow import RUN_DIR_TAG, client, make_logger, parent_run
 from nar_bench.tracking.report import POINT_TAG, SEED_TAG, TRAINED_IN_TAG, VARIANT_TAG
+from nar_bench.tracking.resume import (
+    OUTPUT_SETTINGS,
+    POINT_KEY_TAG,
+    POINT_ROW,
+    finished_points,
+    point_key,
+    settings_without,
+    sweep_key,
+)
 
 # (point name, point config, parent run id) -> one result row; the function opens the child run
 RunPoint = Callable[[str, DictConfig, str], dict]
@@ -50,41 +58,12 @@ FinishSweep = Callable[[pd.DataFrame, str], None]
 
 SUMMARY_COLUMNS = ("paradigm", "size", "params_M", "steps_per_image", "train_steps", "train_loss", "val_loss",
                    "device")
-POINT_KEY_TAG = "nar_bench.point_key"  # hash of the point's config without tracking / output settings
 TRAINING_KEY_TAG = "nar_bench.training_key"  # hash of training_key: finished trainings a resumed sweep reuses
-POINT_ROW = "point.json"  # the point's result row, logged on its child run (a resumed sweep reads it back)
-# settings that name where results go, not what is computed
-OUTPUT_SETTINGS = ("tracking", "output_dir", "trainer.resume", "bench.output_dir")
-
-
-def _settings(cfg: DictConfig, drop: tuple[str, ...]) -> dict:
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in drop:
-        *parents, leaf = dotted.split(".")
-        node = settings
-        for part in parents:
-            node = node.get(part, {})
-        node.pop(leaf, None)
-    return settings
-
-
-def _digest(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def training_key(cfg: DictConfig) -> str:
     """Everything that determines the trained weights: the config without eval / tracking / output."""
-    return json.dumps(_settings(cfg, ("eval", "sweep", *OUTPUT_SETTINGS)), sort_keys=True)
-
-
-def point_key(cfg: DictConfig) -> str:
-    """Stable hash of everything that determines a point's result (training and evaluation)."""
-    return _digest(_settings(cfg, ("sweep", *OUTPUT_SETTINGS)))
-
-
-def sweep_key(cfg: DictConfig) -> str:
-    """Stable hash of a sweep: its points' settings (after overrides and ``--only``) and the sweep itself."""
-    return _digest(_settings(cfg, OUTPUT_SETTINGS))
+    return json.dumps(settings_without(cfg, ("eval", "sweep", *OUTPUT_SETTINGS)), sort_keys=True)
 
 
 def point_columns(name: str, cfg: DictConfig, grid_keys: list[str]) -> dict:
@@ -205,23 +184,6 @@ class TrainAndEvaluate:
         for tag, value in tags.items():
             logger.experiment.set_tag(logger.run_id, tag, value)
         logger.experiment.log_dict(logger.run_id, row, POINT_ROW)
-
-
-def finished_points(tracking: DictConfig, parent_run_id: str) -> dict[str, dict]:
-    """{point key: result row} of the FINISHED child runs of ``parent_run_id`` (the latest per key)."""
-    c = client(tracking)
-    rows = {}
-    for run in child_runs(tracking, parent_run_id):
-        key = run.data.tags.get(POINT_KEY_TAG)
-        if run.info.status != "FINISHED" or key is None:
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                path = c.download_artifacts(run.info.run_id, POINT_ROW, tmp)
-            except Exception:  # finished without its row (an older nar-bench): run it again
-                continue
-            rows[key] = json.loads(Path(path).read_text())
-    return rows
 
 
 def training_groups(points: list[tuple[str, DictConfig]]) -> list[int]:
