@@ -250,6 +250,13 @@ def test_compiled_decoding_generates_the_same_tokens_as_eager():
     assert torch.equal(model.generate(labels, greedy), eager)
 
 
+def test_a_paradigm_without_a_compiled_path_is_recorded_as_eager(monkeypatch):
+    model, _ = tiny_paradigm("ar")
+    monkeypatch.setattr(type(model), "compile_decoding", lambda self: False)  # the Paradigm hook's default
+    r = measure_generation(model, 2, SAMPLING, dtype="fp32", warmup=0, repeats=1, device="cpu", compile=True)
+    assert r.status == "ok" and not r.compiled and r.compile_s is None
+
+
 def test_inference_decoder_casts_to_bf16_channels_last_and_decodes_like_fp32():
     from nar_bench.metrics.efficiency import inference_decoder
     from tests.test_vq import tiny_tokenizer

@@ -10,8 +10,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from nar_bench.checkpoints import load_official, to_official
 from nar_bench.config import load_config, paradigm_options, transformer_config
 from nar_bench.errors import NarBenchError
+from nar_bench.nn.adaln import FusedAdaLNDecode
 from nar_bench.nn.sampling import SamplingConfig, guide
-from nar_bench.nn.transformer import MODEL_SIZES, TransformerConfig, count_parameters
+from nar_bench.nn.transformer import MODEL_SIZES, TransformerConfig, count_parameters, setup_kv_caches
 from nar_bench.paradigms.base import step_of_positions
 from nar_bench.paradigms.var import VAR, VAROptions
 from nar_bench.registry import PARADIGMS, TOKENIZERS
@@ -207,3 +208,48 @@ def test_tiny_end_to_end_train_and_sample(tmp_path):
     out = var.generate(torch.tensor([0, 1, 2, 3]), SamplingConfig(cfg_scale=2.0, top_k=20, top_p=0.95))
     samples = tok.decode(out)
     assert out.shape == (4, 85) and samples.shape == (4, 3, 16, 16) and samples.abs().max() <= 1
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_fused_decode_step_equals_the_eager_block(compile):
+    """The fused AdaLN step (compiled regions around the shared decode attention) writes the same
+    cache and gives the same block outputs as the eager cached forward, scale after scale."""
+    torch.manual_seed(0)
+    block = tiny_var().eval().blocks[0]
+    cond, xs = torch.randn(3, 32), [torch.randn(3, n, 32) for n in (1, 4, 9)]
+    outputs, caches = [], []
+    for fused in (None, FusedAdaLNDecode(compile=compile)):
+        block.fused_decode = fused
+        setup_kv_caches(block, 3, 14)
+        start, outs = 0, []
+        with torch.no_grad():
+            for x in xs:
+                outs.append(block(x, cond, cache_start=start))
+                start += x.shape[1]
+        outputs.append(outs)
+        caches.append(block.attn.kv_cache)
+        block.attn.kv_cache = None
+    for out, ref in zip(outputs[1], outputs[0], strict=True):
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(caches[1].k, caches[0].k, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(caches[1].v, caches[0].v, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_decoding_gives_the_eager_greedy_codes():
+    var = tiny_var().eval()
+    labels, greedy = torch.tensor([0, 3]), SamplingConfig(cfg_scale=2.0, temperature=0)
+    ref = var.generate(labels, greedy)
+    assert var.compile_decoding() and all(b.fused_decode is not None for b in var.blocks)
+    out = var.generate(labels, greedy)
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.cuda
+def test_compiled_decoding_gives_the_eager_greedy_codes_on_gpu():
+    """On a GPU the fused step runs the Triton decode attention (tiny heads of 16)."""
+    tokenizer = tiny_msvq(scales=TINY_SCALES).cuda()  # VAR builds each next scale's input with it
+    var = tiny_var(tokenizer=tokenizer).cuda().eval()
+    labels, greedy = torch.tensor([0, 3, 1], device="cuda"), SamplingConfig(cfg_scale=2.0, temperature=0)
+    ref = var.generate(labels, greedy)
+    assert var.compile_decoding()
+    assert torch.equal(var.generate(labels, greedy), ref)

@@ -195,20 +195,18 @@ def measure_generation(
     """Latency, throughput and peak memory of generating ``batch_size`` images (module docstring
     has the protocol). ``decode_fn`` (e.g. ``tokenizer.decode``) is timed with the generation;
     ``cuda_graph`` captures the whole generation in a CUDA graph before the warm-up runs;
-    ``compile`` compiles the per-step forward first (``paradigm.compile_decoding()``); ``cost`` and
+    ``compile`` compiles the per-step forward first (``paradigm.compile_decoding()``; a paradigm without a
+    compiled path is timed eager and recorded compiled=False); ``cost`` and
     ``ceilings`` (``nar_bench.metrics.cost_model``) add the roofline columns."""
     if batch_size < 1 or warmup < 0 or repeats < 1:
         raise NarBenchError(f"need batch_size >= 1, warmup >= 0, repeats >= 1; got {batch_size}, {warmup}, {repeats}")
     device = resolve_device(paradigm, device)
     paradigm.to(dtype=inference_dtype(dtype))  # fails on an unknown dtype before anything runs
-    if compile:
-        if not hasattr(paradigm, "compile_decoding"):
-            raise NarBenchError(f"paradigm '{paradigm.name}' has no compiled decode path; set bench.compile=false")
-        paradigm.compile_decoding()
+    compiled = compile and paradigm.compile_decoding()  # False: this paradigm has no compiled path
     result = EfficiencyResult(
         paradigm=paradigm.name, size=size or model_size_name(paradigm), params=count_parameters(paradigm),
         steps=paradigm.num_steps, batch_size=batch_size, dtype=dtype, cfg=sampling.uses_cfg,
-        tokenizer_decode=decode_fn is not None, cuda_graph=cuda_graph, compiled=compile,
+        tokenizer_decode=decode_fn is not None, cuda_graph=cuda_graph, compiled=compiled,
         device=device_name(device),
         torch=torch.__version__,
     )
@@ -236,7 +234,7 @@ def measure_generation(
     result.throughput_img_s = batch_size / result.latency_s
     result.peak_mem_gb = torch.cuda.max_memory_allocated(device) / GIB if cuda else None
     result.setup_s = setup_s
-    if compile:  # the warm-up runs (and the one before a graph capture) at the steady-state latency
+    if compiled:  # the warm-up runs (and the one before a graph capture) at the steady-state latency
         result.compile_s = max(0.0, setup_s - (warmup + CAPTURE_WARMUP * cuda_graph) * result.latency_s)
     if cost is not None:
         for key, value in roofline(cost, batch_size, result.latency_s, ceilings).items():

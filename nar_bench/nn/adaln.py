@@ -8,6 +8,7 @@ for decoding (``nar_bench.nn.transformer.KVCache``).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -94,8 +95,13 @@ class AdaLNSelfAttn(nn.Module):
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))
         self.drop_path = DropPath(drop_path)
 
+    # Set by ``VAR.compile_decoding``: cached eval forwards then run the fused step instead
+    fused_decode = None
+
     def forward(self, x: Tensor, cond: Tensor, mask: Tensor | None = None, cache_start: int | None = None) -> Tensor:
         """x (B, n, C), cond (B, D) -> (B, n, C)."""
+        if self.fused_decode is not None and cache_start is not None and mask is None and not self.training:
+            return self.fused_decode(self, x, cond, cache_start)
         g1, g2, s1, s2, b1, b2 = self.ada_lin(cond).view(-1, 1, 6, self.dim).unbind(2)
         x = x + self.drop_path(self.attn(self.ln_wo_grad(x) * (s1 + 1) + b1, mask, cache_start) * g1)
         return x + self.drop_path(self.ffn(self.ln_wo_grad(x) * (s2 + 1) + b2) * g2)
@@ -113,3 +119,69 @@ class AdaLNBeforeHead(nn.Module):
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         scale, shift = self.ada_lin(cond).view(-1, 1, 2, self.dim).unbind(2)
         return self.ln_wo_grad(x) * (scale + 1) + shift
+
+
+# --- fused decode step (the bench's compiled path) ------------------------------------------------
+def adaln_attention_inputs(block: AdaLNSelfAttn, x: Tensor, mods: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """x (B, n, C), mods (B, 1, 6, C) = (g1, g2, s1, s2, b1, b2) -> q, k, v (B * n, H, d) for
+    ``fused_decode.decode_attention``, whose softmax scale is 1/sqrt(d): q carries VAR's own scale
+    times sqrt(d) (exact for d a power of two)."""
+    attn, (b, n, c) = block.attn, x.shape
+    _, _, s1, _, b1, _ = mods.unbind(2)
+    h = F.layer_norm(x, (c,), eps=NORM_EPS) * (s1 + 1) + b1
+    bias = torch.cat([attn.q_bias, torch.zeros_like(attn.q_bias), attn.v_bias])
+    q, k, v = F.linear(h, attn.mat_qkv.weight, bias).view(b * n, 3, attn.n_heads, attn.head_dim).unbind(1)
+    scale = attn.scale * math.sqrt(attn.head_dim)
+    if attn.l2_norm:
+        scale_mul = attn.scale_mul_1H11.clamp_max(math.log(100)).exp().view(attn.n_heads, 1)
+        q, k = F.normalize(q, dim=-1) * (scale_mul * scale), F.normalize(k, dim=-1)
+    else:
+        q = q * scale
+    return q, k, v
+
+
+def adaln_block_outputs(block: AdaLNSelfAttn, x: Tensor, attn_out: Tensor, mods: Tensor) -> Tensor:
+    """Residual stream x (B, n, C) and the attention output (B * n, C) -> the block's output."""
+    g1, g2, _, s2, _, b2 = mods.unbind(2)
+    c = x.shape[-1]
+    x = x + F.linear(attn_out.view_as(x), block.attn.proj.weight, block.attn.proj.bias) * g1
+    h = F.layer_norm(x, (c,), eps=NORM_EPS) * (s2 + 1) + b2
+    ffn = block.ffn
+    return x + F.linear(F.gelu(F.linear(h, ffn.fc1.weight, ffn.fc1.bias), approximate="tanh"),
+                        ffn.fc2.weight, ffn.fc2.bias) * g2
+
+
+class FusedAdaLNDecode:
+    """VAR's cached block step as two compiled regions (LayerNorm + modulation + QKV + L2 norm;
+    projection + gate + LayerNorm + modulation + GELU MLP + gate) around the shared decode
+    attention, which writes the scale's k/v into the static cache and attends over the filled
+    prefix. Batch and tokens-per-scale are the dynamic dims (one graph for every scale and batch;
+    a dim of size one gets its own). ``compile=False`` runs the same functions eagerly (tests)."""
+
+    def __init__(self, compile: bool = True, attention: str = "auto"):
+        self.compile, self.attention = compile, attention
+        self.attention_inputs = torch.compile(adaln_attention_inputs) if compile else adaln_attention_inputs
+        self.block_outputs = torch.compile(adaln_block_outputs) if compile else adaln_block_outputs
+
+    def __call__(self, block: AdaLNSelfAttn, x: Tensor, cond: Tensor, cache_start: int) -> Tensor:
+        from nar_bench.nn.fused_decode import decode_attention
+
+        mods = block.ada_lin(cond).view(-1, 1, 6, block.dim)
+        if self.compile:
+            for t, dims in ((x, (0, 1)), (mods, (0,))):
+                for d in dims:
+                    if t.shape[d] > 1:  # a size-one dim specialises; marking it would be an error
+                        torch._dynamo.mark_dynamic(t, d)
+        q, k, v = self.attention_inputs(block, x, mods)
+        cache = block.attn.kv_cache
+        out = decode_attention(q.to(cache.k.dtype), k.to(cache.k.dtype), v.to(cache.v.dtype), cache.k, cache.v,
+                               cache_start, x.shape[1], self.attention).to(x.dtype)
+        if self.compile and out.shape[0] > 1:
+            torch._dynamo.mark_dynamic(out, 0)
+        return self.block_outputs(block, x, out, mods)
+
+
+@functools.cache
+def fused_adaln_decode(compile: bool = True, attention: str = "auto") -> FusedAdaLNDecode:
+    """One shared instance per setting: its compiled regions serve every block and model."""
+    return FusedAdaLNDecode(compile, attention)

@@ -89,9 +89,10 @@ class Paradigm(nn.Module, ABC):
         device = weight.device.type
         return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
 
-    def compile_decoding(self) -> None:
-        """Hook: compiles what decoding runs per step (the bench's ``bench.compile``); a paradigm
-        without a compiled path keeps eager decoding."""
+    def compile_decoding(self) -> bool:
+        """Hook: compiles what decoding runs per step (the bench's ``bench.compile``); returns
+        whether it did. A paradigm without a compiled path keeps eager decoding (False)."""
+        return False
 
     @abstractmethod
     def generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:

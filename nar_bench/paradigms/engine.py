@@ -81,13 +81,14 @@ class SequenceParadigm(Paradigm):
         """Logits (B, n_step, V) for the tokens of ``step`` from the state fed at step-1 (or the
         condition, for step 0), in the order of ``schedule()[step]``."""
 
-    def compile_decoding(self, attention: str = "auto") -> None:
+    def compile_decoding(self, attention: str = "auto") -> bool:
         """Routes every cached block step through the fused decode path
         (``nar_bench.nn.fused_decode``): two torch.compile regions per block (norm + QKV + RoPE;
         wo + norm + SwiGLU + residuals), compiled once for all blocks, steps and batch sizes, and a
         decode attention kernel that writes the KV cache and reads only its filled prefix.
         Safe to call twice."""
         enable_fused_decode(self, compile=True, attention=attention)
+        return True
 
     def device_schedule(self, device: torch.device) -> list[Tensor]:
         """The schedule's index tensors on ``device``, copied once: the decode loop then does no

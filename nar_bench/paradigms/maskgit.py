@@ -205,12 +205,13 @@ class MaskGIT(Paradigm):
         index = (self.model_cfg.cls_token_num + pending).repeat(rows, 1)
         return self.backbone.head(h.gather(1, index[..., None].expand(-1, -1, h.shape[-1])))
 
-    def compile_decoding(self) -> None:
+    def compile_decoding(self) -> bool:
         """Runs every block of the decoding forward through the shared fused regions
         (``nar_bench.nn.fused_decode``: norm + QKV + RoPE, then wo + norm + SwiGLU + residuals, with
         SDPA between), compiled once for all blocks, steps, batch sizes and paradigms: the rows
         (batch x sequence) are their one dynamic dim. Safe to call twice."""
         enable_fused_decode(self, compile=True)
+        return True
 
     @torch.inference_mode()
     def generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:

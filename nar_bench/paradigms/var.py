@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
-from nar_bench.nn.adaln import AdaLNBeforeHead, AdaLNSelfAttn
+from nar_bench.nn.adaln import AdaLNBeforeHead, AdaLNSelfAttn, fused_adaln_decode
 from nar_bench.nn.modes import eval_mode
 from nar_bench.nn.sampling import SamplingConfig, sample_step, with_null_class
 from nar_bench.nn.transformer import TransformerConfig, drop_labels, setup_kv_caches
@@ -129,6 +129,14 @@ class VAR(Paradigm):
         if not self.options.cfg_ramp:
             return [cfg_scale] * k
         return [1 + (cfg_scale - 1) * si / (k - 1) for si in range(k)]
+
+    def compile_decoding(self) -> bool:
+        """Runs every block's cached step through the fused AdaLN step (``adaln.FusedAdaLNDecode``:
+        two torch.compile regions around the shared decode attention), compiled once for all blocks,
+        scales and batch sizes. Safe to call twice."""
+        for block in self.blocks:
+            block.fused_decode = fused_adaln_decode(compile=True)
+        return True
 
     # --- model ------------------------------------------------------------------------------------
     def _logits(self, h: Tensor, cond: Tensor) -> Tensor:
