@@ -250,6 +250,16 @@ def test_compiled_decoding_generates_the_same_tokens_as_eager():
     assert torch.equal(model.generate(labels, greedy), eager)
 
 
+@pytest.mark.parametrize("paradigm", ["ar", "nar"])
+def test_compile_time_is_counted_once_not_at_every_batch_size(paradigm):
+    """compile_s is torch.compile's own time: the second batch size reuses every graph (rows are
+    the one dynamic dim), so it compiles nothing."""
+    model, _ = tiny_paradigm(paradigm)
+    first, second = (measure_generation(model, b, SAMPLING, dtype="fp32", warmup=1, repeats=1, device="cpu",
+                                        compile=True) for b in (2, 3))
+    assert first.compile_s >= 0 and second.compile_s == 0 and second.setup_s > 0
+
+
 def test_a_paradigm_without_a_compiled_path_is_recorded_as_eager(monkeypatch):
     model, _ = tiny_paradigm("ar")
     monkeypatch.setattr(type(model), "compile_decoding", lambda self: False)  # the Paradigm hook's default

@@ -13,8 +13,9 @@ memory comes back with status "oom" instead of raising.
 Given a ``Cost`` (``nar_bench.metrics.cost_model``: FLOPs and floor bytes per batch, its docstring
 states the model) and the device's measured ``Ceilings``, a point also reports achieved TFLOP/s,
 GB/s and % of the compute floor. ``setup_s`` is the wall time before the first timed run (graph
-capture, warm-up runs, and compilation when compiled); ``compile_s`` = setup_s minus the time those
-runs take at the measured latency, reported for compiled points only.
+capture, warm-up runs, and compilation when compiled); ``compile_s`` is the part of it torch.compile
+spent compiling (Dynamo's own cumulative timer, so host-side passes and graph capture are not
+counted as compilation), reported for compiled points only: 0 when every graph was reused.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
 from nar_bench.metrics.cost_model import Ceilings, Cost, roofline
-from nar_bench.nn.cuda_graph import CAPTURE_WARMUP, GraphedGenerate
+from nar_bench.nn.cuda_graph import GraphedGenerate
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import count_parameters, size_name
 from nar_bench.paradigms.base import Paradigm
@@ -63,7 +64,7 @@ class EfficiencyResult:
     throughput_img_s: float | None = None
     peak_mem_gb: float | None = None  # GiB; None on CPU
     setup_s: float | None = None  # graph capture + warm-up (+ compilation), before the timed runs
-    compile_s: float | None = None  # setup_s minus its runs at the measured latency; compiled points only
+    compile_s: float | None = None  # torch.compile time within setup_s; compiled points only
     gflop_per_image: float | None = None  # with a Cost: FLOPs of the batch / batch_size
     tflops_s: float | None = None  # achieved
     gbps: float | None = None  # floor bytes / latency
@@ -104,6 +105,14 @@ def inference_decoder(tokenizer: nn.Module, dtype: str, compile: bool = False, c
         return FastDecoder(tokenizer, inference_dtype(dtype), chunk=chunk)
     tokenizer.to(dtype=inference_dtype(dtype), memory_format=torch.channels_last)
     return tokenizer.decode
+
+
+def compile_seconds() -> float:
+    """Seconds torch.compile has spent compiling in this process so far (Dynamo's timer, which
+    covers tracing, Inductor and waiting for its kernel builds)."""
+    from torch._dynamo.utils import cumulative_time_spent_ns
+
+    return cumulative_time_spent_ns.get("entire_frame_compile", 0) / 1e9
 
 
 def reset_device_memory(device: torch.device | str | None = None) -> None:
@@ -216,13 +225,13 @@ def measure_generation(
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        setup_start = time.perf_counter()
+        setup_start, compiled_before = time.perf_counter(), compile_seconds()
         run = generation_run(paradigm, labels, sampling, decode_fn, cuda_graph)
         for _ in range(warmup):
             run()
         if cuda:
             torch.cuda.synchronize(device)
-        setup_s = time.perf_counter() - setup_start
+        setup_s, compile_s = time.perf_counter() - setup_start, compile_seconds() - compiled_before
         times = [timed(run, device) for _ in range(repeats)]
     except torch.cuda.OutOfMemoryError:
         result.status = "oom"
@@ -234,8 +243,8 @@ def measure_generation(
     result.throughput_img_s = batch_size / result.latency_s
     result.peak_mem_gb = torch.cuda.max_memory_allocated(device) / GIB if cuda else None
     result.setup_s = setup_s
-    if compiled:  # the warm-up runs (and the one before a graph capture) at the steady-state latency
-        result.compile_s = max(0.0, setup_s - (warmup + CAPTURE_WARMUP * cuda_graph) * result.latency_s)
+    if compiled:
+        result.compile_s = compile_s
     if cost is not None:
         for key, value in roofline(cost, batch_size, result.latency_s, ceilings).items():
             setattr(result, key, value)
