@@ -273,27 +273,24 @@ def run_throughput_sweep(cfg: DictConfig, command: str | None = None, overwrite:
             print(f"nar-bench: keeping {len(kept)} model(s) measured earlier in this bench ({', '.join(kept)}); "
                   "--fresh re-measures them", flush=True)
         for i, (label, point_cfg) in enumerate(points):
-            key = point_key(point_cfg)
+            key, profile = point_key(point_cfg), profile_path(bench.output_dir, label)
             if key in done:
                 rows += done[key]["points"]
                 training += done[key]["training"]
                 if done[key]["profile"] is not None:
-                    profile_path(bench.output_dir, label).parent.mkdir(parents=True, exist_ok=True)
-                    profile_path(bench.output_dir, label).write_text(done[key]["profile"])
+                    profile.parent.mkdir(parents=True, exist_ok=True)
+                    profile.write_text(done[key]["profile"])
                 bar.update((i + 1) * per_model - bar.n)
                 continue
+            first_row, first_training = len(rows), len(training)
             try:
-                model_rows, model_training = [], []
-                for row in bench_model(label, point_cfg, device, prov, ceilings, model_training):
+                for row in bench_model(label, point_cfg, device, prov, ceilings, training):
                     bar.set_postfix_str(f"{label} bs={row['batch_size']} {row['status']}")
                     bar.update()
                     log_point(mlflow, exp_id, parent_id, row)
                     rows.append(row)
-                    model_rows.append(row)
-                training += model_training
-                profile = profile_path(bench.output_dir, label)
                 record_model(mlflow, exp_id, parent_id, label, key, {
-                    "points": model_rows, "training": model_training,
+                    "points": rows[first_row:], "training": training[first_training:],
                     "profile": profile.read_text() if profile.is_file() else None})
             except Exception as err:  # one model's failure is reported, the other models still run
                 log.exception("bench point '%s' failed", label)
