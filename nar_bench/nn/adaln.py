@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nar_bench.nn.fused_decode import decode_attention
 from nar_bench.nn.transformer import KVCache
 
 NORM_EPS = 1e-6  # VAR's LayerNorm eps
@@ -125,7 +126,7 @@ class AdaLNBeforeHead(nn.Module):
 def adaln_attention_inputs(block: AdaLNSelfAttn, x: Tensor, mods: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """x (B, n, C), mods (B, 1, 6, C) = (g1, g2, s1, s2, b1, b2) -> q, k, v (B * n, H, d) for
     ``fused_decode.decode_attention``, whose softmax scale is 1/sqrt(d): q carries VAR's own scale
-    times sqrt(d) (exact for d a power of two)."""
+    times sqrt(d)."""
     attn, (b, n, c) = block.attn, x.shape
     _, _, s1, _, b1, _ = mods.unbind(2)
     h = F.layer_norm(x, (c,), eps=NORM_EPS) * (s1 + 1) + b1
@@ -164,8 +165,6 @@ class FusedAdaLNDecode:
         self.block_outputs = torch.compile(adaln_block_outputs) if compile else adaln_block_outputs
 
     def __call__(self, block: AdaLNSelfAttn, x: Tensor, cond: Tensor, cache_start: int) -> Tensor:
-        from nar_bench.nn.fused_decode import decode_attention
-
         mods = block.ada_lin(cond).view(-1, 1, 6, block.dim)
         if self.compile:
             for t, dims in ((x, (0, 1)), (mods, (0,))):
