@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nar_bench.nn.fused_decode import decode_attention
+from nar_bench.nn.fused_decode import decode_attention, mark_varying
 from nar_bench.nn.transformer import KVCache
 
 NORM_EPS = 1e-6  # VAR's LayerNorm eps
@@ -166,17 +166,14 @@ class FusedAdaLNDecode:
 
     def __call__(self, block: AdaLNSelfAttn, x: Tensor, cond: Tensor, cache_start: int) -> Tensor:
         mods = block.ada_lin(cond).view(-1, 1, 6, block.dim)
-        if self.compile:
-            for t, dims in ((x, (0, 1)), (mods, (0,))):
-                for d in dims:
-                    if t.shape[d] > 1:  # a size-one dim specialises; marking it would be an error
-                        torch._dynamo.mark_dynamic(t, d)
+        if self.compile:  # batch and tokens per scale vary
+            mark_varying((x, 0), (x, 1), (mods, 0))
         q, k, v = self.attention_inputs(block, x, mods)
         cache = block.attn.kv_cache
         out = decode_attention(q.to(cache.k.dtype), k.to(cache.k.dtype), v.to(cache.v.dtype), cache.k, cache.v,
                                cache_start, x.shape[1], self.attention).to(x.dtype)
-        if self.compile and out.shape[0] > 1:
-            torch._dynamo.mark_dynamic(out, 0)
+        if self.compile:
+            mark_varying((out, 0))
         return self.block_outputs(block, x, out, mods)
 
 

@@ -37,6 +37,16 @@ except ImportError:  # pragma: no cover - CPU-only installs
     triton = None
 
 
+def mark_varying(*dims: tuple[Tensor, int]) -> None:
+    """Marks each (tensor, dim) dynamic for torch.compile, so one graph serves every size of it;
+    a dim of size one is left alone (Dynamo specialises size one, and marking it is an error).
+    Marking only the dims that vary also avoids duck-shaping them with a static dim of equal size,
+    which would specialise the graph to that size."""
+    for t, d in dims:
+        if t.shape[d] > 1:
+            torch._dynamo.mark_dynamic(t, d)
+
+
 def rms_norm(x: Tensor, norm: nn.Module) -> Tensor:
     """LlamaGen's order (normalise in fp32, cast back, scale), as ``RMSNorm.forward``."""
     return F.rms_norm(x.float(), (x.shape[-1],), eps=norm.eps).type_as(x) * norm.weight
@@ -202,17 +212,14 @@ class FusedDecode:
         b, n, dim = x.shape
         rows = x.reshape(b * n, dim)
         freqs_rows = self.rope_rows_table(freqs, b, n)
-        if self.compile and b * n > 1:
-            # Only the row count varies: marking it (and nothing else) dynamic avoids duck-shaping it
-            # with a static dim of equal size, which would specialise the graph to that size.
-            for t in (rows, freqs_rows):
-                torch._dynamo.mark_dynamic(t, 0)
+        if self.compile:  # only the row count varies
+            mark_varying((rows, 0), (freqs_rows, 0))
         q, k, v = self.attention_inputs(block, rows, freqs_rows)
         cache = block.attention.kv_cache
         out = decode_attention(q.to(cache.k.dtype), k.to(cache.k.dtype), v.to(cache.v.dtype), cache.k, cache.v,
                                cache_start, n, self.attention).to(x.dtype)
-        if self.compile and b * n > 1:
-            torch._dynamo.mark_dynamic(out, 0)
+        if self.compile:
+            mark_varying((out, 0))
         return self.block_outputs(block, rows, out, stacked_w13(block)).view(b, n, dim)
 
     def whole_sequence(self, block: nn.Module, x: Tensor, freqs: Tensor) -> Tensor:
@@ -222,12 +229,11 @@ class FusedDecode:
         rows = x.reshape(b * s, dim)
         freqs_rows = self.rope_rows_table(freqs, b, s)
         if self.compile:
-            for t in (rows, freqs_rows):
-                torch._dynamo.mark_dynamic(t, 0)
+            mark_varying((rows, 0), (freqs_rows, 0))
         q, k, v = (t.view(b, s, *t.shape[1:]).transpose(1, 2) for t in self.attention_inputs(block, rows, freqs_rows))
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * s, dim)
         if self.compile:
-            torch._dynamo.mark_dynamic(out, 0)
+            mark_varying((out, 0))
         return self.block_outputs(block, rows, out, stacked_w13(block)).view(b, s, dim)
 
     def rope_rows_table(self, freqs: Tensor, b: int, n: int) -> Tensor:
