@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import logging
 import re
 import sys
@@ -54,7 +53,7 @@ from nar_bench.tokenizers import build_tokenizer
 from nar_bench.tokenizers.base import CodeSpace
 from nar_bench.tracking.mlflow import PARENT_TAG, client, create_run, experiment_id, parent_run
 from nar_bench.tracking.provenance import guard_output, provenance, provenance_line, write_provenance
-from nar_bench.tracking.resume import POINT_KEY_TAG, POINT_ROW, finished_points, point_key, sweep_key
+from nar_bench.tracking.resume import POINT_KEY_TAG, POINT_ROW, digest, finished_points, point_key, sweep_key
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +160,7 @@ def log_point(mlflow: MlflowClient, exp_id: str, parent_id: str, row: dict) -> N
 def bench_key(cfg: DictConfig, prov: dict[str, str]) -> str:
     """Sweep key of a bench: its settings on this GPU model at this commit, so a resumed bench only
     keeps models measured by the same code on the same kind of device."""
-    return hashlib.sha256(f"{sweep_key(cfg)}|{prov['device']}|{prov['commit']}".encode()).hexdigest()[:16]
+    return digest({"sweep": sweep_key(cfg), "device": prov["device"], "commit": prov["commit"]})
 
 
 def record_model(mlflow: MlflowClient, exp_id: str, parent_id: str, label: str, key: str, rows: dict) -> None:
@@ -267,13 +266,13 @@ def run_throughput_sweep(cfg: DictConfig, command: str | None = None, overwrite:
     per_model = len(set(bench.batch_sizes))
     with parent_run(cfg.tracking, SWEEP_NAME, params, key=bench_key(cfg, prov), fresh=fresh) as parent_id, \
             tqdm(total=len(points) * per_model, desc=SWEEP_NAME, leave=False) as bar:
-        done = finished_points(cfg.tracking, parent_id)
-        kept = [label for label, point_cfg in points if point_key(point_cfg) in done]
+        done, keys = finished_points(cfg.tracking, parent_id), [point_key(point_cfg) for _, point_cfg in points]
+        kept = [label for (label, _), key in zip(points, keys, strict=True) if key in done]
         if kept:
             print(f"nar-bench: keeping {len(kept)} model(s) measured earlier in this bench ({', '.join(kept)}); "
                   "--fresh re-measures them", flush=True)
-        for i, (label, point_cfg) in enumerate(points):
-            key, profile = point_key(point_cfg), profile_path(bench.output_dir, label)
+        for i, ((label, point_cfg), key) in enumerate(zip(points, keys, strict=True)):
+            profile = profile_path(bench.output_dir, label)
             if key in done:
                 rows += done[key]["points"]
                 training += done[key]["training"]

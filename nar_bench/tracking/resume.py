@@ -31,7 +31,7 @@ def settings_without(cfg: DictConfig, drop: tuple[str, ...]) -> dict:
     return settings
 
 
-def digest(settings: dict | str) -> str:
+def digest(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
