@@ -65,3 +65,32 @@ def test_training_step_throughput_on_cpu():
     assert not torch.equal(before, model.backbone.layers[0].attention.wqkv.weight)  # optimizer stepped
     with pytest.raises(ValueError):
         measure_training_step(model, 4, attention="sparse", device="cpu")
+
+
+def test_point_cost_counts_bytes_at_the_points_dtype_and_the_decode_once_per_image():
+    """bf16 operands are half the fp32 bytes (same FLOPs); an end-to-end point adds the eager
+    decode of each image to the per-image cost (the fast decoder's padding of a one-image chunk
+    once made the decode look like a fixed cost)."""
+    from dataclasses import replace
+
+    from nar_bench.bench.runner import point_cost
+    from nar_bench.nn.fast_vae_decode import FastDecoder
+    from tests.test_vq import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    space = tok.code_space
+    torch.manual_seed(0)
+    model = RasterAR(replace(CFG, vocab_size=space.vocab_size), space).eval()
+    randomize_weights(model)
+    fp32 = point_cost(model, SAMPLING, "fp32")
+    bf16 = point_cost(model, SAMPLING, "bf16")
+    # within 0.1%: the attention kernel's log-sum-exp output is fp32 at either dtype
+    assert bf16.flops(2) == fp32.flops(2) and bf16.bytes(2) == pytest.approx(fp32.bytes(2) / 2, rel=1e-3)
+
+    decoder = FastDecoder(tok, torch.float32, compile=False)  # what the bench times at fp32
+    e2e = point_cost(model, SAMPLING, "fp32", tokenizer=decoder.tokenizer)
+    one_image, _ = count_cost(lambda: tok.decode(torch.zeros(1, space.num_tokens, dtype=torch.long)),
+                              torch.device("cpu"))
+    assert one_image > 0
+    assert e2e.flops_per_image == pytest.approx(fp32.flops_per_image + one_image, rel=1e-9)
+    assert abs(e2e.flops_fixed) < 1e-6 * e2e.flops_per_image

@@ -27,6 +27,9 @@ from nar_bench.tracking.mlflow import COMMIT_TAG, DEVICE_TAG
 from nar_bench.tracking.provenance import git_commit
 
 GRID = ["data.grid_size=4", "data.image_size=16"]  # 16 tokens: AR 16 steps, NAR 7, PAR-4x 7
+MSVQ = ["tokenizer.name=msvq", "tokenizer.options.ch=8", "tokenizer.options.ch_mult=[1,2]",  # 8x8: VAR's 4 scales
+        "tokenizer.options.norm_groups=4", "tokenizer.options.vocab_size=32", "tokenizer.options.z_channels=8",
+        "tokenizer.options.scales=[1,2,4,8]"]
 SAMPLING = SamplingConfig(cfg_scale=2.0, top_k=5)
 
 
@@ -107,6 +110,52 @@ def test_cuda_graph_needs_a_gpu_and_says_so():
         measure_generation(model, 1, SAMPLING, dtype="fp32", repeats=1, device="cpu", cuda_graph=True)
 
 
+def test_a_capture_that_needs_its_warm_up_pass_falls_back_to_one(monkeypatch, caplog):
+    import nar_bench.metrics.efficiency as efficiency
+
+    made = []
+
+    class FakeGraph:
+        def __init__(self, paradigm, batch_size, sampling, warmup=1):
+            made.append(warmup)
+            if warmup == 0 and batch_size == 3:
+                raise RuntimeError("operation not permitted when stream is capturing\nmore")
+            if batch_size == 4:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(efficiency, "GraphedGenerate", FakeGraph)
+    model, _ = tiny_paradigm("ar")
+    efficiency.capture_generation(model, 2, SAMPLING, warm=True)
+    assert made == [0]  # warm: captured straight away
+    with caplog.at_level(logging.WARNING):
+        efficiency.capture_generation(model, 3, SAMPLING, warm=True)
+    assert made == [0, 0, 1] and "without a warm-up pass failed (operation not permitted" in caplog.text
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # out of memory is the point's result, not retried
+        efficiency.capture_generation(model, 4, SAMPLING, warm=True)
+    efficiency.capture_generation(model, 5, SAMPLING)
+    assert made == [0, 0, 1, 0, 1]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("paradigm, options", [("ar", []), ("nar", []), ("par", ["model.options.regions=4"]),
+                                               ("var", MSVQ), ("maskgit", [])])
+def test_a_warm_compiled_paradigm_captures_a_new_batch_size_without_an_eager_pass(paradigm, options, caplog):
+    from nar_bench.metrics.efficiency import capture_generation
+
+    model, tokenizer = tiny_paradigm(paradigm, *options)
+    model = model.cuda().to(torch.bfloat16)
+    tokenizer.cuda()  # VAR's next-scale inputs come from its tokenizer, kept fp32 as in the bench
+    greedy = SamplingConfig(cfg_scale=2.0, temperature=0)
+    assert model.compile_decoding()  # every one of these has a fused, compiled step
+    with torch.inference_mode():
+        model.generate(torch.tensor([0, 1], device="cuda"), greedy)  # compiles at batch 2
+        labels = torch.tensor([0, 3, 1, 2, 4], device="cuda")
+        with caplog.at_level(logging.WARNING):
+            graphed = capture_generation(model, 5, greedy, warm=True)
+        assert "failed" not in caplog.text  # no recompile or other capture-refused work at the new size
+        assert torch.equal(graphed(labels), model.generate(labels, greedy))
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("paradigm, options", [("ar", []), ("nar", []), ("par", ["model.options.regions=4"])])
 def test_cuda_graph_replay_equals_eager_generation(paradigm, options):
@@ -176,6 +225,12 @@ def test_sweep_runs_points_as_child_runs_records_oom_and_writes_tables_and_plots
         ("AR-t", "dense", "ok"), ("nar-tiny", "dense", "ok")]
     assert (training.images_s > 0).all() and (training.batch_size == 2).all()
     assert "## Training step" in (out / "throughput.md").read_text()
+    timeline = pd.read_csv(out / "timeline.csv")  # what each model's wall time went on
+    phases = ["build_s", "cost_s", "points_s", "profile_s", "training_s"]
+    assert list(timeline.model) == ["AR-t", "nar-tiny"] and not timeline.kept.any()
+    assert (timeline[phases] > 0).all().all()
+    assert timeline.total_s.to_numpy() == pytest.approx(timeline[phases].sum(axis=1).to_numpy())
+    assert "## Where the sweep's time went" in md and "This call: " in md
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     runs = client.search_runs([client.get_experiment_by_name("throughput").experiment_id])
@@ -219,11 +274,32 @@ def test_a_stopped_bench_resumes_keeping_the_models_it_measured(tmp_path, monkey
     assert list(zip(points.model, points.batch_size, strict=True)) == [
         ("AR-t", 1), ("AR-t", 2), ("AR-t", 4), ("nar-tiny", 1), ("nar-tiny", 2), ("nar-tiny", 4)]
     assert "aten::" in (tmp_path / "out" / "profile_AR-t.txt").read_text()  # the kept model's profile too
+    timeline = pd.read_csv(tmp_path / "out" / "timeline.csv")  # the kept model's times are the first call's
+    assert list(zip(timeline.model, timeline.kept, strict=True)) == [("AR-t", True), ("nar-tiny", False)]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     runs = client.search_runs([client.get_experiment_by_name("throughput").experiment_id])
     parents = [r for r in runs if r.info.run_name == "throughput-sweep"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert main([*args, "--fresh"]) == 0 and measured[3:] == ["AR-t", "nar-tiny"]
+
+
+def test_end_to_end_points_are_split_into_tokens_and_decode():
+    from nar_bench.bench.report import decode_split
+
+    gen = {"paradigm": "nar", "size": "B", "params": 1, "steps": 31, "dtype": "bf16", "cfg_scale": 2.0,
+           "top_k": 2000, "top_p": 1.0, "status": "ok"}
+    points = pd.DataFrame([
+        {**gen, "model": "NAR-B", "batch_size": 8, "tokenizer_decode": False, "latency_s": 0.02},
+        {**gen, "model": "NAR-B", "batch_size": 64, "tokenizer_decode": False, "latency_s": 0.05},
+        {**gen, "model": "NAR-B+VQ", "batch_size": 64, "tokenizer_decode": True, "latency_s": 0.15},
+        {**gen, "model": "NAR-B+VQ", "batch_size": 256, "tokenizer_decode": True, "latency_s": 0.5},  # no pair
+        {**gen, "model": "NAR-B-k5", "top_k": 5, "batch_size": 64, "tokenizer_decode": False, "latency_s": 0.01}])
+    split = decode_split(points)
+    assert split[["model", "tokens_model", "batch_size"]].values.tolist() == [["NAR-B+VQ", "NAR-B", 64]]
+    row = split.iloc[0]
+    assert row.decode_s == pytest.approx(0.10) and row.decode_img_s == pytest.approx(640)
+    assert row.decode_share_pct == pytest.approx(100 * 0.10 / 0.15)
+    assert decode_split(points[~points.tokenizer_decode]).empty
 
 
 @pytest.mark.parametrize("override, message", [

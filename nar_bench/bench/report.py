@@ -1,5 +1,6 @@
 """Tables and plots of a throughput sweep: the per-point CSV, a Table-1-style summary per model,
-and Figure-6-style plots (latency, peak memory, throughput vs batch size, one line per model).
+the split of end-to-end points into tokens and decode, where the sweep's wall time went, and
+Figure-6-style plots (latency, peak memory, throughput vs batch size, one line per model).
 Every file carries the provenance (command, device, commit, torch, date)."""
 
 from __future__ import annotations
@@ -49,6 +50,26 @@ def summary_table(points: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).astype({"best_batch": "Int64", "max_batch": "Int64", "oom_at": "Int64"})
 
 
+# what makes an end-to-end point and a tokens-only point the same generation
+SAME_GENERATION = ("paradigm", "size", "params", "steps", "batch_size", "dtype", "cfg_scale", "top_k", "top_p")
+
+
+def decode_split(points: pd.DataFrame) -> pd.DataFrame:
+    """Each end-to-end point (tokens + tokenizer decode) next to the tokens-only point of the same
+    generation at the same batch size: decode_s = end-to-end latency - tokens latency (one stream,
+    so the two add up), and the decoder's images/s from it. Derived, not timed on its own."""
+    ok = points[points.status == "ok"]
+    if "tokenizer_decode" not in ok or not ok.tokenizer_decode.astype(bool).any():
+        return pd.DataFrame()
+    e2e, tokens = ok[ok.tokenizer_decode.astype(bool)], ok[~ok.tokenizer_decode.astype(bool)]
+    pairs = e2e.merge(tokens, on=list(SAME_GENERATION), suffixes=("", "_tokens"))
+    decode_s = pairs.latency_s - pairs.latency_s_tokens
+    return pd.DataFrame({
+        "model": pairs.model, "tokens_model": pairs.model_tokens, "batch_size": pairs.batch_size,
+        "tokens_s": pairs.latency_s_tokens, "end_to_end_s": pairs.latency_s, "decode_s": decode_s,
+        "decode_img_s": pairs.batch_size / decode_s, "decode_share_pct": 100 * decode_s / pairs.latency_s})
+
+
 def with_provenance(table: pd.DataFrame, prov: dict[str, str]) -> pd.DataFrame:
     """The table plus one column per provenance field it does not already have."""
     return table.assign(**{key: value for key, value in prov.items() if key not in table.columns})
@@ -59,8 +80,18 @@ def markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, floatfmt=".4g", missingval="-")
 
 
+def timeline_text(timeline: pd.DataFrame, wall_s: float | None) -> list[str]:
+    lines = ["## Where the sweep's time went (wall seconds per model and phase)", ""]
+    if wall_s is not None:
+        lines += [f"This call: {wall_s:.0f} s from the start of the sweep to its report (phases below exclude "
+                  "the MLflow logging between points); a model marked kept was measured by an earlier call of "
+                  "the same bench, and its times are that call's.", ""]
+    return [*lines, markdown(timeline), ""]
+
+
 def write_markdown(points: pd.DataFrame, summary: pd.DataFrame, path: Path, prov: dict[str, str],
-                   settings: str, training: pd.DataFrame | None = None) -> Path:
+                   settings: str, training: pd.DataFrame | None = None, decode: pd.DataFrame | None = None,
+                   timeline: pd.DataFrame | None = None, wall_s: float | None = None) -> Path:
     lines = [
         "# Throughput sweep",
         "",
@@ -78,9 +109,14 @@ def write_markdown(points: pd.DataFrame, summary: pd.DataFrame, path: Path, prov
         markdown(points.drop(columns=[c for c in MARKDOWN_DROP if c in points.columns])),
         "",
     ]
+    if decode is not None:
+        lines += ["## End to end = tokens + decode (decode_s = end-to-end latency - tokens latency, same batch)", "",
+                  markdown(decode), ""]
     if training is not None:
         lines += ["## Training step (bf16 autocast, forward + backward + AdamW, random codes)", "",
                   markdown(training), ""]
+    if timeline is not None:
+        lines += timeline_text(timeline, wall_s)
     path.write_text("\n".join(lines))
     return path
 
@@ -134,19 +170,20 @@ def write_plots(points: pd.DataFrame, out_dir: Path, prov: dict[str, str], setti
 
 
 def write_report(points: pd.DataFrame, out_dir: str | Path, prov: dict[str, str], settings: str,
-                 training: pd.DataFrame | None = None) -> list[Path]:
-    """points.csv, summary.csv, throughput.md (and training.csv with training-step rows) and the
+                 training: pd.DataFrame | None = None, timeline: pd.DataFrame | None = None,
+                 wall_s: float | None = None) -> list[Path]:
+    """points.csv, summary.csv, throughput.md (plus decode_split.csv for end-to-end points,
+    training.csv with training-step rows, timeline.csv with the per-model phase times) and the
     plots under ``out_dir``; returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summary_table(points)
-    csvs = [out_dir / "points.csv", out_dir / "summary.csv"]
-    with_provenance(points, prov).to_csv(csvs[0], index=False)
-    with_provenance(summary, prov).to_csv(csvs[1], index=False)
-    has_training = training is not None and not training.empty
-    if has_training:
-        csvs.append(out_dir / "training.csv")
-        with_provenance(training, prov).to_csv(csvs[-1], index=False)
-    md = write_markdown(points, summary, out_dir / "throughput.md", prov, settings,
-                        training if has_training else None)
+    tables = {"points": points, "summary": summary_table(points), "decode_split": decode_split(points),
+              "training": training, "timeline": timeline}
+    written = {name: t for name, t in tables.items() if t is not None and not t.empty}
+    csvs = []
+    for name, t in written.items():
+        csvs.append(out_dir / f"{name}.csv")
+        with_provenance(t, prov).to_csv(csvs[-1], index=False)
+    md = write_markdown(points, written["summary"], out_dir / "throughput.md", prov, settings, written.get("training"),
+                        written.get("decode_split"), written.get("timeline"), wall_s)
     return [*csvs, md, *write_plots(points, out_dir, prov, settings)]

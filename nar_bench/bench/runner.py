@@ -5,10 +5,11 @@ with the efficiency protocol at ascending batch sizes until one runs out of GPU 
 as the model's limit). One MLflow parent run ("throughput-sweep") holds a child run per point; the
 tables and plots go to ``bench.output_dir`` and are logged to the parent run.
 
-A bench resumes like a sweep: each model, once measured (points, profile and training rows), logs
-its rows on a child run ``<model>/rows``; re-running the same command on the same GPU model at the
-same commit reopens the parent run and keeps those models, so a sweep stopped by a time limit or a
-crash measures only what is missing. ``--fresh`` re-measures everything.
+A bench resumes like a sweep: each model, once measured (points, profile, training rows and the
+wall time of its phases), logs its rows on a child run ``<model>/rows``; re-running the same
+command on the same GPU model at the same commit reopens the parent run and keeps those models, so
+a sweep stopped by a time limit or a crash measures only what is missing. ``--fresh`` re-measures
+everything.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import re
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -34,10 +36,11 @@ from tqdm import tqdm
 from nar_bench.bench.report import write_report
 from nar_bench.config import merge, model_dims, paradigm_options
 from nar_bench.errors import NarBenchError
-from nar_bench.metrics.cost_model import Ceilings, generation_cost, measure_ceilings
+from nar_bench.metrics.cost_model import Ceilings, Cost, generation_cost, measure_ceilings
 from nar_bench.metrics.efficiency import (
     DTYPES,
     inference_decoder,
+    inference_dtype,
     measure_batch_sizes,
     profile_generation,
     randomize_weights,
@@ -171,52 +174,92 @@ def record_model(mlflow: MlflowClient, exp_id: str, parent_id: str, label: str, 
     mlflow.set_terminated(run.info.run_id)
 
 
+def point_cost(paradigm: nn.Module, sampling: SamplingConfig, dtype: str, tokenizer: nn.Module | None = None) -> Cost:
+    """FLOPs and floor bytes of a point, counted on the eager engine (the maths, not the kernels)
+    with the weights in the point's dtype, since its bytes depend on it; with ``tokenizer``, plus its
+    eager decode of the codes (the fast decoder pads a one-image chunk to two, which would count a
+    second image at batch 1 and make the decode look free per image)."""
+    paradigm.to(dtype=inference_dtype(dtype))
+    return generation_cost(paradigm, sampling, None if tokenizer is None else tokenizer.decode)
+
+
+@dataclass
+class ModelRecord:
+    """What a model's measurement leaves besides its points: training-step rows and the wall time
+    of each phase (what a sweep's minutes went on)."""
+
+    label: str
+    training: list[dict] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[f"{name}_s"] = self.phases.get(f"{name}_s", 0.0) + time.perf_counter() - start
+
+    def timeline_row(self) -> dict:
+        return {"model": self.label, **self.phases, "total_s": sum(self.phases.values())}
+
+
 def bench_model(label: str, cfg: DictConfig, device: torch.device, prov: dict[str, str],
-                ceilings: Ceilings | None = None, training: list[dict] | None = None) -> Iterator[dict]:
+                ceilings: Ceilings | None = None, record: ModelRecord | None = None) -> Iterator[dict]:
     """Result rows of one model at ascending batch sizes, up to and including its OOM point; with
-    ``bench.train_batch`` the training-step rows of the same model are appended to ``training``."""
+    ``bench.train_batch`` the training-step rows of the same model go to ``record.training``, and
+    the wall time of each phase (build, cost, points, profile, training) to ``record.phases``."""
     bench = cfg.bench
-    reset_device_memory(device)  # this model's peak must not include the previous model's leftovers
-    torch.manual_seed(cfg.seed)
-    tokenizer, codes = bench_tokenizer(cfg)
-    paradigm = build_paradigm(cfg, codes, bench.num_classes).to(device)
-    randomize_weights(paradigm)
-    if tokenizer is not None:
-        tokenizer.to(device).eval()  # paradigms like VAR use it while generating
-    sampling = SamplingConfig(**cfg.eval.sampling)
-    compile_decoder = bench.compile if bench.compile_decoder is None else bench.compile_decoder
-    decode_fn = inference_decoder(tokenizer, bench.dtype, compile_decoder) if bench.include_decode else None
-    # counted on the eager engine in fp32 before anything is compiled: the maths, not the kernels
+    record = record or ModelRecord(label)
+    with record.phase("build"):
+        reset_device_memory(device)  # this model's peak must not include the previous model's leftovers
+        torch.manual_seed(cfg.seed)
+        tokenizer, codes = bench_tokenizer(cfg)
+        paradigm = build_paradigm(cfg, codes, bench.num_classes).to(device)
+        randomize_weights(paradigm)
+        if tokenizer is not None:
+            tokenizer.to(device).eval()  # paradigms like VAR use it while generating
+        sampling = SamplingConfig(**cfg.eval.sampling)
+        compile_decoder = bench.compile if bench.compile_decoder is None else bench.compile_decoder
+        decode_fn = inference_decoder(tokenizer, bench.dtype, compile_decoder) if bench.include_decode else None
     cost = None
     if bench.roofline:
-        try:
-            cost = generation_cost(paradigm, sampling, decode_fn)
-        except torch.cuda.OutOfMemoryError:
-            log.warning("no roofline columns for '%s': counting its cost at batch 2 ran out of memory", label)
-            release_decode_state(paradigm)
+        with record.phase("cost"):
+            try:
+                cost = point_cost(paradigm, sampling, bench.dtype, tokenizer if bench.include_decode else None)
+            except torch.cuda.OutOfMemoryError:
+                log.warning("no roofline columns for '%s': counting its cost at batch 2 ran out of memory", label)
+                release_decode_state(paradigm)
     protocol = {"dtype": bench.dtype, "warmup": bench.warmup, "repeats": bench.repeats, "device": device,
                 "decode_fn": decode_fn, "cuda_graph": bench.cuda_graph, "compile": bench.compile,
                 "size": cfg.model.size, "seed": cfg.seed, "cost": cost, "ceilings": ceilings}
     sampling_cols = {"cfg_scale": sampling.cfg_scale, "top_k": sampling.top_k, "top_p": sampling.top_p}
     profile_path(bench.output_dir, label).unlink(missing_ok=True)  # no stale profile if this one is skipped
     fits = 0
-    for result in measure_batch_sizes(paradigm, bench.batch_sizes, sampling, **protocol):
+    points = measure_batch_sizes(paradigm, bench.batch_sizes, sampling, **protocol)
+    while True:
+        with record.phase("points"):
+            result = next(points, None)
+        if result is None:
+            break
         fits = max(fits, result.batch_size if result.status == "ok" else 0)
         yield {"model": label, **asdict(result), **sampling_cols}
     if bench.profile_batch > fits:
         log.warning("no profile for '%s': batch %d is above the largest that fits (%d)", label, bench.profile_batch,
                     fits)
     elif bench.profile_batch > 0:
-        # no warm-up run when the sweep has just run this model at that batch size
-        warm = bench.profile_batch in bench.batch_sizes
-        table = profile_generation(paradigm, bench.profile_batch, sampling, bench.dtype, device=device,
-                                   decode_fn=protocol["decode_fn"], warmup=0 if warm else 1)
-        path = profile_path(bench.output_dir, label)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"# {label}, batch {bench.profile_batch}, {settings_line(cfg)}\n# {provenance_line(prov)}\n"
-                        f"{table}\n")
-    if bench.train_batch > 0 and training is not None:
-        training.extend(training_rows(label, paradigm, bench, device))
+        with record.phase("profile"):
+            # no warm-up run when the sweep has just run this model at that batch size
+            warm = bench.profile_batch in bench.batch_sizes
+            table = profile_generation(paradigm, bench.profile_batch, sampling, bench.dtype, device=device,
+                                       decode_fn=protocol["decode_fn"], warmup=0 if warm else 1)
+            path = profile_path(bench.output_dir, label)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"# {label}, batch {bench.profile_batch}, {settings_line(cfg)}\n# {provenance_line(prov)}\n"
+                            f"{table}\n")
+    if bench.train_batch > 0:
+        with record.phase("training"):
+            record.training.extend(training_rows(label, paradigm, bench, device))
 
 
 def training_rows(label: str, paradigm: nn.Module, bench: DictConfig, device: torch.device) -> list[dict]:
@@ -261,7 +304,8 @@ def run_throughput_sweep(cfg: DictConfig, command: str | None = None, overwrite:
     mlflow, exp_id = client(cfg.tracking), experiment_id(cfg.tracking)
     params = {"points": ", ".join(label for label, _ in points), "batch_sizes": list(bench.batch_sizes),
               "settings": settings, **{k: v[:500] for k, v in prov.items()}}
-    rows, training, failed = [], [], []
+    rows, training, timeline, failed = [], [], [], []
+    sweep_start = time.perf_counter()
     ceilings = measure_ceilings(device.type) if bench.roofline and device.type == "cuda" else None
     per_model = len(set(bench.batch_sizes))
     with parent_run(cfg.tracking, SWEEP_NAME, params, key=bench_key(cfg, prov), fresh=fresh) as parent_id, \
@@ -276,27 +320,31 @@ def run_throughput_sweep(cfg: DictConfig, command: str | None = None, overwrite:
             if key in done:
                 rows += done[key]["points"]
                 training += done[key]["training"]
+                timeline += [{**row, "kept": True} for row in done[key].get("timeline", [])]
                 if done[key]["profile"] is not None:
                     profile.parent.mkdir(parents=True, exist_ok=True)
                     profile.write_text(done[key]["profile"])
                 bar.update((i + 1) * per_model - bar.n)
                 continue
-            first_row, first_training = len(rows), len(training)
+            first_row, record = len(rows), ModelRecord(label)
             try:
-                for row in bench_model(label, point_cfg, device, prov, ceilings, training):
+                for row in bench_model(label, point_cfg, device, prov, ceilings, record):
                     bar.set_postfix_str(f"{label} bs={row['batch_size']} {row['status']}")
                     bar.update()
                     log_point(mlflow, exp_id, parent_id, row)
                     rows.append(row)
                 record_model(mlflow, exp_id, parent_id, label, key, {
-                    "points": rows[first_row:], "training": training[first_training:],
+                    "points": rows[first_row:], "training": record.training, "timeline": [record.timeline_row()],
                     "profile": profile.read_text() if profile.is_file() else None})
             except Exception as err:  # one model's failure is reported, the other models still run
                 log.exception("bench point '%s' failed", label)
                 failed.append(f"{label}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            training += record.training  # a model that fails mid-way keeps the rows it measured
+            timeline.append({**record.timeline_row(), "kept": False})
             bar.update((i + 1) * per_model - bar.n)  # batch sizes past an OOM are skipped
         table = pd.DataFrame(rows)
-        files = write_report(table, bench.output_dir, prov, settings, pd.DataFrame(training))
+        files = write_report(table, bench.output_dir, prov, settings, pd.DataFrame(training), pd.DataFrame(timeline),
+                             wall_s=time.perf_counter() - sweep_start)
         files.append(write_provenance(bench.output_dir, {**prov, "settings": settings}))
         if bench.profile_batch > 0:
             files += [p for label, _ in points if (p := profile_path(bench.output_dir, label)).is_file()]

@@ -128,11 +128,6 @@ def generation_cost(paradigm: nn.Module, sampling, decode_fn=None, device: torch
             m.fused_decode = fn
 
 
-def decoder_cost(decode_fn, codes: Tensor) -> Cost:
-    """Cost of ``decode_fn`` on codes (B, ...) counted on the first one and two rows of ``codes``."""
-    return affine_cost(lambda b: decode_fn(codes[:b]), codes.device)
-
-
 @dataclass(frozen=True)
 class Ceilings:
     matmul_tflops: float  # bf16 GEMM, measured

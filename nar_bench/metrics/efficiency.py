@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +38,8 @@ from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import count_parameters, size_name
 from nar_bench.paradigms.base import Paradigm
 from nar_bench.tracking.provenance import device_name
+
+log = logging.getLogger(__name__)
 
 DTYPES = ("bf16", "fp32")
 GIB = 2**30
@@ -157,14 +160,34 @@ def random_labels(paradigm: Paradigm, batch_size: int, device: torch.device, see
     return torch.randint(paradigm.model_cfg.num_classes, (batch_size,), generator=gen).to(device)
 
 
+def capture_generation(paradigm: Paradigm, batch_size: int, sampling: SamplingConfig,
+                       warm: bool = False) -> GraphedGenerate:
+    """The CUDA graph of one batch size's generation. ``warm``: the paradigm has already generated
+    with these settings on this device at another batch size (its kernels compiled, its schedule on
+    the device), so the graph is captured without the eager pass first. Should the capture still
+    need one (the first pass at this size does something a capture refuses, such as a recompile
+    that benchmarks kernels), the caches it made are dropped and it warms up and captures again."""
+    if warm:
+        try:
+            return GraphedGenerate(paradigm, batch_size, sampling, warmup=0)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as err:
+            log.warning("capturing batch %d without a warm-up pass failed (%s); warming up first", batch_size,
+                        str(err).splitlines()[0] if str(err) else type(err).__name__)
+            release_decode_state(paradigm)
+    return GraphedGenerate(paradigm, batch_size, sampling)
+
+
 def generation_run(paradigm: Paradigm, labels: Tensor, sampling: SamplingConfig, decode_fn: DecodeFn | None,
-                   cuda_graph: bool) -> Callable[[], None]:
+                   cuda_graph: bool, warm: bool = False) -> Callable[[], None]:
     """One generation of ``labels`` (and decode, if given). With ``cuda_graph`` the whole
-    generation is captured once (here) and replayed by each call."""
+    generation is captured once (here) and replayed by each call; ``warm`` (the paradigm has
+    generated at another batch size) captures it without an eager pass first."""
     if cuda_graph:
         if labels.device.type != "cuda":
             raise NarBenchError("bench.cuda_graph needs a CUDA device; set bench.cuda_graph=false on CPU")
-        generate = GraphedGenerate(paradigm, len(labels), sampling)
+        generate = capture_generation(paradigm, len(labels), sampling, warm)
     else:
         generate = functools.partial(paradigm.generate, sampling=sampling)
 
@@ -200,13 +223,16 @@ def measure_generation(
     seed: int = 0,
     cost: Cost | None = None,
     ceilings: Ceilings | None = None,
+    warm: bool = False,
 ) -> EfficiencyResult:
     """Latency, throughput and peak memory of generating ``batch_size`` images (module docstring
     has the protocol). ``decode_fn`` (e.g. ``tokenizer.decode``) is timed with the generation;
     ``cuda_graph`` captures the whole generation in a CUDA graph before the warm-up runs;
     ``compile`` compiles the per-step forward first (``paradigm.compile_decoding()``; a paradigm without a
     compiled path is timed eager and recorded compiled=False); ``cost`` and
-    ``ceilings`` (``nar_bench.metrics.cost_model``) add the roofline columns."""
+    ``ceilings`` (``nar_bench.metrics.cost_model``) add the roofline columns; ``warm`` says the
+    paradigm has just generated with the same settings at another batch size (no eager pass before
+    the capture)."""
     if batch_size < 1 or warmup < 0 or repeats < 1:
         raise NarBenchError(f"need batch_size >= 1, warmup >= 0, repeats >= 1; got {batch_size}, {warmup}, {repeats}")
     device = resolve_device(paradigm, device)
@@ -226,7 +252,7 @@ def measure_generation(
         torch.cuda.reset_peak_memory_stats(device)
     try:
         setup_start, compiled_before = time.perf_counter(), compile_seconds()
-        run = generation_run(paradigm, labels, sampling, decode_fn, cuda_graph)
+        run = generation_run(paradigm, labels, sampling, decode_fn, cuda_graph, warm)
         for _ in range(warmup):
             run()
         if cuda:
@@ -254,9 +280,10 @@ def measure_generation(
 def measure_batch_sizes(paradigm: Paradigm, batch_sizes: Iterable[int], sampling: SamplingConfig,
                         **protocol) -> Iterator[EfficiencyResult]:
     """``measure_generation`` at each batch size in ascending order; stops after the first point
-    that runs out of memory (yielded with status 'oom': the model's limit)."""
-    for batch_size in sorted(set(batch_sizes)):
-        result = measure_generation(paradigm, batch_size, sampling, **protocol)
+    that runs out of memory (yielded with status 'oom': the model's limit). Batches after the
+    first are measured warm (their CUDA graph captured without an eager pass first)."""
+    for i, batch_size in enumerate(sorted(set(batch_sizes))):
+        result = measure_generation(paradigm, batch_size, sampling, warm=i > 0, **protocol)
         yield result
         if result.status == "oom":
             return

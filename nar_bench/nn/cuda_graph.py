@@ -15,7 +15,8 @@ from torch import Tensor
 from nar_bench.nn.sampling import SamplingConfig
 
 # One warm-up before capture is enough: it allocates the caches and compiles / picks kernels; each
-# extra one costs a full host-side pass over every step (seconds for AR's 256 steps).
+# extra one costs a full host-side pass over every step (seconds for AR's 256 steps), and a
+# paradigm already warm at another batch size needs none (``metrics.efficiency.capture_generation``).
 CAPTURE_WARMUP = 1
 
 
@@ -43,3 +44,4 @@ class GraphedGenerate:
         self.labels.copy_(labels)
         self.graph.replay()
         return self.out.clone()
+
