@@ -129,7 +129,7 @@ def test_a_capture_that_needs_its_warm_up_pass_falls_back_to_one(monkeypatch, ca
     assert made == [0]  # warm: captured straight away
     with caplog.at_level(logging.WARNING):
         efficiency.capture_generation(model, 3, SAMPLING, warm=True)
-    assert made == [0, 0, 1] and "without a warm-up pass failed (operation not permitted" in caplog.text
+    assert made == [0, 0, 1] and "needs an eager pass before its capture (operation not permitted" in caplog.text
     with pytest.raises(torch.cuda.OutOfMemoryError):  # out of memory is the point's result, not retried
         efficiency.capture_generation(model, 4, SAMPLING, warm=True)
     efficiency.capture_generation(model, 5, SAMPLING)
@@ -152,8 +152,33 @@ def test_a_warm_compiled_paradigm_captures_a_new_batch_size_without_an_eager_pas
         labels = torch.tensor([0, 3, 1, 2, 4], device="cuda")
         with caplog.at_level(logging.WARNING):
             graphed = capture_generation(model, 5, greedy, warm=True)
-        assert "failed" not in caplog.text  # no recompile or other capture-refused work at the new size
+        assert "eager pass" not in caplog.text  # no recompile or other capture-refused work at the new size
         assert torch.equal(graphed(labels), model.generate(labels, greedy))
+
+
+@pytest.mark.cuda
+def test_a_warm_capture_that_needs_a_compile_falls_back_and_leaves_no_memory_behind(caplog):
+    import gc
+
+    from nar_bench.metrics.efficiency import capture_generation, release_decode_state
+
+    model, _ = tiny_paradigm("ar")
+    model = model.cuda().to(torch.bfloat16)
+    greedy = SamplingConfig(cfg_scale=2.0, temperature=0)
+    assert model.compile_decoding()
+    labels = torch.tensor([0, 3, 1], device="cuda")
+    with torch.inference_mode():
+        model.generate(labels[:2], greedy)  # compiled for bf16
+        model.float()  # fp32 weights: the fused step needs new graphs
+        baseline = torch.cuda.memory_allocated()
+        with caplog.at_level(logging.WARNING):
+            graphed = capture_generation(model, 3, greedy, warm=True)
+        assert "needs an eager pass before its capture" in caplog.text
+        assert torch.equal(graphed(labels), model.generate(labels, greedy))
+    del graphed
+    release_decode_state(model)
+    gc.collect()
+    assert torch.cuda.memory_allocated() <= baseline + 2**20  # the refused capture's pool was freed
 
 
 @pytest.mark.cuda
@@ -176,6 +201,13 @@ def test_profile_lists_the_top_ops():
     assert 0 < len(op_rows) <= 5 and "CPU total" in table
 
 
+@pytest.mark.cuda
+def test_profile_on_a_gpu_lists_the_top_kernels():
+    model, _ = tiny_paradigm("par", "model.options.regions=4")
+    table = profile_generation(model.cuda(), 2, SAMPLING, "bf16", row_limit=5)
+    assert "CUDA total" in table and "aten::" not in table  # kernels only, no CPU-side ops
+
+
 def bench_args(tmp_path, *extra):
     points = "[{name: AR-t, paradigm: ar, size: tiny}, {paradigm: nar, size: tiny}, {paradigm: not-a-paradigm}]"
     return ["bench", "experiments/throughput_sweep.yaml", f"bench.points={points}", "bench.batch_sizes=[1,2,4]",
@@ -187,14 +219,22 @@ def bench_args(tmp_path, *extra):
 
 
 def test_sweep_runs_points_as_child_runs_records_oom_and_writes_tables_and_plots(tmp_path, monkeypatch, caplog):
-    original = NAR.generate
+    import nar_bench.bench.runner as runner
+
+    original, original_cost = NAR.generate, runner.generation_cost
 
     def nar_generate(self, labels, sampling, generator=None):
         if labels.shape[0] > 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return original(self, labels, sampling, generator)
 
+    def generation_cost(paradigm, *args, **kwargs):
+        if isinstance(paradigm, NAR):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory while counting (simulated)")
+        return original_cost(paradigm, *args, **kwargs)
+
     monkeypatch.setattr(NAR, "generate", nar_generate)
+    monkeypatch.setattr(runner, "generation_cost", generation_cost)
     with caplog.at_level(logging.WARNING):
         assert main(bench_args(tmp_path, "bench.train_batch=2")) == 0
     assert "not-a-paradigm" in caplog.text  # skipped with a note, like VAR before it is merged
@@ -220,6 +260,7 @@ def test_sweep_runs_points_as_child_runs_records_oom_and_writes_tables_and_plots
     ar = points[points.model == "AR-t"]  # roofline columns from the cost counted on the eager engine
     assert (ar.gflop_per_image > 0).all() and (ar.tflops_s > 0).all() and (ar.gbps > 0).all()
     assert points[points.model == "nar-tiny"].gflop_per_image.isna().all()  # its counting run hit the OOM
+    assert "no roofline columns for 'nar-tiny'" in caplog.text
     training = pd.read_csv(out / "training.csv")  # dense only on a CPU (FlexAttention trains on GPUs)
     assert list(zip(training.model, training.attention, training.status, strict=True)) == [
         ("AR-t", "dense", "ok"), ("nar-tiny", "dense", "ok")]

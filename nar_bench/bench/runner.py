@@ -174,13 +174,15 @@ def record_model(mlflow: MlflowClient, exp_id: str, parent_id: str, label: str, 
     mlflow.set_terminated(run.info.run_id)
 
 
-def point_cost(paradigm: nn.Module, sampling: SamplingConfig, dtype: str, tokenizer: nn.Module | None = None) -> Cost:
+def point_cost(paradigm: nn.Module, sampling: SamplingConfig, dtype: str, tokenizer: nn.Module | None = None,
+               include_decode: bool = False) -> Cost:
     """FLOPs and floor bytes of a point, counted on the eager engine (the maths, not the kernels)
-    with the weights in the point's dtype, since its bytes depend on it; with ``tokenizer``, plus its
-    eager decode of the codes (the fast decoder pads a one-image chunk to two, which would count a
-    second image at batch 1 and make the decode look free per image)."""
+    with the weights in the point's dtype, since its bytes depend on it. The tokenizer's weights
+    count as fixed operands (VAR reads them while generating); ``include_decode`` adds its eager
+    decode of the codes (the fast decoder pads a one-image chunk to two, which would count twice)."""
     paradigm.to(dtype=inference_dtype(dtype))
-    return generation_cost(paradigm, sampling, None if tokenizer is None else tokenizer.decode)
+    decode = tokenizer.decode if include_decode else None
+    return generation_cost(paradigm, sampling, decode, decoder=tokenizer)
 
 
 @dataclass
@@ -226,9 +228,9 @@ def bench_model(label: str, cfg: DictConfig, device: torch.device, prov: dict[st
     if bench.roofline:
         with record.phase("cost"):
             try:
-                cost = point_cost(paradigm, sampling, bench.dtype, tokenizer if bench.include_decode else None)
+                cost = point_cost(paradigm, sampling, bench.dtype, tokenizer, bench.include_decode)
             except torch.cuda.OutOfMemoryError:
-                log.warning("no roofline columns for '%s': counting its cost at batch 2 ran out of memory", label)
+                log.warning("no roofline columns for '%s': counting its cost ran out of memory", label)
                 release_decode_state(paradigm)
     protocol = {"dtype": bench.dtype, "warmup": bench.warmup, "repeats": bench.repeats, "device": device,
                 "decode_fn": decode_fn, "cuda_graph": bench.cuda_graph, "compile": bench.compile,

@@ -10,8 +10,11 @@ The model, stated once:
   those same ops, each read or written once per call (weights once per decoding step, the filled
   KV-cache prefix once per step and layer, activations in and out); elementwise traffic is assumed
   fused away. It is a lower bound on traffic, not a measurement.
-- Both are affine in the batch (weights are read once whatever the batch), so they are counted at
-  batch 1 and 2 and extrapolated: ``cost(b) = fixed + b * per_image``.
+- Both are affine in the batch, ``cost(b) = fixed + b * per_image``, and one counted generation
+  at batch 1 gives both parts: FLOPs all scale with the rows (no fixed part); an operand that is
+  a parameter or buffer of the model (a weight, read once per call whatever the batch) is fixed,
+  every other operand (activations, KV caches, logits) scales with the rows. The tests check this
+  split against a generation counted at another batch size, for every paradigm.
 - Compute floor: FLOPs / the measured bf16 matmul rate (``measure_ceilings``); % of floor =
   floor time / measured latency. Achieved GB/s = bytes / latency, next to the measured copy rate.
 """
@@ -48,12 +51,16 @@ _MATMUL_COMPOSITES = {aten.linear, aten.matmul, aten.einsum, aten.bilinear, aten
 
 
 class CostCounter(TorchDispatchMode):
-    """Counts FLOPs and operand/result bytes of matmuls, convolutions and attention run under it."""
+    """Counts FLOPs and operand/result bytes of matmuls, convolutions and attention run under it;
+    bytes of tensors on a storage in ``fixed_storages`` (data pointers of weights) go to
+    ``fixed_bytes``, the rest to ``bytes``."""
 
-    def __init__(self):
+    def __init__(self, fixed_storages: frozenset[int] = frozenset()):
         super().__init__()
+        self.fixed_storages = fixed_storages
         self.flops = 0
         self.bytes = 0
+        self.fixed_bytes = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -67,8 +74,13 @@ class CostCounter(TorchDispatchMode):
         out = func(*args, **kwargs)
         if formula is not None:
             self.flops += formula(*args, **kwargs, out_val=out)
-            tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, Tensor)]
-            self.bytes += sum(t.numel() * t.element_size() for t in tensors if t.dim() > 0)
+            for t in tree_flatten((args, kwargs, out))[0]:
+                if isinstance(t, Tensor) and t.dim() > 0:
+                    nbytes = t.numel() * t.element_size()
+                    if t.untyped_storage().data_ptr() in self.fixed_storages:
+                        self.fixed_bytes += nbytes
+                    else:
+                        self.bytes += nbytes
         return out
 
 
@@ -88,44 +100,44 @@ class Cost:
         return self.bytes_fixed + batch * self.bytes_per_image
 
 
-def count_cost(run, device: torch.device) -> tuple[int, int]:
-    """(FLOPs, bytes) of ``run()`` under a ``CostCounter``."""
-    counter = CostCounter()
+def weight_storages(*modules: nn.Module | None) -> frozenset[int]:
+    """Data pointers of every parameter and buffer of ``modules``: the operands that are fixed."""
+    return frozenset(t.untyped_storage().data_ptr() for m in modules if m is not None
+                     for t in (*m.parameters(), *m.buffers()))
+
+
+def count_cost(run, device: torch.device, fixed_storages: frozenset[int] = frozenset()) -> CostCounter:
+    """The ``CostCounter`` that ``run()`` ran under."""
+    counter = CostCounter(fixed_storages)
     with torch.inference_mode(), counter:
         run()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return counter.flops, counter.bytes
+    return counter
 
 
-def affine_cost(run_at_batch, device: torch.device) -> Cost:
-    """Cost of ``run_at_batch(b)`` counted at b = 1 and 2 and extrapolated (affine in b)."""
-    f1, b1 = count_cost(lambda: run_at_batch(1), device)
-    f2, b2 = count_cost(lambda: run_at_batch(2), device)
-    return Cost(flops_fixed=f1 - (f2 - f1), flops_per_image=f2 - f1, bytes_fixed=b1 - (b2 - b1),
-                bytes_per_image=b2 - b1)
-
-
-def generation_cost(paradigm: nn.Module, sampling, decode_fn=None, device: torch.device | None = None) -> Cost:
-    """Cost of ``paradigm.generate`` (and ``decode_fn`` on its codes) per the module's model. Runs the
-    eager engine (fused decode switched off while counting), so it counts the maths, not the kernels."""
+def generation_cost(paradigm: nn.Module, sampling, decode_fn=None, device: torch.device | None = None,
+                    decoder: nn.Module | None = None) -> Cost:
+    """Cost of ``paradigm.generate`` (and ``decode_fn`` on its codes) per the module's model, from
+    one generation at batch 1; ``decoder``: a module outside the paradigm whose weights it reads. Runs the eager engine
+    (fused decode switched off while counting), so it counts the maths, not the kernels."""
     device = device or next(paradigm.parameters()).device
     fused = [(m, m.fused_decode) for m in paradigm.modules() if getattr(m, "fused_decode", None) is not None]
     for m, _ in fused:
         m.fused_decode = None
-    num_classes = paradigm.model_cfg.num_classes
 
-    def run(batch: int) -> None:
-        labels = torch.arange(batch, device=device) % num_classes
-        codes = paradigm.generate(labels, sampling)
+    def run() -> None:
+        codes = paradigm.generate(torch.zeros(1, dtype=torch.long, device=device), sampling)
         if decode_fn is not None:
             decode_fn(codes)
 
     try:
-        return affine_cost(run, device)
+        counted = count_cost(run, device, weight_storages(paradigm, decoder))
     finally:
         for m, fn in fused:
             m.fused_decode = fn
+    return Cost(flops_fixed=0, flops_per_image=counted.flops, bytes_fixed=counted.fixed_bytes,
+                bytes_per_image=counted.bytes)
 
 
 @dataclass(frozen=True)

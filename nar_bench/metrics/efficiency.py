@@ -164,18 +164,21 @@ def capture_generation(paradigm: Paradigm, batch_size: int, sampling: SamplingCo
                        warm: bool = False) -> GraphedGenerate:
     """The CUDA graph of one batch size's generation. ``warm``: the paradigm has already generated
     with these settings on this device at another batch size (its kernels compiled, its schedule on
-    the device), so the graph is captured without the eager pass first. Should the capture still
-    need one (the first pass at this size does something a capture refuses, such as a recompile
-    that benchmarks kernels), the caches it made are dropped and it warms up and captures again."""
+    the device), so the graph is captured without the eager pass first. A compile inside a capture
+    would fail it at the CUDA level (its autotuning cannot be captured) and leave the capture's
+    memory pool behind, so the warm capture refuses to compile: when this size needs a graph
+    torch.compile has not built yet (e.g. 64-bit indexing past 2^31 elements), the caches it made
+    are dropped and it warms up and captures again."""
     if warm:
         try:
-            return GraphedGenerate(paradigm, batch_size, sampling, warmup=0)
+            with torch.compiler.set_stance("fail_on_recompile"):
+                return GraphedGenerate(paradigm, batch_size, sampling, warmup=0)
         except torch.cuda.OutOfMemoryError:
             raise
         except RuntimeError as err:
-            log.warning("capturing batch %d without a warm-up pass failed (%s); warming up first", batch_size,
-                        str(err).splitlines()[0] if str(err) else type(err).__name__)
-            release_decode_state(paradigm)
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        log.warning("batch %d needs an eager pass before its capture (%s); warming up first", batch_size, reason)
+        release_decode_state(paradigm)  # outside the except block, so the traceback's tensors are gone
     return GraphedGenerate(paradigm, batch_size, sampling)
 
 
@@ -300,8 +303,9 @@ def find_max_batch(paradigm: Paradigm, batch_sizes: Iterable[int], sampling: Sam
 def profile_generation(paradigm: Paradigm, batch_size: int, sampling: SamplingConfig, dtype: str = "bf16", *,
                        warmup: int = 1, row_limit: int = 20, decode_fn: DecodeFn | None = None,
                        device: torch.device | str | None = None) -> str:
-    """torch.profiler table of one generation after warm-up: the top ``row_limit`` ops by total
-    CUDA time (CPU time on CPU), to show where the time goes."""
+    """torch.profiler table of one generation after warm-up, to show where the time goes: on a GPU
+    the top ``row_limit`` kernels by total GPU time (GPU activity only: with every CPU-side op
+    recorded too, AR-B's profile took 16 s of an H200 sweep), on a CPU the top ops by CPU time."""
     device = resolve_device(paradigm, device)
     paradigm.to(dtype=inference_dtype(dtype))
     release_decode_state(paradigm)
@@ -309,10 +313,8 @@ def profile_generation(paradigm: Paradigm, batch_size: int, sampling: SamplingCo
     for _ in range(warmup):
         run()
     cuda = device.type == "cuda"
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if cuda:
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
+    activity = torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU
+    with torch.profiler.profile(activities=[activity]) as prof:
         run()
         if cuda:
             torch.cuda.synchronize(device)
