@@ -118,3 +118,14 @@ def test_point_cost_counts_bytes_at_the_points_dtype_and_the_decode_once_per_ima
     assert one_image.flops > 0
     assert e2e.flops_per_image == fp32.flops_per_image + one_image.flops and e2e.flops_fixed == 0
     assert e2e.bytes_fixed == fp32.bytes_fixed + one_image.fixed_bytes  # the decoder's weights, once per batch
+
+
+@pytest.mark.cuda
+def test_cost_counted_on_a_gpu_equals_the_cpu_count():
+    model, _ = tiny_paradigm("ar")
+    model.eval().to(torch.bfloat16)
+    on_cpu = generation_cost(model, SAMPLING)
+    on_gpu = generation_cost(model.cuda(), SAMPLING)
+    assert on_gpu.flops_per_image == on_cpu.flops_per_image and on_gpu.bytes_fixed == on_cpu.bytes_fixed
+    # per-image bytes within 1%: attention kernels differ in the fp32 log-sum-exp they return
+    assert on_gpu.bytes_per_image == pytest.approx(on_cpu.bytes_per_image, rel=0.01)

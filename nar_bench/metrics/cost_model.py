@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
@@ -132,7 +133,11 @@ def generation_cost(paradigm: nn.Module, sampling, decode_fn=None, device: torch
             decode_fn(codes)
 
     try:
-        counted = count_cost(run, device, weight_storages(paradigm, decoder))
+        # Not cuDNN attention: it builds a plan for every new (rows, prefix length) shape (~50 ms
+        # each on an H200, 256 of them in one AR-B generation); the other backends count the same
+        # FLOPs on the same operands.
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            counted = count_cost(run, device, weight_storages(paradigm, decoder))
     finally:
         for m, fn in fused:
             m.fused_decode = fn
