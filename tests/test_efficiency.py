@@ -13,6 +13,7 @@ from nar_bench.config import load_config
 from nar_bench.errors import NarBenchError
 from nar_bench.metrics.efficiency import (
     find_max_batch,
+    kernel_kind,
     measure_generation,
     profile_generation,
     randomize_weights,
@@ -199,6 +200,25 @@ def test_profile_lists_the_top_ops():
     table = profile_generation(model, 2, SAMPLING, "fp32", row_limit=5)
     op_rows = [line for line in table.splitlines() if "aten::" in line]
     assert 0 < len(op_rows) <= 5 and "CPU total" in table
+    by_kind = table.split("\n\n")[0].splitlines()
+    assert by_kind[0].split() == ["kind", "ms", "%", "calls"]
+    shares = {line[:24].strip(): float(line.split()[-2]) for line in by_kind[1:]}
+    assert "GEMM" in shares and abs(sum(shares.values()) - 100) < 0.5
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "GEMM"),
+    ("nvjet_tst_128x64_64x8_1x2_h_bz_coopA_NTN", "GEMM"),
+    ("aten::addmm", "GEMM"),
+    ("_decode_attention_kernel", "attention"),
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "convolution"),
+    ("void at::native::sbtopk::gatherTopK<c10::BFloat16, unsigned int, 2, false>", "top-k / sort"),
+    ("triton_red_fused__to_copy_rms_norm_0", "norm"),
+    ("Memcpy DtoD (Device -> Device)", "copy / cast"),
+    ("triton_poi_fused_mul_silu_3", "elementwise / reduction"),
+])
+def test_profiled_kernels_are_grouped_by_kind(name, kind):
+    assert kernel_kind(name) == kind
 
 
 @pytest.mark.cuda

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import re
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -300,12 +301,49 @@ def find_max_batch(paradigm: Paradigm, batch_sizes: Iterable[int], sampling: Sam
     return (max(fits) if fits else None), results
 
 
+# Kernel (GPU) or op (CPU) name -> kind, first match wins: what the issue's profile breakdown names.
+# Convolutions before GEMMs (cuDNN's implicit-GEMM kernels say fprop), norms before Inductor's
+# generic fused kernels (a fused RMSNorm + cast is a norm).
+KERNEL_KINDS = (
+    ("attention", r"attention|flash|fmha|sdpa|softmax_backward"),
+    ("convolution", r"conv|fprop|dgrad|wgrad|cudnn"),
+    ("GEMM", r"gemm|nvjet|cutlass|xmma|wgmma|aten::(add|b)?mm\b|aten::matmul|aten::linear|_mm_|triton_tem"),
+    ("top-k / sort", r"topk|sort|radix"),
+    ("norm", r"rms_norm|layer_norm|group_norm|batch_norm"),
+    ("copy / cast", r"memcpy|memset|copy|cat|index|scatter|gather|transpose|contiguous"),
+    ("elementwise / reduction", r"."),
+)
+
+
+def kernel_kind(name: str) -> str:
+    return next(kind for kind, pattern in KERNEL_KINDS if re.search(pattern, name, re.IGNORECASE))
+
+
+def time_by_kind(events, cuda: bool) -> str:
+    """Self time of the profiled kernels (CUDA) or ops (CPU) summed per ``KERNEL_KINDS`` kind, as a
+    small table: kind, ms, % of the total, calls."""
+    totals: dict[str, list[float]] = {}
+    for event in events:
+        self_us = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if self_us <= 0:
+            continue
+        kind = totals.setdefault(kernel_kind(event.key), [0.0, 0])
+        kind[0] += self_us
+        kind[1] += event.count
+    whole = sum(us for us, _ in totals.values()) or 1.0
+    lines = [f"{'kind':<24}{'ms':>10}{'%':>8}{'calls':>9}"]
+    for kind, (us, calls) in sorted(totals.items(), key=lambda item: -item[1][0]):
+        lines.append(f"{kind:<24}{us / 1e3:>10.3f}{100 * us / whole:>8.1f}{calls:>9}")
+    return "\n".join(lines)
+
+
 def profile_generation(paradigm: Paradigm, batch_size: int, sampling: SamplingConfig, dtype: str = "bf16", *,
                        warmup: int = 1, row_limit: int = 20, decode_fn: DecodeFn | None = None,
                        device: torch.device | str | None = None) -> str:
-    """torch.profiler table of one generation after warm-up, to show where the time goes: on a GPU
-    the top ``row_limit`` kernels by total GPU time (GPU activity only: with every CPU-side op
-    recorded too, AR-B's profile took 16 s of an H200 sweep), on a CPU the top ops by CPU time."""
+    """torch.profiler tables of one generation after warm-up, to show where the time goes: on a GPU
+    the kernels' time by kind (``time_by_kind``) and the top ``row_limit`` kernels by total GPU time
+    (GPU activity only: with every CPU-side op recorded too, AR-B's profile took 16 s of an H200
+    sweep), on a CPU the same for ops by CPU time."""
     device = resolve_device(paradigm, device)
     paradigm.to(dtype=inference_dtype(dtype))
     release_decode_state(paradigm)
@@ -318,5 +356,6 @@ def profile_generation(paradigm: Paradigm, batch_size: int, sampling: SamplingCo
         run()
         if cuda:
             torch.cuda.synchronize(device)
+    events = prof.key_averages()
     sort_by = "cuda_time_total" if cuda else "cpu_time_total"
-    return prof.key_averages().table(sort_by=sort_by, row_limit=row_limit)
+    return f"{time_by_kind(events, cuda)}\n\n{events.table(sort_by=sort_by, row_limit=row_limit)}"
