@@ -137,6 +137,9 @@ def release_decode_state(paradigm: nn.Module) -> None:
             m.kv_cache = None
     if torch.cuda.is_available():
         gc.collect()  # tensors held by reference cycles (e.g. an OOM traceback) go too
+        # cuBLAS keeps a workspace per stream (32 MiB on Hopper); one made during a capture lives
+        # in that graph's private pool and would keep the pool's memory after the graph is gone
+        torch._C._cuda_clearCublasWorkspaces()
         torch.cuda.empty_cache()
 
 
@@ -302,14 +305,15 @@ def find_max_batch(paradigm: Paradigm, batch_sizes: Iterable[int], sampling: Sam
 
 
 # Kernel (GPU) or op (CPU) name -> kind, first match wins: what the profile breakdown names.
-# Convolutions before GEMMs (cuDNN's implicit-GEMM kernels say fprop), norms before Inductor's
-# generic fused kernels (a fused RMSNorm + cast is a norm).
+# Norms first (a fused RMSNorm + cast is a norm); convolutions before GEMMs (cuDNN's implicit-GEMM
+# kernels say fprop), except Inductor's fused kernels, whose names list the ops they fuse
+# ("triton_poi_fused_add_convolution_silu" holds a convolution's bias add, not the convolution).
 KERNEL_KINDS = (
     ("attention", r"attention|flash|fmha|sdpa|softmax_backward"),
-    ("convolution", r"conv|fprop|dgrad|wgrad|cudnn"),
+    ("norm", r"rms_norm|layer_norm|group_norm|batch_norm"),
+    ("convolution", r"^(?!triton_).*(conv|fprop|dgrad|wgrad|cudnn)"),
     ("GEMM", r"gemm|nvjet|cutlass|xmma|wgmma|aten::(add|b)?mm\b|aten::matmul|aten::linear|_mm_|triton_tem"),
     ("top-k / sort", r"topk|sort|radix"),
-    ("norm", r"rms_norm|layer_norm|group_norm|batch_norm"),
     ("copy / cast", r"memcpy|memset|copy|cat|index|scatter|gather|transpose|contiguous"),
     ("elementwise / reduction", r"."),
 )
