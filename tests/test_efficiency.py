@@ -220,6 +220,10 @@ def test_profile_lists_the_top_ops():
     ("triton_poi_fused_mul_silu_3", "elementwise / reduction"),
     ("triton_red_fused_add_clone_convolution_native_group_norm_12", "norm"),
     ("triton_poi_fused_add_convolution_silu_44", "elementwise / reduction"),  # a conv's bias add, fused
+    ("triton_poi_fused__to_copy_add_clone_convolution_expand_mean_mul_pow_rsqrt_silu_unsqueeze_view_65", "norm"),
+    ("triton_poi_fused__to_copy__unsafe_index_add_arange_clone_convolution_mul_silu_unsqueeze_68",
+     "elementwise / reduction"),
+    ("triton_tem_fused_mm_0", "GEMM"),
 ])
 def test_profiled_kernels_are_grouped_by_kind(name, kind):
     assert kernel_kind(name) == kind

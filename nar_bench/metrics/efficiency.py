@@ -305,16 +305,18 @@ def find_max_batch(paradigm: Paradigm, batch_sizes: Iterable[int], sampling: Sam
 
 
 # Kernel (GPU) or op (CPU) name -> kind, first match wins: what the profile breakdown names.
-# Norms first (a fused RMSNorm + cast is a norm); convolutions before GEMMs (cuDNN's implicit-GEMM
-# kernels say fprop), except Inductor's fused kernels, whose names list the ops they fuse
-# ("triton_poi_fused_add_convolution_silu" holds a convolution's bias add, not the convolution).
+# Inductor's fused kernels (triton_poi / triton_red / triton_per) are named after every op they fuse,
+# so they are a norm when they hold a norm or its rsqrt, otherwise elementwise / reduction: never a
+# convolution or a copy (in "triton_poi_fused_add_clone_convolution_silu" the convolution is its bias
+# add and the clone a layout the kernel writes); Inductor's GEMM templates (triton_tem) are GEMMs.
+# Convolutions come before GEMMs (cuDNN's implicit-GEMM kernels say fprop).
 KERNEL_KINDS = (
     ("attention", r"attention|flash|fmha|sdpa|softmax_backward"),
-    ("norm", r"rms_norm|layer_norm|group_norm|batch_norm"),
+    ("norm", r"rms_norm|layer_norm|group_norm|batch_norm|^triton_\w*rsqrt"),
     ("convolution", r"^(?!triton_).*(conv|fprop|dgrad|wgrad|cudnn)"),
     ("GEMM", r"gemm|nvjet|cutlass|xmma|wgmma|aten::(add|b)?mm\b|aten::matmul|aten::linear|_mm_|triton_tem"),
     ("top-k / sort", r"topk|sort|radix"),
-    ("copy / cast", r"memcpy|memset|copy|cat|index|scatter|gather|transpose|contiguous"),
+    ("copy / cast", r"^(?!triton_).*(memcpy|memset|copy|cat|index|scatter|gather|transpose|contiguous)"),
     ("elementwise / reduction", r"."),
 )
 
