@@ -6,6 +6,7 @@ from nar_bench.nn.fused_decode import (
     decode_attention,
     disable_fused_decode,
     enable_fused_decode,
+    per_row_freqs,
     rope_rows,
 )
 from nar_bench.nn.sampling import SamplingConfig
@@ -97,18 +98,49 @@ def test_compiled_fused_decoding_equals_eager_without_recompiles():
     assert counters["stats"]["unique_graphs"] == 2  # attention_inputs + block_outputs, compiled once
 
 
+def test_decode_attention_rotates_q_and_the_cached_k():
+    """With ``freqs`` the step's q and k are rotated (``rope_rows``) before the cache write and the
+    attention; v is not."""
+    b, n, h, d, start, seq = 2, 3, 2, 8, 4, 9
+    q, k, v = (torch.randn(b * n, h, d) for _ in range(3))
+    freqs = torch.randn(n, d // 2, 2)
+    caches = [torch.randn(b, h, seq, d) for _ in range(2)]
+    copies = [c.clone() for c in caches]
+    out = decode_attention(q, k, v, *caches, start, n, backend="sdpa", freqs=freqs)
+    rows = freqs.expand(b, n, d // 2, 2).reshape(b * n, d // 2, 2)
+    assert torch.equal(per_row_freqs(freqs, b, n), rows)
+    ref = decode_attention(rope_rows(q, rows), rope_rows(k, rows), v, *copies, start, n, backend="sdpa")
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert torch.equal(caches[0], copies[0]) and torch.equal(caches[1], copies[1])
+    assert not torch.equal(caches[0][:, :, start:start + n], k.view(b, n, h, d).transpose(1, 2))
+
+
 @pytest.mark.cuda
-@pytest.mark.parametrize("n, start", [(1, 0), (1, 17), (4, 9), (16, 100), (40, 200)])
-def test_triton_decode_attention_matches_sdpa(n, start):
+@pytest.mark.parametrize("rope", [False, True])
+@pytest.mark.parametrize("n, start", [(1, 0), (1, 17), (4, 9), (16, 100), (40, 200), (100, 150)])
+def test_triton_decode_attention_matches_sdpa(n, start, rope):
     torch.manual_seed(n)
     b, h, d, seq = 6, 12, 64, 257
     dev, dt = "cuda", torch.bfloat16
     qkv = torch.randn(b * n, 3, h, d, device=dev, dtype=dt)
     q, k, v = qkv.unbind(1)
+    freqs = rope_table_rows(n, d, dev) if rope else None
     caches = [torch.randn(b, h, seq, d, device=dev, dtype=dt) for _ in range(4)]
     caches[2].copy_(caches[0])
     caches[3].copy_(caches[1])
-    ref = decode_attention(q, k, v, caches[0], caches[1], start, n, backend="sdpa")
-    out = decode_attention(q, k, v, caches[2], caches[3], start, n, backend="triton")
+    ref = decode_attention(q, k, v, caches[0], caches[1], start, n, backend="sdpa", freqs=freqs)
+    out = decode_attention(q, k, v, caches[2], caches[3], start, n, backend="triton", freqs=freqs)
     torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
-    assert torch.equal(caches[2], caches[0]) and torch.equal(caches[3], caches[1])
+    assert torch.equal(caches[3], caches[1])
+    if rope:  # rotated in fp32 by both, rounded to bf16: at most one bf16 step apart (FMA contraction)
+        torch.testing.assert_close(caches[2], caches[0], rtol=8e-3, atol=1e-5)
+    else:
+        assert torch.equal(caches[2], caches[0])
+
+
+def rope_table_rows(n, head_dim, device):
+    """A real 2D rotary table for n tokens of a 16-wide grid, as the paradigms feed it."""
+    from nar_bench.nn.transformer import rope_table
+
+    coords = torch.stack([torch.arange(n) // 16, torch.arange(n) % 16], 1)
+    return rope_table(coords, head_dim).to(device)

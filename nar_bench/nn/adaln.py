@@ -170,8 +170,7 @@ class FusedAdaLNDecode:
             mark_varying((x, 0), (x, 1), (mods, 0))
         q, k, v = self.attention_inputs(block, x, mods)
         cache = block.attn.kv_cache
-        out = decode_attention(q.to(cache.k.dtype), k.to(cache.k.dtype), v.to(cache.v.dtype), cache.k, cache.v,
-                               cache_start, x.shape[1], self.attention).to(x.dtype)
+        out = decode_attention(q, k, v, cache.k, cache.v, cache_start, x.shape[1], self.attention).to(x.dtype)
         if self.compile:
             mark_varying((out, 0))
         return self.block_outputs(block, x, out, mods)

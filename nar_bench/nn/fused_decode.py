@@ -1,23 +1,22 @@
 """Fused decode step of the LLaMA block (``TransformerBlock`` with a KV cache), for every
 paradigm on the shared backbone (raster AR, PAR, NAR).
 
-One cached step of a block is three launches groups instead of ~30 eager kernels:
+One cached step of a block is three launch groups instead of ~30 eager kernels:
 
-1. ``attention_inputs`` (torch.compile): RMSNorm -> wqkv -> RoPE on q and k, in real arithmetic
-   (x0 c - x1 s, x1 c + x0 s; fp32 inside the kernel, bf16 in and out: no complex fp32 tensors).
-2. ``decode_attention``: writes the step's k/v into the static cache at [start, start + n) and
-   attends over the filled prefix only. On CUDA with Triton one kernel does both (one program per
-   (row, head, query block), online softmax over the prefix read from the cache, then over the
-   step's own k/v read from the inputs, so there is no read-after-write race); elsewhere the cache
-   update plus SDPA.
+1. ``attention_projections`` (torch.compile): RMSNorm -> wqkv.
+2. ``decode_attention``: RoPE on q and the step's k (real arithmetic, x0 c - x1 s, x1 c + x0 s, in
+   fp32, rounded to the cache dtype as ``rope_rows``), writes the step's k/v into the static cache
+   at [start, start + n) and attends over the filled prefix only. On CUDA with Triton one kernel
+   does all of it (one program per (row, head, query block), online softmax over the prefix read
+   from the cache, then over the step's own k/v read from the inputs, so there is no
+   read-after-write race); elsewhere ``rope_rows``, the cache update and SDPA.
 3. ``block_outputs`` (torch.compile): wo -> residual -> RMSNorm -> SwiGLU (w1 and w3 as one
    stacked GEMM) -> residual.
 
-Shapes: the compiled regions see rows flattened to (M = B * n, dim) and the rotary table already
-expanded per row, so neither the batch nor the tokens-per-step count (1 for AR and for the
-condition step, 2..16 for NAR, 4 for PAR) is a separate dimension: M is the one dim marked
-dynamic, so one graph per region serves every step, batch size and paradigm (only M = 1, a batch
-of one without CFG, gets its own static graph),
+Shapes: the compiled regions see rows flattened to (M = B * n, dim), so neither the batch nor the
+tokens-per-step count (1 for AR and for the condition step, 2..16 for NAR, 4 for PAR) is a
+separate dimension: M is the one dim marked dynamic, so one graph per region serves every step,
+batch size and paradigm (only M = 1, a batch of one without CFG, gets its own static graph),
 and the regions are compiled once for all layers (``inline_inbuilt_nn_modules``: parameters are
 graph inputs). The same functions run uncompiled, which is what the CPU tests compare against.
 """
@@ -61,18 +60,25 @@ def rope_rows(x: Tensor, freqs: Tensor) -> Tensor:
     return torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1).flatten(-2).type_as(x)
 
 
-def attention_inputs(block: nn.Module, x: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """x (M, dim), freqs (M, D/2, 2) -> rotated q, rotated k, v, each (M, H, D)."""
+def attention_projections(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """x (M, dim) -> q, k, v, each (M, H, D), before RoPE."""
     attn = block.attention
     qkv = F.linear(rms_norm(x, block.attention_norm), attn.wqkv.weight).unflatten(-1, (3, attn.n_heads, -1))
-    q, k, v = qkv.unbind(1)
+    return qkv.unbind(1)
+
+
+def attention_inputs(block: nn.Module, x: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """x (M, dim), freqs (M, D/2, 2) -> rotated q, rotated k, v, each (M, H, D)."""
+    q, k, v = attention_projections(block, x)
     return rope_rows(q, freqs), rope_rows(k, freqs), v
 
 
 def block_outputs(block: nn.Module, x: Tensor, attn_out: Tensor, w13: Tensor) -> Tensor:
     """Residual stream x (M, dim) and attention output (M, dim) -> the block's output (M, dim).
     w13 (2 * hidden, dim): the SwiGLU's w1 and w3 stacked, one GEMM instead of two."""
-    h = x + F.linear(attn_out, block.attention.wo.weight)
+    # The sum in fp32 and rounded once, as bf16's own add: a mixed-dtype add that Inductor does
+    # not fold into cuBLAS's beta=1 GEMM (which needs a copy of x first), so it joins the norm's kernel.
+    h = (x.float() + F.linear(attn_out, block.attention.wo.weight)).type_as(x)
     gate, up = F.linear(rms_norm(h, block.ffn_norm), w13).chunk(2, dim=-1)
     return h + F.linear(F.silu(gate) * up, block.feed_forward.w2.weight)
 
@@ -90,11 +96,21 @@ def stacked_w13(block: nn.Module) -> Tensor:
     return cached[1]
 
 
+def per_row_freqs(freqs: Tensor, b: int, n: int) -> Tensor:
+    """The rotary table (n, D/2, 2) or (B, n, D/2, 2) of a step's tokens as one row per (batch row,
+    token): (B * n, D/2, 2)."""
+    return freqs.expand(b, n, *freqs.shape[-2:]).reshape(b * n, *freqs.shape[-2:])
+
+
 def sdpa_decode_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, start: int,
-                          n: int) -> Tensor:
-    """Reference path: q, k, v (B*n, H, D) -> (B*n, H*D); writes k/v into the caches
-    (B, H, S, D) at [start, start + n) and attends over [0, start + n) with SDPA."""
+                          n: int, freqs: Tensor | None = None) -> Tensor:
+    """Reference path: q, k, v (B*n, H, D) -> (B*n, H*D); rotates q and k by ``freqs`` (n, D/2, 2) or
+    (B, n, D/2, 2) when given (``rope_rows``), writes k/v into the caches (B, H, S, D) at
+    [start, start + n) and attends over [0, start + n) with SDPA."""
     b, end = q.shape[0] // n, start + n
+    if freqs is not None:
+        rows = per_row_freqs(freqs, b, n)
+        q, k = rope_rows(q, rows).to(k_cache.dtype), rope_rows(k, rows).to(k_cache.dtype)
     q, k, v = (t.view(b, n, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
     k_cache[:, :, start:end] = k
     v_cache[:, :, start:end] = v
@@ -105,23 +121,44 @@ def sdpa_decode_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_ca
 if triton is not None:
 
     @triton.jit
-    def _decode_attention_kernel(Q, KN, VN, KC, VC, Out, start, n, H, scale,
+    def _load_rows(ptr, rows, ok, s_m, head_off, freqs_base, tokens, sf_m, D: tl.constexpr, ROPE: tl.constexpr):
+        """Rows (R, D) of q or k for one head; with ROPE rotated by the table rows ``tokens`` ((D/2, 2)
+        cos/sin each, contiguous) in fp32 and returned in the input dtype, as ``rope_rows``. The
+        rotation is x * cos + swap(x) * (-sin, +sin) per pair, with swap(x) read from memory (the
+        same cache lines, columns d ^ 1): no register shuffles between pairs."""
+        offs_d = tl.arange(0, D)
+        base = ptr + rows[:, None] * s_m + head_off
+        x = tl.load(base + offs_d[None, :], mask=ok[:, None], other=0.0)
+        if ROPE:
+            swapped = tl.load(base + (offs_d ^ 1)[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+            pair = freqs_base + tokens[:, None] * sf_m + (offs_d // 2 * 2)[None, :]
+            cos = tl.load(pair, mask=ok[:, None], other=0.0).to(tl.float32)
+            sin = tl.load(pair + 1, mask=ok[:, None], other=0.0).to(tl.float32)
+            sign = tl.where(offs_d % 2 == 0, -1.0, 1.0)[None, :]
+            x = (x.to(tl.float32) * cos + swapped * (sin * sign)).to(x.dtype)
+        return x
+
+    @triton.jit
+    def _decode_attention_kernel(Q, KN, VN, KC, VC, Out, Freqs, start, n, H, scale,
                                  sq_m, sq_h, skn_m, skn_h, svn_m, svn_h,
-                                 sc_b, sc_h, sc_s, so_m, so_h,
-                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+                                 sc_b, sc_h, sc_s, so_m, so_h, sf_b, sf_m,
+                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+                                 ROPE: tl.constexpr, ONE_BLOCK: tl.constexpr):
         pid_bh, pid_m = tl.program_id(0), tl.program_id(1)
         b, h = pid_bh // H, pid_bh % H
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, D)
         m_ok = offs_m < n
         rows = b * n + offs_m
-        q = tl.load(Q + rows[:, None] * sq_m + h * sq_h + offs_d[None, :], mask=m_ok[:, None], other=0.0)
+        freqs_base = Freqs + b * sf_b
+        cdt = KC.dtype.element_ty
+        q = _load_rows(Q, rows, m_ok, sq_m, h * sq_h, freqs_base, offs_m, sf_m, D, ROPE).to(cdt)
+        kn = _load_rows(KN, rows, m_ok, skn_m, h * skn_h, freqs_base, offs_m, sf_m, D, ROPE).to(cdt)
+        vn = tl.load(VN + rows[:, None] * svn_m + h * svn_h + offs_d[None, :], mask=m_ok[:, None], other=0.0).to(cdt)
         # This query block's own new k/v go into the cache; the attention below reads new tokens
-        # from KN/VN, never from the rows being written.
+        # from registers or KN/VN, never from the rows being written.
         kc_base = KC + b * sc_b + h * sc_h
         vc_base = VC + b * sc_b + h * sc_h
-        kn = tl.load(KN + rows[:, None] * skn_m + h * skn_h + offs_d[None, :], mask=m_ok[:, None], other=0.0)
-        vn = tl.load(VN + rows[:, None] * svn_m + h * svn_h + offs_d[None, :], mask=m_ok[:, None], other=0.0)
         tl.store(kc_base + (start + offs_m)[:, None] * sc_s + offs_d[None, :], kn, mask=m_ok[:, None])
         tl.store(vc_base + (start + offs_m)[:, None] * sc_s + offs_d[None, :], vn, mask=m_ok[:, None])
 
@@ -142,45 +179,74 @@ if triton is not None:
             v = tl.load(vc_base + offs_n[:, None] * sc_s + offs_d[None, :], mask=n_ok[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
-        for j0 in range(0, n, BLOCK_N):  # the step's own tokens, from the inputs
-            offs_j = j0 + tl.arange(0, BLOCK_N)
-            j_ok = offs_j < n
-            rows_j = b * n + offs_j
-            k = tl.load(KN + rows_j[None, :] * skn_m + h * skn_h + offs_d[:, None], mask=j_ok[None, :], other=0.0)
-            s = tl.dot(q, k) * qk_scale
-            s = tl.where(j_ok[None, :], s, float("-inf"))
+        if ONE_BLOCK:  # every token of the step is in this query block: its k/v are in registers
+            s = tl.dot(q, tl.trans(kn)) * qk_scale
+            s = tl.where(m_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             p = tl.math.exp2(s - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(VN + rows_j[:, None] * svn_m + h * svn_h + offs_d[None, :], mask=j_ok[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+            acc = acc * alpha[:, None] + tl.dot(p.to(cdt), vn)
+        else:
+            for j0 in range(0, n, BLOCK_M):  # the step's own tokens, from the inputs
+                offs_j = j0 + tl.arange(0, BLOCK_M)
+                j_ok = offs_j < n
+                rows_j = b * n + offs_j
+                k = _load_rows(KN, rows_j, j_ok, skn_m, h * skn_h, freqs_base, offs_j, sf_m, D, ROPE).to(cdt)
+                s = tl.dot(q, tl.trans(k)) * qk_scale
+                s = tl.where(j_ok[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                p = tl.math.exp2(s - m_new[:, None])
+                alpha = tl.math.exp2(m_i - m_new)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                v = tl.load(VN + rows_j[:, None] * svn_m + h * svn_h + offs_d[None, :], mask=j_ok[:, None], other=0.0)
+                acc = acc * alpha[:, None] + tl.dot(p.to(cdt), v.to(cdt))
+                m_i = m_new
         out = acc / l_i[:, None]
         tl.store(Out + rows[:, None] * so_m + h * so_h + offs_d[None, :], out.to(Out.dtype.element_ty),
                  mask=m_ok[:, None])
 
 
+def attention_tile(block_m: int) -> tuple[int, int, int]:
+    """(BLOCK_N, warps, stages) for a query block of ``block_m`` rows. One warp per program when the
+    step has at most 16 tokens (AR, PAR, NAR): on an H100, at 4096 rows x 12 heads x 64 with RoPE,
+    it read the cache 4-12% faster than (64, 4, 2) at 128-220 cached positions and 1.5x faster at
+    NAR's early steps (20), within 1.5% of the best of 27 tiles at each of those shapes. VAR's
+    late scales (query blocks of 64) keep four warps: one warp took 1.8x as long there."""
+    return (32, 1, 2) if block_m <= 16 else (64, 4, 2)
+
+
 def triton_decode_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, start: int,
-                            n: int, block_n: int = 64, num_warps: int = 4, num_stages: int = 2) -> Tensor:
-    """``sdpa_decode_attention`` as one Triton kernel (CUDA only); same arguments and result."""
+                            n: int, freqs: Tensor | None = None, tile: tuple[int, int, int] | None = None) -> Tensor:
+    """``sdpa_decode_attention`` as one Triton kernel (CUDA only); same arguments and result.
+    ``tile``: (BLOCK_N, warps, stages), by default ``attention_tile`` of the query block."""
     m, heads, d = q.shape
     if k_cache.stride(-1) != 1 or q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("decode attention needs unit stride on the head dimension")
-    out = torch.empty(m, heads, d, dtype=q.dtype, device=q.device)
+    out = torch.empty(m, heads, d, dtype=k_cache.dtype, device=q.device)
+    rope = freqs is not None
+    if not rope:
+        freqs, sf_b, sf_m = q, 0, 0  # unread
+    else:
+        freqs = freqs if freqs.stride(-1) == 1 and freqs.stride(-2) == 2 else freqs.contiguous()
+        sf_b = freqs.stride(0) if freqs.dim() == 4 and freqs.shape[0] > 1 else 0
+        sf_m = freqs.stride(-3)
     block_m = max(16, min(64, triton.next_power_of_2(n)))
+    block_n, num_warps, num_stages = tile or attention_tile(block_m)
     grid = ((m // n) * heads, triton.cdiv(n, block_m))
     _decode_attention_kernel[grid](
-        q, k, v, k_cache, v_cache, out, start, n, heads, 1.0 / math.sqrt(d),
+        q, k, v, k_cache, v_cache, out, freqs, start, n, heads, 1.0 / math.sqrt(d),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0), out.stride(1),
-        BLOCK_M=block_m, BLOCK_N=block_n, D=d, num_warps=num_warps, num_stages=num_stages)
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0), out.stride(1), sf_b, sf_m,
+        BLOCK_M=block_m, BLOCK_N=block_n, D=d, ROPE=rope, ONE_BLOCK=n <= block_m, num_warps=num_warps,
+        num_stages=num_stages)
     return out.view(m, heads * d)
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, start: int, n: int,
-                     backend: str = "auto") -> Tensor:
-    """Cache write + attention over the filled prefix. ``backend``: "triton" (CUDA), "sdpa", or
+                     backend: str = "auto", freqs: Tensor | None = None) -> Tensor:
+    """RoPE on q and k (with ``freqs``) + cache write + attention over the filled prefix; returns the
+    cache dtype. ``backend``: "triton" (CUDA), "sdpa", or
     "auto": Triton when available on the tensors' device and the head dim is a power of two.
 
     Also for one token per step (raster AR): SDPA picks cuDNN there, which reads the cache a little
@@ -192,8 +258,9 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: 
         fits = triton is not None and q.is_cuda and d >= 16 and d & (d - 1) == 0
         backend = "triton" if fits else "sdpa"
     if backend == "triton":
-        return triton_decode_attention(q, k, v, k_cache, v_cache, start, n)
-    return sdpa_decode_attention(q, k, v, k_cache, v_cache, start, n)
+        return triton_decode_attention(q, k, v, k_cache, v_cache, start, n, freqs)
+    return sdpa_decode_attention(q.to(k_cache.dtype), k.to(k_cache.dtype), v.to(v_cache.dtype), k_cache, v_cache,
+                                 start, n, freqs)
 
 
 class FusedDecode:
@@ -204,6 +271,7 @@ class FusedDecode:
         self.attention = attention
         self.compile = compile
         self._rows = None  # (freqs, batch, per-row table) of the step being fed
+        self.attention_projections = torch.compile(attention_projections) if compile else attention_projections
         self.attention_inputs = torch.compile(attention_inputs) if compile else attention_inputs
         self.block_outputs = torch.compile(block_outputs) if compile else block_outputs
 
@@ -211,13 +279,11 @@ class FusedDecode:
         """x (B, n, dim), freqs (n, D/2, 2) or (B, n, D/2, 2) -> the block's output (B, n, dim)."""
         b, n, dim = x.shape
         rows = x.reshape(b * n, dim)
-        freqs_rows = self.rope_rows_table(freqs, b, n)
         if self.compile:  # only the row count varies
-            mark_varying((rows, 0), (freqs_rows, 0))
-        q, k, v = self.attention_inputs(block, rows, freqs_rows)
+            mark_varying((rows, 0))
+        q, k, v = self.attention_projections(block, rows)
         cache = block.attention.kv_cache
-        out = decode_attention(q.to(cache.k.dtype), k.to(cache.k.dtype), v.to(cache.v.dtype), cache.k, cache.v,
-                               cache_start, n, self.attention).to(x.dtype)
+        out = decode_attention(q, k, v, cache.k, cache.v, cache_start, n, self.attention, freqs).to(x.dtype)
         if self.compile:
             mark_varying((out, 0))
         return self.block_outputs(block, rows, out, stacked_w13(block)).view(b, n, dim)
