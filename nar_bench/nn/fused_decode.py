@@ -11,7 +11,7 @@ One cached step of a block is three launch groups instead of ~30 eager kernels:
    from the cache, then over the step's own k/v read from the inputs, so there is no
    read-after-write race); elsewhere ``rope_rows``, the cache update and SDPA.
 3. ``block_outputs`` (torch.compile): wo -> residual -> RMSNorm -> SwiGLU (w1 and w3 as one
-   stacked GEMM) -> residual.
+   stacked GEMM with the gate in its epilogue on CUDA, ``swiglu_gemm``) -> residual.
 
 Shapes: the compiled regions see rows flattened to (M = B * n, dim), so neither the batch nor the
 tokens-per-step count (1 for AR and for the condition step, 2..16 for NAR, 4 for PAR) is a
@@ -28,6 +28,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from nar_bench.nn.swiglu_gemm import swiglu
 
 try:  # Triton ships with CUDA builds of torch only
     import triton
@@ -75,12 +77,11 @@ def attention_inputs(block: nn.Module, x: Tensor, freqs: Tensor) -> tuple[Tensor
 
 def block_outputs(block: nn.Module, x: Tensor, attn_out: Tensor, w13: Tensor) -> Tensor:
     """Residual stream x (M, dim) and attention output (M, dim) -> the block's output (M, dim).
-    w13 (2 * hidden, dim): the SwiGLU's w1 and w3 stacked, one GEMM instead of two."""
+    w13 (2 * hidden, dim): the SwiGLU's w1 and w3 stacked, one GEMM instead of two (``swiglu``)."""
     # The sum in fp32 and rounded once, as bf16's own add: a mixed-dtype add that Inductor does
     # not fold into cuBLAS's beta=1 GEMM (which needs a copy of x first), so it joins the norm's kernel.
     h = (x.float() + F.linear(attn_out, block.attention.wo.weight)).type_as(x)
-    gate, up = F.linear(rms_norm(h, block.ffn_norm), w13).chunk(2, dim=-1)
-    return h + F.linear(F.silu(gate) * up, block.feed_forward.w2.weight)
+    return h + F.linear(swiglu(rms_norm(h, block.ffn_norm), w13), block.feed_forward.w2.weight)
 
 
 def stacked_w13(block: nn.Module) -> Tensor:
