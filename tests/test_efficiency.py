@@ -224,6 +224,7 @@ def test_profile_lists_the_top_ops():
     ("triton_poi_fused__to_copy__unsafe_index_add_arange_clone_convolution_mul_silu_unsqueeze_68",
      "elementwise / reduction"),
     ("triton_tem_fused_mm_0", "GEMM"),
+    ("_swiglu_gemm_kernel", "GEMM"),  # the fused decode step's SwiGLU: a GEMM with its gate inside
 ])
 def test_profiled_kernels_are_grouped_by_kind(name, kind):
     assert kernel_kind(name) == kind

@@ -83,9 +83,9 @@ class SequenceParadigm(Paradigm):
 
     def compile_decoding(self, attention: str = "auto") -> bool:
         """Routes every cached block step through the fused decode path
-        (``nar_bench.nn.fused_decode``): two torch.compile regions per block (norm + QKV + RoPE;
+        (``nar_bench.nn.fused_decode``): two torch.compile regions per block (norm + QKV;
         wo + norm + SwiGLU + residuals), compiled once for all blocks, steps and batch sizes, and a
-        decode attention kernel that writes the KV cache and reads only its filled prefix.
+        decode attention kernel that applies RoPE, writes the KV cache and reads only its filled prefix.
         Safe to call twice."""
         enable_fused_decode(self, compile=True, attention=attention)
         return True
