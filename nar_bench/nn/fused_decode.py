@@ -140,6 +140,17 @@ if triton is not None:
         return x
 
     @triton.jit
+    def _attend(q, keys, values, ok, m_i, l_i, acc, qk_scale):
+        """One online-softmax update of (running max, normaliser, output) for queries q (M, D) over
+        keys (D, N) and values (N, D), key columns ``ok`` only; scores in log2 units."""
+        s = tl.where(ok[None, :], tl.dot(q, keys) * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        acc = acc * alpha[:, None] + tl.dot(p.to(values.dtype), values)
+        return m_new, l_i * alpha + tl.sum(p, 1), acc
+
+    @triton.jit
     def _decode_attention_kernel(Q, KN, VN, KC, VC, Out, Freqs, start, n, H, scale,
                                  sq_m, sq_h, skn_m, skn_h, svn_m, svn_h,
                                  sc_b, sc_h, sc_s, so_m, so_h, sf_b, sf_m,
@@ -171,38 +182,18 @@ if triton is not None:
             offs_n = s0 + tl.arange(0, BLOCK_N)
             n_ok = offs_n < start
             k = tl.load(kc_base + offs_n[None, :] * sc_s + offs_d[:, None], mask=n_ok[None, :], other=0.0)
-            s = tl.dot(q, k) * qk_scale
-            s = tl.where(n_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.math.exp2(s - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(vc_base + offs_n[:, None] * sc_s + offs_d[None, :], mask=n_ok[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+            m_i, l_i, acc = _attend(q, k, v, n_ok, m_i, l_i, acc, qk_scale)
         if ONE_BLOCK:  # every token of the step is in this query block: its k/v are in registers
-            s = tl.dot(q, tl.trans(kn)) * qk_scale
-            s = tl.where(m_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.math.exp2(s - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(cdt), vn)
+            m_i, l_i, acc = _attend(q, tl.trans(kn), vn, m_ok, m_i, l_i, acc, qk_scale)
         else:
             for j0 in range(0, n, BLOCK_M):  # the step's own tokens, from the inputs
                 offs_j = j0 + tl.arange(0, BLOCK_M)
                 j_ok = offs_j < n
                 rows_j = b * n + offs_j
                 k = _load_rows(KN, rows_j, j_ok, skn_m, h * skn_h, freqs_base, offs_j, sf_m, D, ROPE).to(cdt)
-                s = tl.dot(q, tl.trans(k)) * qk_scale
-                s = tl.where(j_ok[None, :], s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                p = tl.math.exp2(s - m_new[:, None])
-                alpha = tl.math.exp2(m_i - m_new)
-                l_i = l_i * alpha + tl.sum(p, 1)
                 v = tl.load(VN + rows_j[:, None] * svn_m + h * svn_h + offs_d[None, :], mask=j_ok[:, None], other=0.0)
-                acc = acc * alpha[:, None] + tl.dot(p.to(cdt), v.to(cdt))
-                m_i = m_new
+                m_i, l_i, acc = _attend(q, tl.trans(k), v.to(cdt), j_ok, m_i, l_i, acc, qk_scale)
         out = acc / l_i[:, None]
         tl.store(Out + rows[:, None] * so_m + h * so_h + offs_d[None, :], out.to(Out.dtype.element_ty),
                  mask=m_ok[:, None])
