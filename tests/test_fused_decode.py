@@ -95,7 +95,7 @@ def test_compiled_fused_decoding_equals_eager_without_recompiles():
         assert torch.equal(tokens, ref_tokens)
         for x, y in zip(logits, ref_logits, strict=True):
             torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
-    assert counters["stats"]["unique_graphs"] == 2  # attention_inputs + block_outputs, compiled once
+    assert counters["stats"]["unique_graphs"] == 2  # attention_projections + block_outputs, compiled once
 
 
 def test_decode_attention_rotates_q_and_the_cached_k():
@@ -139,8 +139,8 @@ def test_triton_decode_attention_matches_sdpa(n, start, rope):
 
 
 def rope_table_rows(n, head_dim, device):
-    """A real 2D rotary table for n tokens of a 16-wide grid, as the paradigms feed it."""
+    """A real 2D rotary table for the first n tokens of a 16 x 16 grid, as the paradigms feed it."""
     from nar_bench.nn.transformer import rope_table
+    from nar_bench.paradigms.base import grid_coords
 
-    coords = torch.stack([torch.arange(n) // 16, torch.arange(n) % 16], 1)
-    return rope_table(coords, head_dim).to(device)
+    return rope_table(grid_coords((16, 16))[:n], head_dim).to(device)

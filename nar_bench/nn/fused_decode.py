@@ -99,8 +99,10 @@ def stacked_w13(block: nn.Module) -> Tensor:
 
 def per_row_freqs(freqs: Tensor, b: int, n: int) -> Tensor:
     """The rotary table (n, D/2, 2) or (B, n, D/2, 2) of a step's tokens as one row per (batch row,
-    token): (B * n, D/2, 2)."""
-    return freqs.expand(b, n, *freqs.shape[-2:]).reshape(b * n, *freqs.shape[-2:])
+    token): (B * n, D/2, 2), always a fresh tensor."""
+    table = freqs.new_empty(b * n, *freqs.shape[-2:])
+    table.view(b, n, *freqs.shape[-2:]).copy_(freqs)
+    return table
 
 
 def sdpa_decode_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, start: int,
@@ -109,9 +111,10 @@ def sdpa_decode_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_ca
     (B, n, D/2, 2) when given (``rope_rows``), writes k/v into the caches (B, H, S, D) at
     [start, start + n) and attends over [0, start + n) with SDPA."""
     b, end = q.shape[0] // n, start + n
+    q, k, v = (t.to(k_cache.dtype) for t in (q, k, v))
     if freqs is not None:
         rows = per_row_freqs(freqs, b, n)
-        q, k = rope_rows(q, rows).to(k_cache.dtype), rope_rows(k, rows).to(k_cache.dtype)
+        q, k = rope_rows(q, rows), rope_rows(k, rows)
     q, k, v = (t.view(b, n, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
     k_cache[:, :, start:end] = k
     v_cache[:, :, start:end] = v
@@ -251,8 +254,7 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: 
         backend = "triton" if fits else "sdpa"
     if backend == "triton":
         return triton_decode_attention(q, k, v, k_cache, v_cache, start, n, freqs)
-    return sdpa_decode_attention(q.to(k_cache.dtype), k.to(k_cache.dtype), v.to(v_cache.dtype), k_cache, v_cache,
-                                 start, n, freqs)
+    return sdpa_decode_attention(q, k, v, k_cache, v_cache, start, n, freqs)
 
 
 class FusedDecode:
@@ -262,7 +264,7 @@ class FusedDecode:
     def __init__(self, compile: bool = True, attention: str = "auto"):
         self.attention = attention
         self.compile = compile
-        self._rows = None  # (freqs, batch, per-row table) of the step being fed
+        self._rows = None  # (freqs, batch, per-row table) of the whole-sequence step being run
         self.attention_projections = torch.compile(attention_projections) if compile else attention_projections
         self.attention_inputs = torch.compile(attention_inputs) if compile else attention_inputs
         self.block_outputs = torch.compile(block_outputs) if compile else block_outputs
@@ -302,8 +304,7 @@ class FusedDecode:
         memo = self._rows
         if memo is not None and memo[0] is freqs and memo[1] == b:
             return memo[2]
-        table = freqs.new_empty(b * n, *freqs.shape[-2:])
-        table.view(b, n, *freqs.shape[-2:]).copy_(freqs)
+        table = per_row_freqs(freqs, b, n)
         self._rows = (freqs, b, table)
         return table
 
