@@ -77,7 +77,7 @@ class Encoder(nn.Module):
                 level.downsample = Downsample2x(block_in)
             self.down.append(level)
         self.mid = _mid(cfg, block_in)
-        self.norm_out = group_norm(cfg, block_in)
+        self.norm_out = group_norm(cfg, block_in, silu=True)
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -87,7 +87,7 @@ class Encoder(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h))
 
 
 class Decoder(nn.Module):
@@ -112,7 +112,7 @@ class Decoder(nn.Module):
                 level.upsample = Upsample2x(block_in)
             up.insert(0, level)  # stored finest-first, run coarsest-first (VAR's order)
         self.up = nn.ModuleList(up)
-        self.norm_out = group_norm(cfg, block_in)
+        self.norm_out = group_norm(cfg, block_in, silu=True)
         self.conv_out = nn.Conv2d(block_in, 3, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -121,5 +121,5 @@ class Decoder(nn.Module):
             h = run_level(level.block, level.attn, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h))
 

@@ -78,7 +78,7 @@ class Encoder(nn.Module):
             self.conv_blocks.append(level)
             block_in = width
         self.mid = _mid(cfg, block_in)
-        self.norm_out = group_norm(cfg, block_in)
+        self.norm_out = group_norm(cfg, block_in, silu=True)
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -89,7 +89,7 @@ class Encoder(nn.Module):
                 h = level.downsample(h)
         for block in self.mid:
             h = block(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h))
 
 
 class Decoder(nn.Module):
@@ -108,7 +108,7 @@ class Decoder(nn.Module):
                 level.upsample = Upsample2x(widths[i])
             self.conv_blocks.append(level)
             block_in = widths[i]
-        self.norm_out = group_norm(cfg, block_in)
+        self.norm_out = group_norm(cfg, block_in, silu=True)
         self.conv_out = nn.Conv2d(block_in, 3, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -119,4 +119,4 @@ class Decoder(nn.Module):
             h = run_level(level.res, level.attn, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h))

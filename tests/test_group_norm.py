@@ -1,0 +1,61 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nar_bench.nn.group_norm import GroupNorm, merge_group_moments, moments_reference
+
+
+def test_group_norm_is_nn_group_norm_plus_optional_silu_with_the_same_state_dict():
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 5, 3)
+    plain = torch.nn.GroupNorm(4, 8, eps=1e-6)
+    torch.nn.init.normal_(plain.weight)
+    torch.nn.init.normal_(plain.bias)
+    for silu in (False, True):
+        norm = GroupNorm(4, 8, eps=1e-6, silu=silu)
+        norm.load_state_dict(plain.state_dict())  # strict: the same keys
+        expected = F.silu(plain(x)) if silu else plain(x)
+        torch.testing.assert_close(norm(x), expected)
+        norm.fused = True  # off CUDA the fused flag falls back to the same maths
+        torch.testing.assert_close(norm(x), expected)
+
+
+@pytest.mark.parametrize("rows_per_program", [1, 7, 16, 100])
+def test_merged_per_program_moments_give_the_group_statistics(rows_per_program):
+    """The kernel's per-program, per-channel (mean, sum of squared deviations), merged over programs
+    and the group's channels, equal the two-pass mean and biased variance, also for channels with a
+    mean far from zero (where E[x^2] - E[x]^2 would cancel)."""
+    torch.manual_seed(rows_per_program)
+    x = torch.randn(3, 12, 6, 10) + 50.0 * torch.randn(1, 12, 1, 1)
+    mean, m2, counts = moments_reference(x, rows_per_program)
+    assert mean.shape == m2.shape == (3, len(counts), 12) and counts.sum() == 60
+    group_mean, var = merge_group_moments(mean, m2, counts, groups=4)
+    grouped = x.view(3, 4, -1).double()
+    torch.testing.assert_close(group_mean.double(), grouped.mean(-1), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(var.double(), grouped.var(-1, unbiased=False), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape,groups", [((64, 128, 256, 256), 32), ((3, 160, 17, 9), 32), ((2, 512, 16, 16), 32),
+                                          ((5, 640, 1, 1), 32)])
+@pytest.mark.parametrize("silu", [False, True])
+def test_triton_channels_last_group_norm_matches_pytorch_on_gpu(shape, groups, silu):
+    """bf16 in and out: each output within one bf16 rounding of the fp32 result (the kernels keep
+    fp32 until the single rounding; PyTorch's bf16 GroupNorm + SiLU rounds twice); also as one op
+    inside a compiled graph."""
+    torch.manual_seed(0)
+    x = (torch.randn(shape, device="cuda") * 2 + torch.randn(1, shape[1], 1, 1, device="cuda") * 4)
+    x = x.bfloat16().contiguous(memory_format=torch.channels_last)
+    norm = GroupNorm(groups, shape[1], eps=1e-6, silu=silu).cuda()
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    with torch.no_grad():
+        exact = norm.float()(x.float())
+        norm.bfloat16().fused = True
+        fused = norm(x)
+        compiled = torch.compile(norm)(x)
+    assert fused.dtype == torch.bfloat16 and fused.is_contiguous(memory_format=torch.channels_last)
+    # half a bf16 step is at most 2^-8 of the value; 1e-4 of it and 1e-5 absolute for fp32 statistics
+    err = (fused.float() - exact).abs()
+    assert (err <= exact.abs() * (2**-8 + 1e-4) + 1e-5).all(), err.max()
+    assert torch.equal(compiled, fused)
