@@ -99,16 +99,13 @@ def inference_dtype(dtype: str) -> torch.dtype:
 
 
 def inference_decoder(tokenizer: nn.Module, dtype: str, compile: bool = False, chunk: int = 64) -> DecodeFn:
-    """The tokenizer's decode as benchmarked: weights in the inference dtype, 4-D (conv) weights in
-    channels_last, the layout cuDNN's tensor-core convolutions run fastest in. ``compile`` gives the
-    fast path (``nar_bench.nn.fast_vae_decode.FastDecoder``: compiled, cuDNN-autotuned, decoded in
-    chunks of ``chunk`` images with one graph for every batch size)."""
-    if compile:
-        from nar_bench.nn.fast_vae_decode import FastDecoder
+    """The tokenizer's decode as benchmarked (``nar_bench.nn.fast_vae_decode.FastDecoder``): weights
+    in the inference dtype, 4-D (conv) weights in channels_last, the layout cuDNN's tensor-core
+    convolutions run fastest in, the channels_last GroupNorm kernels and sub-pixel upsampling,
+    decoded in chunks of ``chunk`` images; ``compile`` also compiles it (one graph for every batch size)."""
+    from nar_bench.nn.fast_vae_decode import FastDecoder
 
-        return FastDecoder(tokenizer, inference_dtype(dtype), chunk=chunk)
-    tokenizer.to(dtype=inference_dtype(dtype), memory_format=torch.channels_last)
-    return tokenizer.decode
+    return FastDecoder(tokenizer, inference_dtype(dtype), chunk=chunk, compile=compile)
 
 
 def compile_seconds() -> float:
