@@ -160,6 +160,7 @@ class BenchConfig:
     num_classes: int = 1000
     device: str = "auto"  # auto = cuda when available, else cpu
     profile_batch: int = 0  # > 0: write a torch.profiler table per model at this batch size
+    profile_best: bool = False  # also profile each model at its best-throughput batch (where a target is read)
     output_dir: str = "results/runs/throughput"  # git-ignored scratch; results/throughput only via --out
 
 

@@ -265,7 +265,7 @@ def test_sweep_runs_points_as_child_runs_records_oom_and_writes_tables_and_plots
     monkeypatch.setattr(NAR, "generate", nar_generate)
     monkeypatch.setattr(runner, "generation_cost", generation_cost)
     with caplog.at_level(logging.WARNING):
-        assert main(bench_args(tmp_path, "bench.train_batch=2")) == 0
+        assert main(bench_args(tmp_path, "bench.train_batch=2", "bench.profile_best=true")) == 0
     assert "not-a-paradigm" in caplog.text  # skipped with a note, like VAR before it is merged
 
     out = tmp_path / "out"
@@ -284,7 +284,11 @@ def test_sweep_runs_points_as_child_runs_records_oom_and_writes_tables_and_plots
     assert command in md and points.commit.iloc[0] in md and "| nar-tiny" in md
     for name in ("figure6", "latency_s_vs_batch", "peak_mem_gb_vs_batch", "throughput_img_s_vs_batch"):
         assert command in Image.open(out / f"{name}.png").text["Description"]
-    assert "aten::" in (out / "profile_AR-t.txt").read_text()
+    # profiles at bench.profile_batch and at the best-throughput batch (one section when they coincide)
+    best = int(summary.loc["AR-t", "best_batch"])
+    ar_profile = (out / "profile_AR-t.txt").read_text()
+    assert ar_profile.count("aten::") >= 1 and "## batch 1\n" in ar_profile and f"## batch {best}\n" in ar_profile
+    assert ar_profile.count("## batch") == (1 if best == 1 else 2)
     assert "aten::" in (out / "profile_nar-tiny.txt").read_text()
     ar = points[points.model == "AR-t"]  # roofline columns from the cost counted on the eager engine
     assert (ar.gflop_per_image > 0).all() and (ar.tflops_s > 0).all() and (ar.gbps > 0).all()

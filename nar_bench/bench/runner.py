@@ -237,28 +237,36 @@ def bench_model(label: str, cfg: DictConfig, device: torch.device, prov: dict[st
                 "size": cfg.model.size, "seed": cfg.seed, "cost": cost, "ceilings": ceilings}
     sampling_cols = {"cfg_scale": sampling.cfg_scale, "top_k": sampling.top_k, "top_p": sampling.top_p}
     profile_path(bench.output_dir, label).unlink(missing_ok=True)  # no stale profile if this one is skipped
-    fits = 0
+    fits, best = 0, None
     points = measure_batch_sizes(paradigm, bench.batch_sizes, sampling, **protocol)
     while True:
         with record.phase("points"):
             result = next(points, None)
         if result is None:
             break
-        fits = max(fits, result.batch_size if result.status == "ok" else 0)
+        if result.status == "ok":
+            fits = max(fits, result.batch_size)
+            best = result if best is None or result.throughput_img_s > best.throughput_img_s else best
         yield {"model": label, **asdict(result), **sampling_cols}
     if bench.profile_batch > fits:
         log.warning("no profile for '%s': batch %d is above the largest that fits (%d)", label, bench.profile_batch,
                     fits)
-    elif bench.profile_batch > 0:
+    profiled = [bench.profile_batch] if 0 < bench.profile_batch <= fits else []
+    if bench.profile_best and best is not None and best.batch_size not in profiled:
+        profiled.append(best.batch_size)
+    if profiled:
         with record.phase("profile"):
-            # no warm-up run when the sweep has just run this model at that batch size
-            warm = bench.profile_batch in bench.batch_sizes
-            table = profile_generation(paradigm, bench.profile_batch, sampling, bench.dtype, device=device,
-                                       decode_fn=protocol["decode_fn"], warmup=0 if warm else 1)
+            tables = []
+            for batch in profiled:
+                # no warm-up run when the sweep has just run this model at that batch size
+                warm = batch in bench.batch_sizes
+                table = profile_generation(paradigm, batch, sampling, bench.dtype, device=device,
+                                           decode_fn=protocol["decode_fn"], warmup=0 if warm else 1)
+                tables.append(f"## batch {batch}\n\n{table}\n")
             path = profile_path(bench.output_dir, label)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"# {label}, batch {bench.profile_batch}, {settings_line(cfg)}\n# {provenance_line(prov)}\n"
-                            f"{table}\n")
+            path.write_text(f"# {label}, batch {' and '.join(map(str, profiled))}, {settings_line(cfg)}\n"
+                            f"# {provenance_line(prov)}\n" + "\n".join(tables))
     if bench.train_batch > 0:
         with record.phase("training"):
             record.training.extend(training_rows(label, paradigm, bench, device))
@@ -348,7 +356,7 @@ def run_throughput_sweep(cfg: DictConfig, command: str | None = None, overwrite:
         files = write_report(table, bench.output_dir, prov, settings, pd.DataFrame(training), pd.DataFrame(timeline),
                              wall_s=time.perf_counter() - sweep_start)
         files.append(write_provenance(bench.output_dir, {**prov, "settings": settings}))
-        if bench.profile_batch > 0:
+        if bench.profile_batch > 0 or bench.profile_best:
             files += [p for label, _ in points if (p := profile_path(bench.output_dir, label)).is_file()]
         for path in files:
             mlflow.log_artifact(parent_id, str(path))
