@@ -225,6 +225,8 @@ def test_profile_lists_the_top_ops():
      "elementwise / reduction"),
     ("triton_tem_fused_mm_0", "GEMM"),
     ("_swiglu_gemm_kernel", "GEMM"),  # the fused decode step's SwiGLU: a GEMM with its gate inside
+    ("_group_norm_moments_kernel", "norm"),  # the fast decoder's channels_last GroupNorm
+    ("_group_norm_apply_kernel", "norm"),
 ])
 def test_profiled_kernels_are_grouped_by_kind(name, kind):
     assert kernel_kind(name) == kind

@@ -91,7 +91,8 @@ def tile_rows(channels: int) -> tuple[int, int]:
 if triton is not None:
 
     @triton.jit
-    def _moments_kernel(X, Mean, M2, HW, C, rows_per_program, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _group_norm_moments_kernel(X, Mean, M2, HW, C, rows_per_program, BLOCK_HW: tl.constexpr,
+                                   BLOCK_C: tl.constexpr):
         b, p = tl.program_id(0), tl.program_id(1)
         num_programs = tl.num_programs(1)
         offs_c = tl.arange(0, BLOCK_C)
@@ -121,7 +122,7 @@ if triton is not None:
         tl.store(M2 + out, m2, mask=c_ok)
 
     @triton.jit
-    def _apply_kernel(X, Scale, Shift, Out, HW, C, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+    def _group_norm_apply_kernel(X, Scale, Shift, Out, HW, C, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
                       SILU: tl.constexpr):
         b, blk = tl.program_id(0), tl.program_id(1)
         offs_c = tl.arange(0, BLOCK_C)
@@ -147,15 +148,16 @@ if triton is not None:
         runs = triton.cdiv(hw, rows_per_program)
         mean = x.new_empty(b, runs, c, dtype=torch.float32)
         m2 = torch.empty_like(mean)
-        _moments_kernel[(b, runs)](x, mean, m2, hw, c, rows_per_program, BLOCK_HW=block_hw, BLOCK_C=block_c)
+        _group_norm_moments_kernel[(b, runs)](x, mean, m2, hw, c, rows_per_program, BLOCK_HW=block_hw,
+                                              BLOCK_C=block_c)
         counts = (hw - torch.arange(runs, device=x.device) * rows_per_program).clamp(max=rows_per_program)
         group_mean, var = merge_group_moments(mean, m2, counts, groups)
         rstd = torch.rsqrt(var + eps).repeat_interleave(c // groups, 1)  # (B, C)
         scale = rstd * weight.float()
         shift = bias.float() - group_mean.repeat_interleave(c // groups, 1) * scale
         out = torch.empty_like(x, memory_format=torch.channels_last)
-        _apply_kernel[(b, triton.cdiv(hw, block_hw))](x, scale.contiguous(), shift.contiguous(), out, hw, c,
-                                                     BLOCK_HW=block_hw, BLOCK_C=block_c, SILU=silu)
+        _group_norm_apply_kernel[(b, triton.cdiv(hw, block_hw))](x, scale.contiguous(), shift.contiguous(), out, hw,
+                                                                 c, BLOCK_HW=block_hw, BLOCK_C=block_c, SILU=silu)
         return out
 
     @group_norm_nhwc.register_fake
