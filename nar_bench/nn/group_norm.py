@@ -139,6 +139,8 @@ if triton is not None:
 
     @torch.library.custom_op("nar_bench::group_norm_nhwc", mutates_args=())
     def group_norm_nhwc(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, silu: bool) -> Tensor:
+        # the kernels index pixel rows of C channels: whatever layout a compiled graph hands in
+        x = x.contiguous(memory_format=torch.channels_last)
         b, c, h, w = x.shape
         hw = h * w
         block_c, block_hw = tile_rows(c)
