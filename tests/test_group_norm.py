@@ -1,8 +1,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from nar_bench.nn.group_norm import GroupNorm, merge_group_moments, moments_reference
+from nar_bench.nn.group_norm import GroupNorm, merge_group_moments
 
 
 def test_group_norm_is_nn_group_norm_plus_optional_silu_with_the_same_state_dict():
@@ -18,6 +19,17 @@ def test_group_norm_is_nn_group_norm_plus_optional_silu_with_the_same_state_dict
         torch.testing.assert_close(norm(x), expected)
         norm.fused = True  # off CUDA the fused flag falls back to the same maths
         torch.testing.assert_close(norm(x), expected)
+
+
+def moments_reference(x: Tensor, rows_per_program: int) -> tuple[Tensor, Tensor, Tensor]:
+    """What the moments kernel computes, in torch: x (B, C, H, W) -> mean, m2 (B, P, C)
+    over runs of ``rows_per_program`` pixels in row-major pixel order, and the counts (P,)."""
+    b, c = x.shape[:2]
+    rows = x.permute(0, 2, 3, 1).reshape(b, -1, c).float()
+    parts = rows.split(rows_per_program, dim=1)
+    mean = torch.stack([part.mean(1) for part in parts], 1)
+    m2 = torch.stack([(part - part.mean(1, keepdim=True)).square().sum(1) for part in parts], 1)
+    return mean, m2, torch.tensor([part.shape[1] for part in parts])
 
 
 @pytest.mark.parametrize("rows_per_program", [1, 7, 16, 100])

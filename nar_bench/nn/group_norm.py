@@ -71,17 +71,6 @@ def merge_group_moments(mean: Tensor, m2: Tensor, counts: Tensor, groups: int) -
     return group_mean, (m2.sum((1, 3)) + spread) / total
 
 
-def moments_reference(x: Tensor, rows_per_program: int) -> tuple[Tensor, Tensor, Tensor]:
-    """What the moments kernel computes, in torch (for tests): x (B, C, H, W) -> mean, m2 (B, P, C)
-    over runs of ``rows_per_program`` pixels in row-major pixel order, and the counts (P,)."""
-    b, c = x.shape[:2]
-    rows = x.permute(0, 2, 3, 1).reshape(b, -1, c).float()
-    parts = rows.split(rows_per_program, dim=1)
-    mean = torch.stack([part.mean(1) for part in parts], 1)
-    m2 = torch.stack([(part - part.mean(1, keepdim=True)).square().sum(1) for part in parts], 1)
-    return mean, m2, torch.tensor([part.shape[1] for part in parts])
-
-
 def tile_rows(channels: int) -> tuple[int, int]:
     """(BLOCK_C, BLOCK_HW): all channels of a pixel row in one tile, ~4K elements per tile."""
     block_c = triton.next_power_of_2(channels)
