@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -61,9 +63,10 @@ def test_triton_channels_last_group_norm_matches_pytorch_on_gpu(shape, groups, s
     norm = GroupNorm(groups, shape[1], eps=1e-6, silu=silu).cuda()
     torch.nn.init.normal_(norm.weight)
     torch.nn.init.normal_(norm.bias)
+    norm.bfloat16()  # the reference uses the same bf16-rounded weight and bias, in fp32
     with torch.no_grad():
-        exact = norm.float()(x.float())
-        norm.bfloat16().fused = True
+        exact = copy.deepcopy(norm).float()(x.float())
+        norm.fused = True
         fused = norm(x)
         compiled = torch.compile(norm)(x)
     assert fused.dtype == torch.bfloat16 and fused.is_contiguous(memory_format=torch.channels_last)
