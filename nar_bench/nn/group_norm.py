@@ -6,8 +6,10 @@ decoder, inference only: the kernels have no backward) a CUDA channels_last inpu
 kernels instead:
 
 1. moments: each program reads whole pixel rows (all C channels, contiguous in channels_last) of a
-   run of pixels and keeps each channel's mean and sum of squared deviations, merged tile by tile
-   (Chan et al.'s pairwise update, so no E[x^2] - E[x]^2 cancellation);
+   run of pixels and sums, per element of its tile, the deviations from the run's first pixel and
+   their squares; one reduction at the end gives each channel's mean and sum of squared
+   deviations. Shifting by a sample of the same channel keeps E[d^2] - E[d]^2 free of the
+   cancellation a far-from-zero channel mean would cause;
 2. apply: y = x * scale + shift (then SiLU), with one scale and shift per (image, channel) from
    the group statistics, merged over programs and the group's channels the same way in fp32.
 
@@ -77,6 +79,15 @@ def tile_rows(channels: int) -> tuple[int, int]:
     return block_c, max(1, 4096 // block_c)
 
 
+def moments_plan(batch: int, pixels: int, channels: int) -> tuple[int, int, int, int]:
+    """(BLOCK_HW, rows_per_program, programs per image, num_warps) for the moments kernel: ~4
+    programs per SM, each image's pixels split into runs of whole tiles."""
+    _, block_hw = tile_rows(channels)
+    runs = max(1, min(triton.cdiv(pixels, block_hw), triton.cdiv(1024, batch)))
+    rows_per_program = triton.cdiv(triton.cdiv(pixels, runs), block_hw) * block_hw
+    return block_hw, rows_per_program, triton.cdiv(pixels, rows_per_program), 4
+
+
 if triton is not None:
 
     @triton.jit
@@ -89,26 +100,22 @@ if triton is not None:
         start = p * rows_per_program
         end = tl.minimum(start + rows_per_program, HW)
         base = X + b.to(tl.int64) * HW * C
-        count = 0.0
-        mean = tl.zeros([BLOCK_C], tl.float32)
-        m2 = tl.zeros([BLOCK_C], tl.float32)
+        shift = tl.load(base + start * C + offs_c, mask=c_ok, other=0.0).to(tl.float32)
+        # elementwise sums: one cross-thread reduction per program instead of one per tile
+        sum_d = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
+        sum_d2 = tl.zeros([BLOCK_HW, BLOCK_C], tl.float32)
         for r in range(start, end, BLOCK_HW):
             rows = r + tl.arange(0, BLOCK_HW)
-            ok = rows < end
-            x = tl.load(base + rows[:, None] * C + offs_c[None, :], mask=ok[:, None] & c_ok[None, :],
-                        other=0.0).to(tl.float32)
-            n = tl.sum(ok.to(tl.float32), 0)
-            tile_mean = tl.sum(x, 0) / n
-            dev = tl.where(ok[:, None], x - tile_mean[None, :], 0.0)
-            tile_m2 = tl.sum(dev * dev, 0)
-            merged = count + n
-            delta = tile_mean - mean
-            mean += delta * (n / merged)
-            m2 += tile_m2 + delta * delta * (count * n / merged)
-            count = merged
+            ok = (rows < end)[:, None] & c_ok[None, :]
+            x = tl.load(base + rows[:, None] * C + offs_c[None, :], mask=ok, other=0.0).to(tl.float32)
+            d = tl.where(ok, x - shift[None, :], 0.0)
+            sum_d += d
+            sum_d2 += d * d
+        n = (end - start).to(tl.float32)
+        s1 = tl.sum(sum_d, 0)
         out = (b * num_programs + p) * C + offs_c
-        tl.store(Mean + out, mean, mask=c_ok)
-        tl.store(M2 + out, m2, mask=c_ok)
+        tl.store(Mean + out, shift + s1 / n, mask=c_ok)
+        tl.store(M2 + out, tl.maximum(tl.sum(sum_d2, 0) - s1 * s1 / n, 0.0), mask=c_ok)
 
     @triton.jit
     def _group_norm_apply_kernel(X, Scale, Shift, Out, HW, C, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -133,14 +140,11 @@ if triton is not None:
         b, c, h, w = x.shape
         hw = h * w
         block_c, block_hw = tile_rows(c)
-        # ~4 programs per SM for the moments: each image's pixels split into runs of whole tiles
-        runs = max(1, min(triton.cdiv(hw, block_hw), triton.cdiv(1024, b)))
-        rows_per_program = triton.cdiv(triton.cdiv(hw, runs), block_hw) * block_hw
-        runs = triton.cdiv(hw, rows_per_program)
+        moments_hw, rows_per_program, runs, warps = moments_plan(b, hw, c)
         mean = x.new_empty(b, runs, c, dtype=torch.float32)
         m2 = torch.empty_like(mean)
-        _group_norm_moments_kernel[(b, runs)](x, mean, m2, hw, c, rows_per_program, BLOCK_HW=block_hw,
-                                              BLOCK_C=block_c)
+        _group_norm_moments_kernel[(b, runs)](x, mean, m2, hw, c, rows_per_program, BLOCK_HW=moments_hw,
+                                              BLOCK_C=block_c, num_warps=warps)
         counts = (hw - torch.arange(runs, device=x.device) * rows_per_program).clamp(max=rows_per_program)
         group_mean, var = merge_group_moments(mean, m2, counts, groups)
         rstd = torch.rsqrt(var + eps).repeat_interleave(c // groups, 1)  # (B, C)
