@@ -88,11 +88,13 @@ class TrainerConfig:
 class EvalConfig:
     samples_per_class: int = 4  # sample grid rows (validation, end of training, nar-bench sample)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    # quality evaluation (nar_bench.run.evaluate): class-balanced samples vs real reference images
+    # quality evaluation (nar_bench.evaluation): class-balanced samples vs real reference images
     num_samples: int = 1024  # generated images per evaluation
     batch_size: int = 128  # images generated per device and batch (CFG doubles the forward batch)
     metrics: list[str] = field(default_factory=lambda: ["fid", "isc", "kid", "prc"])  # torch-fidelity names
-    extractor: str = "domain"  # domain (synthetic shapes classifier) | inception (local weights file)
+    # images: domain (synthetic shapes classifier) | inception (local weights file);
+    # video (data.frames set, scored with FVD): video_domain (moving-shapes classifier) | i3d (local weights file)
+    extractor: str = "domain"
     extractor_options: dict[str, Any] = field(default_factory=dict)  # e.g. weights_path, domain classifier steps
     reference_size: int = 2048  # real images in the reference set
     reference_split: str = "val"
@@ -104,6 +106,7 @@ class EvalConfig:
     reference: str | None = None
     shard_size: int = 1000  # samples per .npz shard (the unit of resuming and of work per device)
     decode_batch: int = 32  # codes per tokenizer decode call (fixed: images do not depend on batch_size)
+    after_training: bool = False  # nar-bench train: evaluate (num_samples) in the training run once it ends
 
 
 @dataclass
@@ -314,30 +317,10 @@ def check_generator_inputs(cfg: DictConfig) -> None:
 
 
 def check_eval_inputs(cfg: DictConfig) -> None:
-    """What evaluation (nar_bench.run.evaluate) will need, checked before training: a known feature
-    extractor that fits the data, readable Inception weights, the reference images' folder."""
-    import nar_bench.metrics  # noqa: F401  (registers the feature extractors)
-    from nar_bench.checkpoints import load_file
-    from nar_bench.metrics.cache import cache_root
-    from nar_bench.registry import FEATURE_EXTRACTORS
+    """What evaluation will need, checked before training (``nar_bench.evaluation.check_eval_inputs``)."""
+    from nar_bench.evaluation.scoring import check_eval_inputs as check
 
-    ev = cfg.eval
-    if ev.extractor not in FEATURE_EXTRACTORS:
-        raise NarBenchError(f"unknown eval.extractor '{ev.extractor}'; choose one of: "
-                            f"{', '.join(sorted(FEATURE_EXTRACTORS))}")
-    if ev.extractor == "domain" and cfg.data.name != "shapes":
-        raise NarBenchError(f"eval.extractor=domain is the classifier of the synthetic shapes data, but data.name="
-                            f"'{cfg.data.name}'; use eval.extractor=inception (see experiments/ablation_heads.yaml)")
-    if ev.extractor == "inception":
-        options = OmegaConf.to_container(ev.extractor_options, resolve=True)
-        extractor = FEATURE_EXTRACTORS["inception"](cache_root(), **options)  # raises if the file is missing
-        load_file(extractor.weights_path, download="replace it with the torch-fidelity InceptionV3 weights "
-                                                   "(pt_inception-2015-12-05-6726825d.pth)")
-    reference = ev.reference_data or cfg.data.name
-    root = ev.reference_root or cfg.data.root
-    if reference == "imagefolder" and (not root or not Path(root).is_dir()):
-        raise NarBenchError(f"eval reference images: folder '{root}' not found; set eval.reference_root "
-                            "(or data.root) to the image folder the samples are compared with")
+    check(cfg)
 
 
 def check_sweep_inputs(points: list[tuple[str, DictConfig]]) -> None:

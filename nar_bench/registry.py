@@ -35,5 +35,3 @@ PARADIGMS = Registry("paradigm")
 TOKENIZERS = Registry("tokenizer")
 DATASETS = Registry("dataset")
 FEATURE_EXTRACTORS = Registry("feature extractor")
-# metric name -> "higher" | "lower" (which is better), registered where the metric is computed
-METRIC_DIRECTIONS = Registry("metric")

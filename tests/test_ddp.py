@@ -24,10 +24,11 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from nar_bench.config import merge
+from nar_bench.evaluation import evaluate
 from nar_bench.lit.module import GeneratorModule
+from nar_bench.lit.shard_sampling import class_balanced_labels
 from nar_bench.metrics.cache import CACHE_ENV
-from nar_bench.run.evaluate import balanced_labels, evaluate
-from nar_bench.tracking.mlflow import PARENT_TAG
+from nar_bench.tracking.names import PARENT_TAG
 from tests.conftest import tracking_overrides
 
 pytestmark = [pytest.mark.ddp, pytest.mark.usefixtures("metrics_cache")]
@@ -126,7 +127,7 @@ import nar_bench
 from omegaconf import OmegaConf
 from nar_bench.config import merge
 from nar_bench.lit.module import GeneratorModule
-from nar_bench.run.evaluate import evaluate
+from nar_bench.evaluation import evaluate
 from nar_bench.tracking.mlflow import make_logger
 
 ckpt, out = sys.argv[1], sys.argv[2]
@@ -156,7 +157,8 @@ def test_ddp_evaluation_gives_one_process_counts_and_metrics_and_one_mlflow_run_
     runs = runs_by_name(tmp_path, "eval")
     assert sorted(runs) == [f"eval-cfg{scale}" for scale in SCALES]
     module = GeneratorModule.load_from_checkpoint(ckpt, map_location="cpu")
-    expected_counts = torch.bincount(balanced_labels(32, module.num_classes), minlength=module.num_classes).tolist()
+    expected_counts = torch.bincount(class_balanced_labels(32, module.num_classes),
+                                     minlength=module.num_classes).tolist()
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     for scale in SCALES:
         (logged,) = runs[f"eval-cfg{scale}"]  # one run per evaluation, none from rank 1

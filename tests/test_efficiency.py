@@ -24,7 +24,7 @@ from nar_bench.nn.transformer import TransformerBlock, count_parameters
 from nar_bench.paradigms import build_paradigm
 from nar_bench.paradigms.nar import NAR
 from nar_bench.tokenizers import build_tokenizer
-from nar_bench.tracking.mlflow import COMMIT_TAG, DEVICE_TAG
+from nar_bench.tracking.names import COMMIT_TAG, DEVICE_TAG
 from nar_bench.tracking.provenance import git_commit
 
 GRID = ["data.grid_size=4", "data.image_size=16"]  # 16 tokens: AR 16 steps, NAR 7, PAR-4x 7

@@ -1,15 +1,12 @@
-"""Evaluation pipeline: class-balanced seeded generation, metrics, MLflow logging, DDP gathering.
+"""Evaluation pipeline: class-balanced seeded generation, metrics, MLflow logging.
 
 Tiny everything: 16px images on a 4x4 token grid, the tiny model, a domain classifier trained for
 a few steps into a tmp cache, a tmp SQLite MLflow store.
 """
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -18,8 +15,10 @@ from omegaconf import OmegaConf
 
 from nar_bench.config import load_config
 from nar_bench.errors import NarBenchError
+from nar_bench.evaluation import evaluate
+from nar_bench.evaluation.samples import generate_samples, sample_settings
 from nar_bench.lit.module import GeneratorModule
-from nar_bench.run.evaluate import balanced_labels, evaluate, generate_samples
+from nar_bench.metrics.adm_npz import IMAGES_KEY, LABELS_KEY
 from nar_bench.tracking.mlflow import make_logger
 from tests.conftest import randomize_heads
 
@@ -43,22 +42,21 @@ def tiny(tmp_path: Path, *overrides: str):
     return cfg, module
 
 
-def test_balanced_labels_give_every_class_the_same_count():
-    labels = balanced_labels(35, 16)
-    assert labels[:16].tolist() == list(range(16))
-    assert set(torch.bincount(labels, minlength=16).tolist()) == {2, 3}
+def samples(cfg, module, out: Path) -> tuple[np.ndarray, np.ndarray]:
+    path = generate_samples(module, cfg, 32, out, batch_size=8, settings=sample_settings(cfg, 16))
+    with np.load(path) as npz:
+        return npz[IMAGES_KEY], npz[LABELS_KEY]
 
 
 def test_generation_is_seeded_class_balanced_and_in_label_order(tmp_path):
     cfg, module = tiny(tmp_path)
-    labels = balanced_labels(20, 16)
-    images, out_labels = generate_samples(module, cfg, labels, batch_size=8)
-    assert images.shape == (20, 3, 16, 16) and images.dtype == torch.uint8
-    assert torch.equal(out_labels, labels)
-    again, _ = generate_samples(module, cfg, labels, batch_size=8)
-    assert torch.equal(images, again)
-    other_seed, _ = generate_samples(module, OmegaConf.merge(cfg, {"seed": 1}), labels, batch_size=8)
-    assert not torch.equal(images, other_seed)
+    images, labels = samples(cfg, module, tmp_path / "a.npz")
+    assert images.shape == (32, 16, 16, 3) and images.dtype == np.uint8
+    assert labels.tolist() == [i % 16 for i in range(32)]
+    again, _ = samples(cfg, module, tmp_path / "b.npz")
+    assert np.array_equal(images, again)
+    other_seed, _ = samples(OmegaConf.merge(cfg, {"seed": 1}), module, tmp_path / "c.npz")
+    assert not np.array_equal(images, other_seed)
 
 
 def test_evaluate_returns_metrics_and_logs_them_with_artifacts_to_mlflow(tmp_path):
@@ -83,39 +81,3 @@ def test_domain_extractor_on_other_data_is_a_clear_error_before_generating(tmp_p
     cfg, module = tiny(tmp_path, "data.name=imagefolder")
     with pytest.raises(NarBenchError, match="eval.extractor=inception"):
         evaluate(module, cfg)
-
-
-DDP_SCRIPT = """
-import torch
-import nar_bench
-from nar_bench.config import load_config
-from nar_bench.run.evaluate import balanced_labels, generate_samples
-from nar_bench.lit.module import GeneratorModule
-from nar_bench.nn.sampling import SamplingConfig
-
-cfg = load_config("experiments/demo.yaml", {overrides!r})
-torch.manual_seed(0)  # the same weights on both ranks
-module = GeneratorModule(cfg, num_classes=16)
-for name, p in module.named_parameters():
-    if "output" in name:
-        torch.nn.init.normal_(p, std=0.3)
-labels = balanced_labels(11, 16)  # 6 + 5 labels: uneven ranks
-images, out_labels = generate_samples(module, cfg, labels, batch_size=3)
-if images is not None:
-    # greedy decoding: an image depends only on its label, so rank 0 must hold exactly these
-    expected = module.sample_images(labels, SamplingConfig(temperature=0.0))
-    print("RESULT", torch.equal(out_labels, labels), torch.equal(images, expected))
-"""
-
-
-def test_ddp_generation_gathers_every_rank_onto_rank_zero_in_label_order(tmp_path):
-    """Two CPU processes (gloo) through Lightning's own DDP launcher, as on a multi-GPU machine."""
-    overrides = [*TINY, "model.paradigm=nar", "trainer.devices=2", "trainer.strategy=ddp",
-                 "eval.sampling.temperature=0.0"]
-    script = tmp_path / "ddp_generate.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT.format(overrides=overrides)))
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "PYTHONPATH": str(root)})
-    results = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
-    assert results == ["RESULT True True"], done.stdout[-2000:] + done.stderr[-2000:]

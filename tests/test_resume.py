@@ -22,8 +22,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from nar_bench.cli import main
-from nar_bench.tracking.lifecycle import HOST_TAG, PID_TAG, PROCESS_START_TAG, owner_tags
-from nar_bench.tracking.mlflow import PARENT_TAG
+from nar_bench.tracking.lifecycle import owner_tags
+from nar_bench.tracking.names import HOST_TAG, PARENT_TAG, PID_TAG, PROCESS_START_TAG
 from tests.conftest import tracking_overrides
 from tests.test_sweep_report import TINY
 

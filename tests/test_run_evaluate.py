@@ -22,9 +22,10 @@ from mlflow.tracking import MlflowClient
 from nar_bench.checkpoints import to_official
 from nar_bench.cli import main as cli
 from nar_bench.config import load_config
+from nar_bench.evaluation import evaluate
+from nar_bench.evaluation.samples import generate_samples, sample_settings
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.metrics.sample_store import SampleStore
-from nar_bench.run.evaluate import evaluate, generate_npz, sample_settings
 from nar_bench.run.reference import make_reference
 from tests.conftest import randomize_heads, tracking_overrides
 
@@ -60,7 +61,7 @@ def uninterrupted(tmp_path_factory):
     """32 samples (2 per class, 4 shards) generated in one go, batch size 8."""
     cfg, module = tiny_module()
     out = tmp_path_factory.mktemp("full") / "samples.npz"
-    return generate_npz(module, cfg, 32, out, 8, sample_settings(cfg, CLASSES))
+    return generate_samples(module, cfg, 32, out, 8, sample_settings(cfg, CLASSES))
 
 
 def test_samples_are_class_balanced_in_a_fixed_order_and_independent_of_batch_size(uninterrupted, tmp_path):
@@ -71,7 +72,7 @@ def test_samples_are_class_balanced_in_a_fixed_order_and_independent_of_batch_si
     assert not uninterrupted.with_name(uninterrupted.name + ".shards").exists()  # shards removed once assembled
     cfg, module = tiny_module()
     for batch in (7, 32):
-        other = generate_npz(module, cfg, 32, tmp_path / f"b{batch}.npz", batch, sample_settings(cfg, CLASSES))
+        other = generate_samples(module, cfg, 32, tmp_path / f"b{batch}.npz", batch, sample_settings(cfg, CLASSES))
         assert np.array_equal(read(other)[0], images), batch
     assert len(np.unique(images.reshape(32, -1), axis=0)) > CLASSES  # samples of a class differ
 
@@ -90,11 +91,11 @@ def test_a_killed_run_resumes_from_its_shards_and_equals_an_uninterrupted_one(un
 
     monkeypatch.setattr(SampleStore, "write_shard", kill_after_first)
     with pytest.raises(Killed):
-        generate_npz(module, cfg, 32, out, 8, sample_settings(cfg, CLASSES))
+        generate_samples(module, cfg, 32, out, 8, sample_settings(cfg, CLASSES))
     assert not out.exists() and [p.name for p in out.parent.glob("*.npz")] == []  # never a partial final file
     assert sorted(p.name for p in (tmp_path / "samples.npz.shards").glob("*.npz")) == ["shard_00000.npz"]
     monkeypatch.setattr(SampleStore, "write_shard", lambda self, *a: (written.append(a[0]), original(self, *a))[1])
-    generate_npz(module, cfg, 32, out, 8, sample_settings(cfg, CLASSES))
+    generate_samples(module, cfg, 32, out, 8, sample_settings(cfg, CLASSES))
     assert written == [0, 1, 2, 3]  # the rerun generated shards 1-3 only
     for ours, theirs in zip(read(out), read(uninterrupted), strict=True):
         assert np.array_equal(ours, theirs)
@@ -116,14 +117,14 @@ import torch
 import nar_bench
 from nar_bench.config import load_config
 from nar_bench.lit.module import GeneratorModule
-from nar_bench.run.evaluate import evaluate, generate_npz, sample_settings
+from nar_bench.evaluation.samples import generate_samples, sample_settings
 from tests.conftest import randomize_heads
 
 cfg = load_config("experiments/demo.yaml", {overrides!r})
 torch.manual_seed(0)  # the same weights on both ranks
 module = GeneratorModule(cfg, num_classes=16)
 randomize_heads(module.paradigm, std=1.0)
-generate_npz(module, cfg, 32, sys.argv[1], 8, sample_settings(cfg, 16))
+generate_samples(module, cfg, 32, sys.argv[1], 8, sample_settings(cfg, 16))
 """
 
 
@@ -170,6 +171,8 @@ def test_evaluate_verb_scores_an_official_weights_file_and_records_everything(
     assert run.data.metrics["eval/fid"] == pytest.approx(record["metrics"]["fid"])
     assert run.data.params["num_samples"] == "16" and record["checkpoint"]["sha256"] in str(run.data.params)
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"eval_samples.png", "eval.json"}
+    assert run.info.status == "FINISHED"  # not left RUNNING for the next start to mark KILLED
+    assert record["protocol"]["name"] == "adm" and record["protocol"]["reference"] == record["reference"]
 
 
 def test_the_sweep_evaluation_scores_the_same_shards_with_adm_metrics_given_a_reference(
@@ -214,6 +217,6 @@ def test_cuda_samples_do_not_depend_on_the_batch_size(tmp_path):
     """On a GPU the GEMMs of different batch sizes differ in round-off; the codes (and so, with the
     fixed decode batch, the images) must still be the same. bf16 autocast as in real runs."""
     cfg, module = tiny_module("trainer.accelerator=gpu", "trainer.precision=bf16-mixed")
-    arrays = [read(generate_npz(module, cfg, 64, tmp_path / f"b{b}.npz", b, sample_settings(cfg, CLASSES)))[0]
+    arrays = [read(generate_samples(module, cfg, 64, tmp_path / f"b{b}.npz", b, sample_settings(cfg, CLASSES)))[0]
               for b in (7, 64)]
     assert np.array_equal(*arrays)

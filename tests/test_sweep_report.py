@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from nar_bench.cli import main
 from nar_bench.config import expand_sweep, load_config
 from nar_bench.run.sweep import training_key
-from nar_bench.tracking.mlflow import PARENT_TAG
+from nar_bench.tracking.names import PARENT_TAG
 from nar_bench.tracking.provenance import device_description, git_commit
 from tests.conftest import tracking_overrides
 

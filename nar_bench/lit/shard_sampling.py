@@ -48,7 +48,8 @@ class ShardSampler(L.LightningModule):
 
     @torch.inference_mode()
     def shard_images(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
-        """(images (n, H, W, 3) uint8, labels (n,)) of shard ``shard``."""
+        """(images (n, H, W, 3) uint8, labels (n,)) of shard ``shard``; a video tokenizer's clips are
+        stored frames first, (n, T, H, W, 3)."""
         index = torch.tensor(self.store.indices(shard), device=self.device)
         labels = index % self.num_classes
         codes = torch.cat([
@@ -62,10 +63,8 @@ class ShardSampler(L.LightningModule):
             padded = torch.cat([chunk, chunk[:1].expand(pad, *chunk.shape[1:])]) if pad else chunk
             images.append(to_uint8(self.module.tokenizer.decode(padded))[: len(chunk)])
         images = torch.cat(images)
-        if images.dim() != 4:
-            raise NarBenchError(f"ADM-format samples are images (N, 3, H, W); this tokenizer decodes to "
-                                f"{tuple(images.shape)} (video?)")
-        return images.permute(0, 2, 3, 1).cpu().numpy(), labels.cpu().numpy()
+        channels_last = (0, 2, 3, 1) if images.dim() == 4 else (0, 2, 3, 4, 1)  # (n, 3, [T,] H, W)
+        return images.permute(*channels_last).cpu().numpy(), labels.cpu().numpy()
 
     def predict_step(self, batch: Tensor, batch_idx: int) -> None:
         for shard in batch.tolist():
@@ -73,7 +72,7 @@ class ShardSampler(L.LightningModule):
                 continue
             images, labels = self.shard_images(shard)
             self.store.write_shard(shard, images, labels)
-            if self.png_dir is not None:
+            if self.png_dir is not None and images.ndim == 4:
                 write_pngs(images, labels, self.png_dir, start=self.store.indices(shard).start)
 
 

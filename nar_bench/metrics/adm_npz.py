@@ -44,6 +44,14 @@ def check_images(images: np.ndarray, what: str = "images") -> np.ndarray:
     return images
 
 
+def check_samples(samples: np.ndarray, what: str = "samples") -> np.ndarray:
+    """Raises unless ``samples`` are images (N, H, W, 3) or clips (N, T, H, W, 3), uint8, channels last."""
+    if samples.dtype != np.uint8 or samples.ndim not in (4, 5) or samples.shape[-1] != 3:
+        raise NarBenchError(f"{what} must be images (N, H, W, 3) or clips (N, T, H, W, 3) uint8, got "
+                            f"{samples.dtype} {samples.shape}")
+    return samples
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yields a temporary path next to ``path``; renames it onto ``path`` only if the block succeeds."""
@@ -59,13 +67,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray] | Callable[[], Mapping[str, np.ndarray]] | None = None,
               images: Iterable[np.ndarray] | None = None, num_images: int | None = None,
-              image_shape: tuple[int, int, int] | None = None) -> Path:
+              image_shape: tuple[int, ...] | None = None) -> Path:
     """Writes an ADM-format .npz atomically.
 
     arrays: small arrays stored as they are (``arr_1`` labels, ``mu``, ...), or a function returning
         them, called once the images are written (statistics computed while the images stream).
-    images: chunks (n_i, H, W, 3) uint8 streamed into ``arr_0``; ``num_images`` (sum of n_i) and
-        ``image_shape`` (H, W, 3) are needed up front for the .npy header. Omit to store no images,
+    images: chunks (n_i, H, W, 3) uint8 (or clips (n_i, T, H, W, 3)) streamed into ``arr_0``;
+        ``num_images`` (sum of n_i) and ``image_shape`` ((H, W, 3) or (T, H, W, 3)) are needed up
+        front for the .npy header. Omit to store no images,
         or pass ``arr_0`` in ``arrays``."""
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         if images is not None:
@@ -77,7 +86,7 @@ def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray] | Callable[[], 
             with zf.open(f"{IMAGES_KEY}.npy", "w", force_zip64=True) as f:
                 np.lib.format.write_array_header_2_0(f, header)
                 for chunk in images:
-                    chunk = check_images(np.asarray(chunk))
+                    chunk = check_samples(np.asarray(chunk))
                     if chunk.shape[1:] != tuple(image_shape):
                         raise NarBenchError(f"image chunk of shape {chunk.shape[1:]} in a file of {image_shape} images")
                     f.write(np.ascontiguousarray(chunk).tobytes())
@@ -116,9 +125,25 @@ def images_header(path: str | Path, what: str = "file") -> tuple[int, int, int, 
     return tuple(shape)
 
 
+def samples_header(path: str | Path, what: str = "file") -> tuple[int, ...]:
+    """Shape of ``arr_0`` (images (N, H, W, 3) or clips (N, T, H, W, 3)) from its .npy header."""
+    with _open_member(path, IMAGES_KEY, what) as f:
+        shape, fortran, dtype = _read_header(f)
+    if dtype != np.uint8 or len(shape) not in (4, 5) or shape[-1] != 3:
+        raise NarBenchError(f"{what} '{path}': arr_0 must be images (N, H, W, 3) or clips (N, T, H, W, 3) uint8, "
+                            f"got {dtype} {shape}")
+    return tuple(shape)
+
+
 def iter_images(path: str | Path, batch_size: int, what: str = "file") -> Iterator[np.ndarray]:
     """Chunks (<= batch_size, H, W, 3) uint8 of ``arr_0``, streamed from the file."""
-    n, *rest = images_header(path, what)
+    images_header(path, what)
+    return iter_samples(path, batch_size, what)
+
+
+def iter_samples(path: str | Path, batch_size: int, what: str = "file") -> Iterator[np.ndarray]:
+    """Chunks (<= batch_size, ...) uint8 of ``arr_0`` (images or clips), streamed from the file."""
+    n, *rest = samples_header(path, what)
     item = int(np.prod(rest))
     with _open_member(path, IMAGES_KEY, what) as f:
         _, fortran, _ = _read_header(f)

@@ -26,7 +26,6 @@ from nar_bench.data.shapes import NUM_CLASSES, ShapesDataset, class_name
 from nar_bench.errors import NarBenchError
 from nar_bench.metrics.cache import cache_root
 from nar_bench.metrics.classifier import ClassifierSpec, cached_classifier, fit_classifier, load_classifier
-from nar_bench.registry import METRIC_DIRECTIONS
 
 TORCH_FIDELITY_NAME = "nar-bench-shapes-cnn"
 
@@ -159,9 +158,6 @@ class ClassConsistency:
 
     accuracy: float
     per_class: pd.DataFrame
-
-
-METRIC_DIRECTIONS.register("class_accuracy")("higher")
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ from nar_bench.metrics.domain import (
     DomainClassifierSpec,
     domain_classifier_path,
 )
-from nar_bench.registry import FEATURE_EXTRACTORS, METRIC_DIRECTIONS
+from nar_bench.registry import FEATURE_EXTRACTORS
 
 URL_INCEPTION_V3 = torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3  # what torch-fidelity would fetch
 
@@ -57,9 +57,6 @@ RESULT_KEYS = {
     torch_fidelity.KEY_METRIC_RECALL: "recall",
     torch_fidelity.KEY_METRIC_F_SCORE: "f_score",
 }
-for _name, _better in (("fid", "lower"), ("is", "higher"), ("kid", "lower"), ("precision", "higher"),
-                       ("recall", "higher"), ("f_score", "higher")):
-    METRIC_DIRECTIONS.register(_name)(_better)
 
 
 @dataclass(frozen=True)

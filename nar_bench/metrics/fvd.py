@@ -13,6 +13,7 @@ The distance itself is torch-fidelity's (``fid_features_to_statistics`` /
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,9 @@ from nar_bench.images import to_uint8
 from nar_bench.metrics.cache import cache_root
 from nar_bench.metrics.classifier import ClassifierSpec, cached_classifier, fit_classifier, load_classifier
 from nar_bench.metrics.domain import uint8_to_unit
-from nar_bench.registry import DATASETS, FEATURE_EXTRACTORS, METRIC_DIRECTIONS
+from nar_bench.registry import DATASETS, FEATURE_EXTRACTORS
+
+I3D_WEIGHTS_ENV = "NAR_BENCH_I3D_WEIGHTS"
 
 
 @dataclass(frozen=True)
@@ -107,14 +110,20 @@ class I3DFeatures(nn.Module):
     I3D (``i3d_torchscript.pt``), called as there: pixels in [0, 255], the detector rescales to
     [-1, 1] and resizes to 224px itself, returning the features before the softmax."""
 
-    def __init__(self, weights_path: str | Path | None):
+    def __init__(self, weights_path: str | Path | None = None):
         super().__init__()
+        weights_path = weights_path or os.environ.get(I3D_WEIGHTS_ENV)
         if not weights_path or not Path(weights_path).is_file():
             raise NarBenchError(
                 f"I3D weights '{weights_path}' not found: real FVD needs StyleGAN-V's TorchScript I3D "
-                "(i3d_torchscript.pt), which nar-bench never downloads; copy it to this machine and pass its "
-                "path, or use the domain extractor 'video_domain' for the synthetic data")
-        self.detector = torch.jit.load(str(weights_path), map_location="cpu").eval()
+                "(i3d_torchscript.pt), which nar-bench never downloads; copy it to this machine and point "
+                f"eval.extractor_options.weights_path or ${I3D_WEIGHTS_ENV} at it, or use eval.extractor=video_domain "
+                "for the synthetic moving shapes")
+        try:
+            self.detector = torch.jit.load(str(weights_path), map_location="cpu").eval()
+        except Exception as err:  # torch.jit.load raises many types for a file that is not TorchScript
+            raise NarBenchError(f"I3D weights '{weights_path}' cannot be loaded ({type(err).__name__}); the file is "
+                                "corrupt or not StyleGAN-V's i3d_torchscript.pt: copy it again") from None
 
     @torch.no_grad()
     def forward(self, videos: Tensor) -> Tensor:
@@ -124,6 +133,7 @@ class I3DFeatures(nn.Module):
 FEATURE_EXTRACTORS.register("video_domain")(
     lambda root=None, **options: DomainVideoFeatures(VideoClassifierSpec.from_options(options), root))
 FEATURE_EXTRACTORS.register("i3d")(lambda root=None, weights_path=None: I3DFeatures(weights_path))
+VIDEO_EXTRACTORS = ("video_domain", "i3d")
 
 
 def frechet_distance(real: Tensor, fake: Tensor) -> float:
@@ -136,9 +146,6 @@ def batched_features(extractor: nn.Module, videos: Tensor, batch_size: int = 64)
     """uint8 clips (N, 3, T, H, W) -> (N, F) features, ``batch_size`` clips at a time."""
     device = next(extractor.parameters(), torch.empty(0)).device
     return torch.cat([extractor(chunk.to(device)).float().cpu() for chunk in videos.split(batch_size)])
-
-
-METRIC_DIRECTIONS.register("fvd")("lower")
 
 
 def fvd(real: Tensor, fake: Tensor, extractor: nn.Module, batch_size: int = 64) -> float:

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from nar_bench.errors import NarBenchError
-from nar_bench.metrics.adm_npz import IMAGES_KEY, LABELS_KEY, atomic_path, check_images, write_npz
+from nar_bench.metrics.adm_npz import IMAGES_KEY, LABELS_KEY, atomic_path, check_images, check_samples, write_npz
 
 SETTINGS_FILE = "settings.json"
 
@@ -72,9 +72,10 @@ class SampleStore:
         return [k for k in range(self.num_shards) if k not in done]
 
     def write_shard(self, shard: int, images: np.ndarray, labels: np.ndarray) -> Path:
-        """Stores shard ``shard``: images (n, H, W, 3) uint8 and labels (n,) for its n indices."""
+        """Stores shard ``shard``: images (n, H, W, 3) (or clips (n, T, H, W, 3)) uint8 and labels (n,)
+        for its n indices."""
         n = len(self.indices(shard))
-        check_images(images, "samples")
+        check_samples(images, "samples")
         if len(images) != n or len(labels) != n:
             raise NarBenchError(f"shard {shard} holds {n} samples, got {len(images)} images and {len(labels)} labels")
         index = np.asarray(self.indices(shard), dtype=np.int64)

@@ -33,17 +33,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from nar_bench.config import check_sweep_inputs, expand_sweep
 from nar_bench.errors import NarBenchError
+from nar_bench.evaluation import evaluate
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.lit.progress import point_line
 from nar_bench.lit.trainer import uses_gpu
-from nar_bench.run.evaluate import evaluate
 from nar_bench.run.train import finish_run, fit
 from nar_bench.tracking.lifecycle import run_end_status
-from nar_bench.tracking.mlflow import RUN_DIR_TAG, client, make_logger, parent_run
-from nar_bench.tracking.report import POINT_TAG, SEED_TAG, TRAINED_IN_TAG, VARIANT_TAG
+from nar_bench.tracking.mlflow import client, make_logger, parent_run
+from nar_bench.tracking.names import (
+    POINT_KEY_TAG,
+    POINT_TAG,
+    RUN_DIR_TAG,
+    SEED_TAG,
+    SWEEP_POINTS_PARAM,
+    TRAINED_IN_TAG,
+    TRAINING_KEY_TAG,
+    VARIANT_TAG,
+)
 from nar_bench.tracking.resume import (
     OUTPUT_SETTINGS,
-    POINT_KEY_TAG,
     POINT_ROW,
     finished_points,
     point_key,
@@ -58,7 +66,6 @@ FinishSweep = Callable[[pd.DataFrame, str], None]
 
 SUMMARY_COLUMNS = ("paradigm", "size", "params_M", "steps_per_image", "train_steps", "train_loss", "val_loss",
                    "device")
-TRAINING_KEY_TAG = "nar_bench.training_key"  # hash of training_key: finished trainings a resumed sweep reuses
 
 
 def training_key(cfg: DictConfig) -> str:
@@ -209,7 +216,7 @@ def run_sweep(cfg: DictConfig, run_point: RunPoint, name: str, fresh: bool = Fal
     and returns it. A failed sweep returns nothing; its parent run ends FAILED (KILLED on a signal)."""
     points = expand_sweep(cfg)
     check_sweep_inputs(points)  # every point's inputs, before the first one trains
-    params = {"points": len(points), "sweep": OmegaConf.to_yaml(cfg.sweep)[:5000]}
+    params = {SWEEP_POINTS_PARAM: len(points), "sweep": OmegaConf.to_yaml(cfg.sweep)[:5000]}
     with parent_run(cfg.tracking, name, params, key=sweep_key(cfg), fresh=fresh) as parent_id:
         done = finished_points(cfg.tracking, parent_id) if parent_id and not multi_process(cfg) else {}
         rows = {i: {"point": point_name, **done[point_key(point_cfg)]} for i, (point_name, point_cfg)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from nar_bench.config import check_generator_inputs
 from nar_bench.errors import NarBenchError
+from nar_bench.evaluation import check_eval_inputs, evaluate
 from nar_bench.images import save_samples
 from nar_bench.lit.data import GeneratorDataModule
 from nar_bench.lit.module import GeneratorModule
@@ -24,7 +25,8 @@ from nar_bench.lit.progress import run_folder_line
 from nar_bench.lit.trainer import check_inputs, make_trainer, run_directory, uses_gpu
 from nar_bench.nn.transformer import count_parameters
 from nar_bench.tracking.lifecycle import interruptible, run_end_status, sqlite_path
-from nar_bench.tracking.mlflow import RUN_DIR_TAG, client, log_artifact, make_logger, tracking_uri
+from nar_bench.tracking.mlflow import client, log_artifact, make_logger, tracking_uri
+from nar_bench.tracking.names import RUN_DIR_TAG
 from nar_bench.tracking.report import write_table
 
 
@@ -45,6 +47,8 @@ def fit(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None 
     run stays open (the caller ends it: ``logger.end()``) unless fitting raises. Every rank returns."""
     check_inputs(cfg)
     check_generator_inputs(cfg)
+    if cfg.eval.after_training:
+        check_eval_inputs(cfg)  # not after hours of training
     run_name = run_name or cfg.tracking.run_name or f"{cfg.model.paradigm}-{cfg.model.size}"
     resume = find_resume_point(cfg, run_name) if cfg.trainer.resume else None
     cfg = without_resume(cfg)  # a run's params are the same whether it was resumed or not
@@ -113,12 +117,15 @@ def find_resume_point(cfg: DictConfig, run_name: str) -> ResumePoint:
 
 
 def train(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None = None) -> dict:
-    """Fits ``cfg`` and returns a summary row (also written as CSV/Markdown and logged to MLflow);
-    the run ends FINISHED once they are logged."""
+    """Fits ``cfg`` and returns a summary row (also written as CSV/Markdown and logged to MLflow),
+    plus the evaluation's metrics (logged to the same run) with ``eval.after_training``; the run ends
+    FINISHED once they are logged."""
     run = fit(cfg, run_name, parent_run_id)
     try:
         summary = finish_run(cfg, run.module, run.trainer, run.logger, run.run_dir, run.run_name) \
             if run.trainer.is_global_zero else {}
+        if cfg.eval.after_training:  # every rank generates its shards
+            summary.update(evaluate(run.module, cfg, logger=run.logger, out_dir=run.run_dir / "eval"))
     except BaseException as err:
         run.logger.end(run_end_status(err))
         raise

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from nar_bench.tracking.names import HOST_TAG, PID_TAG, PROCESS_START_TAG
+
 log = logging.getLogger(__name__)
 
-HOST_TAG, PID_TAG, PROCESS_START_TAG = "nar_bench.host", "nar_bench.pid", "nar_bench.process_start"
 SQLITE = "sqlite:///"
 
 _interrupted: list[int] = []  # the signal that interrupts this process, once one arrived

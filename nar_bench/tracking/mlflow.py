@@ -29,15 +29,11 @@ from nar_bench.tracking.lifecycle import (
     run_end_status,
     store_lock,
 )
+from nar_bench.tracking.names import COMMIT_TAG, DEVICE_TAG, PARENT_TAG, PID_TAG, SWEEP_KEY_TAG
 from nar_bench.tracking.provenance import device_description, git_commit
 
 log = logging.getLogger(__name__)
 
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests child runs under the parent
-# on every run: what ran it (MLflow's own mlflow.source.git.commit reads .git, stale on a copied tree)
-COMMIT_TAG, DEVICE_TAG = "nar_bench.commit", "nar_bench.device"
-SWEEP_KEY_TAG = "nar_bench.sweep_key"  # on sweep parents: hash of the sweep's settings (finds it again to resume)
-RUN_DIR_TAG = "nar_bench.run_dir"  # on training runs: their folder (checkpoints/last.ckpt, to resume)
 
 
 def origin_tags() -> dict[str, str]:
@@ -197,7 +193,7 @@ def find_parent(c: MlflowClient, exp_id: str, name: str, key: str) -> Run | None
             continue
         if run.info.status == "RUNNING" and owner_alive(run.data.tags):
             log.warning("sweep '%s' is running in process %s; starting a separate parent run", name,
-                        run.data.tags.get("nar_bench.pid"))
+                        run.data.tags.get(PID_TAG))
             continue
         return run
     return None

@@ -14,11 +14,8 @@ import pandas as pd
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-import nar_bench.metrics  # noqa: F401  (registers the metrics' directions)
-from nar_bench.registry import METRIC_DIRECTIONS
-
-TABLE_ARTIFACT = "summary_table.json"
-BEST_TAG = "nar_bench.best."
+from nar_bench.metrics.registry import METRICS
+from nar_bench.tracking.names import BEST_TAG, TABLE_ARTIFACT
 
 
 def group_label(row: pd.Series, group: list[str]) -> str:
@@ -40,11 +37,11 @@ def summary_metrics(summary: pd.DataFrame, group: list[str]) -> dict[str, float]
 def best_groups(summary: pd.DataFrame, group: list[str]) -> dict[str, str]:
     """{metric: label of the group with the best mean} for metrics with a registered direction."""
     best = {}
-    for metric, direction in METRIC_DIRECTIONS.items():
+    for metric, spec in METRICS.items():
         column = f"{metric}_mean"
         if column not in summary or summary[column].isna().all():
             continue
-        index = summary[column].idxmin() if direction == "lower" else summary[column].idxmax()
+        index = summary[column].idxmin() if spec.direction == "lower" else summary[column].idxmax()
         best[metric] = group_label(summary.loc[index], group)
     return best
 

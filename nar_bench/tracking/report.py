@@ -24,18 +24,26 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-import nar_bench.metrics  # noqa: E402, F401  (registers the metrics' directions)
 from nar_bench.errors import NarBenchError  # noqa: E402
-from nar_bench.registry import METRIC_DIRECTIONS  # noqa: E402
-from nar_bench.tracking.mlflow import COMMIT_TAG, DEVICE_TAG, PARENT_TAG, tracking_uri  # noqa: E402
+from nar_bench.metrics.registry import METRICS, metric_names, plotted  # noqa: E402
+from nar_bench.tracking.mlflow import tracking_uri  # noqa: E402
+from nar_bench.tracking.names import (  # noqa: E402
+    COMMIT_TAG,
+    DEVICE_TAG,
+    EVAL_PREFIX,
+    EXTRACTOR_PARAM,
+    LOSS_METRICS,
+    PARADIGM_PARAM,
+    PARENT_TAG,
+    POINT_KEY_TAG,
+    POINT_TAG,
+    SEED_TAG,
+    SWEEP_POINTS_PARAM,
+    TRAINED_IN_TAG,
+    VARIANT_TAG,
+)
 from nar_bench.tracking.provenance import provenance_line, write_provenance  # noqa: E402
 
-METRICS = ("fid", "is", "precision", "recall", "kid", "class_accuracy")  # table order, when present
-PLOT_METRICS = ("fid", "is", "class_accuracy")
-# tags nar_bench.run.sweep puts on every sweep child run; POINT_TAG + short grid key, e.g. cfg_scale
-VARIANT_TAG, SEED_TAG, POINT_TAG = "nar_bench.variant", "nar_bench.seed", "nar_bench.point."
-TRAINED_IN_TAG = "nar_bench.trained_in_run"  # on runs that evaluate a model trained in another run
-POINT_KEY_TAG = "nar_bench.point_key"  # hash of a sweep point's resolved config: one key = one point
 USED = "used"  # summary_use value of the runs a summary averages
 EXTRACTORS = {  # eval.extractor -> what its FID / IS / KID / precision-recall are computed on
     "domain": "domain-feature metrics (synthetic-shapes classifier features, not Inception)",
@@ -79,9 +87,10 @@ def parent_ids(runs: pd.DataFrame) -> list[str]:
     ``points`` param (a parent killed before its first child)."""
     parent_col = f"tags.{PARENT_TAG}"
     named = set(runs[parent_col].dropna()) if parent_col in runs else set()
-    if "params.points" in runs:
+    points = f"params.{SWEEP_POINTS_PARAM}"
+    if points in runs:
         no_parent = runs[parent_col].isna() if parent_col in runs else True
-        named |= set(runs.run_id[runs["params.points"].notna() & no_parent])
+        named |= set(runs.run_id[runs[points].notna() & no_parent])
     return [run_id for run_id in runs.run_id if run_id in named]  # start-time order
 
 
@@ -147,16 +156,18 @@ def tidy_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     grid = sorted(col[len(f"tags.{POINT_TAG}"):] for col in runs.columns if col.startswith(f"tags.{POINT_TAG}"))
     for col in grid:
         table[col] = _numeric(tag(POINT_TAG + col))
-    if "params.cfg/model/paradigm" in runs:
-        table["paradigm"] = runs["params.cfg/model/paradigm"]
-    evaluated = [col[len("metrics.eval/"):] for col in runs.columns if col.startswith("metrics.eval/")]
-    for metric in sorted(evaluated, key=lambda m: (METRICS.index(m) if m in METRICS else len(METRICS), m)):
-        table[metric] = runs[f"metrics.eval/{metric}"]
-    for metric in ("train/loss", "val/loss"):
+    if f"params.{PARADIGM_PARAM}" in runs:
+        table["paradigm"] = runs[f"params.{PARADIGM_PARAM}"]
+    prefix = f"metrics.{EVAL_PREFIX}"
+    evaluated = [col[len(prefix):] for col in runs.columns if col.startswith(prefix)]
+    order = metric_names()
+    for metric in sorted(evaluated, key=lambda m: (order.index(m) if m in order else len(order), m)):
+        table[metric] = runs[prefix + metric]
+    for metric in LOSS_METRICS:
         if f"metrics.{metric}" in runs:
             table[metric.replace("/", "_")] = runs[f"metrics.{metric}"]
-    if "params.cfg/eval/extractor" in runs:
-        table["extractor"] = runs["params.cfg/eval/extractor"]
+    if f"params.{EXTRACTOR_PARAM}" in runs:
+        table["extractor"] = runs[f"params.{EXTRACTOR_PARAM}"]
     table["device"], table["commit"] = tag(DEVICE_TAG), tag(COMMIT_TAG)
     table["status"], table["start_time"] = runs["status"], runs["start_time"]
     table["point_key"], table["parent_run"] = tag(POINT_KEY_TAG), tag(PARENT_TAG)
@@ -215,7 +226,7 @@ def summarize(table: pd.DataFrame, group: list[str]) -> pd.DataFrame:
     order the groups first appear; ``seeds`` = n (distinct seeds), ``seed_list`` names them. Only the
     runs :func:`summary_use` marks used are averaged (finished, one per point)."""
     runs = used_runs(table, [col for col in group if col != "variant"])
-    metrics = [m for m in METRICS if m in runs and runs[m].notna().any()]
+    metrics = [m for m in METRICS if m in runs and runs[m].notna().any()]  # registry order
     if not metrics:
         raise NarBenchError("no evaluation metrics in the FINISHED runs of this selection (fid, is, ...); "
                             "were they evaluated? (runs.csv lists every run and its status)")
@@ -260,7 +271,7 @@ def plot_summary(summary: pd.DataFrame, group: list[str], path: str | Path, capt
     """Bars per group, or lines per variant against the single numeric grid column if there is one;
     error bars = std over seeds only where a group has n > 1 (n is in every label); y axes start
     at 0. ``caption`` (provenance, evaluation settings) goes in the footer."""
-    metrics = [m for m in PLOT_METRICS if f"{m}_mean" in summary]
+    metrics = [spec.name for spec in plotted() if f"{spec.name}_mean" in summary]
     grid = [col for col in group if col != "variant"]
     line_x = grid[0] if len(grid) == 1 and pd.api.types.is_numeric_dtype(summary[grid[0]]) else None
     width = 4.8 * len(metrics)
@@ -291,7 +302,7 @@ def plot_summary(summary: pd.DataFrame, group: list[str], path: str | Path, capt
         ax.set_ylim(bottom=0)
         if metric == "class_accuracy":
             ax.set_ylim(0, 1)
-        ax.set_title(f"{metric} ({METRIC_DIRECTIONS[metric]} is better)")
+        ax.set_title(f"{METRICS[metric].label} ({METRICS[metric].direction} is better)")
         ax.grid(axis="y", alpha=0.3)
     bars = "error bars: std over the n seeds" if several.any() else "one seed per point (n=1): no error bars"
     fig.suptitle(f"mean over distinct seeds; {bars}", fontsize="small")

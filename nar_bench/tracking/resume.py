@@ -12,9 +12,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from nar_bench.tracking.mlflow import child_runs, client
+from nar_bench.tracking.names import POINT_KEY_TAG, POINT_ROW
 
-POINT_KEY_TAG = "nar_bench.point_key"  # hash of the point's config without tracking / output settings
-POINT_ROW = "point.json"  # the point's result row, logged on its child run (a resumed sweep reads it back)
 # settings that name where results go, not what is computed
 OUTPUT_SETTINGS = ("tracking", "output_dir", "trainer.resume", "bench.output_dir")
 

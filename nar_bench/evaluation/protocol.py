@@ -1,0 +1,167 @@
+"""The evaluation protocol: samples -> ``SampleStore`` -> features -> metrics, as used by
+``nar-bench evaluate`` (``evaluate_checkpoint``: the number a paper would print), by sweeps and by
+training's end-of-run evaluation (``evaluate``: a model in memory).
+
+N class-balanced samples (label i % classes, noise from (seed, i), so identical for any batch size
+and device count) go through ``Trainer.predict`` into resumable .npz shards (each rank writes the
+shards it generates; rank 0 assembles the file), then the config's scorer (``scorer_for``) scores
+them. Call both functions on every rank under DDP; ranks other than 0 get nothing back.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+from torch import Tensor
+
+from nar_bench.config import merge
+from nar_bench.errors import NarBenchError
+from nar_bench.evaluation.samples import first_samples, generate_samples, sample_settings
+from nar_bench.evaluation.scoring import device, scorer_for
+from nar_bench.images import save_samples
+from nar_bench.lit.data import GeneratorDataModule
+from nar_bench.lit.module import GeneratorModule
+from nar_bench.lit.shard_sampling import class_balanced_labels
+from nar_bench.lit.trainer import check_inputs
+from nar_bench.metrics.adm_npz import atomic_path, sha256_file
+from nar_bench.tracking.lifecycle import run_end_status
+from nar_bench.tracking.mlflow import log_artifact, make_logger
+from nar_bench.tracking.names import EVAL_PREFIX
+from nar_bench.tracking.provenance import provenance
+
+GRID_FILE = "eval_samples.png"  # .gif for video (save_samples picks the format)
+
+
+def grid_rows(cfg: DictConfig, num_classes: int, num_samples: int) -> int:
+    """Rows of the sample grid: eval.samples_per_class, at most what was generated, at least 1."""
+    return max(1, min(cfg.eval.samples_per_class, num_samples // min(num_classes, 16)))
+
+
+def write_artifacts(images: Tensor, per_class: pd.DataFrame | None, out_dir: Path, num_classes: int,
+                    logger=None) -> list[Path]:
+    """Sample grid (labels cycle, so its columns are the first classes) and the per-class accuracy
+    table; logged to the logger's MLflow run if given."""
+    paths = [save_samples(images, out_dir / GRID_FILE, min(num_classes, 16))]
+    if per_class is not None:
+        paths.append(out_dir / "per_class_accuracy.csv")
+        per_class.to_csv(paths[-1])
+    for path in paths:
+        log_artifact(logger, path)
+    return paths
+
+
+def evaluate(module: GeneratorModule, cfg: DictConfig, num_samples: int | None = None,
+             batch_size: int | None = None, logger=None, out_dir: str | Path | None = None) -> dict[str, float]:
+    """Generates ``num_samples`` (default eval.num_samples) class-balanced samples with
+    cfg.eval.sampling, ``batch_size`` (default eval.batch_size) per device and batch, and returns
+    their metrics (see ``scorer_for``) plus num_samples and generate_seconds.
+
+    The samples go to ``out_dir``/samples.npz when ``out_dir`` is given (else a temporary folder).
+    With an MLflow ``logger`` (Lightning MLFlowLogger) the metrics are logged as ``eval/<name>``,
+    with the sample grid and the per-class accuracy table as artifacts. Ranks other than 0 return {}.
+    """
+    num_samples = num_samples or cfg.eval.num_samples
+    scorer = scorer_for(cfg)
+    scorer.check()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(out_dir or tmp)
+        start = time.perf_counter()
+        path = generate_samples(module, cfg, num_samples, folder / "samples.npz", batch_size or cfg.eval.batch_size,
+                                sample_settings(cfg, module.num_classes))
+        if path is None:
+            return {}
+        seconds = time.perf_counter() - start
+        metrics, per_class = scorer.score(path)
+        metrics.update(num_samples=float(num_samples), generate_seconds=seconds)
+        grid = first_samples(path, min(module.num_classes, 16) * grid_rows(cfg, module.num_classes, num_samples))
+        write_artifacts(grid, per_class, folder, module.num_classes, logger)
+    if logger is not None:
+        logger.log_metrics({EVAL_PREFIX + key: value for key, value in metrics.items()})
+    return metrics
+
+
+def load_generator(cfg: DictConfig, ckpt: str | Path, num_classes: int | None = None) -> GeneratorModule:
+    """A nar-bench Lightning ``.ckpt`` (architecture from the checkpoint) or an official weights file
+    loaded into the paradigm ``cfg`` describes (as ``model.checkpoint``); ``num_classes`` defaults to
+    the configured dataset's."""
+    path = Path(ckpt).expanduser()
+    if not path.is_file():
+        raise NarBenchError(f"checkpoint '{path}' not found; pass a nar-bench .ckpt or an official weights file")
+    if path.suffix == ".ckpt":
+        return GeneratorModule.load_from_checkpoint(path, map_location="cpu")
+    cfg = merge(cfg, {"model": {"checkpoint": str(path)}}, source="--ckpt")
+    check_inputs(cfg)
+    return GeneratorModule(cfg, num_classes or GeneratorDataModule(cfg.data).num_classes)
+
+
+def evaluate_checkpoint(cfg: DictConfig, ckpt: str | Path, num_samples: int = 50_000, name: str | None = None,
+                        out: str | Path | None = None, png_dir: str | Path | None = None,
+                        num_classes: int | None = None, command: str | None = None) -> dict | None:
+    """Samples ``num_samples`` class-balanced images (or clips) from ``ckpt`` into an .npz (resumable
+    shards), scores them (ADM's metrics against ``eval.reference`` for images, FVD for video) and
+    writes ``<output_dir>/<name>/eval.json``. Its MLflow run opens before the first sample and ends
+    FINISHED with the record, FAILED on an error, KILLED on a signal. Returns the record on rank 0,
+    None on other ranks."""
+    video = cfg.data.frames is not None
+    if not cfg.eval.reference and not video:
+        raise NarBenchError("eval.reference is not set: pass eval.reference=<ADM reference batch .npz> (e.g. "
+                            "VIRTUAL_imagenet256_labeled.npz, or one built with `nar-bench reference`)")
+    if png_dir and video:
+        raise NarBenchError("--png-dir writes images; this config generates video clips: drop --png-dir")
+    scorer = scorer_for(cfg)
+    scorer.check()
+    module = load_generator(cfg, ckpt, num_classes)
+    class_balanced_labels(num_samples, module.num_classes)  # an uneven N fails before the run opens
+    name = name or cfg.tracking.run_name or f"eval-{cfg.model.paradigm}-{Path(ckpt).stem}"
+    ckpt_sha = sha256_file(ckpt)
+    settings = sample_settings(cfg, module.num_classes, checkpoint_sha256=ckpt_sha)
+    protocol = scorer.protocol()
+    logger = make_logger(cfg.tracking, name)
+    try:
+        logger.log_hyperparams({"num_samples": num_samples, "seed": cfg.seed, "sampling": settings["sampling"],
+                                "checkpoint": {"path": str(Path(ckpt).resolve()), "sha256": ckpt_sha},
+                                "reference": protocol["reference"], "paradigm": cfg.model.paradigm,
+                                "protocol": protocol["name"]})
+        record = _evaluate_into(module, cfg, ckpt, num_samples, name, out, png_dir, settings, protocol, scorer,
+                                logger, command)
+    except BaseException as err:
+        logger.end(run_end_status(err))
+        raise
+    logger.end("FINISHED")
+    return record
+
+
+def _evaluate_into(module: GeneratorModule, cfg: DictConfig, ckpt: str | Path, num_samples: int, name: str,
+                   out: str | Path | None, png_dir: str | Path | None, settings: dict, protocol: dict, scorer,
+                   logger, command: str | None) -> dict | None:
+    """Generate, score and record for :func:`evaluate_checkpoint`, inside its open MLflow run."""
+    results = Path(cfg.output_dir) / name.replace("/", "_")  # results/runs/<name> (git-ignored) by default
+    out = Path(out) if out else results / "samples.npz"
+    start = time.perf_counter()
+    path = generate_samples(module, cfg, num_samples, out, cfg.eval.batch_size, settings, png_dir)
+    if path is None:
+        return None
+    seconds = time.perf_counter() - start
+    metrics, per_class = scorer.score(path)
+    record = {
+        "name": name, "metrics": metrics, "num_samples": num_samples, "seed": cfg.seed,
+        "sampling": settings["sampling"], "settings": settings, "generate_seconds": seconds,
+        "checkpoint": {"path": str(Path(ckpt).resolve()), "sha256": settings["checkpoint_sha256"]},
+        "protocol": protocol, "reference": protocol["reference"],
+        "samples": str(path.resolve()),
+        "provenance": provenance(command, device(cfg)),
+        "mlflow_run_id": logger.run_id,
+    }
+    logger.log_metrics({EVAL_PREFIX + key: value for key, value in metrics.items()})
+    results.mkdir(parents=True, exist_ok=True)
+    grid = first_samples(path, min(module.num_classes, 16) * grid_rows(cfg, module.num_classes, num_samples))
+    write_artifacts(grid, per_class, results, module.num_classes, logger)
+    with atomic_path(results / "eval.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+    log_artifact(logger, results / "eval.json")
+    return record

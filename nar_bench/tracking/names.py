@@ -1,0 +1,27 @@
+"""Every MLflow tag, param, metric prefix and artifact name that nar-bench writes AND reads back
+(resume, reports, the notebook): one place, so a writer and its reader cannot drift apart."""
+
+# --- tags ----------------------------------------------------------------------------------------
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests child runs under the parent
+# on every run: what ran it (MLflow's own mlflow.source.git.commit reads .git, stale on a copied tree)
+COMMIT_TAG, DEVICE_TAG = "nar_bench.commit", "nar_bench.device"
+# on every run: the process that owns it (a RUNNING run whose owner is gone is marked KILLED)
+HOST_TAG, PID_TAG, PROCESS_START_TAG = "nar_bench.host", "nar_bench.pid", "nar_bench.process_start"
+SWEEP_KEY_TAG = "nar_bench.sweep_key"  # on sweep parents: hash of the sweep's settings (finds it again to resume)
+RUN_DIR_TAG = "nar_bench.run_dir"  # on training runs: their folder (checkpoints/last.ckpt, to resume)
+# on sweep child runs; POINT_TAG + short grid key, e.g. nar_bench.point.cfg_scale
+VARIANT_TAG, SEED_TAG, POINT_TAG = "nar_bench.variant", "nar_bench.seed", "nar_bench.point."
+POINT_KEY_TAG = "nar_bench.point_key"  # hash of a point's config without tracking / output settings
+TRAINING_KEY_TAG = "nar_bench.training_key"  # hash of what determines the weights: trainings a resumed sweep reuses
+TRAINED_IN_TAG = "nar_bench.trained_in_run"  # on runs that evaluate a model trained in another run
+BEST_TAG = "nar_bench.best."  # on sweep parents: BEST_TAG + metric = label of the best group
+
+# --- params and metrics --------------------------------------------------------------------------
+SWEEP_POINTS_PARAM = "points"  # on sweep parents: number of points (finds a parent killed before its first child)
+PARADIGM_PARAM, EXTRACTOR_PARAM = "cfg/model/paradigm", "cfg/eval/extractor"  # flattened config params
+EVAL_PREFIX = "eval/"  # evaluation metrics: eval/fid, eval/is, ...
+LOSS_METRICS = ("train/loss", "val/loss")
+
+# --- artifacts -----------------------------------------------------------------------------------
+POINT_ROW = "point.json"  # a sweep point's result row, on its child run (a resumed sweep reads it back)
+TABLE_ARTIFACT = "summary_table.json"  # a sweep's summary as an MLflow table, on the parent
