@@ -132,7 +132,14 @@ class I3DFeatures(nn.Module):
 
 FEATURE_EXTRACTORS.register("video_domain")(
     lambda root=None, **options: DomainVideoFeatures(VideoClassifierSpec.from_options(options), root))
-FEATURE_EXTRACTORS.register("i3d")(lambda root=None, weights_path=None: I3DFeatures(weights_path))
+@FEATURE_EXTRACTORS.register("i3d")
+def i3d_extractor(root=None, **options) -> I3DFeatures:
+    unknown = sorted(set(options) - {"weights_path"})
+    if unknown:
+        raise NarBenchError(f"unknown i3d extractor option(s) {unknown}; valid: weights_path")
+    return I3DFeatures(options.get("weights_path"))
+
+
 VIDEO_EXTRACTORS = ("video_domain", "i3d")
 
 
