@@ -21,6 +21,7 @@ from nar_bench.metrics.adm import (
 )
 from nar_bench.metrics.adm_npz import images_header, iter_images, write_npz
 from nar_bench.metrics.fidelity import INCEPTION_WEIGHTS_ENV, torch_fidelity
+from nar_bench.nn.modes import tf32_disabled
 
 N_REF, N_SAMPLES, SIZE = 12, 10, 32
 
@@ -97,6 +98,40 @@ def test_spatial_features_are_mixed_6_conv_first_7_channels_in_hwc_order(photos,
     for name, stats in (("spatial", stored.sfid_stats), ("pool", stored.fid_stats)):
         for key, value in statistics(getattr(features, name)).items():
             np.testing.assert_allclose(stats[key], value, rtol=1e-5, atol=1e-9)
+
+
+def tf32_flags() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+@pytest.fixture
+def restore_tf32_flags():
+    before = tf32_flags()
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.mark.usefixtures("restore_tf32_flags")
+def test_tf32_disabled_turns_both_flags_off_and_restores_each_also_on_an_exception():
+    for matmul, cudnn in ((True, True), (True, False), (False, True)):
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+        with tf32_disabled():
+            assert tf32_flags() == (False, False)
+        assert tf32_flags() == (matmul, cudnn)
+        with pytest.raises(RuntimeError, match="inside"), tf32_disabled():
+            assert tf32_flags() == (False, False)
+            raise RuntimeError("inside")
+        assert tf32_flags() == (matmul, cudnn)
+
+
+@pytest.mark.usefixtures("restore_tf32_flags")
+def test_inception_features_run_the_network_with_tf32_off(photos, random_inception_weights):
+    extractor = InceptionFeatures(random_inception_weights)
+    seen = []
+    extractor.model.register_forward_pre_hook(lambda module, inputs: seen.append(tf32_flags()))
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    extractor(photos[:2])
+    assert seen == [(False, False)] and tf32_flags() == (True, True)
 
 
 def test_fid_from_the_reference_file_equals_torch_fidelity_on_the_images(photos, reference, random_inception_weights,

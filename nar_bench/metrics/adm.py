@@ -1,5 +1,6 @@
 """Paper-comparable metrics the way the ADM evaluator (guided-diffusion ``evaluations/evaluator.py``)
-defines them, on torch-fidelity's TF-ported InceptionV3 (the 2015-12-05 graph ADM also runs):
+defines them, on torch-fidelity's TF-ported InceptionV3 (the 2015-12-05 graph ADM also runs), run in
+full float32 (TF32 off):
 
 - FID: Frechet distance of pool_3 (2048-d) statistics, the reference's from its stored ``mu`` /
   ``sigma``; computed by torch-fidelity's ``fid_statistics_to_metric`` (an eigenvalue form of
@@ -40,6 +41,7 @@ from nar_bench.metrics.adm_npz import (
 )
 from nar_bench.metrics.cache import cache_root
 from nar_bench.metrics.fidelity import inception_extractor, torch_fidelity
+from nar_bench.nn.modes import tf32_disabled
 
 SPATIAL_CHANNELS, SPATIAL_SIZE = 7, 17
 SPATIAL_DIM = SPATIAL_CHANNELS * SPATIAL_SIZE * SPATIAL_SIZE  # 2023
@@ -63,7 +65,9 @@ class Features:
 
 class InceptionFeatures:
     """torch-fidelity's ``inception-v3-compat`` from a local weights file, plus a hook for ADM's
-    spatial features. ``weights_path`` None: ``$NAR_BENCH_INCEPTION_WEIGHTS`` or the cache's copy."""
+    spatial features. ``weights_path`` None: ``$NAR_BENCH_INCEPTION_WEIGHTS`` or the cache's copy.
+    The forward runs with TF32 off: full float32 convolutions and matmuls on Ampere+ GPUs too (TF32
+    keeps 10 mantissa bits of their inputs)."""
 
     def __init__(self, weights_path: str | Path | None = None, device: str | torch.device = "cpu",
                  cache_dir: str | Path | None = None):
@@ -96,7 +100,8 @@ class InceptionFeatures:
             images = torch.from_numpy(np.ascontiguousarray(check_images(images))).permute(0, 3, 1, 2)
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise NarBenchError(f"images must be (B, 3, H, W) uint8, got {images.dtype} {tuple(images.shape)}")
-        pool, logits = self.model(images.to(self.device))
+        with tf32_disabled():
+            pool, logits = self.model(images.to(self.device))
         return Features(pool.cpu(), self._spatial.cpu(), logits.cpu())
 
     def extract(self, batches: Iterable[Tensor | np.ndarray], total: int | None = None,
