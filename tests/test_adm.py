@@ -137,7 +137,8 @@ def test_inception_features_run_the_network_with_tf32_off(photos, random_incepti
 def test_fid_from_the_reference_file_equals_torch_fidelity_on_the_images(photos, reference, random_inception_weights,
                                                                          tmp_path):
     """Tolerance: rel 1e-4. The two paths run the same network and the same FID function, but
-    torch-fidelity keeps float32 means and extracts in other batch sizes (round-off only)."""
+    torch-fidelity keeps float32 means and extracts in other batch sizes (round-off only). IS: ADM
+    scores fewer than 5,000 images as one split, torch-fidelity's ``isc_splits=1``."""
     samples = photos[N_REF:]
     write_npz(tmp_path / "samples.npz", {"arr_0": samples})
     ours = evaluate_npz(tmp_path / "samples.npz", reference, random_inception_weights, batch_size=8,
@@ -155,7 +156,7 @@ def test_fid_from_the_reference_file_equals_torch_fidelity_on_the_images(photos,
 
     direct = torch_fidelity.calculate_metrics(
         input1=Images(samples), input2=Images(photos[:N_REF]), fid=True, isc=True, prc=True, cache=False,
-        cuda=False, verbose=False, save_cpu_ram=True, samples_shuffle=False, batch_size=16,
+        cuda=False, verbose=False, save_cpu_ram=True, samples_shuffle=False, batch_size=16, isc_splits=1,
         feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(random_inception_weights))
     assert set(ours) == {"fid", "is", "is_std", "precision", "recall", "num_samples"}
     assert ours["fid"] == pytest.approx(direct[torch_fidelity.KEY_METRIC_FID], rel=1e-4)

@@ -8,8 +8,9 @@ full float32 (TF32 off):
 - sFID: the same on ADM's spatial features, ``mixed_6/conv`` (torch-fidelity's
   ``Mixed_6d.branch1x1``, post-ReLU) first 7 channels of 17x17, flattened in (H, W, C) order as
   ADM's NHWC reshape does: 2023-d, against ``mu_s`` / ``sigma_s``.
-- Inception Score: torch-fidelity's on the bias-free logits (ADM multiplies pool_3 by the softmax
-  weights only), 10 splits in sample order (ADM's 5,000-image splits for N = 50,000).
+- Inception Score: on the bias-free logits (ADM multiplies pool_3 by the softmax weights only), over
+  ADM's splits: consecutive chunks of 5,000 images in sample order, the last one holding the rest
+  (see ``inception_score``).
 - Precision / recall: ADM's k=3 manifold estimate on pool_3 features against the reference images
   (a point is inside a manifold if it lies within some member's distance to its 3rd nearest neighbour).
 """
@@ -46,7 +47,7 @@ from nar_bench.nn.modes import tf32_disabled
 SPATIAL_CHANNELS, SPATIAL_SIZE = 7, 17
 SPATIAL_DIM = SPATIAL_CHANNELS * SPATIAL_SIZE * SPATIAL_SIZE  # 2023
 POOL_DIM = 2048
-IS_SPLITS = 10
+IS_SPLIT_SIZE = 5000  # ADM's compute_inception_score(split_size=5000)
 PR_NEIGHBORHOOD = 3
 
 
@@ -129,14 +130,28 @@ def frechet_distance(stats_1: dict[str, np.ndarray], stats_2: dict[str, np.ndarr
     return float(torch_fidelity.metric_fid.fid_statistics_to_metric(a, b, False)[torch_fidelity.KEY_METRIC_FID])
 
 
-def inception_score(logits: Tensor, splits: int = IS_SPLITS) -> tuple[float, float]:
-    """(mean, std) of torch-fidelity's Inception Score over ``splits`` consecutive splits of logits
-    (N, 1008), without shuffling (as ADM)."""
-    if len(logits) < splits:
-        raise NarBenchError(f"the Inception Score over {splits} splits needs at least {splits} images, "
-                            f"got {len(logits)}")
-    out = torch_fidelity.metric_isc.isc_features_to_metric(logits, splits=splits, shuffle=False)
-    return out[torch_fidelity.KEY_METRIC_ISC_MEAN], out[torch_fidelity.KEY_METRIC_ISC_STD]
+def _blocks(n: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of ``size`` covering range(n), the last one shorter if size does not divide n."""
+    return (slice(s, min(s + size, n)) for s in range(0, n, size))
+
+
+def inception_score(logits: Tensor, split_size: int = IS_SPLIT_SIZE) -> tuple[float, float]:
+    """(mean, std) of the Inception Score of logits (N, C) over ADM's splits: consecutive chunks of
+    ``split_size`` images in sample order, no shuffling. The last chunk holds the remainder and counts
+    like a full one (N = 7,500: chunks of 5,000 and 2,500, mean of their two scores); N <= 5,000 is one
+    chunk of all N. A chunk's score is exp(mean_x KL(p(y|x) || p(y))), p(y) the chunk's mean of
+    p(y|x) = softmax(logits); float64 throughout. ``mean`` is what ADM reports; ``std`` (population,
+    over the chunks; 0.0 for one chunk) is ours."""
+    if len(logits) == 0:
+        raise NarBenchError("the Inception Score needs at least 1 image, got 0")
+    logits = logits.double()
+    p, log_p = logits.softmax(dim=1), logits.log_softmax(dim=1)
+    scores = []
+    for rows in _blocks(len(logits), split_size):
+        log_marginal = p[rows].mean(dim=0, keepdim=True).log()
+        kl = (p[rows] * (log_p[rows] - log_marginal)).sum(dim=1)
+        scores.append(kl.mean().exp().item())
+    return float(np.mean(scores)), float(np.std(scores))
 
 
 def _squared_distances(u: Tensor, v: Tensor, half: bool) -> Tensor:
@@ -151,10 +166,6 @@ def _squared_distances(u: Tensor, v: Tensor, half: bool) -> Tensor:
         if torch.isfinite(d).all():
             return d.float()
     return compute(u.float(), v.float())
-
-
-def _blocks(n: int, size: int) -> Iterator[slice]:
-    return (slice(s, min(s + size, n)) for s in range(0, n, size))
 
 
 def manifold_radii(features: Tensor, k: int = PR_NEIGHBORHOOD, block: int = 10000, half: bool = True) -> Tensor:
