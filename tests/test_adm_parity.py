@@ -11,13 +11,14 @@ fractions must be equal, not close. P/R run at N = 1,000 and 7,500 only: at 50,0
 distances take minutes on a CPU (no float16 BLAS) and the blocks change nothing for exact integers.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from nar_bench.metrics.adm import Features, Reference, adm_metrics, inception_score
+from nar_bench.metrics.adm import Features, Reference, adm_metrics, adm_protocol, inception_score
 from nar_bench.metrics.fidelity import torch_fidelity
 
 SIZES = (1000, 7500, 50000)
@@ -165,3 +166,11 @@ def test_inception_score_splits_are_adms_5000_image_chunks():
     # below 5,000 images: one chunk of all of them
     assert inception_score(logits[:3]) == pytest.approx((adm_inception_score(logits[:3].numpy()), 0.0), rel=1e-12)
 
+
+def test_adm_protocol_records_the_choices_the_functions_make():
+    protocol = adm_protocol()
+    assert protocol["is_split_size"] == 5000 and protocol["pr_k"] == 3 and protocol["pr_block_size"] == 10000
+    assert protocol["inception_tf32"] is False
+    assert protocol["pr_distance_dtype"] == "float16"
+    assert adm_protocol(half_distances=False)["pr_distance_dtype"] == "float32"
+    assert json.loads(json.dumps(protocol)) == protocol

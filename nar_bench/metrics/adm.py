@@ -1,6 +1,6 @@
 """Paper-comparable metrics the way the ADM evaluator (guided-diffusion ``evaluations/evaluator.py``)
 defines them, on torch-fidelity's TF-ported InceptionV3 (the 2015-12-05 graph ADM also runs), run in
-full float32 (TF32 off):
+full float32 (TF32 off). ``adm_protocol()`` returns these choices as data for the evaluation record.
 
 - FID: Frechet distance of pool_3 (2048-d) statistics, the reference's from its stored ``mu`` /
   ``sigma``; computed by torch-fidelity's ``fid_statistics_to_metric`` (an eigenvalue form of
@@ -12,7 +12,8 @@ full float32 (TF32 off):
   ADM's splits: consecutive chunks of 5,000 images in sample order, the last one holding the rest
   (see ``inception_score``).
 - Precision / recall: ADM's k=3 manifold estimate on pool_3 features against the reference images
-  (a point is inside a manifold if it lies within some member's distance to its 3rd nearest neighbour).
+  (a point is inside a manifold if it lies within some member's distance to its 3rd nearest neighbour),
+  with float16 squared distances (the default) in blocks of 10,000 x 10,000 as ADM's DistanceBlock.
 """
 
 from __future__ import annotations
@@ -48,7 +49,26 @@ SPATIAL_CHANNELS, SPATIAL_SIZE = 7, 17
 SPATIAL_DIM = SPATIAL_CHANNELS * SPATIAL_SIZE * SPATIAL_SIZE  # 2023
 POOL_DIM = 2048
 IS_SPLIT_SIZE = 5000  # ADM's compute_inception_score(split_size=5000)
-PR_NEIGHBORHOOD = 3
+PR_NEIGHBORHOOD = 3  # ADM's ManifoldEstimator(nhood_sizes=(3,))
+PR_BLOCK = 10000  # ADM's row_batch_size = col_batch_size: the blocks whose float16 overflow falls back to float32
+
+
+def adm_protocol(half_distances: bool = True) -> dict[str, str | int | bool]:
+    """The choices that define these metrics, as JSON-ready data for an evaluation record;
+    ``half_distances`` is ``adm_metrics``'s (True: ADM's float16 distances)."""
+    return {
+        "evaluator": "guided-diffusion evaluations/evaluator.py",
+        "inception": "torch-fidelity inception-v3-compat (TF graph 2015-12-05)",
+        "inception_tf32": False,
+        "fid_features": f"pool_3 ({POOL_DIM})",
+        "sfid_features": f"mixed_6/conv first {SPATIAL_CHANNELS} channels, HWC ({SPATIAL_DIM})",
+        "is_logits": "pool_3 x softmax weights, no bias",
+        "is_split_size": IS_SPLIT_SIZE,
+        "is_std": "population std over the splits; 0 for one split; ADM reports none",
+        "pr_k": PR_NEIGHBORHOOD,
+        "pr_distance_dtype": "float16" if half_distances else "float32",
+        "pr_block_size": PR_BLOCK,
+    }
 
 
 @dataclass
@@ -168,7 +188,7 @@ def _squared_distances(u: Tensor, v: Tensor, half: bool) -> Tensor:
     return compute(u.float(), v.float())
 
 
-def manifold_radii(features: Tensor, k: int = PR_NEIGHBORHOOD, block: int = 10000, half: bool = True) -> Tensor:
+def manifold_radii(features: Tensor, k: int = PR_NEIGHBORHOOD, block: int = PR_BLOCK, half: bool = True) -> Tensor:
     """(N,) squared distance of each feature (N, D) to its k-th nearest other feature (the point
     itself, at distance 0, is the 0-th)."""
     if len(features) <= k:
@@ -191,7 +211,7 @@ def _inside(points: Tensor, centres: Tensor, radii: Tensor, block: int, half: bo
     return inside
 
 
-def precision_recall(reference: Tensor, samples: Tensor, k: int = PR_NEIGHBORHOOD, block: int = 10000,
+def precision_recall(reference: Tensor, samples: Tensor, k: int = PR_NEIGHBORHOOD, block: int = PR_BLOCK,
                      half: bool = True, device: str | torch.device = "cpu") -> tuple[float, float]:
     """ADM's improved precision / recall of sample features (N, D) against reference features (M, D):
     precision = fraction of samples inside the reference manifold, recall = fraction of reference
