@@ -21,6 +21,7 @@ from nar_bench.metrics.adm import (
 )
 from nar_bench.metrics.adm_npz import images_header, iter_images, write_npz
 from nar_bench.metrics.fidelity import INCEPTION_WEIGHTS_ENV, torch_fidelity
+from nar_bench.nn.modes import tf32_disabled
 
 N_REF, N_SAMPLES, SIZE = 12, 10, 32
 
@@ -99,10 +100,45 @@ def test_spatial_features_are_mixed_6_conv_first_7_channels_in_hwc_order(photos,
             np.testing.assert_allclose(stats[key], value, rtol=1e-5, atol=1e-9)
 
 
+def tf32_flags() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+@pytest.fixture
+def restore_tf32_flags():
+    before = tf32_flags()
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.mark.usefixtures("restore_tf32_flags")
+def test_tf32_disabled_turns_both_flags_off_and_restores_each_also_on_an_exception():
+    for matmul, cudnn in ((True, True), (True, False), (False, True)):
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+        with tf32_disabled():
+            assert tf32_flags() == (False, False)
+        assert tf32_flags() == (matmul, cudnn)
+        with pytest.raises(RuntimeError, match="inside"), tf32_disabled():
+            assert tf32_flags() == (False, False)
+            raise RuntimeError("inside")
+        assert tf32_flags() == (matmul, cudnn)
+
+
+@pytest.mark.usefixtures("restore_tf32_flags")
+def test_inception_features_run_the_network_with_tf32_off(photos, random_inception_weights):
+    extractor = InceptionFeatures(random_inception_weights)
+    seen = []
+    extractor.model.register_forward_pre_hook(lambda module, inputs: seen.append(tf32_flags()))
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    extractor(photos[:2])
+    assert seen == [(False, False)] and tf32_flags() == (True, True)
+
+
 def test_fid_from_the_reference_file_equals_torch_fidelity_on_the_images(photos, reference, random_inception_weights,
                                                                          tmp_path):
     """Tolerance: rel 1e-4. The two paths run the same network and the same FID function, but
-    torch-fidelity keeps float32 means and extracts in other batch sizes (round-off only)."""
+    torch-fidelity keeps float32 means and extracts in other batch sizes (round-off only). IS: ADM
+    scores fewer than 5,000 images as one split, torch-fidelity's ``isc_splits=1``."""
     samples = photos[N_REF:]
     write_npz(tmp_path / "samples.npz", {"arr_0": samples})
     ours = evaluate_npz(tmp_path / "samples.npz", reference, random_inception_weights, batch_size=8,
@@ -120,7 +156,7 @@ def test_fid_from_the_reference_file_equals_torch_fidelity_on_the_images(photos,
 
     direct = torch_fidelity.calculate_metrics(
         input1=Images(samples), input2=Images(photos[:N_REF]), fid=True, isc=True, prc=True, cache=False,
-        cuda=False, verbose=False, save_cpu_ram=True, samples_shuffle=False, batch_size=16,
+        cuda=False, verbose=False, save_cpu_ram=True, samples_shuffle=False, batch_size=16, isc_splits=1,
         feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(random_inception_weights))
     assert set(ours) == {"fid", "is", "is_std", "precision", "recall", "num_samples"}
     assert ours["fid"] == pytest.approx(direct[torch_fidelity.KEY_METRIC_FID], rel=1e-4)

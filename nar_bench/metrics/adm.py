@@ -1,5 +1,6 @@
 """Paper-comparable metrics the way the ADM evaluator (guided-diffusion ``evaluations/evaluator.py``)
-defines them, on torch-fidelity's TF-ported InceptionV3 (the 2015-12-05 graph ADM also runs):
+defines them, on torch-fidelity's TF-ported InceptionV3 (the 2015-12-05 graph ADM also runs), run in
+full float32 (TF32 off). ``adm_protocol()`` returns these choices as data for the evaluation record.
 
 - FID: Frechet distance of pool_3 (2048-d) statistics, the reference's from its stored ``mu`` /
   ``sigma``; computed by torch-fidelity's ``fid_statistics_to_metric`` (an eigenvalue form of
@@ -7,10 +8,12 @@ defines them, on torch-fidelity's TF-ported InceptionV3 (the 2015-12-05 graph AD
 - sFID: the same on ADM's spatial features, ``mixed_6/conv`` (torch-fidelity's
   ``Mixed_6d.branch1x1``, post-ReLU) first 7 channels of 17x17, flattened in (H, W, C) order as
   ADM's NHWC reshape does: 2023-d, against ``mu_s`` / ``sigma_s``.
-- Inception Score: torch-fidelity's on the bias-free logits (ADM multiplies pool_3 by the softmax
-  weights only), 10 splits in sample order (ADM's 5,000-image splits for N = 50,000).
+- Inception Score: on the bias-free logits (ADM multiplies pool_3 by the softmax weights only), over
+  ADM's splits: consecutive chunks of 5,000 images in sample order, the last one holding the rest
+  (see ``inception_score``).
 - Precision / recall: ADM's k=3 manifold estimate on pool_3 features against the reference images
-  (a point is inside a manifold if it lies within some member's distance to its 3rd nearest neighbour).
+  (a point is inside a manifold if it lies within some member's distance to its 3rd nearest neighbour),
+  with float16 squared distances (the default) in blocks of 10,000 x 10,000 as ADM's DistanceBlock.
 """
 
 from __future__ import annotations
@@ -40,12 +43,32 @@ from nar_bench.metrics.adm_npz import (
 )
 from nar_bench.metrics.cache import cache_root
 from nar_bench.metrics.fidelity import inception_extractor, torch_fidelity
+from nar_bench.nn.modes import tf32_disabled
 
 SPATIAL_CHANNELS, SPATIAL_SIZE = 7, 17
 SPATIAL_DIM = SPATIAL_CHANNELS * SPATIAL_SIZE * SPATIAL_SIZE  # 2023
 POOL_DIM = 2048
-IS_SPLITS = 10
-PR_NEIGHBORHOOD = 3
+IS_SPLIT_SIZE = 5000  # ADM's compute_inception_score(split_size=5000)
+PR_NEIGHBORHOOD = 3  # ADM's ManifoldEstimator(nhood_sizes=(3,))
+PR_BLOCK = 10000  # ADM's row_batch_size = col_batch_size: the blocks whose float16 overflow falls back to float32
+
+
+def adm_protocol(half_distances: bool = True) -> dict[str, str | int | bool]:
+    """The choices that define these metrics, as JSON-ready data for an evaluation record;
+    ``half_distances`` is ``adm_metrics``'s (True: ADM's float16 distances)."""
+    return {
+        "evaluator": "guided-diffusion evaluations/evaluator.py",
+        "inception": "torch-fidelity inception-v3-compat (TF graph 2015-12-05)",
+        "inception_tf32": False,
+        "fid_features": f"pool_3 ({POOL_DIM})",
+        "sfid_features": f"mixed_6/conv first {SPATIAL_CHANNELS} channels, HWC ({SPATIAL_DIM})",
+        "is_logits": "pool_3 x softmax weights, no bias",
+        "is_split_size": IS_SPLIT_SIZE,
+        "is_std": "population std over the splits; 0 for one split; ADM reports none",
+        "pr_k": PR_NEIGHBORHOOD,
+        "pr_distance_dtype": "float16" if half_distances else "float32",
+        "pr_block_size": PR_BLOCK,
+    }
 
 
 @dataclass
@@ -63,7 +86,9 @@ class Features:
 
 class InceptionFeatures:
     """torch-fidelity's ``inception-v3-compat`` from a local weights file, plus a hook for ADM's
-    spatial features. ``weights_path`` None: ``$NAR_BENCH_INCEPTION_WEIGHTS`` or the cache's copy."""
+    spatial features. ``weights_path`` None: ``$NAR_BENCH_INCEPTION_WEIGHTS`` or the cache's copy.
+    The forward runs with TF32 off: full float32 convolutions and matmuls on Ampere+ GPUs too (TF32
+    keeps 10 mantissa bits of their inputs)."""
 
     def __init__(self, weights_path: str | Path | None = None, device: str | torch.device = "cpu",
                  cache_dir: str | Path | None = None):
@@ -96,7 +121,8 @@ class InceptionFeatures:
             images = torch.from_numpy(np.ascontiguousarray(check_images(images))).permute(0, 3, 1, 2)
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise NarBenchError(f"images must be (B, 3, H, W) uint8, got {images.dtype} {tuple(images.shape)}")
-        pool, logits = self.model(images.to(self.device))
+        with tf32_disabled():
+            pool, logits = self.model(images.to(self.device))
         return Features(pool.cpu(), self._spatial.cpu(), logits.cpu())
 
     def extract(self, batches: Iterable[Tensor | np.ndarray], total: int | None = None,
@@ -124,14 +150,28 @@ def frechet_distance(stats_1: dict[str, np.ndarray], stats_2: dict[str, np.ndarr
     return float(torch_fidelity.metric_fid.fid_statistics_to_metric(a, b, False)[torch_fidelity.KEY_METRIC_FID])
 
 
-def inception_score(logits: Tensor, splits: int = IS_SPLITS) -> tuple[float, float]:
-    """(mean, std) of torch-fidelity's Inception Score over ``splits`` consecutive splits of logits
-    (N, 1008), without shuffling (as ADM)."""
-    if len(logits) < splits:
-        raise NarBenchError(f"the Inception Score over {splits} splits needs at least {splits} images, "
-                            f"got {len(logits)}")
-    out = torch_fidelity.metric_isc.isc_features_to_metric(logits, splits=splits, shuffle=False)
-    return out[torch_fidelity.KEY_METRIC_ISC_MEAN], out[torch_fidelity.KEY_METRIC_ISC_STD]
+def _blocks(n: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of ``size`` covering range(n), the last one shorter if size does not divide n."""
+    return (slice(s, min(s + size, n)) for s in range(0, n, size))
+
+
+def inception_score(logits: Tensor, split_size: int = IS_SPLIT_SIZE) -> tuple[float, float]:
+    """(mean, std) of the Inception Score of logits (N, C) over ADM's splits: consecutive chunks of
+    ``split_size`` images in sample order, no shuffling. The last chunk holds the remainder and counts
+    like a full one (N = 7,500: chunks of 5,000 and 2,500, mean of their two scores); N <= 5,000 is one
+    chunk of all N. A chunk's score is exp(mean_x KL(p(y|x) || p(y))), p(y) the chunk's mean of
+    p(y|x) = softmax(logits); float64 throughout. ``mean`` is what ADM reports; ``std`` (population,
+    over the chunks; 0.0 for one chunk) is ours."""
+    if len(logits) == 0:
+        raise NarBenchError("the Inception Score needs at least 1 image, got 0")
+    logits = logits.double()
+    p, log_p = logits.softmax(dim=1), logits.log_softmax(dim=1)
+    scores = []
+    for rows in _blocks(len(logits), split_size):
+        log_marginal = p[rows].mean(dim=0, keepdim=True).log()
+        kl = (p[rows] * (log_p[rows] - log_marginal)).sum(dim=1)
+        scores.append(kl.mean().exp().item())
+    return float(np.mean(scores)), float(np.std(scores))
 
 
 def _squared_distances(u: Tensor, v: Tensor, half: bool) -> Tensor:
@@ -148,11 +188,7 @@ def _squared_distances(u: Tensor, v: Tensor, half: bool) -> Tensor:
     return compute(u.float(), v.float())
 
 
-def _blocks(n: int, size: int) -> Iterator[slice]:
-    return (slice(s, min(s + size, n)) for s in range(0, n, size))
-
-
-def manifold_radii(features: Tensor, k: int = PR_NEIGHBORHOOD, block: int = 10000, half: bool = True) -> Tensor:
+def manifold_radii(features: Tensor, k: int = PR_NEIGHBORHOOD, block: int = PR_BLOCK, half: bool = True) -> Tensor:
     """(N,) squared distance of each feature (N, D) to its k-th nearest other feature (the point
     itself, at distance 0, is the 0-th)."""
     if len(features) <= k:
@@ -175,7 +211,7 @@ def _inside(points: Tensor, centres: Tensor, radii: Tensor, block: int, half: bo
     return inside
 
 
-def precision_recall(reference: Tensor, samples: Tensor, k: int = PR_NEIGHBORHOOD, block: int = 10000,
+def precision_recall(reference: Tensor, samples: Tensor, k: int = PR_NEIGHBORHOOD, block: int = PR_BLOCK,
                      half: bool = True, device: str | torch.device = "cpu") -> tuple[float, float]:
     """ADM's improved precision / recall of sample features (N, D) against reference features (M, D):
     precision = fraction of samples inside the reference manifold, recall = fraction of reference

@@ -1,10 +1,11 @@
-"""Module mode helpers."""
+"""Module and backend mode helpers: set a mode inside a ``with`` block, restore it on exit."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
 
@@ -18,3 +19,17 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
         yield module
     finally:
         module.train(was_training)
+
+
+@contextlib.contextmanager
+def tf32_disabled() -> Iterator[None]:
+    """Full float32 inside the block: TF32 off for CUDA matmuls and cuDNN convolutions. Both flags
+    are restored on exit, exceptions included."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
