@@ -27,7 +27,7 @@ import nar_bench.data  # noqa: F401  (registers the datasets)
 from nar_bench.errors import NarBenchError
 from nar_bench.images import to_uint8
 from nar_bench.metrics import DomainClassifierSpec, class_consistency, domain_classifier, evaluate_samples
-from nar_bench.metrics.adm import InceptionFeatures, check_same_size, evaluate_npz, load_reference
+from nar_bench.metrics.adm import InceptionFeatures, adm_protocol, check_same_size, evaluate_npz, load_reference
 from nar_bench.metrics.adm_npz import IMAGES_KEY, LABELS_KEY, iter_samples, samples_header
 from nar_bench.metrics.cache import cache_root
 from nar_bench.metrics.fvd import VIDEO_EXTRACTORS, frechet_distance
@@ -107,7 +107,7 @@ class ADMScorer(Scorer):
 
     def protocol(self) -> dict:
         reference = load_reference(self.cfg.eval.reference)
-        return {"name": "adm", "features": "inception-v3-compat (torch-fidelity)",
+        return {"name": "adm", **adm_protocol(),
                 "reference": {"path": str(reference.path.resolve()), "sha256": reference.sha256}}
 
 
