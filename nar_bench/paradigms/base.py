@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nar_bench.checkpoints import Layout
 from nar_bench.nn.sampling import SamplingConfig, guided_steps
 from nar_bench.nn.transformer import TransformerConfig
 from nar_bench.tokenizers.base import CodeSpace
@@ -43,6 +44,8 @@ class Paradigm(nn.Module, ABC):
     # LlamaGen's GPT (and NAR, PAR on it) trains with 0.1 on tokens, residuals, FFN and labels.
     default_dropouts: ClassVar[dict[str, float]] = {
         "token_dropout": 0.1, "resid_dropout": 0.1, "ffn_dropout": 0.1, "class_dropout": 0.1}
+    # How the released checkpoint maps onto the module (nar_bench.checkpoints); None: no official one
+    official_layout: ClassVar[Layout | None] = None
 
     def __init__(self, model: TransformerConfig, codes: CodeSpace, options: Any = None):
         super().__init__()
