@@ -1,8 +1,9 @@
 import pytest
 from omegaconf import OmegaConf
 
-from nar_bench.config import expand_sweep, load_config, model_dims
+from nar_bench.config import expand_sweep, load_config
 from nar_bench.errors import NarBenchError
+from nar_bench.paradigms.model_config import check_model, model_dims
 
 
 def test_yaml_and_dotlist_overrides_merge_over_schema_defaults():
@@ -28,17 +29,18 @@ def test_unknown_key_in_yaml(tmp_path):
 def test_wrong_type_and_unknown_names():
     with pytest.raises(NarBenchError, match="max_steps"):
         load_config(None, ["trainer.max_steps=lots"])
+    # the model section is the paradigm's to check (before anything is built)
     with pytest.raises(NarBenchError, match="unknown paradigm 'nope'; choose one of: .*ar"):
-        load_config(None, ["model.paradigm=nope"])
+        check_model(load_config(None, ["model.paradigm=nope"]).model)
     with pytest.raises(NarBenchError, match="unknown model.size 'Q'"):
-        load_config(None, ["model.size=Q"])
+        check_model(load_config(None, ["model.size=Q"]).model)
     with pytest.raises(NarBenchError, match="not found"):
         load_config("experiments/missing.yaml")
 
 
 def test_paradigm_options_are_validated():
     with pytest.raises(NarBenchError, match="model.options.*valid options"):
-        load_config(None, ["model.paradigm=ar", "model.options.foo=1"])
+        check_model(load_config(None, ["model.paradigm=ar", "model.options.foo=1"]).model)
 
 
 def test_sweep_expansion_variants_grid_seeds():
@@ -71,7 +73,7 @@ RECIPE_DROPOUTS = {  # paradigm: (token, resid, ffn, class)
 
 @pytest.mark.parametrize("paradigm", RECIPE_DROPOUTS)
 def test_unset_dropouts_default_to_the_paradigms_released_recipe(paradigm):
-    from nar_bench.config import transformer_config
+    from nar_bench.paradigms.model_config import transformer_config
     from nar_bench.registry import PARADIGMS
 
     assert set(RECIPE_DROPOUTS) == set(PARADIGMS)

@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nar_bench.config import load_config, paradigm_options
+from nar_bench.config import load_config
 from nar_bench.errors import NarBenchError
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.nn.sampling import SamplingConfig, with_null_class
 from nar_bench.nn.transformer import MODEL_SIZES, TransformerConfig, count_parameters
 from nar_bench.paradigms.maskgit import MaskGIT, MaskGITOptions, masked_counts
+from nar_bench.paradigms.model_config import paradigm_options
 from nar_bench.paradigms.raster_ar import RasterAR
 from nar_bench.run.evaluate import evaluate
 from tests.conftest import on_grid, randomize_heads, train_steps

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from nar_bench.checkpoints import PAR_TRANSITION_KEY, load_par_checkpoint
-from nar_bench.config import load_config, paradigm_options
+from nar_bench.config import load_config
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import TransformerConfig
 from nar_bench.paradigms.base import step_of_positions
+from nar_bench.paradigms.model_config import paradigm_options
 from nar_bench.paradigms.par import PAR
 from nar_bench.paradigms.raster_ar import RasterAR
 from nar_bench.registry import PARADIGMS

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from nar_bench.bench.report import write_report
-from nar_bench.config import merge, model_dims, paradigm_options
+from nar_bench.config import merge
 from nar_bench.errors import NarBenchError
 from nar_bench.metrics.cost_model import Ceilings, Cost, generation_cost, measure_ceilings
 from nar_bench.metrics.efficiency import (
@@ -51,6 +51,7 @@ from nar_bench.metrics.training_throughput import measure_training_step
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.paradigms import build_paradigm
 from nar_bench.paradigms.engine import SequenceParadigm
+from nar_bench.paradigms.model_config import model_dims, paradigm_options
 from nar_bench.registry import PARADIGMS
 from nar_bench.tokenizers import build_tokenizer
 from nar_bench.tokenizers.base import CodeSpace
