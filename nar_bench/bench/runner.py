@@ -50,7 +50,6 @@ from nar_bench.metrics.efficiency import (
 from nar_bench.metrics.training_throughput import measure_training_step
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.paradigms import build_paradigm
-from nar_bench.paradigms.engine import SequenceParadigm
 from nar_bench.paradigms.model_config import check_model
 from nar_bench.registry import PARADIGMS
 from nar_bench.tokenizers import build_tokenizer
@@ -272,7 +271,7 @@ def bench_model(label: str, cfg: DictConfig, device: torch.device, prov: dict[st
 def training_rows(label: str, paradigm: nn.Module, bench: DictConfig, device: torch.device) -> list[dict]:
     """Images/s of a bf16 training step per masked-attention path in ``bench.train_attention``
     (FlexAttention only on a GPU, where the paradigm trains under a mask on the LLaMA backbone)."""
-    flex = device.type == "cuda" and isinstance(paradigm, SequenceParadigm)  # FlexAttention trains on GPUs only
+    flex = device.type == "cuda" and paradigm.flex_attention_training  # FlexAttention trains on GPUs only
     paths = [a for a in bench.train_attention if a == "dense" or (a == "flex" and flex)]
     rows = []
     for attention in paths:

@@ -103,6 +103,8 @@ class VideoNAR(SequenceParadigm):
     the right / down / back heads tapped after block L, L + down_blocks and the last one."""
 
     Options = VideoNAROptions
+    video = True
+    tiny_overrides = ("data.name=moving_shapes", "data.frames=2")  # 2 x 4 x 4 clips
     official_layout = Layout(nar_video_key_map, derived=r"freqs_cis|layers\.\d+\.attention\.kv_cache\..*",
                              hints=NAR_VIDEO_HINTS,
                              download="download the NAR authors' released NAR-videos checkpoint (NAR-L / NAR-LP on "

@@ -73,6 +73,12 @@ class VAR(Paradigm):
     VAR's sampler has no cfg_interval: ``cfg_schedule=official`` with an interval is refused."""
 
     Options = VAROptions
+    code_layout = MULTISCALE
+    # a tiny msvq: 16 px images -> 8 x 8 latent (downsample 2), scales 1, 2, 4, 8 (85 codes, 4 steps)
+    tiny_overrides = ("tokenizer.name=msvq", "tokenizer.options.ch=8", "tokenizer.options.ch_mult=[1,2]",
+                      "tokenizer.options.norm_groups=4", "tokenizer.options.vocab_size=32",
+                      "tokenizer.options.z_channels=8", "tokenizer.options.scales=[1,2,4,8]",
+                      "tokenizer.untrained=true", "data.grid_size=8")
     # var_d{16,20,24,30}.pth use VAR's own parameter names; the buffers VAR rebuilds are not loaded
     official_layout = Layout(derived=r"lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias",
                              official_buffers=var_buffers, hints=VAR_HINTS,
@@ -170,6 +176,10 @@ class VAR(Paradigm):
     def _logits(self, h: Tensor, cond: Tensor) -> Tensor:
         return self.head(self.head_nm(h, cond)).float()
 
+    def step_logits(self, step: int, fed: tuple[Tensor, Tensor]) -> Tensor:
+        """Logits (B', scale^2, V) of scale ``step`` from ``fed`` = (its blocks' output, class condition)."""
+        return self._logits(*fed)
+
     def forward(self, tokens: Tensor, labels: Tensor) -> Tensor:
         """Teacher-forced logits (B, L, V) for multi-scale codes ``tokens`` (B, L); row n predicts code n."""
         b = tokens.shape[0]
@@ -205,7 +215,7 @@ class VAR(Paradigm):
             h = x
             for block in self.blocks:
                 h = block(h, cond, cache_start=begin)
-            idx = sample_step(self._logits(h, cond), sampling, guided[si], generator, scale)
+            idx = sample_step(self.step_logits(si, (h, cond)), sampling, guided[si], generator, scale)
             out[:, begin:end] = idx
             f_hat, nxt = tok.next_input(si, f_hat, idx)
             if nxt is not None:
