@@ -11,7 +11,7 @@ from nar_bench.errors import NarBenchError
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import TransformerConfig, count_parameters
 from nar_bench.paradigms.contract import decode_forward_gap
-from nar_bench.paradigms.model_config import paradigm_options
+from nar_bench.paradigms.model_config import DROPOUTS, paradigm_options
 from nar_bench.paradigms.nar import NAR, NAROptions, neighbor_schedule, proximity_mask
 from nar_bench.paradigms.nar_video import VideoNAR
 from nar_bench.paradigms.raster_ar import RasterAR
@@ -216,3 +216,12 @@ def test_options_are_validated():
 def test_grid_must_be_two_dimensional():
     with pytest.raises(NarBenchError, match="2D"):
         NAR(*on_grid(tiny_config(), (2, 3, 4)))
+
+
+
+def test_test_kit_and_released_dropout_recipe():
+    """The registry-wide tests run on ``NAR.tiny()``; here its step count is pinned. Unset dropouts (token,
+    resid, ffn, class) are the released recipe: LlamaGen's GPT, which NAR trains on: 0.1 on tokens, residuals,
+    FFN and labels."""
+    assert NAR.tiny()[0].num_steps == 7  # 4 x 4 grid: 4 + 4 - 1 anti-diagonals
+    assert tuple(NAR.default_dropouts[key] for key in DROPOUTS) == (0.1, 0.1, 0.1, 0.1)

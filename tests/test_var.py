@@ -14,7 +14,7 @@ from nar_bench.nn.adaln import FusedAdaLNDecode
 from nar_bench.nn.sampling import SamplingConfig, guide
 from nar_bench.nn.transformer import MODEL_SIZES, TransformerConfig, count_parameters, setup_kv_caches
 from nar_bench.paradigms.base import step_of_positions
-from nar_bench.paradigms.model_config import paradigm_options, transformer_config
+from nar_bench.paradigms.model_config import DROPOUTS, paradigm_options, transformer_config
 from nar_bench.paradigms.var import VAR, VAROptions
 from nar_bench.registry import PARADIGMS, TOKENIZERS
 from nar_bench.tokenizers.base import MULTISCALE, CodeSpace
@@ -254,3 +254,12 @@ def test_compiled_decoding_gives_the_eager_greedy_codes_on_gpu():
     ref = var.generate(labels, greedy)
     assert var.compile_decoding()
     assert torch.equal(var.generate(labels, greedy), ref)
+
+
+
+def test_test_kit_and_released_dropout_recipe():
+    """The registry-wide tests run on ``VAR.tiny()``; here its step count is pinned. Unset dropouts (token,
+    resid, ffn, class) are the released recipe: VAR's models/var.py: drop_rate = attn_drop_rate = 0, label
+    dropout 0.1."""
+    assert VAR.tiny()[0].num_steps == 4  # the kit's msvq scales 1, 2, 4, 8
+    assert tuple(VAR.default_dropouts[key] for key in DROPOUTS) == (0.0, 0.0, 0.0, 0.1)

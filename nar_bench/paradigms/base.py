@@ -12,8 +12,8 @@ A paradigm whose positions are chosen while decoding (MaskGIT) has no such list:
 Everything else the library and the tests need to know about a paradigm is declared on its class,
 once: its capability flags (``code_layout``, ``video``, ``fixed_schedule``, ``flex_attention_training``),
 its released training recipe (``default_dropouts``), its official checkpoint layout
-(``official_layout``) and its test kit (``tiny_overrides`` / ``tiny``: a model that builds in
-milliseconds on a CPU). Its decode loop calls ``step_logits`` once per step, which is what the
+(``official_layout``) and its test kit (``tiny_overrides``, read by ``tiny_config`` / ``tiny``: a
+model that builds in milliseconds on a CPU). Its decode loop calls ``step_logits`` once per step, which is what the
 decoding contract (``nar_bench.paradigms.contract``) checks against ``forward``. Adding a paradigm
 is one file here (registered with ``PARADIGMS.register``) and one test file.
 """
@@ -168,12 +168,18 @@ class Paradigm(nn.Module, ABC):
 
     # --- test kit ---------------------------------------------------------------------------------
     @classmethod
+    def tiny_dotlist(cls) -> list[str]:
+        """TINY_SETTINGS, this paradigm by name and its ``tiny_overrides``: the overrides of a tiny run
+        (e.g. ``nar-bench train experiments/demo.yaml *tiny_dotlist()``)."""
+        return [*TINY_SETTINGS, f"model.paradigm={cls.name}", *cls.tiny_overrides]
+
+    @classmethod
     def tiny_config(cls, *overrides: str, base: str | None = None) -> DictConfig:
-        """Experiment config (YAML ``base`` or the defaults) <- TINY_SETTINGS <- this paradigm by name
-        <- ``tiny_overrides`` <- ``overrides``. The class must be registered."""
+        """Experiment config (YAML ``base`` or the defaults) <- ``tiny_dotlist()`` <- ``overrides``.
+        The class must be registered."""
         from nar_bench.config import load_config
 
-        return load_config(base, [*TINY_SETTINGS, f"model.paradigm={cls.name}", *cls.tiny_overrides, *overrides])
+        return load_config(base, [*cls.tiny_dotlist(), *overrides])
 
     @classmethod
     def tiny(cls, *overrides: str, num_classes: int = 5, seed: int = 0, std: float = 0.1
