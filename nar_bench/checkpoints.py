@@ -1,12 +1,12 @@
 """Converters between official checkpoints and nar-bench modules, so released weights give the
 same logits (and codes) in nar-bench.
 
-Every official layout is a ``Layout`` in ``LAYOUTS`` (bottom of this file), named like the
-paradigm or tokenizer it fits: LlamaGen GPT (``ar``), NAR-images GPT (``nar``), PAR GPT + transition
+Every official layout is a ``Layout`` held by the class it fits, as its ``official_layout``
+(``Paradigm`` / ``Tokenizer``): LlamaGen GPT (``ar``), NAR-images GPT (``nar``), PAR GPT + transition
 tokens (``par``), NAR-videos LARP_AR (``nar_video``), VAR transformer ``var_d*.pth`` (``var``), VAR's
-VQ-VAE ``vae_ch160v4096z32.pth`` (``msvq``) and LlamaGen's VQ-16 ``vq_ds16_c2i.pt`` (``vq``).
-``load_official`` and ``to_official`` work for all of them; ``load_generator_weights`` also reads
-nar-bench's own Lightning checkpoints.
+VQ-VAE ``vae_ch160v4096z32.pth`` (``msvq``) and LlamaGen's VQ-16 ``vq_ds16_c2i.pt`` (``vq``); this
+file holds the machinery they share. ``load_official`` and ``to_official`` work for all of them;
+``load_generator_weights`` also reads nar-bench's own Lightning checkpoints.
 One reader (``read_checkpoint``: safe load, wrapper unwrapping) and one strict loader
 (``load_checked``: names missing / unexpected / mis-shaped keys and the setting to change) serve all.
 """
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.transformer import size_name
+from nar_bench.registry import PARADIGMS, TOKENIZERS
 
 # DDP saves {"model": ...}, DeepSpeed {"module": ...}, Lightning {"state_dict": ...}, FSDP the raw dict;
 # NAR-videos' trainer {"model": {"name": ..., "args": ..., "sd": ...}}
@@ -145,6 +146,12 @@ def same_keys(module: nn.Module) -> dict[str, str]:
     return {k: k for k in module.state_dict()}
 
 
+def llamagen_key_map(model: nn.Module) -> dict[str, str]:
+    """LlamaGen GPT (raster AR, and the base of NAR, PAR and NAR video, whose layouts add their own
+    keys): nar-bench's backbone uses LlamaGen's names, only the "backbone." prefix differs."""
+    return {k: k.removeprefix("backbone.") for k in model.state_dict() if k.startswith("backbone.")}
+
+
 def no_buffers(module: nn.Module) -> dict[str, Tensor]:
     return {}
 
@@ -167,75 +174,89 @@ class Layout:
     tokenizer_fix: str | None = None  # set for tokenizers: the fix named on a mismatch (else PARADIGM_FIX)
 
 
-def layout_of(module: nn.Module, name: str | None = None) -> tuple[str, Layout]:
-    name = name or getattr(module, "name", type(module).__name__)
-    if name not in LAYOUTS:
-        raise NarBenchError(f"no official checkpoint converter for '{name}'; available: {', '.join(LAYOUTS)} "
-                            "(a nar-bench Lightning checkpoint, .ckpt, loads into every paradigm)")
-    return name, LAYOUTS[name]
+TOKENIZER_FIX = "Set tokenizer.options to the architecture the checkpoint was trained with"
 
 
-def key_map(module: nn.Module, name: str | None = None) -> dict[str, str]:
-    """{nar-bench key: official key} of ``module`` (layout ``name``, default the paradigm's name)."""
-    name, layout = layout_of(module, name)
-    mapping = layout.key_map(module)
+def module_name(module: nn.Module) -> str:
+    """The registry name of ``module``'s class (``model.paradigm`` / ``tokenizer.name``), else its class name."""
+    return getattr(module, "name", type(module).__name__)
+
+
+def official_layouts() -> list[str]:
+    """Names of the registered paradigms and tokenizers that have an official layout."""
+    return [name for registry in (PARADIGMS, TOKENIZERS) for name, obj in registry.items()
+            if getattr(obj, "official_layout", None) is not None]
+
+
+def layout_of(module: nn.Module) -> Layout:
+    """The official layout of ``module``'s class (its ``official_layout``)."""
+    layout = getattr(type(module), "official_layout", None)
+    if layout is None:
+        raise NarBenchError(f"no official checkpoint converter for '{module_name(module)}'; available: "
+                            f"{', '.join(official_layouts())} (a nar-bench Lightning checkpoint, .ckpt, loads into "
+                            "every paradigm)")
+    return layout
+
+
+def key_map(module: nn.Module) -> dict[str, str]:
+    """{nar-bench key: official key} of ``module`` in its class's official layout."""
+    mapping = layout_of(module).key_map(module)
     unmapped = sorted(set(module.state_dict()) - set(mapping))
     if unmapped:
-        raise ValueError(f"converter for '{name}' leaves keys unmapped: {unmapped[:SHOWN_KEYS]}")
+        raise ValueError(f"converter for '{module_name(module)}' leaves keys unmapped: {unmapped[:SHOWN_KEYS]}")
     return mapping
 
 
-def to_official(module: nn.Module, name: str | None = None) -> dict[str, Tensor]:
+def to_official(module: nn.Module) -> dict[str, Tensor]:
     """The module's weights under the official key names, with the derived buffers the official
     files carry (a raw, FSDP-style state dict)."""
-    mapping = key_map(module, name)
+    mapping = key_map(module)
     state = {mapping[k]: v.detach().clone() for k, v in module.state_dict().items()}
-    return state | layout_of(module, name)[1].official_buffers(module)
+    return state | layout_of(module).official_buffers(module)
 
 
-def load_official(module: nn.Module, source: str | Path | Mapping, name: str | None = None,
-                  prefix: str = "") -> nn.Module:
-    """Loads an official checkpoint (file path, wrapped or raw state dict) into ``module`` in place.
+def load_official(module: nn.Module, source: str | Path | Mapping, prefix: str = "") -> nn.Module:
+    """Loads an official checkpoint (file path, wrapped or raw state dict) into ``module`` in place,
+    in its class's official layout; ``prefix`` see ``unwrap``.
 
-    ``name`` picks the layout (default: the paradigm's name; tokenizers pass theirs); ``prefix``
-    see ``unwrap``. Raises NarBenchError naming missing / unexpected / mis-shaped keys, the setting
-    to change and, for paradigms, the model size the checkpoint looks like.
+    Raises NarBenchError naming missing / unexpected / mis-shaped keys, the setting to change and,
+    for paradigms, the model size the checkpoint looks like.
     """
-    name, layout = layout_of(module, name)
+    layout = layout_of(module)
     origin = "checkpoint" if isinstance(source, Mapping) else f"checkpoint '{source}'"
-    return load_official_state(module, read_checkpoint(source, prefix, layout.download), name, origin)
+    return load_official_state(module, read_checkpoint(source, prefix, layout.download), origin)
 
 
-def load_official_state(module: nn.Module, state: Mapping[str, Tensor], name: str | None, origin: str) -> nn.Module:
+def load_official_state(module: nn.Module, state: Mapping[str, Tensor], origin: str) -> nn.Module:
     """``load_official`` of an unwrapped state dict; ``origin`` names it in errors."""
-    name, layout = layout_of(module, name)
+    layout = layout_of(module)
     state = {k: v for k, v in state.items() if not re.fullmatch(layout.derived, k)}
     own = module.state_dict()
-    mapping = key_map(module, name)
+    mapping = key_map(module)
     for key in layout.optional:
         state.setdefault(mapping[key], own[key])
     layout.check(module, state)
     if layout.tokenizer_fix:
-        what, fix = f"the '{name}' tokenizer configured by tokenizer.options", layout.tokenizer_fix
+        what, fix = f"the '{module_name(module)}' tokenizer configured by tokenizer.options", layout.tokenizer_fix
     else:
         what, fix = describe_model(module), f"The checkpoint looks like {describe_checkpoint(state)}; {PARADIGM_FIX}"
     return load_checked(module, state, mapping, f"{origin} does not fit {what}", fix, layout.hints)
 
 
-def load_tokenizer_weights(tokenizer: nn.Module, path: str | Path, name: str) -> nn.Module:
-    """``tokenizer.checkpoint``: an official file in layout ``name`` (msvq, vq) or a nar-bench
+def load_tokenizer_weights(tokenizer: nn.Module, path: str | Path) -> nn.Module:
+    """``tokenizer.checkpoint``: an official file in the tokenizer's layout (msvq, vq) or a nar-bench
     Lightning checkpoint holding the tokenizer under ``tokenizer.`` (TokenizerModule, GeneratorModule)."""
-    return load_official(tokenizer, path, name, prefix="tokenizer.")
+    return load_official(tokenizer, path, prefix="tokenizer.")
 
 
 def load_generator_weights(paradigm: nn.Module, path: str | Path) -> nn.Module:
     """``model.checkpoint``: a nar-bench Lightning checkpoint (``state_dict`` with the paradigm under
-    ``paradigm.``, any paradigm) or an official file in the paradigm's layout (ar, nar, par, var)."""
-    name = getattr(paradigm, "name", "")
-    checkpoint = load_file(path, LAYOUTS[name].download if name in LAYOUTS else DOWNLOAD_HINT)
+    ``paradigm.``, any paradigm) or an official file in the paradigm's layout (ar, nar, par, var, ...)."""
+    layout = getattr(type(paradigm), "official_layout", None)
+    checkpoint = load_file(path, layout.download if layout is not None else DOWNLOAD_HINT)
     lightning = checkpoint.get("state_dict")
     if not (isinstance(lightning, Mapping) and any(k.startswith(LIGHTNING_PREFIX) for k in lightning)):
-        return load_official_state(paradigm, unwrap(checkpoint), None, f"checkpoint '{path}'")
+        return load_official_state(paradigm, unwrap(checkpoint), f"checkpoint '{path}'")
     trained = (checkpoint.get("hyper_parameters") or {}).get("cfg", {}).get("model", {})
     was = f"model.paradigm={trained.get('paradigm')} model.size={trained.get('size')}" if trained else "unknown"
     return load_checked(paradigm, unwrap(checkpoint, LIGHTNING_PREFIX), {k: k for k in paradigm.state_dict()},
@@ -246,10 +267,10 @@ def load_generator_weights(paradigm: nn.Module, path: str | Path) -> nn.Module:
 def load_par_checkpoint(paradigm: nn.Module, source: str | Path | Mapping,
                         transition_key: str = PAR_TRANSITION_KEY) -> nn.Module:
     """``load_official`` for PAR files that keep the transition tokens under another key."""
-    state = read_checkpoint(source, download=LAYOUTS["par"].download)
+    state = read_checkpoint(source, download=layout_of(paradigm).download)
     if transition_key in state:
         state[PAR_TRANSITION_KEY] = state.pop(transition_key)
-    return load_official(paradigm, state, "par")
+    return load_official(paradigm, state)
 
 
 # --- describing mismatches in error messages ----------------------------------------------------------------
@@ -292,125 +313,3 @@ def describe_checkpoint(state: Mapping[str, Tensor]) -> str:
     classes = f", {table.shape[0] - 1} classes" if table is not None else ""
     return (f"{kind} of model.size={size or 'custom (no MODEL_SIZES entry)'} "
             f"(dim {dim}, {n_layers} layers, vocab {vocab}{classes})")
-
-
-# --- LlamaGen family: raster AR, NAR, PAR ----------------------------------------------------------------
-def llamagen_key_map(model: nn.Module) -> dict[str, str]:
-    """LlamaGen GPT: nar-bench's backbone uses LlamaGen's names, only the "backbone." prefix differs."""
-    return {k: k.removeprefix("backbone.") for k in model.state_dict() if k.startswith("backbone.")}
-
-
-def nar_key_map(model: nn.Module) -> dict[str, str]:
-    """NAR-images GPT: LlamaGen GPT + vertical block as layers.{L} + medusa_norm / medusa_output."""
-    renames = {"vertical_block.": f"layers.{model.model_cfg.n_layers}.",
-               "vertical_norm.": "medusa_norm.", "vertical_output.": "medusa_output."}
-    mapping = llamagen_key_map(model)  # heads=single has no vertical keys: plain LlamaGen layout
-    for k in model.state_dict():
-        for ours, official in renames.items():
-            if k.startswith(ours):
-                mapping[k] = official + k.removeprefix(ours)
-    return mapping
-
-
-def par_key_map(model: nn.Module) -> dict[str, str]:
-    """PAR GPT (PAR-XL-4x.pt, PAR-3B-16x.pt, ...): LlamaGen GPT + the n-1 transition tokens, which
-    PAR's gpt.py keeps as an embedding table of ``spe_token_num`` = n-1 rows."""
-    return llamagen_key_map(model) | {"transition_tokens": PAR_TRANSITION_KEY}
-
-
-NAR_VIDEO_HEADS = {"backbone.norm.": "norm_R.", "backbone.output.": "output_R.", "down_norm.": "norm_D.",
-                   "down_output.": "output_D.", "back_norm.": "norm_B.", "back_output.": "output_B."}
-
-
-def nar_video_key_map(model: nn.Module) -> dict[str, str]:
-    """NAR-videos LARP_AR: LlamaGen names for embeddings and the whole stack (``layers.0 ..
-    L + a + b - 1``), the right / down / back heads as ``norm_R / output_R``, ``norm_D / output_D``,
-    ``norm_B / output_B`` and the absolute position table as ``abs_pe`` (a parameter when learned,
-    a buffer under use_fixed_pe: both saved)."""
-    mapping = llamagen_key_map(model) | {"backbone.pos_embedding": "abs_pe"}
-    for k in model.state_dict():
-        for ours, official in NAR_VIDEO_HEADS.items():
-            if k.startswith(ours):
-                mapping[k] = official + k.removeprefix(ours)
-    return mapping
-
-
-NAR_VIDEO_HINTS = {
-    r"abs_pe": "position rows = condition tokens + T*H*W: the released models use a 4 x 16 x 16 grid (1025 rows); "
-               "set data.frames / data.grid_size to match",
-    r"cls_embedding\..*": "number of classes + 1 null row differs (UCF-101: 101 classes)",
-    r"tok_embeddings\.weight|output_[RDB]\.weight": "vocabulary differs: the LARP tokenizer has 8192 codes",
-    r"layers\..*": "depth or width differs: model.size=L (llama-abs-L) or LP (llama-abs-LP), and "
-                   "model.options.down_blocks / back_blocks (official attn_num_back / attn_num_down, 1 each)",
-}
-
-
-def check_par(model: nn.Module, state: Mapping[str, Tensor]) -> None:
-    if PAR_TRANSITION_KEY not in state:
-        raise NarBenchError(
-            f"no transition tokens under '{PAR_TRANSITION_KEY}' in the checkpoint (is it a LlamaGen, not a PAR, "
-            "checkpoint?); load_par_checkpoint(..., transition_key=<name>) reads files that store them elsewhere")
-    rows = state[PAR_TRANSITION_KEY].shape[0]
-    if rows != model.num_regions - 1:
-        raise NarBenchError(f"the checkpoint has {rows} transition tokens, i.e. {rows + 1} regions, but "
-                            f"model.options.regions={model.num_regions}; set model.options.regions={rows + 1}")
-
-
-# --- VAR transformer and its multi-scale VQ-VAE -------------------------------------------------------------
-def var_buffers(var: nn.Module) -> dict[str, Tensor]:
-    """The buffers VAR's own ``load_state_dict(strict=True)`` expects: level ids, the additive
-    attention mask and each block's zero k-bias."""
-    bias = torch.zeros(var.mask.shape).masked_fill(~var.mask.cpu(), float("-inf"))
-    buffers = {"lvl_1L": var.lvl_1L.view(1, -1).clone(), "attn_bias_for_masking": bias[None, None]}
-    for i, block in enumerate(var.blocks):
-        buffers[f"blocks.{i}.attn.zero_k_bias"] = torch.zeros_like(block.attn.q_bias)
-    return buffers
-
-
-def msvq_buffers(tokenizer: nn.Module) -> dict[str, Tensor]:
-    """VAR's codebook-usage statistics (zeros: they do not change the codes)."""
-    return {"quantize.ema_vocab_hit_SV": torch.zeros(len(tokenizer.scales), tokenizer.vocab_size)}
-
-
-VAR_HINTS = {
-    r"pos_1LC|lvl_embed\.weight|pos_start": "token count / scales differ: official checkpoints use "
-                                           "tokenizer.options.scales=[1,2,3,4,5,6,8,10,13,16]",
-    r"class_emb\.weight": "number of classes + 1 null class differs (ImageNet: 1000)",
-    r"head\.(weight|bias)": "vocabulary differs: the official msvq codebook has 4096 codes",
-    r"word_embed\.weight": "latent channels differ: set tokenizer.options.z_channels to the checkpoint's",
-    r"blocks\.\d+\.attn\.scale_mul_1H11": "attention l2-norm setting differs: set model.options.attn_l2_norm "
-                                          "(true for the released checkpoints)",
-    r"blocks\..*|head_nm\..*": "width or depth differs: VAR width is 64 * depth; use model.size=d<depth>",
-}
-MSVQ_HINTS = {
-    r"quantize\.embedding\.weight": "codebook size / latent channels differ: set tokenizer.options.vocab_size "
-                                    "and z_channels (official: preset vae_ch160v4096z32)",
-    r"quantize\.quant_resi\..*": "phi convs differ: set tokenizer.options.share_quant_resi / quant_resi",
-    r"(encoder|decoder)\..*|(post_)?quant_conv\..*": "encoder/decoder layout differs: set tokenizer.options "
-                                                   "(ch, ch_mult, num_res_blocks, using_sa, using_mid_sa) or "
-                                                   "preset=vae_ch160v4096z32 for the official file",
-}
-TOKENIZER_FIX = "Set tokenizer.options to the architecture the checkpoint was trained with"
-
-LAYOUTS: dict[str, Layout] = {
-    "ar": Layout(llamagen_key_map),
-    "nar": Layout(nar_key_map),
-    "nar_video": Layout(nar_video_key_map, derived=r"freqs_cis|layers\.\d+\.attention\.kv_cache\..*",
-                        hints=NAR_VIDEO_HINTS,
-                        download="download the NAR authors' released NAR-videos checkpoint (NAR-L / NAR-LP on UCF-101) "
-                                 "and point model.checkpoint at it"),
-    "par": Layout(par_key_map, check=check_par,
-                  download="download e.g. PAR-XL-4x.pt from the PAR release and point model.checkpoint at it"),
-    "var": Layout(derived=r"lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias", official_buffers=var_buffers,
-                  hints=VAR_HINTS, download="download var_d{16,20,24,30}.pth from the VAR release (Hugging Face, "
-                                            "FoundationVision/var) and point model.checkpoint at it"),
-    "msvq": Layout(derived=r"quantize\.ema_vocab_hit_SV", official_buffers=msvq_buffers, hints=MSVQ_HINTS,
-                   tokenizer_fix=TOKENIZER_FIX,
-                   download="download vae_ch160v4096z32.pth from the VAR release, or train one "
-                            "(nar-bench train-tokenizer), and set tokenizer.checkpoint to it"),
-    "vq": Layout(optional=("quantize.codebook_used",),  # a usage log, not a weight
-                 tokenizer_fix=f"{TOKENIZER_FIX} (preset vq_ds16 for vq_ds16_c2i.pt)",
-                 download="download LlamaGen's VQ-16 tokenizer vq_ds16_c2i.pt (Hugging Face, FoundationVision/"
-                          "LlamaGen) and set tokenizer.checkpoint to its path, or train one "
-                          "(nar-bench train-tokenizer)"),
-}

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("order-gifs", help="GIFs of the generation order, one frame per decoding step")
     p.add_argument("--out", default="results/runs/order", help="folder for order_<paradigm>.gif")
     add_overwrite(p)
-    p.add_argument("--paradigms", nargs="+", default=["ar", "nar", "par", "maskgit"])
+    p.add_argument("--paradigms", nargs="+", help="default: every registered paradigm of raster H x W images")
     p.add_argument("--config", default="experiments/demo.yaml")
     p.add_argument("--ckpt", action="append", default=[], metavar="PARADIGM=PATH",
                    help="trained Lightning checkpoint for a paradigm (repeatable)")

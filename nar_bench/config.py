@@ -2,6 +2,11 @@
 
 ``load_config("experiments/x.yaml", ["model.size=B"])`` merges schema defaults <- YAML <- overrides.
 Unknown keys and wrong types raise ``NarBenchError`` naming the key and the valid ones.
+
+What a section's values mean is checked by the component that reads it, not here: the paradigm
+the ``model`` section (``nar_bench.paradigms.model_config``), the tokenizer its section and the data
+geometry (``nar_bench.tokenizers.checks``), evaluation its inputs (``nar_bench.evaluation.scoring``);
+``nar_bench.lit.trainer.check_generator_inputs`` runs those a training run needs before it starts.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.sampling import SamplingConfig
-from nar_bench.nn.transformer import MODEL_SIZES, TransformerConfig
 
 
 @dataclass
@@ -229,7 +233,8 @@ def read_yaml(path: Path) -> DictConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
-    """Schema defaults <- YAML file <- dotlist overrides; validated, read-only result."""
+    """Schema defaults <- YAML file <- dotlist overrides, checked against the schema (keys, types),
+    the sampling settings and the override rules below."""
     cfg = OmegaConf.structured(ExperimentConfig)
     if path is not None:
         path = Path(path)
@@ -240,32 +245,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     base = cfg
     if overrides:
         cfg = merge(cfg, OmegaConf.from_dotlist(list(overrides)), source="command-line overrides")
-    paradigm_options(cfg.model)  # validates model.options against the chosen paradigm
-    model_dims(cfg.model)
     SamplingConfig(**cfg.eval.sampling)  # validates cfg_schedule / cfg_interval
-    check_geometry(cfg)
     check_cell_size_change(base, cfg, list(overrides or []), str(path or "the defaults"))
     return cfg
 
 
-# --- input checks: one clear error before anything is built or trained ------------------------------
-def check_geometry(cfg: DictConfig) -> None:
-    """data.image_size must split into data.grid_size cells (the shapes data and the palette
-    tokenizer draw on that grid; a learned tokenizer's own grid is checked by
-    :func:`check_generator_inputs`)."""
-    import nar_bench.tokenizers  # noqa: F401  (registers the tokenizers)
-    from nar_bench.registry import TOKENIZERS
-
-    if cfg.tokenizer.name in TOKENIZERS and getattr(TOKENIZERS[cfg.tokenizer.name], "learned", False):
-        return
-    size, grid = cfg.data.image_size, cfg.data.grid_size
-    if size < 1 or grid < 1 or size % grid:
-        fits = [g for g in range(1, size + 1) if size % g == 0 and g <= 64] if size > 0 else []
-        raise NarBenchError(f"data.grid_size {grid} does not divide data.image_size {size}: tokens are square cells "
-                            f"of image_size / grid_size pixels; use a grid size dividing {size} "
-                            f"(e.g. {', '.join(map(str, fits[-4:]))})")
-
-
+# --- override checks: what only the merge of YAML and dotlist can tell ----------------------------------
 def check_cell_size_change(base: DictConfig, cfg: DictConfig, overrides: list[str], source: str) -> None:
     """An override of data.image_size alone on the palette tokenizer silently changes the token cell
     size (image_size / grid_size) of the data and tokenizer: refused unless data.grid_size is given too."""
@@ -282,101 +267,6 @@ def check_cell_size_change(base: DictConfig, cfg: DictConfig, overrides: list[st
             f"data.grid_size={cfg.data.grid_size} confirms {after:g} px cells")
 
 
-def check_generator_inputs(cfg: DictConfig) -> None:
-    """What a generator run needs, checked before any model, run or folder is created: the
-    tokenizer (a learned one has a checkpoint or ``tokenizer.untrained=true``; data.grid_size is
-    the grid it makes) and the geometry."""
-    import nar_bench.tokenizers  # noqa: F401  (registers the tokenizers)
-    from nar_bench.checkpoints import check_torch_file
-    from nar_bench.registry import TOKENIZERS
-
-    check_geometry(cfg)
-    for key, path in (("model.checkpoint", cfg.model.checkpoint), ("tokenizer.checkpoint", cfg.tokenizer.checkpoint)):
-        if path and Path(path).is_file():
-            check_torch_file(path, key)
-    tok = cfg.tokenizer
-    if tok.name not in TOKENIZERS:
-        raise NarBenchError(f"unknown tokenizer.name '{tok.name}'; choose one of: {', '.join(sorted(TOKENIZERS))}")
-    cls = TOKENIZERS[tok.name]
-    if not getattr(cls, "learned", False):  # registered factories (codes) read a manifest
-        return
-    if tok.checkpoint and not Path(tok.checkpoint).is_file():
-        raise NarBenchError(f"tokenizer.checkpoint: file '{tok.checkpoint}' not found; train one with "
-                            "nar-bench train-tokenizer or point tokenizer.checkpoint at the right path")
-    if not tok.checkpoint and not tok.untrained:
-        raise NarBenchError(f"tokenizer '{tok.name}' has learned weights but tokenizer.checkpoint is not set: "
-                            "train one first (nar-bench train-tokenizer ...) and pass tokenizer.checkpoint=<path>, "
-                            "or set tokenizer.untrained=true to run on the codes of random weights")
-    grid = cls.config_grid(cfg)
-    if grid is not None and cfg.data.frames is None and tuple(grid) != (cfg.data.grid_size,) * 2:
-        raise NarBenchError(
-            f"data.grid_size {cfg.data.grid_size} is ignored by tokenizer '{tok.name}': it makes a "
-            f"{grid[0]}x{grid[1]} code grid from {cfg.data.image_size}px images (its downsample / scales); set "
-            f"data.grid_size={grid[0]} (the synthetic data draws on that grid too) or change data.image_size / "
-            "tokenizer.options")
-
-
-def check_eval_inputs(cfg: DictConfig) -> None:
-    """What evaluation will need, checked before training (``nar_bench.evaluation.check_eval_inputs``)."""
-    from nar_bench.evaluation.scoring import check_eval_inputs as check
-
-    check(cfg)
-
-
-def check_sweep_inputs(points: list[tuple[str, DictConfig]]) -> None:
-    """:func:`check_generator_inputs` and :func:`check_eval_inputs` of every sweep point, before the
-    first one trains (a bad last point must not fail after hours of training)."""
-    for name, point_cfg in points:
-        try:
-            check_generator_inputs(point_cfg)
-            check_eval_inputs(point_cfg)
-        except NarBenchError as err:
-            raise NarBenchError(f"sweep point '{name}': {err}") from None
-
-
-def model_dims(model: DictConfig) -> tuple[int, int, int]:
-    if model.size not in MODEL_SIZES:
-        raise NarBenchError(f"unknown model.size '{model.size}'; choose one of: {', '.join(MODEL_SIZES)}")
-    dim, n_layers, n_heads = MODEL_SIZES[model.size]
-    return model.dim or dim, model.n_layers or n_layers, model.n_heads or n_heads
-
-
-DROPOUTS = ("token_dropout", "resid_dropout", "ffn_dropout", "class_dropout")
-
-
-def model_dropouts(model: DictConfig) -> dict[str, float]:
-    """``model.*_dropout``, each null one replaced by the paradigm's released recipe."""
-    import nar_bench.paradigms  # noqa: F401  (registers the paradigms)
-    from nar_bench.registry import PARADIGMS
-
-    recipe = PARADIGMS[model.paradigm].default_dropouts
-    return {key: recipe[key] if model[key] is None else float(model[key]) for key in DROPOUTS}
-
-
-def transformer_config(model: DictConfig, vocab_size: int, num_classes: int) -> TransformerConfig:
-    dim, n_layers, n_heads = model_dims(model)
-    return TransformerConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, vocab_size=vocab_size,
-                             num_classes=num_classes, **model_dropouts(model))
-
-
-def paradigm_options(model: DictConfig) -> Any:
-    """``model.options`` validated against the paradigm's ``Options`` dataclass."""
-    import nar_bench.paradigms  # noqa: F401  (registers the paradigms)
-    from nar_bench.registry import PARADIGMS
-
-    options_cls = PARADIGMS[model.paradigm].Options
-    schema = OmegaConf.structured(options_cls)
-    try:
-        merged = OmegaConf.merge(schema, model.options)
-    except OmegaConfBaseException as err:
-        valid = ", ".join(f.name for f in fields(options_cls)) or "(none)"
-        raise NarBenchError(
-            f"bad key 'model.options.{getattr(err, 'full_key', '')}' for paradigm '{model.paradigm}': "
-            f"{str(err).splitlines()[0]}; valid options: {valid}"
-        ) from None
-    return OmegaConf.to_object(merged)
-
-
 def expand_sweep(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     """(run name, config) for each run of ``cfg.sweep``; a config without a sweep is one run."""
     sweep = cfg.sweep
@@ -390,7 +280,6 @@ def expand_sweep(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
         run_cfg = merge(copy.deepcopy(cfg), OmegaConf.from_dotlist(overrides + [f"seed={seed}"]),
                         source=f"sweep variant '{variant.get('name')}'")
         run_cfg.sweep = OmegaConf.structured(SweepConfig)
-        paradigm_options(run_cfg.model)
         point_names = [f"{k.split('.')[-1]}={v}" for k, v in zip(grid_keys, point, strict=True)]
         parts = [str(variant.get("name", "base")), *point_names]
         if len(seeds) > 1:

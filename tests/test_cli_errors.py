@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from nar_bench.cli import main
 from nar_bench.config import load_config
 from nar_bench.lit.module import GeneratorModule
+from nar_bench.registry import PARADIGMS
 from tests.conftest import tracking_overrides
 
 TINY = ["model.size=tiny", "data.image_size=16", "data.grid_size=4", "data.batch_size=8", "data.num_val=8",
@@ -83,6 +84,15 @@ def test_a_bad_last_sweep_point_fails_before_the_first_trains(tmp_path, capsys):
     argv = ["sweep", str(config), "--out", str(tmp_path / "out"), *TINY, *tracking_overrides(tmp_path)]
     assert main(argv) == 2
     assert_one_clear_error(capsys, tmp_path, "sweep point 'no_ckpt': tokenizer 'vq' has learned weights")
+
+
+def test_a_bench_point_with_an_unknown_paradigm_fails_before_any_run(tmp_path, capsys):
+    argv = ["bench", "experiments/throughput_sweep.yaml", "bench.points=[{paradigm: ar, size: tiny}, {paradigm: nope}]",
+            "bench.device=cpu", "bench.cuda_graph=false", f"bench.output_dir={tmp_path}/out",
+            *tracking_overrides(tmp_path)]
+    assert main(argv) == 2
+    valid = ", ".join(sorted(PARADIGMS))
+    assert_one_clear_error(capsys, tmp_path, f"bench point 'nope-B': unknown paradigm 'nope'; choose one of: {valid}")
 
 
 @pytest.fixture(scope="module")

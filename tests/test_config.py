@@ -1,8 +1,10 @@
 import pytest
 from omegaconf import OmegaConf
 
-from nar_bench.config import expand_sweep, load_config, model_dims
+from nar_bench.config import expand_sweep, load_config
 from nar_bench.errors import NarBenchError
+from nar_bench.paradigms.model_config import DROPOUTS, check_model, model_dims, transformer_config
+from nar_bench.registry import PARADIGMS
 
 
 def test_yaml_and_dotlist_overrides_merge_over_schema_defaults():
@@ -28,17 +30,18 @@ def test_unknown_key_in_yaml(tmp_path):
 def test_wrong_type_and_unknown_names():
     with pytest.raises(NarBenchError, match="max_steps"):
         load_config(None, ["trainer.max_steps=lots"])
+    # the model section is the paradigm's to check (before anything is built)
     with pytest.raises(NarBenchError, match="unknown paradigm 'nope'; choose one of: .*ar"):
-        load_config(None, ["model.paradigm=nope"])
+        check_model(load_config(None, ["model.paradigm=nope"]).model)
     with pytest.raises(NarBenchError, match="unknown model.size 'Q'"):
-        load_config(None, ["model.size=Q"])
+        check_model(load_config(None, ["model.size=Q"]).model)
     with pytest.raises(NarBenchError, match="not found"):
         load_config("experiments/missing.yaml")
 
 
 def test_paradigm_options_are_validated():
     with pytest.raises(NarBenchError, match="model.options.*valid options"):
-        load_config(None, ["model.paradigm=ar", "model.options.foo=1"])
+        check_model(load_config(None, ["model.paradigm=ar", "model.options.foo=1"]).model)
 
 
 def test_sweep_expansion_variants_grid_seeds():
@@ -56,31 +59,17 @@ def test_sweep_expansion_variants_grid_seeds():
     assert not b16s1.sweep.variants  # a run does not carry the sweep again
 
 
-# Released recipes (issue 13): LlamaGen's GPT (and NAR, NAR-videos, PAR on it) trains with dropout
-# 0.1 on tokens, residuals, FFN and labels; VAR with drop_rate 0 and label dropout 0.1; MaskGIT's
-# BERT-style transformer with 0.1 on embeddings and hidden layers, and the same CFG label dropout.
-RECIPE_DROPOUTS = {  # paradigm: (token, resid, ffn, class)
-    "ar": (0.1, 0.1, 0.1, 0.1),
-    "maskgit": (0.1, 0.1, 0.1, 0.1),
-    "nar": (0.1, 0.1, 0.1, 0.1),
-    "nar_video": (0.1, 0.1, 0.1, 0.1),
-    "par": (0.1, 0.1, 0.1, 0.1),
-    "var": (0.0, 0.0, 0.0, 0.1),
-}
-
-
-@pytest.mark.parametrize("paradigm", RECIPE_DROPOUTS)
+@pytest.mark.parametrize("paradigm", sorted(PARADIGMS))
 def test_unset_dropouts_default_to_the_paradigms_released_recipe(paradigm):
-    from nar_bench.config import transformer_config
-    from nar_bench.registry import PARADIGMS
-
-    assert set(RECIPE_DROPOUTS) == set(PARADIGMS)
+    """Each paradigm's recipe (``default_dropouts``) is pinned in its own test file (issue 13)."""
+    recipe = PARADIGMS[paradigm].default_dropouts
     cfg = transformer_config(load_config(overrides=[f"model.paradigm={paradigm}"]).model, 16, 4)
-    assert (cfg.token_dropout, cfg.resid_dropout, cfg.ffn_dropout, cfg.class_dropout) == RECIPE_DROPOUTS[paradigm]
+    assert {key: getattr(cfg, key) for key in DROPOUTS} == recipe
     # an explicit value wins over the recipe
     cfg = transformer_config(load_config(overrides=[f"model.paradigm={paradigm}", "model.resid_dropout=0.3"]).model,
                              16, 4)
-    assert cfg.resid_dropout == 0.3
+    assert cfg.resid_dropout == 0.3 and {key: getattr(cfg, key) for key in DROPOUTS if key != "resid_dropout"} == {
+        key: value for key, value in recipe.items() if key != "resid_dropout"}
 
 
 def test_var_blocks_built_from_the_config_have_no_dropout():

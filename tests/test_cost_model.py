@@ -8,10 +8,9 @@ from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import TransformerConfig
 from nar_bench.paradigms.nar import NAR
 from nar_bench.paradigms.raster_ar import RasterAR
+from nar_bench.registry import PARADIGMS
 from tests.conftest import on_grid
-from tests.test_efficiency import MSVQ, tiny_paradigm
-
-VIDEO = ["data.frames=2", "model.size=tiny"]
+from tests.test_efficiency import tiny_paradigm
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CFG = TransformerConfig(dim=32, n_layers=2, n_heads=4, vocab_size=24, num_classes=5)
@@ -33,13 +32,12 @@ def test_counter_counts_matmul_flops_and_operand_bytes():
     assert fixed.fixed_bytes == 4 * 8 * 5 and fixed.bytes == 4 * (6 * 8 + 6 * 5)
 
 
-@pytest.mark.parametrize("paradigm, options", [("ar", []), ("nar", []), ("par", ["model.options.regions=4"]),
-                                               ("maskgit", []), ("var", MSVQ), ("nar_video", VIDEO)])
-def test_cost_from_one_generation_equals_the_generation_counted_at_other_batch_sizes(paradigm, options):
+@pytest.mark.parametrize("paradigm", sorted(PARADIGMS))
+def test_cost_from_one_generation_equals_the_generation_counted_at_other_batch_sizes(paradigm):
     """The split of one batch-1 count into fixed (weights) and per-image parts is exact: it predicts
     what a whole generation counted at batch 2 and 3 costs, for every paradigm (VAR reads its
     tokenizer's weights while generating, so they are fixed operands too)."""
-    model, tokenizer = tiny_paradigm(paradigm, *options)
+    model, tokenizer = tiny_paradigm(paradigm)
     model.eval()
     cost = generation_cost(model, SAMPLING, decoder=tokenizer)
     fixed = weight_storages(model, tokenizer)

@@ -16,21 +16,17 @@ from nar_bench.metrics.efficiency import (
     kernel_kind,
     measure_generation,
     profile_generation,
-    randomize_weights,
 )
 from nar_bench.nn.cuda_graph import GraphedGenerate
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import TransformerBlock, count_parameters
 from nar_bench.paradigms import build_paradigm
 from nar_bench.paradigms.nar import NAR
-from nar_bench.tokenizers import build_tokenizer
+from nar_bench.registry import PARADIGMS
 from nar_bench.tracking.names import COMMIT_TAG, DEVICE_TAG
 from nar_bench.tracking.provenance import git_commit
 
 GRID = ["data.grid_size=4", "data.image_size=16"]  # 16 tokens: AR 16 steps, NAR 7, PAR-4x 7
-MSVQ = ["tokenizer.name=msvq", "tokenizer.options.ch=8", "tokenizer.options.ch_mult=[1,2]",  # 8x8: VAR's 4 scales
-        "tokenizer.options.norm_groups=4", "tokenizer.options.vocab_size=32", "tokenizer.options.z_channels=8",
-        "tokenizer.options.scales=[1,2,4,8]"]
 SAMPLING = SamplingConfig(cfg_scale=2.0, top_k=5)
 
 
@@ -38,11 +34,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: threads on
 
 
 def tiny_paradigm(paradigm: str, *options: str):
-    cfg = load_config(None, [f"model.paradigm={paradigm}", "model.size=tiny", *GRID, *options])
-    tokenizer = build_tokenizer(cfg)
-    model = build_paradigm(cfg, tokenizer.code_space, num_classes=5)
-    randomize_weights(model)
-    return model, tokenizer
+    """(model, tokenizer) of the paradigm's test kit plus ``options``, 5 classes, random weights."""
+    return PARADIGMS[paradigm].tiny(*options, num_classes=5, std=0.02)  # randomize_weights' std
 
 
 def fake_generate(model, calls, slow_calls=0, oom_above=None):
@@ -60,9 +53,9 @@ def fake_generate(model, calls, slow_calls=0, oom_above=None):
     return generate
 
 
-@pytest.mark.parametrize("paradigm, options", [("ar", []), ("nar", []), ("par", ["model.options.regions=4"])])
-def test_protocol_returns_sane_fields_for_real_generation(paradigm, options):
-    model, _ = tiny_paradigm(paradigm, *options)
+@pytest.mark.parametrize("paradigm", sorted(PARADIGMS))
+def test_protocol_returns_sane_fields_for_real_generation(paradigm):
+    model, _ = tiny_paradigm(paradigm)
     r = measure_generation(model, 3, SAMPLING, dtype="fp32", warmup=1, repeats=3, device="cpu", size="tiny")
     assert r.status == "ok" and r.paradigm == paradigm and r.size == "tiny"
     assert r.steps == model.num_steps and r.params == count_parameters(model)
@@ -138,17 +131,18 @@ def test_a_capture_that_needs_its_warm_up_pass_falls_back_to_one(monkeypatch, ca
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("paradigm, options", [("ar", []), ("nar", []), ("par", ["model.options.regions=4"]),
-                                               # greedy MaskGIT is deterministic only without its confidence noise
-                                               ("var", MSVQ), ("maskgit", ["model.options.choice_temperature=0"])])
-def test_a_warm_compiled_paradigm_captures_a_new_batch_size_without_an_eager_pass(paradigm, options, caplog):
+@pytest.mark.parametrize("paradigm", sorted(PARADIGMS))
+def test_a_warm_compiled_paradigm_captures_a_new_batch_size_without_an_eager_pass(paradigm, caplog):
     from nar_bench.metrics.efficiency import capture_generation
 
+    # greedy MaskGIT is deterministic only without its confidence noise
+    options = ["model.options.choice_temperature=0"] if not PARADIGMS[paradigm].fixed_schedule else []
     model, tokenizer = tiny_paradigm(paradigm, *options)
     model = model.cuda().to(torch.bfloat16)
     tokenizer.cuda()  # VAR's next-scale inputs come from its tokenizer, kept fp32 as in the bench
     greedy = SamplingConfig(cfg_scale=2.0, temperature=0)
-    assert model.compile_decoding()  # every one of these has a fused, compiled step
+    if not model.compile_decoding():
+        pytest.skip(f"'{paradigm}' has no compiled decode path")
     with torch.inference_mode():
         model.generate(torch.tensor([0, 1], device="cuda"), greedy)  # compiles at batch 2
         labels = torch.tensor([0, 3, 1, 2, 4], device="cuda")
@@ -185,10 +179,11 @@ def test_a_warm_capture_that_needs_a_compile_falls_back_and_leaves_no_memory_beh
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("paradigm, options", [("ar", []), ("nar", []), ("par", ["model.options.regions=4"])])
-def test_cuda_graph_replay_equals_eager_generation(paradigm, options):
-    model, _ = tiny_paradigm(paradigm, *options)
-    model = model.cuda()
+@pytest.mark.parametrize("paradigm", sorted(PARADIGMS))
+def test_cuda_graph_replay_equals_eager_generation(paradigm):
+    options = ["model.options.choice_temperature=0"] if not PARADIGMS[paradigm].fixed_schedule else []
+    model, tokenizer = tiny_paradigm(paradigm, *options)
+    model, _ = model.cuda(), tokenizer.cuda()
     greedy = SamplingConfig(cfg_scale=2.0, temperature=0)
     labels = torch.tensor([0, 3, 1], device="cuda")
     graphed = GraphedGenerate(model, 3, greedy)
@@ -240,7 +235,7 @@ def test_profile_on_a_gpu_lists_the_top_kernels():
 
 
 def bench_args(tmp_path, *extra):
-    points = "[{name: AR-t, paradigm: ar, size: tiny}, {paradigm: nar, size: tiny}, {paradigm: not-a-paradigm}]"
+    points = "[{name: AR-t, paradigm: ar, size: tiny}, {paradigm: nar, size: tiny}]"
     return ["bench", "experiments/throughput_sweep.yaml", f"bench.points={points}", "bench.batch_sizes=[1,2,4]",
             "bench.device=cpu", "bench.cuda_graph=false", "bench.compile=false",
             "bench.dtype=fp32", "bench.warmup=1", "bench.repeats=1", "bench.vocab_size=24",
@@ -268,7 +263,6 @@ def test_sweep_runs_points_as_child_runs_records_oom_and_writes_tables_and_plots
     monkeypatch.setattr(runner, "generation_cost", generation_cost)
     with caplog.at_level(logging.WARNING):
         assert main(bench_args(tmp_path, "bench.train_batch=2", "bench.profile_best=true")) == 0
-    assert "not-a-paradigm" in caplog.text  # skipped with a note, like VAR before it is merged
 
     out = tmp_path / "out"
     points = pd.read_csv(out / "points.csv")

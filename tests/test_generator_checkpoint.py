@@ -1,4 +1,4 @@
-"""model.checkpoint: the generator starts from official weights (ar, nar, par, var layouts) or from
+"""model.checkpoint: the generator starts from official weights (every paradigm with an official layout) or from
 a nar-bench Lightning checkpoint; mismatches are one clear error; reloading a trained run does not
 need the starting file any more."""
 
@@ -11,16 +11,13 @@ from nar_bench.checkpoints import key_map, to_official
 from nar_bench.cli import main
 from nar_bench.config import load_config
 from nar_bench.lit.module import GeneratorModule
+from nar_bench.registry import PARADIGMS
 from tests.conftest import tracking_overrides
 
 TINY = ["model.size=tiny", "data.image_size=16", "data.grid_size=4", "data.batch_size=8", "data.num_val=16",
         "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
         "eval.samples_per_class=1"]
-# VAR on a tiny msvq: 16px images -> 8x8 latent (downsample 2), scales 1,2,4,8 (85 codes)
-VAR_TINY = ["tokenizer.name=msvq", "tokenizer.options.ch=8", "tokenizer.options.ch_mult=[1,2]",
-            "tokenizer.options.norm_groups=4", "tokenizer.options.vocab_size=32", "tokenizer.options.z_channels=8",
-            "tokenizer.options.scales=[1,2,4,8]", "model.size=d2"]
-PARADIGMS = {"ar": [], "nar": [], "par": ["model.options.regions=4"], "var": VAR_TINY}
+WITH_LAYOUT = sorted(name for name, cls in PARADIGMS.items() if cls.official_layout is not None)
 CLASSES = 16  # shapes
 
 
@@ -30,9 +27,9 @@ def generator(seed: int, *overrides: str) -> GeneratorModule:
     return GeneratorModule(load_config("experiments/demo.yaml", [*TINY, *overrides]), CLASSES)
 
 
-@pytest.mark.parametrize("paradigm", PARADIGMS)
+@pytest.mark.parametrize("paradigm", WITH_LAYOUT)
 def test_official_layout_file_becomes_the_starting_weights(tmp_path, paradigm):
-    overrides = [f"model.paradigm={paradigm}", *PARADIGMS[paradigm]]
+    overrides = PARADIGMS[paradigm].tiny_dotlist()  # the paradigm's test kit
     path = tmp_path / f"{paradigm}.pt"
     torch.save({"model": to_official(generator(1, *overrides).paradigm)}, path)
     official = torch.load(path)["model"]

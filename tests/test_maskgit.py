@@ -7,13 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nar_bench.config import load_config, paradigm_options
+from nar_bench.config import load_config
 from nar_bench.errors import NarBenchError
 from nar_bench.evaluation import evaluate
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.nn.sampling import SamplingConfig, with_null_class
 from nar_bench.nn.transformer import MODEL_SIZES, TransformerConfig, count_parameters
 from nar_bench.paradigms.maskgit import MaskGIT, MaskGITOptions, masked_counts
+from nar_bench.paradigms.model_config import DROPOUTS, paradigm_options
 from nar_bench.paradigms.raster_ar import RasterAR
 from tests.conftest import on_grid, randomize_heads, train_steps
 
@@ -230,3 +231,12 @@ def test_fused_regions_give_the_eager_decoding_logits():
     disable_fused_decode(model)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
     assert torch.equal(codes, ref_codes)
+
+
+
+def test_test_kit_and_released_dropout_recipe():
+    """The registry-wide tests run on ``MaskGIT.tiny()``; here its step count is pinned. Unset dropouts
+    (token, resid, ffn, class) are the released recipe: MaskGIT's BERT-style transformer: 0.1 on embeddings
+    and hidden layers, and the same CFG label dropout."""
+    assert MaskGIT.tiny()[0].num_steps == 8  # options.steps (default 8) over the 4 x 4 grid
+    assert tuple(MaskGIT.default_dropouts[key] for key in DROPOUTS) == (0.1, 0.1, 0.1, 0.1)

@@ -99,20 +99,20 @@ def test_official_layout_round_trip(tmp_path):
     torch.manual_seed(0)
     tok = tiny_msvq()
     path = tmp_path / "vae.pth"
-    torch.save(to_official(tok, "msvq"), path)
+    torch.save(to_official(tok), path)
     assert "quantize.ema_vocab_hit_SV" in torch.load(path)
     fresh = tiny_msvq()
-    load_official(fresh, path, "msvq")
+    load_official(fresh, path)
     images = shapes_images(2)
     codes = tok.eval().encode(images)
     assert torch.equal(fresh.eval().encode(images), codes)
     assert torch.equal(fresh.decode(codes), tok.decode(codes))
     with pytest.raises(NarBenchError, match="vocab_size"):
-        load_official(tiny_msvq(vocab_size=32), path, "msvq")
+        load_official(tiny_msvq(vocab_size=32), path)
     with pytest.raises(NarBenchError, match=r"unexpected keys \(\d+\): quantize.quant_resi"):
-        load_official(tiny_msvq(quant_resi=0.0), path, "msvq")  # a model without phi convs
+        load_official(tiny_msvq(quant_resi=0.0), path)  # a model without phi convs
     with pytest.raises(NarBenchError, match="not found"):
-        load_official(fresh, tmp_path / "nope.pth", "msvq")
+        load_official(fresh, tmp_path / "nope.pth")
 
 
 def test_from_config_reads_scales_and_checks_latent_size():

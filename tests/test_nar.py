@@ -6,11 +6,12 @@ import itertools
 import pytest
 import torch
 
-from nar_bench.config import load_config, paradigm_options
+from nar_bench.config import load_config
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import TransformerConfig, count_parameters
 from nar_bench.paradigms.contract import decode_forward_gap
+from nar_bench.paradigms.model_config import DROPOUTS, paradigm_options
 from nar_bench.paradigms.nar import NAR, NAROptions, neighbor_schedule, proximity_mask
 from nar_bench.paradigms.nar_video import VideoNAR
 from nar_bench.paradigms.raster_ar import RasterAR
@@ -204,9 +205,9 @@ def test_options_are_validated():
     with pytest.raises(NarBenchError, match="heads"):
         NAROptions(heads="triple")
     with pytest.raises(NarBenchError, match="mixed, horizontal, vertical"):
-        load_config(overrides=["model.paradigm=nar", "model.options.overlap_head=diagonal"])
+        paradigm_options(load_config(overrides=["model.paradigm=nar", "model.options.overlap_head=diagonal"]).model)
     with pytest.raises(NarBenchError, match="valid options: heads, overlap_head"):
-        load_config(overrides=["model.paradigm=nar", "model.options.head=single"])
+        paradigm_options(load_config(overrides=["model.paradigm=nar", "model.options.head=single"]).model)
     cfg = load_config(overrides=["model.paradigm=nar", "model.options.heads=single",
                                  "model.options.overlap_head=vertical"])
     assert paradigm_options(cfg.model) == NAROptions(heads="single", overlap_head="vertical")
@@ -215,3 +216,12 @@ def test_options_are_validated():
 def test_grid_must_be_two_dimensional():
     with pytest.raises(NarBenchError, match="2D"):
         NAR(*on_grid(tiny_config(), (2, 3, 4)))
+
+
+
+def test_test_kit_and_released_dropout_recipe():
+    """The registry-wide tests run on ``NAR.tiny()``; here its step count is pinned. Unset dropouts (token,
+    resid, ffn, class) are the released recipe: LlamaGen's GPT, which NAR trains on: 0.1 on tokens, residuals,
+    FFN and labels."""
+    assert NAR.tiny()[0].num_steps == 7  # 4 x 4 grid: 4 + 4 - 1 anti-diagonals
+    assert tuple(NAR.default_dropouts[key] for key in DROPOUTS) == (0.1, 0.1, 0.1, 0.1)

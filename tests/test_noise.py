@@ -4,11 +4,10 @@ the batch they are drawn in (every paradigm, batch sizes 7 vs 32)."""
 import pytest
 import torch
 
-from nar_bench.config import load_config
-from nar_bench.lit.module import GeneratorModule
+import nar_bench.paradigms  # noqa: F401  (registers the paradigms)
 from nar_bench.nn.noise import MASK64, RowNoise, mix64, mix64_int
 from nar_bench.nn.sampling import SamplingConfig, sample, sample_step
-from tests.conftest import randomize_heads
+from nar_bench.registry import PARADIGMS
 
 
 def splitmix64_finalizer(x: int) -> int:
@@ -70,33 +69,19 @@ def test_torch_generator_path_is_unchanged():
     assert torch.equal(sample(logits, generator=torch.Generator().manual_seed(5)), (probs / race).argmax(-1))
 
 
-PARADIGM_CONFIGS = {
-    "nar": ("experiments/demo.yaml", ["model.paradigm=nar"]),
-    "ar": ("experiments/demo.yaml", ["model.paradigm=ar"]),
-    "par": ("experiments/demo.yaml", ["model.paradigm=par", "model.options.regions=4"]),
-    "var": ("experiments/var_demo.yaml", []),
-    "maskgit": ("experiments/demo.yaml", ["model.paradigm=maskgit"]),
-}
-
-
-@pytest.mark.parametrize("paradigm", sorted(PARADIGM_CONFIGS))
+@pytest.mark.parametrize("paradigm", sorted(PARADIGMS))
 def test_codes_are_bit_exact_for_any_eval_batch_size(paradigm, single_thread):
-    path, overrides = PARADIGM_CONFIGS[paradigm]
-    cfg = load_config(path, ["model.size=tiny", "trainer.accelerator=cpu", *overrides])
-    torch.manual_seed(0)
-    module = GeneratorModule(cfg, num_classes=16).eval()
-    randomize_heads(module.paradigm, std=1.0)
-    if paradigm == "var":  # VAR gates its blocks to ~identity at init: random weights everywhere
-        with torch.no_grad():
-            for p in module.paradigm.parameters():
-                p.normal_(0, 0.3)
+    # random weights everywhere (large enough that samples of a class differ; VAR's init would gate
+    # its blocks to ~identity)
+    model, _ = PARADIGMS[paradigm].tiny(num_classes=16, std=0.3)
+    model.eval()
     sampling = SamplingConfig(cfg_scale=2.0, cfg_interval=2, temperature=1.0, top_k=32, top_p=0.95)
     index = torch.arange(32)
     labels = index % 16
 
     def codes(batch_size: int) -> torch.Tensor:
-        return torch.cat([module.paradigm.generate(labels[s:s + batch_size], sampling,
-                                                   RowNoise.for_samples(11, index[s:s + batch_size]))
+        return torch.cat([model.generate(labels[s:s + batch_size], sampling,
+                                         RowNoise.for_samples(11, index[s:s + batch_size]))
                           for s in range(0, 32, batch_size)])
 
     by32 = codes(32)

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from nar_bench.checkpoints import PAR_TRANSITION_KEY, load_par_checkpoint
-from nar_bench.config import load_config, paradigm_options
+from nar_bench.config import load_config
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import TransformerConfig
 from nar_bench.paradigms.base import step_of_positions
+from nar_bench.paradigms.model_config import DROPOUTS, paradigm_options
 from nar_bench.paradigms.par import PAR
 from nar_bench.paradigms.raster_ar import RasterAR
 from nar_bench.registry import PARADIGMS
@@ -217,3 +218,12 @@ def test_checkpoint_transition_key_override(tmp_path):
     torch.save({"state_dict": state}, tmp_path / "par.pt")
     load_par_checkpoint(target, tmp_path / "par.pt", transition_key="my_transition")
     assert target.transition_tokens.equal(source.transition_tokens)
+
+
+
+def test_test_kit_and_released_dropout_recipe():
+    """The registry-wide tests run on ``PAR.tiny()``; here its step count is pinned. Unset dropouts (token,
+    resid, ffn, class) are the released recipe: LlamaGen's GPT, which PAR trains on: 0.1 on tokens, residuals,
+    FFN and labels."""
+    assert PAR.tiny()[0].num_steps == 7  # 4 x 4 grid, 4 regions: 4 + 16 / 4 - 1
+    assert tuple(PAR.default_dropouts[key] for key in DROPOUTS) == (0.1, 0.1, 0.1, 0.1)

@@ -3,6 +3,7 @@ import torch
 
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.paradigms.contract import decode_forward_gap
+from nar_bench.paradigms.model_config import DROPOUTS
 from nar_bench.paradigms.raster_ar import RasterAR
 from tests.conftest import on_grid, randomize_heads, train_steps
 
@@ -52,3 +53,12 @@ def test_loss_decreases_on_fixed_batch(tiny_cfg):
     tokens, labels = torch.randint(0, tiny_cfg.vocab_size, (8, 16)), torch.randint(0, 5, (8,))
     losses = train_steps(model, tokens, labels, steps=30)
     assert losses[-1] < 0.7 * losses[0]
+
+
+
+def test_test_kit_and_released_dropout_recipe():
+    """The registry-wide tests run on ``RasterAR.tiny()``; here its step count is pinned. Unset dropouts
+    (token, resid, ffn, class) are the released recipe: LlamaGen's GPT: 0.1 on tokens, residuals, FFN and
+    labels."""
+    assert RasterAR.tiny()[0].num_steps == 16  # 4 x 4 grid: one token a step
+    assert tuple(RasterAR.default_dropouts[key] for key in DROPOUTS) == (0.1, 0.1, 0.1, 0.1)

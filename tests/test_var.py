@@ -8,12 +8,13 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from nar_bench.checkpoints import load_official, to_official
-from nar_bench.config import load_config, paradigm_options, transformer_config
+from nar_bench.config import load_config
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.adaln import FusedAdaLNDecode
 from nar_bench.nn.sampling import SamplingConfig, guide
 from nar_bench.nn.transformer import MODEL_SIZES, TransformerConfig, count_parameters, setup_kv_caches
 from nar_bench.paradigms.base import step_of_positions
+from nar_bench.paradigms.model_config import DROPOUTS, paradigm_options, transformer_config
 from nar_bench.paradigms.var import VAR, VAROptions
 from nar_bench.registry import PARADIGMS, TOKENIZERS
 from nar_bench.tokenizers.base import MULTISCALE, CodeSpace
@@ -165,7 +166,7 @@ def test_selectable_from_config():
     assert var.options.cfg_ramp is False and var.guidance_scales(2.0) == [2.0] * 4
     assert len(var.blocks) == 2 and var.model_cfg.dim == 128
     with pytest.raises(NarBenchError, match="valid options"):
-        load_config(None, ["model.paradigm=var", "model.options.scale=[1]"])
+        paradigm_options(load_config(None, ["model.paradigm=var", "model.options.scale=[1]"]).model)
 
 
 def test_tiny_end_to_end_train_and_sample(tmp_path):
@@ -253,3 +254,12 @@ def test_compiled_decoding_gives_the_eager_greedy_codes_on_gpu():
     ref = var.generate(labels, greedy)
     assert var.compile_decoding()
     assert torch.equal(var.generate(labels, greedy), ref)
+
+
+
+def test_test_kit_and_released_dropout_recipe():
+    """The registry-wide tests run on ``VAR.tiny()``; here its step count is pinned. Unset dropouts (token,
+    resid, ffn, class) are the released recipe: VAR's models/var.py: drop_rate = attn_drop_rate = 0, label
+    dropout 0.1."""
+    assert VAR.tiny()[0].num_steps == 4  # the kit's msvq scales 1, 2, 4, 8
+    assert tuple(VAR.default_dropouts[key] for key in DROPOUTS) == (0.0, 0.0, 0.0, 0.1)

@@ -20,6 +20,7 @@ from nar_bench.lit.module import GeneratorModule
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import MODEL_SIZES, TransformerConfig, count_parameters, sincos_table
 from nar_bench.paradigms.contract import decode_forward_gap
+from nar_bench.paradigms.model_config import DROPOUTS
 from nar_bench.paradigms.nar import NAR, neighbor_schedule
 from nar_bench.paradigms.nar_video import VideoNAR, VideoNAROptions
 from nar_bench.registry import DATASETS
@@ -313,3 +314,12 @@ def test_video_experiment_trains_and_samples_gif_clips(tmp_path):
     assert samples.shape == (3, 3, 2, 8, 8) and samples.dtype == torch.uint8
     path = save_samples(samples, tmp_path / "samples.png", nrow=3)
     assert path.suffix == ".gif" and Image.open(path).n_frames == 2
+
+
+
+def test_test_kit_and_released_dropout_recipe():
+    """The registry-wide tests run on ``VideoNAR.tiny()``; here its step count is pinned. Unset dropouts
+    (token, resid, ffn, class) are the released recipe: LlamaGen's GPT, which NAR-videos trains on: 0.1 on
+    tokens, residuals, FFN and labels."""
+    assert VideoNAR.tiny()[0].num_steps == 8  # 2 x 4 x 4 clips: T + H + W - 2
+    assert tuple(VideoNAR.default_dropouts[key] for key in DROPOUTS) == (0.1, 0.1, 0.1, 0.1)

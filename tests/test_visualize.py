@@ -14,13 +14,12 @@ from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import TransformerConfig
 from nar_bench.paradigms.base import step_of_positions
 from nar_bench.paradigms.maskgit import MaskGIT
-from nar_bench.paradigms.nar import NAR
 from nar_bench.paradigms.nar_video import VideoNAR
-from nar_bench.paradigms.par import PAR
-from nar_bench.paradigms.raster_ar import RasterAR
+from nar_bench.registry import PARADIGMS
 from nar_bench.run.order_gifs import (
     CURRENT,
     UNDECODED_GREY,
+    image_paradigms,
     log_order_gif,
     order_frames,
     order_gif,
@@ -28,29 +27,22 @@ from nar_bench.run.order_gifs import (
     token_panel,
     write_order_gifs,
 )
+from nar_bench.tokenizers.base import RASTER
 from nar_bench.tokenizers.palette import PaletteTokenizer
 from nar_bench.tracking.mlflow import make_logger
 from tests.conftest import on_grid
 
-TINY = TransformerConfig(dim=48, n_layers=1, n_heads=2, vocab_size=16, num_classes=4)  # head_dim 24: 2D and 3D RoPE
+TINY = TransformerConfig(dim=48, n_layers=1, n_heads=2, vocab_size=16, num_classes=4)
 IMAGE_TOKENIZER = PaletteTokenizer(16, 4)
-VIDEO_TOKENIZER = PaletteTokenizer(16, 4, frames=3)
-PARADIGMS = {  # name -> (paradigm on a 4x4 image grid or a 3x4x4 video grid, tokenizer, steps)
-    "ar": (lambda: RasterAR(*on_grid(TINY, (4, 4))), IMAGE_TOKENIZER, 16),
-    "nar": (lambda: NAR(*on_grid(TINY, (4, 4))), IMAGE_TOKENIZER, 7),
-    "par": (lambda: PAR(*on_grid(TINY, (4, 4))), IMAGE_TOKENIZER, 4 + 4 - 1),
-    "nar_video": (lambda: VideoNAR(*on_grid(TINY, (3, 4, 4))), VIDEO_TOKENIZER, 3 + 4 + 4 - 2),
-    "maskgit": (lambda: MaskGIT(*on_grid(TINY, (4, 4))), IMAGE_TOKENIZER, 8),  # options.steps
-}
+# Order GIFs draw raster codes; the paradigms' test kits (their step counts are pinned in their own tests)
+RASTER_PARADIGMS = sorted(name for name, cls in PARADIGMS.items() if cls.code_layout == RASTER)
 SAMPLING = SamplingConfig(cfg_scale=2.0)
 
 
-@pytest.mark.parametrize("name", list(PARADIGMS))
+@pytest.mark.parametrize("name", RASTER_PARADIGMS)
 def test_order_gif_has_exactly_one_frame_per_decoding_step(name, tmp_path):
-    make, tokenizer, steps = PARADIGMS[name]
-    torch.manual_seed(0)
-    paradigm = make()
-    assert paradigm.num_steps == steps
+    paradigm, tokenizer = PARADIGMS[name].tiny()
+    steps = paradigm.num_steps
     path = order_gif(paradigm, 2, tmp_path / f"order_{name}.gif", tokenizer=tokenizer, sampling=SAMPLING)
     with Image.open(path) as gif:
         assert gif.n_frames == steps
@@ -61,10 +53,10 @@ def test_order_gif_has_exactly_one_frame_per_decoding_step(name, tmp_path):
         assert len(sizes) == 1
 
 
-@pytest.mark.parametrize("name", ["ar", "par", "nar_video"])
+@pytest.mark.parametrize("name", [name for name in RASTER_PARADIGMS if PARADIGMS[name].fixed_schedule])
 def test_partial_images_grow_step_by_step_to_the_final_decode(name):
-    make, tokenizer, _ = PARADIGMS[name]
-    schedule = make().schedule()
+    paradigm, tokenizer = PARADIGMS[name].tiny()
+    schedule = paradigm.schedule()
     codes = torch.randint(4, 16, (math.prod(tokenizer.grid),), generator=torch.Generator().manual_seed(0))
     images = partial_images(step_of_positions(schedule, codes.numel()), tokenizer, codes)
     full = ((tokenizer.decode(codes[None]) + 1) * 127.5).round().to(torch.uint8)[0]
@@ -119,11 +111,14 @@ def test_module_order_gif_is_logged_to_mlflow(tmp_path):
     assert Image.open(local).n_frames == 7
 
 
-def test_write_order_gifs_for_ar_nar_par_maskgit(tmp_path):
+def test_write_order_gifs_defaults_to_every_image_paradigm(tmp_path):
     paths = write_order_gifs(tmp_path, overrides=["model.size=tiny", "model.n_layers=1", "data.image_size=16",
                                                   "data.grid_size=4"])
-    assert [p.name for p in paths] == ["order_ar.gif", "order_nar.gif", "order_par.gif", "order_maskgit.gif"]
-    assert [Image.open(p).n_frames for p in paths] == [16, 7, 7, 8]
+    assert [p.name for p in paths] == [f"order_{name}.gif" for name in image_paradigms()]
+    defaults = set(image_paradigms())
+    assert {"ar", "nar", "par", "maskgit"} <= defaults and not {"var", "nar_video"} & defaults
+    frames = {p.name: Image.open(p).n_frames for p in paths}
+    assert [frames[f"order_{name}.gif"] for name in ("ar", "nar", "par", "maskgit")] == [16, 7, 7, 8]
 
 
 def test_order_gifs_verb_writes_one_gif_per_paradigm(tmp_path, capsys):

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from nar_bench.bench.report import write_report
-from nar_bench.config import merge, model_dims, paradigm_options
+from nar_bench.config import merge
 from nar_bench.errors import NarBenchError
 from nar_bench.metrics.cost_model import Ceilings, Cost, generation_cost, measure_ceilings
 from nar_bench.metrics.efficiency import (
@@ -50,7 +50,7 @@ from nar_bench.metrics.efficiency import (
 from nar_bench.metrics.training_throughput import measure_training_step
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.paradigms import build_paradigm
-from nar_bench.paradigms.engine import SequenceParadigm
+from nar_bench.paradigms.model_config import check_model
 from nar_bench.registry import PARADIGMS
 from nar_bench.tokenizers import build_tokenizer
 from nar_bench.tokenizers.base import CodeSpace
@@ -89,8 +89,8 @@ def point_label(point: DictConfig) -> str:
 
 def bench_points(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     """(label, experiment config) of each model in ``bench.points`` (the configured model when the
-    list is empty), each validated up front. Points whose paradigm is not registered are skipped with a
-    warning, so a config can list a paradigm that lands later."""
+    list is empty), each validated up front: an unknown paradigm, size or option is one error naming
+    the point, before any run is opened."""
     points = list(cfg.bench.points) or [OmegaConf.create({
         "name": None, "paradigm": cfg.model.paradigm, "size": cfg.model.size, "options": cfg.model.options,
         "overrides": []})]
@@ -98,20 +98,16 @@ def bench_points(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     for point in points:
         label = point_label(point)
         if point.paradigm not in PARADIGMS:
-            log.warning("bench point '%s' skipped: paradigm '%s' is not registered (registered: %s)",
-                        label, point.paradigm, ", ".join(sorted(PARADIGMS)))
-            continue
+            raise NarBenchError(f"bench point '{label}': unknown paradigm '{point.paradigm}'; choose one of: "
+                                f"{', '.join(sorted(PARADIGMS))}")
         base = copy.deepcopy(cfg)
         base.model.options = {}  # the point's options replace the configured model's
         model = {"paradigm": point.paradigm, "size": point.size, "options": OmegaConf.to_container(point.options)}
         point_cfg = merge(base, {"model": model}, OmegaConf.from_dotlist(list(point.overrides)),
                           source=f"bench point '{label}'")
-        paradigm_options(point_cfg.model)
-        model_dims(point_cfg.model)
+        check_model(point_cfg.model)
         check_bench(point_cfg.bench)
         out.append((label, point_cfg))
-    if not out:
-        raise NarBenchError(f"no bench point has a registered paradigm; registered: {', '.join(sorted(PARADIGMS))}")
     return out
 
 
@@ -275,7 +271,7 @@ def bench_model(label: str, cfg: DictConfig, device: torch.device, prov: dict[st
 def training_rows(label: str, paradigm: nn.Module, bench: DictConfig, device: torch.device) -> list[dict]:
     """Images/s of a bf16 training step per masked-attention path in ``bench.train_attention``
     (FlexAttention only on a GPU, where the paradigm trains under a mask on the LLaMA backbone)."""
-    flex = device.type == "cuda" and isinstance(paradigm, SequenceParadigm)  # FlexAttention trains on GPUs only
+    flex = device.type == "cuda" and paradigm.flex_attention_training  # FlexAttention trains on GPUs only
     paths = [a for a in bench.train_attention if a == "dense" or (a == "flex" and flex)]
     rows = []
     for attention in paths:

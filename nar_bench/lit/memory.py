@@ -41,8 +41,8 @@ class TrainingMemory:
 def estimate_training_memory(cfg: DictConfig, codes: CodeSpace, num_classes: int) -> TrainingMemory:
     """Lower-bound training memory of ``cfg.model`` on ``codes`` at ``cfg.data.batch_size`` per device.
     The paradigm is built on the meta device: its parameters are counted exactly, nothing is allocated."""
-    from nar_bench.config import model_dims
     from nar_bench.paradigms import build_paradigm
+    from nar_bench.paradigms.model_config import model_dims
 
     with torch.device("meta"):
         paradigm = build_paradigm(cfg, codes, num_classes)

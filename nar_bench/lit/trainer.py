@@ -11,8 +11,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
 
+from nar_bench.checkpoints import check_torch_file
 from nar_bench.errors import NarBenchError
 from nar_bench.lit.progress import StepProgressBar
+from nar_bench.paradigms.model_config import check_model
+from nar_bench.tokenizers.checks import check_tokenizer_inputs
 
 
 def uses_gpu(trainer_cfg: DictConfig) -> bool:
@@ -61,3 +64,27 @@ def check_inputs(cfg: DictConfig) -> None:
     for key, path in (("model.checkpoint", cfg.model.checkpoint), ("tokenizer.checkpoint", cfg.tokenizer.checkpoint)):
         if path and not Path(path).is_file():
             raise NarBenchError(f"{key}: file '{path}' not found; download it or point {key} at the right path")
+
+
+def check_generator_inputs(cfg: DictConfig) -> None:
+    """What a generator run needs, checked before any model, run or folder is created: the model
+    section (paradigm, size, options), readable weights files, the tokenizer (a learned one has a
+    checkpoint or ``tokenizer.untrained=true``; data.grid_size is the grid it makes) and the geometry."""
+    check_model(cfg.model)
+    for key, path in (("model.checkpoint", cfg.model.checkpoint), ("tokenizer.checkpoint", cfg.tokenizer.checkpoint)):
+        if path and Path(path).is_file():
+            check_torch_file(path, key)
+    check_tokenizer_inputs(cfg)
+
+
+def check_sweep_inputs(points: list[tuple[str, DictConfig]]) -> None:
+    """:func:`check_generator_inputs` and ``check_eval_inputs`` of every sweep point, before the
+    first one trains (a bad last point must not fail after hours of training)."""
+    from nar_bench.evaluation.scoring import check_eval_inputs  # evaluation builds on lit: imported when used
+
+    for name, point_cfg in points:
+        try:
+            check_generator_inputs(point_cfg)
+            check_eval_inputs(point_cfg)
+        except NarBenchError as err:
+            raise NarBenchError(f"sweep point '{name}': {err}") from None

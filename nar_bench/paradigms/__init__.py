@@ -6,6 +6,7 @@ import pkgutil
 from omegaconf import DictConfig
 
 from nar_bench.paradigms.base import Paradigm
+from nar_bench.paradigms.model_config import paradigm_options, transformer_config
 from nar_bench.registry import PARADIGMS
 from nar_bench.tokenizers.base import CodeSpace
 
@@ -15,7 +16,5 @@ for _module in pkgutil.iter_modules(__path__):
 
 def build_paradigm(cfg: DictConfig, codes: CodeSpace, num_classes: int) -> Paradigm:
     """The paradigm of ``cfg.model`` on the code space ``codes`` (the tokenizer's ``code_space``)."""
-    from nar_bench.config import paradigm_options, transformer_config
-
     model = transformer_config(cfg.model, codes.vocab_size, num_classes)
     return PARADIGMS[cfg.model.paradigm](model, codes, paradigm_options(cfg.model))

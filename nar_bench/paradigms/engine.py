@@ -10,13 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nar_bench.errors import NarBenchError
 from nar_bench.nn.fused_decode import enable_fused_decode
 from nar_bench.nn.modes import eval_mode
 from nar_bench.nn.sampling import SamplingConfig, sample_step, with_null_class
 from nar_bench.nn.transformer import Transformer, TransformerConfig, condition_rope, rope_table, setup_kv_caches
 from nar_bench.paradigms.base import Paradigm, grid_coords
-from nar_bench.tokenizers.base import RASTER, CodeSpace
+from nar_bench.tokenizers.base import CodeSpace
 
 
 class SequenceParadigm(Paradigm):
@@ -28,10 +27,9 @@ class SequenceParadigm(Paradigm):
     states become logits for their targets).
     """
 
+    flex_attention_training = True
+
     def __init__(self, model: TransformerConfig, codes: CodeSpace, options: Any = None):
-        if codes.layout != RASTER:
-            raise NarBenchError(f"paradigm '{self.name}' decodes raster code grids, but the tokenizer's codes are "
-                                f"{codes.layout}; use a raster tokenizer (palette, vq) or model.paradigm=var")
         super().__init__(model, codes, options)
         self.backbone = Transformer(self.backbone_config(model))
         rope = None  # absolute position embeddings live in the backbone instead

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,7 @@ from nar_bench.nn.sampling import SamplingConfig, guided_logits, sample, with_nu
 from nar_bench.nn.transformer import Transformer, TransformerConfig, condition_rope, rope_table
 from nar_bench.paradigms.base import Paradigm, grid_coords
 from nar_bench.registry import PARADIGMS
-from nar_bench.tokenizers.base import RASTER, CodeSpace
+from nar_bench.tokenizers.base import CodeSpace
 
 SCHEDULES = ("cosine", "linear")
 
@@ -115,14 +116,22 @@ def sampled_log_prob(logits: Tensor, ids: Tensor) -> Tensor:
     return logits.gather(-1, ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
 
 
+class DecodeState(NamedTuple):
+    """What one decoding step reads: codes and mask (B, N) (committed codes; a placeholder where still
+    masked), condition labels (B'), and the raster indices still masked (B, m)."""
+
+    tokens: Tensor
+    masked: Tensor
+    cond: Tensor
+    pending: Tensor
+
+
 @PARADIGMS.register("maskgit")
 class MaskGIT(Paradigm):
     Options = MaskGITOptions
+    fixed_schedule = False  # confidence decides which tokens each step commits
 
     def __init__(self, model: TransformerConfig, codes: CodeSpace, options: MaskGITOptions | None = None):
-        if codes.layout != RASTER:
-            raise NarBenchError(f"maskgit fills a raster code grid, but the tokenizer's codes are {codes.layout}; "
-                                "use a raster tokenizer (palette, vq)")
         super().__init__(model, codes, options)
         opt = self.options
         self.masked_after = masked_counts(self.num_tokens, opt.steps, opt.schedule)  # fails before building
@@ -205,6 +214,20 @@ class MaskGIT(Paradigm):
         index = (self.model_cfg.cls_token_num + pending).repeat(rows, 1)
         return self.backbone.head(h.gather(1, index[..., None].expand(-1, -1, h.shape[-1])))
 
+    def step_logits(self, step: int, fed: DecodeState) -> Tensor:
+        """``masked_logits`` of the step's state: logits (B', m, V) of the positions still masked."""
+        return self.masked_logits(*fed)
+
+    def step_positions(self, step: int, fed: DecodeState) -> Tensor:
+        return fed.pending
+
+    def forward_at_step(self, tokens: Tensor, labels: Tensor, step: int) -> Tensor:
+        """``forward`` with every token committed at ``step`` or later (latest ``generate``) masked."""
+        if self._token_steps is None:
+            raise NarBenchError("maskgit records its decoding order in generate(); call it before forward_at_step()")
+        masked = self._token_steps >= step
+        return self(tokens, labels, masked.repeat(tokens.shape[0] // masked.shape[0], 1))
+
     def compile_decoding(self) -> bool:
         """Runs every block of the decoding forward through the shared fused regions
         (``nar_bench.nn.fused_decode``: norm + QKV + RoPE, then wo + norm + SwiGLU + residuals, with
@@ -229,7 +252,8 @@ class MaskGIT(Paradigm):
         token_steps = labels.new_full((b, n), -1)
         guided = self.guided_steps(sampling)
         for s, (keep, temperature) in enumerate(zip(self.step_counts(), self.choice_temperatures(), strict=True)):
-            logits = guided_logits(self.masked_logits(tokens, masked, cond, pending), sampling, guided[s])  # (B, m, V)
+            state = DecodeState(tokens, masked, cond, pending)
+            logits = guided_logits(self.step_logits(s, state), sampling, guided[s])  # (B, m, V)
             ids = sample(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)  # (B, m)
             confidence = sampled_log_prob(logits, ids)
             if temperature > 0:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nar_bench.checkpoints import Layout, llamagen_key_map
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.sampling import guided_while_tokens_before_at_most
 from nar_bench.nn.transformer import RMSNorm, TransformerBlock, TransformerConfig
@@ -150,9 +151,22 @@ def mixed_head_logits(inputs: Sequence[Tensor], projections: Sequence[tuple[nn.M
     return logits
 
 
+def nar_key_map(model: nn.Module) -> dict[str, str]:
+    """NAR-images GPT: LlamaGen GPT + vertical block as layers.{L} + medusa_norm / medusa_output."""
+    renames = {"vertical_block.": f"layers.{model.model_cfg.n_layers}.",
+               "vertical_norm.": "medusa_norm.", "vertical_output.": "medusa_output."}
+    mapping = llamagen_key_map(model)  # heads=single has no vertical keys: plain LlamaGen layout
+    for k in model.state_dict():
+        for ours, official in renames.items():
+            if k.startswith(ours):
+                mapping[k] = official + k.removeprefix(ours)
+    return mapping
+
+
 @PARADIGMS.register("nar")
 class NAR(SequenceParadigm):
     Options = NAROptions
+    official_layout = Layout(nar_key_map)
     grid_axes: tuple[str, ...] = ("H", "W")
     other_grids = "for T x H x W video use model.paradigm=nar_video"
 

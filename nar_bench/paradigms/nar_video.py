@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor, nn
 
+from nar_bench.checkpoints import Layout, llamagen_key_map
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.sampling import guided_while_tokens_before_at_most
 from nar_bench.nn.transformer import RMSNorm, TransformerConfig
@@ -69,12 +70,45 @@ class VideoNAROptions:
                                 f"{self.back_blocks}")
 
 
+NAR_VIDEO_HEADS = {"backbone.norm.": "norm_R.", "backbone.output.": "output_R.", "down_norm.": "norm_D.",
+                   "down_output.": "output_D.", "back_norm.": "norm_B.", "back_output.": "output_B."}
+
+
+def nar_video_key_map(model: nn.Module) -> dict[str, str]:
+    """NAR-videos LARP_AR: LlamaGen names for embeddings and the whole stack (``layers.0 ..
+    L + a + b - 1``), the right / down / back heads as ``norm_R / output_R``, ``norm_D / output_D``,
+    ``norm_B / output_B`` and the absolute position table as ``abs_pe`` (a parameter when learned,
+    a buffer under use_fixed_pe: both saved)."""
+    mapping = llamagen_key_map(model) | {"backbone.pos_embedding": "abs_pe"}
+    for k in model.state_dict():
+        for ours, official in NAR_VIDEO_HEADS.items():
+            if k.startswith(ours):
+                mapping[k] = official + k.removeprefix(ours)
+    return mapping
+
+
+NAR_VIDEO_HINTS = {
+    r"abs_pe": "position rows = condition tokens + T*H*W: the released models use a 4 x 16 x 16 grid (1025 rows); "
+               "set data.frames / data.grid_size to match",
+    r"cls_embedding\..*": "number of classes + 1 null row differs (UCF-101: 101 classes)",
+    r"tok_embeddings\.weight|output_[RDB]\.weight": "vocabulary differs: the LARP tokenizer has 8192 codes",
+    r"layers\..*": "depth or width differs: model.size=L (llama-abs-L) or LP (llama-abs-LP), and "
+                   "model.options.down_blocks / back_blocks (official attn_num_back / attn_num_down, 1 each)",
+}
+
+
 @PARADIGMS.register("nar_video")
 class VideoNAR(SequenceParadigm):
     """NAR-videos' LARP_AR: absolute positions, a stack of L + down_blocks + back_blocks blocks with
     the right / down / back heads tapped after block L, L + down_blocks and the last one."""
 
     Options = VideoNAROptions
+    video = True
+    tiny_overrides = ("data.name=moving_shapes", "data.frames=2")  # 2 x 4 x 4 clips
+    official_layout = Layout(nar_video_key_map, derived=r"freqs_cis|layers\.\d+\.attention\.kv_cache\..*",
+                             hints=NAR_VIDEO_HINTS,
+                             download="download the NAR authors' released NAR-videos checkpoint (NAR-L / NAR-LP on "
+                                      "UCF-101) and point model.checkpoint at it")
 
     def __init__(self, model: TransformerConfig, codes: CodeSpace, options: VideoNAROptions | None = None):
         if len(codes.grid) != 3:

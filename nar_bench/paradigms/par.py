@@ -29,12 +29,14 @@ rotary rows like the condition tokens (official PAR and LlamaGen convention).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from nar_bench.checkpoints import PAR_TRANSITION_KEY, Layout, llamagen_key_map
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.transformer import TransformerConfig
 from nar_bench.paradigms.base import visibility_mask
@@ -61,8 +63,28 @@ def region_layout(grid: tuple[int, ...], regions: int) -> Tensor:
     return raster.permute(0, 2, 1, 3).reshape(regions, rh * rw)
 
 
+def par_key_map(model: nn.Module) -> dict[str, str]:
+    """PAR GPT (PAR-XL-4x.pt, PAR-3B-16x.pt, ...): LlamaGen GPT + the n-1 transition tokens, which
+    PAR's gpt.py keeps as an embedding table of ``spe_token_num`` = n-1 rows."""
+    return llamagen_key_map(model) | {"transition_tokens": PAR_TRANSITION_KEY}
+
+
+def check_par(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    if PAR_TRANSITION_KEY not in state:
+        raise NarBenchError(
+            f"no transition tokens under '{PAR_TRANSITION_KEY}' in the checkpoint (is it a LlamaGen, not a PAR, "
+            "checkpoint?); load_par_checkpoint(..., transition_key=<name>) reads files that store them elsewhere")
+    rows = state[PAR_TRANSITION_KEY].shape[0]
+    if rows != model.num_regions - 1:
+        raise NarBenchError(f"the checkpoint has {rows} transition tokens, i.e. {rows + 1} regions, but "
+                            f"model.options.regions={model.num_regions}; set model.options.regions={rows + 1}")
+
+
 @PARADIGMS.register("par")
 class PAR(SequenceParadigm):
+    official_layout = Layout(par_key_map, check=check_par,
+                             download="download e.g. PAR-XL-4x.pt from the PAR release and point model.checkpoint "
+                                      "at it")
 
     @dataclass
     class Options:

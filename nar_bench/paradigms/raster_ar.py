@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from nar_bench.checkpoints import Layout, llamagen_key_map
 from nar_bench.paradigms.base import visibility_mask
 from nar_bench.paradigms.engine import SequenceParadigm
 from nar_bench.registry import PARADIGMS
@@ -12,6 +13,7 @@ from nar_bench.registry import PARADIGMS
 
 @PARADIGMS.register("ar")
 class RasterAR(SequenceParadigm):
+    official_layout = Layout(llamagen_key_map)  # LlamaGen's c2i_*.pt
 
     def schedule(self) -> list[Tensor]:
         return list(torch.arange(self.num_tokens).view(-1, 1))

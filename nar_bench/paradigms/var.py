@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from nar_bench.checkpoints import Layout
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.adaln import AdaLNBeforeHead, AdaLNSelfAttn, fused_adaln_decode
 from nar_bench.nn.modes import eval_mode
@@ -41,6 +42,28 @@ class VAROptions:
     drop_path: float | None = None  # stochastic depth at the last block; None = VAR's 0.1 * depth / 24
 
 
+def var_buffers(var: nn.Module) -> dict[str, Tensor]:
+    """The buffers VAR's own ``load_state_dict(strict=True)`` expects: level ids, the additive
+    attention mask and each block's zero k-bias."""
+    bias = torch.zeros(var.mask.shape).masked_fill(~var.mask.cpu(), float("-inf"))
+    buffers = {"lvl_1L": var.lvl_1L.view(1, -1).clone(), "attn_bias_for_masking": bias[None, None]}
+    for i, block in enumerate(var.blocks):
+        buffers[f"blocks.{i}.attn.zero_k_bias"] = torch.zeros_like(block.attn.q_bias)
+    return buffers
+
+
+VAR_HINTS = {
+    r"pos_1LC|lvl_embed\.weight|pos_start": "token count / scales differ: official checkpoints use "
+                                           "tokenizer.options.scales=[1,2,3,4,5,6,8,10,13,16]",
+    r"class_emb\.weight": "number of classes + 1 null class differs (ImageNet: 1000)",
+    r"head\.(weight|bias)": "vocabulary differs: the official msvq codebook has 4096 codes",
+    r"word_embed\.weight": "latent channels differ: set tokenizer.options.z_channels to the checkpoint's",
+    r"blocks\.\d+\.attn\.scale_mul_1H11": "attention l2-norm setting differs: set model.options.attn_l2_norm "
+                                          "(true for the released checkpoints)",
+    r"blocks\..*|head_nm\..*": "width or depth differs: VAR width is 64 * depth; use model.size=d<depth>",
+}
+
+
 @PARADIGMS.register("var")
 class VAR(Paradigm):
     """Next-scale prediction with AdaLN blocks. Width ``model.dim`` (VAR: 64 * depth), heads
@@ -50,6 +73,17 @@ class VAR(Paradigm):
     VAR's sampler has no cfg_interval: ``cfg_schedule=official`` with an interval is refused."""
 
     Options = VAROptions
+    code_layout = MULTISCALE
+    # a tiny msvq: 16 px images -> 8 x 8 latent (downsample 2), scales 1, 2, 4, 8 (85 codes, 4 steps)
+    tiny_overrides = ("tokenizer.name=msvq", "tokenizer.options.ch=8", "tokenizer.options.ch_mult=[1,2]",
+                      "tokenizer.options.norm_groups=4", "tokenizer.options.vocab_size=32",
+                      "tokenizer.options.z_channels=8", "tokenizer.options.scales=[1,2,4,8]",
+                      "tokenizer.untrained=true", "data.grid_size=8")
+    # var_d{16,20,24,30}.pth use VAR's own parameter names; the buffers VAR rebuilds are not loaded
+    official_layout = Layout(derived=r"lvl_1L|attn_bias_for_masking|blocks\.\d+\.attn\.zero_k_bias",
+                             official_buffers=var_buffers, hints=VAR_HINTS,
+                             download="download var_d{16,20,24,30}.pth from the VAR release (Hugging Face, "
+                                      "FoundationVision/var) and point model.checkpoint at it")
     # VAR's models/var.py: drop_rate = attn_drop_rate = 0, cond_drop_rate 0.1 (stochastic depth is
     # Options.drop_path); token_dropout has no counterpart here.
     default_dropouts = {"token_dropout": 0.0, "resid_dropout": 0.0, "ffn_dropout": 0.0, "class_dropout": 0.1}
@@ -142,6 +176,10 @@ class VAR(Paradigm):
     def _logits(self, h: Tensor, cond: Tensor) -> Tensor:
         return self.head(self.head_nm(h, cond)).float()
 
+    def step_logits(self, step: int, fed: tuple[Tensor, Tensor]) -> Tensor:
+        """Logits (B', scale^2, V) of scale ``step`` from ``fed`` = (its blocks' output, class condition)."""
+        return self._logits(*fed)
+
     def forward(self, tokens: Tensor, labels: Tensor) -> Tensor:
         """Teacher-forced logits (B, L, V) for multi-scale codes ``tokens`` (B, L); row n predicts code n."""
         b = tokens.shape[0]
@@ -177,7 +215,7 @@ class VAR(Paradigm):
             h = x
             for block in self.blocks:
                 h = block(h, cond, cache_start=begin)
-            idx = sample_step(self._logits(h, cond), sampling, guided[si], generator, scale)
+            idx = sample_step(self.step_logits(si, (h, cond)), sampling, guided[si], generator, scale)
             out[:, begin:end] = idx
             f_hat, nxt = tok.next_input(si, f_hat, idx)
             if nxt is not None:

@@ -31,6 +31,7 @@ from nar_bench.images import save_gif, to_uint8
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.paradigms.base import Paradigm
+from nar_bench.registry import PARADIGMS
 from nar_bench.tokenizers.base import RASTER, Tokenizer
 from nar_bench.tracking.mlflow import log_artifact
 
@@ -155,12 +156,18 @@ def log_order_gif(module: GeneratorModule, logger, label: int = 0, seed: int = 0
         log_artifact(logger, path, "order")
 
 
+def image_paradigms() -> list[str]:
+    """Registered paradigms whose codes are raster H x W image grids (what the default config draws)."""
+    return [name for name, cls in sorted(PARADIGMS.items()) if cls.code_layout == RASTER and not cls.video]
+
+
 def write_order_gifs(out_dir: str | Path = "results/runs/order",
-                     paradigms: Sequence[str] = ("ar", "nar", "par", "maskgit"),
+                     paradigms: Sequence[str] | None = None,
                      config: str | Path = "experiments/demo.yaml", overrides: Sequence[str] = (),
                      checkpoints: dict[str, str] | None = None, label: int = 0, overwrite: bool = False,
                      command: str | None = None) -> list[Path]:
-    """``<out_dir>/order_<paradigm>.gif`` for each paradigm, plus provenance.json: from its Lightning
+    """``<out_dir>/order_<paradigm>.gif`` for each paradigm (default: every registered one that draws
+    H x W images from raster codes, ``image_paradigms``), plus provenance.json: from its Lightning
     checkpoint when ``checkpoints`` names one, else from a freshly initialised model of ``config``
     (random tokens, same order; captioned "untrained"). A folder holding committed results is
     refused before anything is built, unless ``overwrite``."""
@@ -169,6 +176,7 @@ def write_order_gifs(out_dir: str | Path = "results/runs/order",
     from nar_bench.tracking.provenance import guard_output, provenance, write_provenance
 
     guard_output(out_dir, overwrite)
+    paradigms = list(paradigms or image_paradigms())
     prov = provenance(command, "cpu")  # before any GIF is written: the commit is the code's, not -dirty
     checkpoints = checkpoints or {}
     for name, path in checkpoints.items():

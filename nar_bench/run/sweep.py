@@ -31,12 +31,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from nar_bench.config import check_sweep_inputs, expand_sweep
+from nar_bench.config import expand_sweep
 from nar_bench.errors import NarBenchError
 from nar_bench.evaluation import evaluate
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.lit.progress import point_line
-from nar_bench.lit.trainer import uses_gpu
+from nar_bench.lit.trainer import check_sweep_inputs, uses_gpu
 from nar_bench.run.train import finish_run, fit
 from nar_bench.tracking.lifecycle import run_end_status
 from nar_bench.tracking.mlflow import client, make_logger, parent_run

@@ -15,14 +15,13 @@ import torch
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, open_dict, read_write
 
-from nar_bench.config import check_generator_inputs
 from nar_bench.errors import NarBenchError
 from nar_bench.evaluation import check_eval_inputs, evaluate
 from nar_bench.images import save_samples
 from nar_bench.lit.data import GeneratorDataModule
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.lit.progress import run_folder_line
-from nar_bench.lit.trainer import check_inputs, make_trainer, run_directory, uses_gpu
+from nar_bench.lit.trainer import check_generator_inputs, check_inputs, make_trainer, run_directory, uses_gpu
 from nar_bench.nn.transformer import count_parameters
 from nar_bench.tracking.lifecycle import interruptible, run_end_status, sqlite_path
 from nar_bench.tracking.mlflow import client, log_artifact, make_logger, tracking_uri

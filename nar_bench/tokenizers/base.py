@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
+from nar_bench.checkpoints import Layout
 from nar_bench.errors import NarBenchError
 
 Config = TypeVar("Config")
@@ -56,6 +57,7 @@ class Tokenizer(nn.Module, ABC):
     vocab_size: int
     grid: tuple[int, ...]
     learned: bool = False  # its codes come from trained weights (tokenizer.checkpoint), e.g. vq, msvq
+    official_layout: Layout | None = None  # how a released checkpoint maps onto it (nar_bench.checkpoints)
 
     @classmethod
     def config_grid(cls, cfg: Any) -> tuple[int, ...] | None:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nar_bench.checkpoints import TOKENIZER_FIX, Layout, load_tokenizer_weights
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.conv_vae import ConvVAEConfig, Decoder, Encoder
 from nar_bench.registry import TOKENIZERS
@@ -173,9 +174,29 @@ class ResidualQuantizer(nn.Module):
         return f_hat, F.interpolate(f_hat, size=(nxt, nxt), mode="area").flatten(2).transpose(1, 2)
 
 
+def msvq_buffers(tokenizer: nn.Module) -> dict[str, Tensor]:
+    """VAR's codebook-usage statistics (zeros: they do not change the codes)."""
+    return {"quantize.ema_vocab_hit_SV": torch.zeros(len(tokenizer.scales), tokenizer.vocab_size)}
+
+
+MSVQ_HINTS = {
+    r"quantize\.embedding\.weight": "codebook size / latent channels differ: set tokenizer.options.vocab_size "
+                                    "and z_channels (official: preset vae_ch160v4096z32)",
+    r"quantize\.quant_resi\..*": "phi convs differ: set tokenizer.options.share_quant_resi / quant_resi",
+    r"(encoder|decoder)\..*|(post_)?quant_conv\..*": "encoder/decoder layout differs: set tokenizer.options "
+                                                   "(ch, ch_mult, num_res_blocks, using_sa, using_mid_sa) or "
+                                                   "preset=vae_ch160v4096z32 for the official file",
+}
+
+
 @TOKENIZERS.register("msvq")
 class MultiScaleVQ(Tokenizer):
     """Images in [-1, 1] <-> multi-scale codes (B, sum pn^2); ``grid`` is the last scale's map."""
+
+    official_layout = Layout(derived=r"quantize\.ema_vocab_hit_SV", official_buffers=msvq_buffers, hints=MSVQ_HINTS,
+                             tokenizer_fix=TOKENIZER_FIX,
+                             download="download vae_ch160v4096z32.pth from the VAR release, or train one "
+                                      "(nar-bench train-tokenizer), and set tokenizer.checkpoint to it")
 
     def __init__(self, cfg: MSVQConfig | None = None):
         super().__init__()
@@ -211,9 +232,7 @@ class MultiScaleVQ(Tokenizer):
                 f"{latent} or change tokenizer.options.ch_mult (downsample = 2 ** (len(ch_mult) - 1))")
         tok = cls(tcfg)
         if cfg.tokenizer.checkpoint:
-            from nar_bench.checkpoints import load_tokenizer_weights
-
-            load_tokenizer_weights(tok, cfg.tokenizer.checkpoint, "msvq")
+            load_tokenizer_weights(tok, cfg.tokenizer.checkpoint)
         return tok
 
     @property

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nar_bench.checkpoints import TOKENIZER_FIX, Layout, load_tokenizer_weights
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.llamagen_vae import ConvNetConfig, Decoder, Encoder
 from nar_bench.registry import TOKENIZERS
@@ -97,6 +98,12 @@ class VectorQuantizer(nn.Module):
 class VQTokenizer(Tokenizer):
     """Images in [-1, 1] (B, 3, H, W) <-> codes (B, h*w), h = H / downsample, raster order."""
 
+    official_layout = Layout(optional=("quantize.codebook_used",),  # a usage log, not a weight
+                             tokenizer_fix=f"{TOKENIZER_FIX} (preset vq_ds16 for vq_ds16_c2i.pt)",
+                             download="download LlamaGen's VQ-16 tokenizer vq_ds16_c2i.pt (Hugging Face, "
+                                      "FoundationVision/LlamaGen) and set tokenizer.checkpoint to its path, or train "
+                                      "one (nar-bench train-tokenizer)")
+
     def __init__(self, cfg: VQConfig | None = None, image_size: int = 256):
         super().__init__()
         self.cfg = cfg or VQConfig()
@@ -122,9 +129,7 @@ class VQTokenizer(Tokenizer):
         loads ``tokenizer.checkpoint`` when set (official or nar-bench, weights under "model")."""
         tok = cls(vq_config(cfg.tokenizer.get("options") or {}), cfg.data.image_size)
         if cfg.tokenizer.checkpoint:
-            from nar_bench.checkpoints import load_tokenizer_weights
-
-            load_tokenizer_weights(tok, cfg.tokenizer.checkpoint, "vq")
+            load_tokenizer_weights(tok, cfg.tokenizer.checkpoint)
         return tok
 
     def latents(self, images: Tensor) -> Tensor:
