@@ -5,8 +5,6 @@ a few steps into a tmp cache, a tmp SQLite MLflow store.
 """
 
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from nar_bench.errors import NarBenchError
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.run.evaluate import balanced_labels, evaluate, generate_samples
 from nar_bench.tracking.mlflow import make_logger
-from tests.conftest import randomize_heads
+from tests.conftest import randomize_heads, run_python
 
 TINY = ["model.size=tiny", "data.image_size=16", "data.grid_size=4", "trainer.accelerator=cpu",
         "eval.num_samples=32", "eval.batch_size=16", "eval.reference_size=64", "eval.samples_per_class=2",
@@ -115,7 +113,6 @@ def test_ddp_generation_gathers_every_rank_onto_rank_zero_in_label_order(tmp_pat
     script = tmp_path / "ddp_generate.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT.format(overrides=overrides)))
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "PYTHONPATH": str(root)})
+    done = run_python([str(script)], {**os.environ, "PYTHONPATH": str(root)}, cwd=root)
     results = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
     assert results == ["RESULT True True"], done.stdout[-2000:] + done.stderr[-2000:]
