@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -173,3 +174,18 @@ def run_python(args: list[str], env: dict[str, str] | None = None, cwd: Path = R
     """``python <args>`` run to completion under the hang guard (:func:`start_python`, :func:`finish`)."""
     return finish(start_python(args, env, cwd))
 
+
+@contextlib.contextmanager
+def reduction_lengths(module: torch.nn.Module) -> Iterator[list[int]]:
+    """Yields a list that collects, for every Conv / Linear call inside ``module`` while the block
+    runs, the length K of its dot products (in_channels / groups x kernel area, or in_features):
+    what fp32 rounding error scales with."""
+    lengths: list[int] = []
+    layers = [m for m in module.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+                                                             torch.nn.Linear))]
+    hooks = [m.register_forward_hook(lambda m, args, out: lengths.append(m.weight[0].numel())) for m in layers]
+    try:
+        yield lengths
+    finally:
+        for hook in hooks:
+            hook.remove()
