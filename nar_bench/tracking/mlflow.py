@@ -38,6 +38,9 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests child runs u
 COMMIT_TAG, DEVICE_TAG = "nar_bench.commit", "nar_bench.device"
 SWEEP_KEY_TAG = "nar_bench.sweep_key"  # on sweep parents: hash of the sweep's settings (finds it again to resume)
 RUN_DIR_TAG = "nar_bench.run_dir"  # on training runs: their folder (checkpoints/last.ckpt, to resume)
+# MLflow 3's UI opens an experiment in the model-training view (runs, metrics) for this kind and in
+# the GenAI view (traces) for "genai_development"; untagged, it guesses from what the experiment holds
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def origin_tags() -> dict[str, str]:
@@ -79,14 +82,18 @@ def client(tracking: DictConfig) -> MlflowClient:
 
 def experiment_id(tracking: DictConfig) -> str:
     """The id of ``tracking.experiment``, created (with our artifact location) on first use, under the
-    store's lock (two processes could otherwise both create it). On this process's first use of a
-    store, runs left RUNNING by dead processes of this host are marked KILLED."""
+    store's lock (two processes could otherwise both create it), and tagged as a model-training
+    experiment if it is not tagged with a kind. On this process's first use of a store, runs left
+    RUNNING by dead processes of this host are marked KILLED."""
     c = client(tracking)
     uri = tracking_uri(tracking)
     with store_lock(uri):
         exp = c.get_experiment_by_name(tracking.experiment)
         exp_id = exp.experiment_id if exp is not None else c.create_experiment(
-            tracking.experiment, artifact_location=artifact_location(tracking))
+            tracking.experiment, artifact_location=artifact_location(tracking),
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        if exp is not None and EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older nar-bench or by hand
+            c.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mark_dead_runs_killed(c, uri)
     return exp_id
 
