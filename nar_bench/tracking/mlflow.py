@@ -18,6 +18,7 @@ from pathlib import Path
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
@@ -30,6 +31,7 @@ from nar_bench.tracking.lifecycle import (
     store_lock,
 )
 from nar_bench.tracking.provenance import device_description, git_commit
+from nar_bench.tracking.store_schema import check_store_schema
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,11 @@ def client(tracking: DictConfig) -> MlflowClient:
     uri = tracking_uri(tracking)
     if uri not in _stores:
         with store_lock(uri):
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            try:
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            except MlflowException:
+                check_store_schema(uri)  # a store of a newer MLflow: one line, not MLflow's advice to upgrade it
+                raise
         _stores.add(uri)
     return MlflowClient(tracking_uri=uri)
 

@@ -27,7 +27,7 @@ from omegaconf import DictConfig  # noqa: E402
 import nar_bench.metrics  # noqa: E402, F401  (registers the metrics' directions)
 from nar_bench.errors import NarBenchError  # noqa: E402
 from nar_bench.registry import METRIC_DIRECTIONS  # noqa: E402
-from nar_bench.tracking.mlflow import COMMIT_TAG, DEVICE_TAG, PARENT_TAG, tracking_uri  # noqa: E402
+from nar_bench.tracking.mlflow import COMMIT_TAG, DEVICE_TAG, PARENT_TAG, client, tracking_uri  # noqa: E402
 from nar_bench.tracking.provenance import provenance_line, write_provenance  # noqa: E402
 
 METRICS = ("fid", "is", "precision", "recall", "kid", "class_accuracy")  # table order, when present
@@ -51,6 +51,7 @@ def search_runs(tracking: DictConfig) -> pd.DataFrame:
     if uri.startswith(prefix) and not Path(uri[len(prefix):]).is_file():  # don't create an empty store
         raise NarBenchError(f"no MLflow store at '{uri[len(prefix):]}'; run a sweep first (e.g. make ablation-heads) "
                             "or point tracking.tracking_uri at the store")
+    client(tracking)  # opens the store: one line if a newer MLflow wrote it
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(tracking.experiment) is None:
         raise NarBenchError(f"no MLflow experiment '{tracking.experiment}' in {tracking.tracking_uri}; run a sweep "
