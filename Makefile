@@ -99,8 +99,10 @@ throughput-sweep: $(STAMP)
 order-gifs: $(STAMP)
 	$(BIN)/nar-bench order-gifs $(ARGS)
 
+# The web UI is the full mlflow package at exactly the installed mlflow-skinny's version (installed on
+# first use): both own the same mlflow/ files, so another version would replace the tracking client.
 mlflow-ui: $(STAMP)
-	@$(BIN)/pip show -q mlflow 2>/dev/null || $(BIN)/pip install -q --no-compile -e ".[ui]"  # the UI extra, once
+	@$(BIN)/python scripts/install_mlflow_ui.py
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlruns.db \
 		--default-artifact-root $(CURDIR)/results/mlartifacts --host 127.0.0.1 --port 5000
 
