@@ -103,6 +103,8 @@ order-gifs: $(STAMP)
 # first use): both own the same mlflow/ files, so another version would replace the tracking client.
 mlflow-ui: $(STAMP)
 	@$(BIN)/python scripts/install_mlflow_ui.py
+	@echo "MLflow 3.18's UI opens experiments in its GenAI view until 'Model training' is chosen at the top of its" \
+		"sidebar (once per browser), or use http://127.0.0.1:5000/#/experiments/<id>/runs?workflowType=machine_learning"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlruns.db \
 		--default-artifact-root $(CURDIR)/results/mlartifacts --host 127.0.0.1 --port 5000
 

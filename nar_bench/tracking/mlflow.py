@@ -40,8 +40,8 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests child runs u
 COMMIT_TAG, DEVICE_TAG = "nar_bench.commit", "nar_bench.device"
 SWEEP_KEY_TAG = "nar_bench.sweep_key"  # on sweep parents: hash of the sweep's settings (finds it again to resume)
 RUN_DIR_TAG = "nar_bench.run_dir"  # on training runs: their folder (checkpoints/last.ckpt, to resume)
-# MLflow 3's UI opens an experiment in the model-training view (runs, metrics) for this kind and in
-# the GenAI view (traces) for "genai_development"; untagged, it guesses from what the experiment holds
+# MLflow's marker of a model-training experiment ("genai_development": GenAI); MLflow 3's UI sets and
+# reads it, though 3.18's picks the view from its sidebar switch instead (results/mlflow_ui/README.md)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
