@@ -1,6 +1,7 @@
 # User-facing verbs. Every target bootstraps .venv on first use.
 #   make demo    train + sample the embedded default (synthetic shapes, local MLflow store, CPU ok)
-#   make test    run the test suite
+#   make test    run the test suite (with its 15 slowest tests)
+#   make test-under-load   make test while 2 x cores busy processes compete (a shared machine); pass/fail + time
 #   make throughput-sweep   paradigm x size x batch size throughput sweep (GPU; eager on CPU) -> results/runs/throughput/
 #   make order-gifs  results/runs/order/order_{ar,nar,par,maskgit}.gif: generation order, one GIF frame per decoding step
 #                    (tiny random models; ARGS="--ckpt nar=path/last.ckpt ..." for trained ones)
@@ -25,8 +26,8 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= experiments/demo.yaml
 ARGS   ?=
 
-.PHONY: setup demo train test lint throughput-sweep order-gifs mlflow-ui clean ablation-heads cfg-sweep report \
-	evaluate reference real-photos-demo
+.PHONY: setup demo train test test-under-load lint throughput-sweep order-gifs mlflow-ui clean ablation-heads cfg-sweep \
+	report evaluate reference real-photos-demo
 
 $(STAMP): pyproject.toml
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
@@ -84,7 +85,11 @@ real-photos-demo: $(STAMP)
 	done
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(ARGS)
+
+# ARGS (tests to select) reaches the inner `make test` through make's own command-line variables
+test-under-load: $(STAMP)
+	$(BIN)/python scripts/test_under_load.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check nar_bench tests
@@ -94,8 +99,12 @@ throughput-sweep: $(STAMP)
 order-gifs: $(STAMP)
 	$(BIN)/nar-bench order-gifs $(ARGS)
 
+# The web UI is the full mlflow package at exactly the installed mlflow-skinny's version (installed on
+# first use): both own the same mlflow/ files, so another version would replace the tracking client.
 mlflow-ui: $(STAMP)
-	@$(BIN)/pip show -q mlflow 2>/dev/null || $(BIN)/pip install -q --no-compile -e ".[ui]"  # the UI extra, once
+	@$(BIN)/python scripts/install_mlflow_ui.py
+	@echo "MLflow 3.18's UI opens experiments in its GenAI view until 'Model training' is chosen at the top of its" \
+		"sidebar (once per browser), or use http://127.0.0.1:5000/#/experiments/<id>/runs?workflowType=machine_learning"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlruns.db \
 		--default-artifact-root $(CURDIR)/results/mlartifacts --host 127.0.0.1 --port 5000
 

@@ -1,4 +1,14 @@
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 import torch
@@ -94,3 +104,88 @@ def random_inception_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("inception") / "inception-random.pth"
     torch.save(random_init.state_dict(), path)
     return path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# The one time limit of the subprocess tests, and only a hang guard: no outcome depends on how fast
+# the machine is (a DDP sweep takes minutes on an idle 2-core box and many more under load).
+HANG_GUARD_S = 30 * 60
+
+
+@dataclass
+class Child:
+    """A Python subprocess of a test (see :func:`start_python`); its output goes to files, so no pipe
+    fills up and blocks it while the test waits for another process."""
+
+    args: list[str]
+    proc: subprocess.Popen
+    stdout: IO[str]
+    stderr: IO[str]
+
+    def output(self) -> tuple[str, str]:
+        """(stdout, stderr) so far."""
+        self.stdout.seek(0)
+        self.stderr.seek(0)
+        return self.stdout.read(), self.stderr.read()
+
+
+def start_python(args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> Child:
+    """Starts ``python <args>`` (default: this process's environment, the repository root) in a
+    process group of its own, which holds every process it starts (Lightning's DDP ranks), with
+    faulthandler on, so that :func:`finish` can show where a hung one was."""
+    env = {**(os.environ if env is None else env), "PYTHONFAULTHANDLER": "1"}
+    stdout, stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=True,
+                            start_new_session=True)
+    return Child(list(args), proc, stdout, stderr)
+
+
+def signal_group(proc: subprocess.Popen, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group is gone
+        os.killpg(proc.pid, signum)
+
+
+def finish(child: Child, guard_s: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
+    """Waits for ``child`` to exit; returns its exit status and output. A child still running after
+    ``guard_s`` is taken to hang: every process of its group gets SIGABRT, on which faulthandler
+    prints each thread's Python stack to stderr, and the test fails with the tail of that output."""
+    try:
+        returncode = child.proc.wait(timeout=guard_s)
+    except subprocess.TimeoutExpired:
+        signal_group(child.proc, signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.proc.wait(timeout=60)  # writing the stacks
+        signal_group(child.proc, signal.SIGKILL)
+        child.proc.wait()
+        stdout, stderr = child.output()
+        pytest.fail(f"`python {shlex.join(child.args)}` still ran after {guard_s:g} s, so it was stopped with "
+                    f"SIGABRT; where each process was (faulthandler, in stderr):\n--- stdout (tail) ---\n"
+                    f"{stdout[-3000:]}\n--- stderr (tail) ---\n{stderr[-12000:]}", pytrace=False)
+    except BaseException:  # Ctrl-C or a failure while waiting: leave no process behind
+        signal_group(child.proc, signal.SIGKILL)
+        child.proc.wait()
+        raise
+    signal_group(child.proc, signal.SIGKILL)  # a DDP rank its parent left behind
+    stdout, stderr = child.output()
+    return subprocess.CompletedProcess([sys.executable, *child.args], returncode, stdout, stderr)
+
+
+def run_python(args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """``python <args>`` run to completion under the hang guard (:func:`start_python`, :func:`finish`)."""
+    return finish(start_python(args, env, cwd))
+
+
+@contextlib.contextmanager
+def reduction_lengths(module: torch.nn.Module) -> Iterator[list[int]]:
+    """Yields a list that collects, for every Conv / Linear call inside ``module`` while the block
+    runs, the length K of its dot products (in_channels / groups x kernel area, or in_features):
+    what fp32 rounding error scales with."""
+    lengths: list[int] = []
+    layers = [m for m in module.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+                                                             torch.nn.Linear))]
+    hooks = [m.register_forward_hook(lambda m, args, out: lengths.append(m.weight[0].numel())) for m in layers]
+    try:
+        yield lengths
+    finally:
+        for hook in hooks:
+            hook.remove()

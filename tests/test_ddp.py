@@ -11,8 +11,6 @@ own sampler, so it sees other batches: equal in expectation, not step by step.
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +27,7 @@ from nar_bench.lit.module import GeneratorModule
 from nar_bench.lit.shard_sampling import class_balanced_labels
 from nar_bench.metrics.cache import CACHE_ENV
 from nar_bench.tracking.names import PARENT_TAG
-from tests.conftest import tracking_overrides
+from tests.conftest import run_python, tracking_overrides
 
 pytestmark = [pytest.mark.ddp, pytest.mark.usefixtures("metrics_cache")]
 
@@ -48,12 +46,12 @@ LAUNCHER_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_
 TOLERANCE = 1e-5  # float32 summation order (gradients all-reduced over 2 ranks vs summed in one batch)
 
 
-def run(args: list[str], timeout: int = 300) -> str:
+def run(args: list[str]) -> str:
     """Runs ``python <args>`` from the repository root (this checkout first on the path, the
-    test session's metrics cache); asserts it succeeded and returns its stdout."""
+    test session's metrics cache) under the hang guard; asserts it succeeded and returns its stdout."""
     env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_ENV}
     env.update(PYTHONPATH=str(ROOT), **{CACHE_ENV: os.environ[CACHE_ENV]})
-    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    done = run_python(args, env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 

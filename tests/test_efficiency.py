@@ -1,6 +1,5 @@
 import logging
 import statistics
-import time
 
 import pandas as pd
 import pytest
@@ -11,6 +10,7 @@ from PIL import Image
 from nar_bench.cli import main
 from nar_bench.config import load_config
 from nar_bench.errors import NarBenchError
+from nar_bench.metrics import efficiency
 from nar_bench.metrics.efficiency import (
     find_max_batch,
     kernel_kind,
@@ -38,16 +38,27 @@ def tiny_paradigm(paradigm: str, *options: str):
     return PARADIGMS[paradigm].tiny(*options, num_classes=5, std=0.02)  # randomize_weights' std
 
 
-def fake_generate(model, calls, slow_calls=0, oom_above=None):
-    """Stands in for generate(): records (batch, weight dtype); sleeps 0.3 s on the
-    first ``slow_calls`` calls; raises CUDA OOM for batches above ``oom_above``."""
+class FakeClock:
+    """Stands in for time.perf_counter: moves only when a fake generate() says it took time, so
+    timings are exact whatever the machine's load."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def fake_generate(model, calls, slow_calls=0, oom_above=None, clock=None):
+    """Stands in for generate(): records (batch, weight dtype); on ``clock`` the first
+    ``slow_calls`` calls take 1000 s and the others 1 s; raises CUDA OOM for batches above ``oom_above``."""
 
     def generate(labels, sampling, generator=None):
         calls.append((labels.shape[0], model.backbone.output.weight.dtype))
         if oom_above is not None and labels.shape[0] > oom_above:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        if len(calls) <= slow_calls:
-            time.sleep(0.3)
+        if clock is not None:
+            clock.now += 1000.0 if len(calls) <= slow_calls else 1.0
         return torch.zeros(labels.shape[0], *model.grid, dtype=torch.long)
 
     return generate
@@ -75,13 +86,14 @@ def test_random_weights_leave_no_zero_initialised_matrix():
 
 def test_warmup_is_not_timed_and_flags_are_real(monkeypatch):
     model, tokenizer = tiny_paradigm("ar")
-    calls, decoded = [], []
-    monkeypatch.setattr(model, "generate", fake_generate(model, calls, slow_calls=2))
+    calls, decoded, clock = [], [], FakeClock()
+    monkeypatch.setattr(efficiency, "time", clock)
+    monkeypatch.setattr(model, "generate", fake_generate(model, calls, slow_calls=2, clock=clock))
     decode = lambda codes: decoded.append(codes.shape) or tokenizer.decode(codes)
     r = measure_generation(model, 4, SamplingConfig(cfg_scale=1.0), dtype="bf16", warmup=2, repeats=3,
                            decode_fn=decode, device="cpu")
     assert len(calls) == 5 and len(r.latency_all) == 3  # 2 warm-up + 3 timed
-    assert max(r.latency_all) < 0.3  # the slow warm-up calls are not in the timings
+    assert r.latency_all == [1.0, 1.0, 1.0]  # exactly the timed calls: the slow warm-up calls are not in them
     assert all(batch == 4 and dtype == torch.bfloat16 for batch, dtype in calls)
     assert decoded == [(4, 4, 4)] * 5 and r.tokenizer_decode and r.dtype == "bf16" and not r.cfg
 
@@ -105,8 +117,6 @@ def test_cuda_graph_needs_a_gpu_and_says_so():
 
 
 def test_a_capture_that_needs_its_warm_up_pass_falls_back_to_one(monkeypatch, caplog):
-    import nar_bench.metrics.efficiency as efficiency
-
     made = []
 
     class FakeGraph:

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from nar_bench.cli import main
 from nar_bench.tracking.lifecycle import owner_tags
 from nar_bench.tracking.names import HOST_TAG, PARENT_TAG, PID_TAG, PROCESS_START_TAG
-from tests.conftest import tracking_overrides
+from tests.conftest import finish, run_python, start_python, tracking_overrides
 from tests.test_sweep_report import TINY
 
 pytestmark = pytest.mark.usefixtures("metrics_cache")
@@ -57,8 +57,7 @@ def run_cli_until_killed(hook: str, argv: list[str]) -> subprocess.CompletedProc
         sys.exit(main(sys.argv[1:]))
     """).format(hook=textwrap.indent(textwrap.dedent(hook), "").strip())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", script, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return run_python(["-c", script, *argv], env)
 
 
 def test_sweep_killed_by_sigkill_after_two_points_resumes_without_retraining_them(tmp_path):
@@ -278,10 +277,9 @@ def test_two_sweeps_opening_a_fresh_store_at_once_both_succeed(tmp_path):
             print(run_id)
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", script, *tracking_overrides(tmp_path)], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    children = [start_python(["-c", script, *tracking_overrides(tmp_path)], env) for _ in range(2)]
+    results = [finish(child) for child in children]
+    assert [done.returncode for done in results] == [0, 0], [done.stderr[-2000:] for done in results]
     _, runs = runs_of(tmp_path, "test")
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
-    assert {r.info.run_id for r in runs} == {out.strip() for out, _ in results}
+    assert {r.info.run_id for r in runs} == {done.stdout.strip() for done in results}

@@ -9,8 +9,6 @@ random weights, a tmp SQLite MLflow store.
 import json
 import os
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from nar_bench.evaluation.samples import generate_samples, sample_settings
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.metrics.sample_store import SampleStore
 from nar_bench.run.reference import make_reference
-from tests.conftest import randomize_heads, tracking_overrides
+from tests.conftest import randomize_heads, run_python, tracking_overrides
 
 TINY = ["model.size=tiny", "model.paradigm=nar", "data.image_size=16", "data.grid_size=4", "trainer.accelerator=cpu",
         "trainer.devices=1", "eval.batch_size=8", "eval.shard_size=8", "eval.decode_batch=4",
@@ -135,8 +133,7 @@ def test_two_ddp_processes_write_the_same_npz_as_one(uninterrupted, tmp_path):
     script.write_text(textwrap.dedent(DDP_SCRIPT.format(overrides=[*TINY, "trainer.devices=2",
                                                                    "trainer.strategy=ddp"])))
     out = tmp_path / "ddp.npz"
-    done = subprocess.run([sys.executable, str(script), str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = run_python([str(script), str(out)], {**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert out.read_bytes() == uninterrupted.read_bytes()  # the whole file, byte for byte
 

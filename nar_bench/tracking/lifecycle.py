@@ -64,7 +64,10 @@ def store_lock(uri: str) -> Iterator[None]:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock", timeout=300):
+    # no time limit: the OS drops the lock when its holder dies, so waiting ends unless the holder
+    # hangs, while a limit would fail a second process on a slow or busy machine (creating a store
+    # runs MLflow's ~70 schema migrations)
+    with FileLock(str(path) + ".lock"):
         yield
 
 

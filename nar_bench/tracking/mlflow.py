@@ -18,6 +18,7 @@ from pathlib import Path
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
@@ -29,8 +30,17 @@ from nar_bench.tracking.lifecycle import (
     run_end_status,
     store_lock,
 )
-from nar_bench.tracking.names import COMMIT_TAG, DEVICE_TAG, PARENT_TAG, PID_TAG, SWEEP_KEY_TAG
+from nar_bench.tracking.names import (
+    COMMIT_TAG,
+    DEVICE_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    PARENT_TAG,
+    PID_TAG,
+    SWEEP_KEY_TAG,
+)
 from nar_bench.tracking.provenance import device_description, git_commit
+from nar_bench.tracking.store_schema import check_store_schema
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +78,29 @@ def client(tracking: DictConfig) -> MlflowClient:
     uri = tracking_uri(tracking)
     if uri not in _stores:
         with store_lock(uri):
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            try:
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            except MlflowException:
+                check_store_schema(uri)  # a store of a newer MLflow: one line, not MLflow's advice to upgrade it
+                raise
         _stores.add(uri)
     return MlflowClient(tracking_uri=uri)
 
 
 def experiment_id(tracking: DictConfig) -> str:
     """The id of ``tracking.experiment``, created (with our artifact location) on first use, under the
-    store's lock (two processes could otherwise both create it). On this process's first use of a
-    store, runs left RUNNING by dead processes of this host are marked KILLED."""
+    store's lock (two processes could otherwise both create it), and tagged as a model-training
+    experiment if it is not tagged with a kind. On this process's first use of a store, runs left
+    RUNNING by dead processes of this host are marked KILLED."""
     c = client(tracking)
     uri = tracking_uri(tracking)
     with store_lock(uri):
         exp = c.get_experiment_by_name(tracking.experiment)
         exp_id = exp.experiment_id if exp is not None else c.create_experiment(
-            tracking.experiment, artifact_location=artifact_location(tracking))
+            tracking.experiment, artifact_location=artifact_location(tracking),
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        if exp is not None and EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older nar-bench or by hand
+            c.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mark_dead_runs_killed(c, uri)
     return exp_id
 

@@ -15,6 +15,9 @@ POINT_KEY_TAG = "nar_bench.point_key"  # hash of a point's config without tracki
 TRAINING_KEY_TAG = "nar_bench.training_key"  # hash of what determines the weights: trainings a resumed sweep reuses
 TRAINED_IN_TAG = "nar_bench.trained_in_run"  # on runs that evaluate a model trained in another run
 BEST_TAG = "nar_bench.best."  # on sweep parents: BEST_TAG + metric = label of the best group
+# MLflow's marker of a model-training experiment ("genai_development": GenAI); MLflow 3's UI sets and
+# reads it, though 3.18's picks the view from its sidebar switch instead (results/mlflow_ui/README.md)
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 # --- params and metrics --------------------------------------------------------------------------
 SWEEP_POINTS_PARAM = "points"  # on sweep parents: number of points (finds a parent killed before its first child)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from nar_bench.errors import NarBenchError  # noqa: E402
 from nar_bench.metrics.registry import METRICS, metric_names, plotted  # noqa: E402
-from nar_bench.tracking.mlflow import tracking_uri  # noqa: E402
+from nar_bench.tracking.mlflow import client, tracking_uri  # noqa: E402
 from nar_bench.tracking.names import (  # noqa: E402
     COMMIT_TAG,
     DEVICE_TAG,
@@ -59,6 +59,7 @@ def search_runs(tracking: DictConfig) -> pd.DataFrame:
     if uri.startswith(prefix) and not Path(uri[len(prefix):]).is_file():  # don't create an empty store
         raise NarBenchError(f"no MLflow store at '{uri[len(prefix):]}'; run a sweep first (e.g. make ablation-heads) "
                             "or point tracking.tracking_uri at the store")
+    client(tracking)  # opens the store: one line if a newer MLflow wrote it
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(tracking.experiment) is None:
         raise NarBenchError(f"no MLflow experiment '{tracking.experiment}' in {tracking.tracking_uri}; run a sweep "
