@@ -133,8 +133,8 @@ def generation_cost(paradigm: nn.Module, sampling, decode_fn=None, device: torch
             decode_fn(codes)
 
     try:
-        # Not cuDNN attention: it builds a plan for every new (rows, prefix length) shape (~50 ms
-        # each on an H200, 256 of them in one AR-B generation); the other backends count the same
+        # Not cuDNN attention: it builds a plan for every new (rows, prefix length) shape (256 of
+        # them in one AR-B generation); the other backends count the same
         # FLOPs on the same operands.
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
             counted = count_cost(run, device, weight_storages(paradigm, decoder))

@@ -345,7 +345,7 @@ def profile_generation(paradigm: Paradigm, batch_size: int, sampling: SamplingCo
                        device: torch.device | str | None = None) -> str:
     """torch.profiler tables of one generation after warm-up, to show where the time goes: on a GPU
     the kernels' time by kind (``time_by_kind``) and the top ``row_limit`` kernels by total GPU time
-    (GPU activity only: with every CPU-side op recorded too, AR-B's profile took 16 s of an H200
+    (GPU activity only: recording every CPU-side op too made AR-B's profile a large part of a
     sweep), on a CPU the same for ops by CPU time."""
     device = resolve_device(paradigm, device)
     paradigm.to(dtype=inference_dtype(dtype))

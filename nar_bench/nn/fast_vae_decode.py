@@ -10,13 +10,11 @@ activations channels_last (cuDNN's tensor-core layout), the cuDNN convolutions a
 - ``compile=False``: eager, with two inference-only forms of the same functions: every GroupNorm
   (+ SiLU) runs the Triton channels_last kernels of ``nar_bench.nn.group_norm`` (eager GroupNorm
   copies channels_last activations to NCHW and back), and every nearest-upsample + conv runs in
-  its sub-pixel form (``Upsample2x.fold_phases``: 4/9 of the multiply-adds). On an H100 at batch
-  256 they took VAR's VAE decode from 294 to 420 img/s, and the moments kernel's elementwise sums
-  to 551 img/s (results/throughput_decoder/). Under torch.compile the same two made the
-  VQ-16 decode slower (1200 -> 1132 -> 1100 img/s adding the norm kernels, then the fold): the
-  opaque norm op stops Inductor fusing the bias and residual adds into its own norm kernels.
-  With the later moments kernel the norm op measured 1166 -> 1225 img/s in the compiled decode,
-  not yet adopted here: that path's accuracy test has not run on a GPU with it.
+  its sub-pixel form (``Upsample2x.fold_phases``: 4/9 of the multiply-adds). They make the
+  uncompiled VAR VAE decode faster; under torch.compile they made the VQ-16 decode slower, since
+  the opaque norm op stops Inductor fusing the bias and residual adds into its own norm kernels
+  (both measured: results/throughput_decoder/README.md, which also holds the later norm-op A/B
+  not yet adopted here).
 
 Batches are decoded in chunks of at most ``chunk`` images, so memory stays bounded whatever the
 batch (no OOM at large batches); the chunk's batch dim is the graph's one dynamic dim, so one graph

@@ -35,8 +35,8 @@ def block_mask_of(mask: Tensor, block_size: int = 128) -> BlockMask:
 @functools.cache
 def _compiled_flex():
     # Dynamic shapes: one compiled forward and backward serve every paradigm's sequence length
-    # (AR / NAR 257, PAR 256, video), batch and head count; static shapes recompiled (~35 s on an
-    # H200) for each, which dominated the bench's training-step rows.
+    # (AR / NAR 257, PAR 256, video), batch and head count; static shapes recompiled for each,
+    # which dominated the bench's training-step rows.
     return torch.compile(flex_attention, dynamic=True)
 
 

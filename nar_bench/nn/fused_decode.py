@@ -204,10 +204,9 @@ if triton is not None:
 
 def attention_tile(block_m: int) -> tuple[int, int, int]:
     """(BLOCK_N, warps, stages) for a query block of ``block_m`` rows. One warp per program when the
-    step has at most 16 tokens (AR, PAR, NAR): on an H100, at 4096 rows x 12 heads x 64 with RoPE,
-    it read the cache 4-12% faster than (64, 4, 2) at 128-220 cached positions and 1.5x faster at
-    NAR's early steps (20), within 1.5% of the best of 27 tiles at each of those shapes. VAR's
-    late scales (query blocks of 64) keep four warps: one warp took 1.8x as long there."""
+    step has at most 16 tokens (AR, PAR, NAR): it reads the cache faster than (64, 4, 2) at those
+    steps, and VAR's late scales (query blocks of 64) keep four warps, where one warp is slower
+    (the 27-tile measurement: results/throughput_kernels/)."""
     return (32, 1, 2) if block_m <= 16 else (64, 4, 2)
 
 
@@ -245,9 +244,8 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: 
     "auto": Triton when available on the tensors' device and the head dim is a power of two.
 
     Also for one token per step (raster AR): SDPA picks cuDNN there, which reads the cache a little
-    faster at large batches (H200, 12 heads x 64, 250 cached positions: 4.3 vs 3.8 TB/s at 4096
-    rows; slower at 16 rows: 141 vs 215 GB/s) but builds a plan for every new (rows, prefix length)
-    shape, ~50 ms each: 13 s per batch size for AR's 256 steps, which dominated a sweep's setup."""
+    faster at large batches but builds a plan for every new (rows, prefix length) shape, hundreds
+    of them per batch size for AR's 256 steps, which dominated a sweep's setup."""
     if backend == "auto":
         d = q.shape[-1]
         fits = triton is not None and q.is_cuda and d >= 16 and d & (d - 1) == 0

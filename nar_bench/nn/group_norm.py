@@ -15,8 +15,8 @@ kernels instead:
 
 Why: a group's channels are 4 of the 128..512 in each pixel row, so GroupNorm's own reduction
 (eager, or as torch.compile writes it) reads them 8 bytes at a time, strided by the row; in the
-compiled VQ-16 decoder those reductions took half of the decode time (H100 profile, batch 256,
-chunk 64: 122 of 228 ms, one 256 px norm 7.6 ms for 64 images where reading them takes ~0.4 ms).
+compiled VQ-16 decoder those reductions were about half of the decode time (measured profiles:
+results/throughput_decoder/README.md).
 Eager GroupNorm on channels_last also copies to NCHW and back. Statistics are fp32 as in
 PyTorch's kernel; the output is rounded once to the input dtype.
 """
