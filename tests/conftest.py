@@ -189,3 +189,14 @@ def reduction_lengths(module: torch.nn.Module) -> Iterator[list[int]]:
     finally:
         for hook in hooks:
             hook.remove()
+
+
+@pytest.fixture(scope="session")
+def shapes_reference(tmp_path_factory, random_inception_weights) -> Path:
+    """An ADM reference batch of 16 shapes images at 16 px, with statistics from the random Inception."""
+    from nar_bench.run.reference import make_reference
+
+    out = tmp_path_factory.mktemp("ref") / "ref.npz"
+    demo = str(Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml")
+    return make_reference(demo, out, ["data.image_size=16", "data.grid_size=4", "data.num_val=16"],
+                          num_images=16, weights_path=random_inception_weights)

@@ -16,6 +16,7 @@ from nar_bench.metrics.registry import METRICS, RECORD_KEYS, check_reported, met
 from nar_bench.tracking.parent_summary import best_groups
 from nar_bench.tracking.report import summarize, tidy_runs, write_report
 from tests.conftest import tracking_overrides
+from tests.test_sweep_report import TINY as SWEEP_TINY
 
 pytestmark = pytest.mark.usefixtures("metrics_cache")
 
@@ -93,3 +94,18 @@ def test_video_trains_with_its_evaluation_and_nar_bench_evaluate_prints_fvd(tmp_
     run = client.get_run(record["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.metrics["eval/fvd"] == pytest.approx(fvd, abs=1e-4)
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"eval_samples.gif", "eval.json"}
+
+
+def test_a_sweep_scored_against_an_adm_reference_reports_sfid(tmp_path, shapes_reference, random_inception_weights):
+    """sFID is computed in every ADM-scored point and, being registered, reaches the summary table,
+    the parent run's metrics and its best-variant tags."""
+    out = tmp_path / "results"
+    assert cli(["sweep", "experiments/ablation_heads.yaml", "--only", "ntp_raster", "--out", str(out), *SWEEP_TINY,
+                f"eval.reference={shapes_reference}", f"eval.extractor_options.weights_path={random_inception_weights}",
+                *tracking_overrides(tmp_path, experiment=None)]) == 0
+    header = next(line for line in (out / "summary.md").read_text().splitlines() if line.startswith("| variant"))
+    assert re.findall(r"\b(fid|sfid|is|precision|recall)\b", header) == ["fid", "sfid", "is", "precision", "recall"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    (parent,) = [r for r in client.search_runs([client.get_experiment_by_name("ablation_heads").experiment_id])
+                 if "mlflow.parentRunId" not in r.data.tags]
+    assert "sfid/ntp_raster" in parent.data.metrics and parent.data.tags["nar_bench.best.sfid"] == "ntp_raster"

@@ -24,7 +24,6 @@ from nar_bench.evaluation import evaluate
 from nar_bench.evaluation.samples import generate_samples, sample_settings
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.metrics.sample_store import SampleStore
-from nar_bench.run.reference import make_reference
 from tests.conftest import randomize_heads, run_python, tracking_overrides
 
 TINY = ["model.size=tiny", "model.paradigm=nar", "data.image_size=16", "data.grid_size=4", "trainer.accelerator=cpu",
@@ -136,13 +135,6 @@ def test_two_ddp_processes_write_the_same_npz_as_one(uninterrupted, tmp_path):
     done = run_python([str(script), str(out)], {**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert out.read_bytes() == uninterrupted.read_bytes()  # the whole file, byte for byte
-
-
-@pytest.fixture(scope="module")
-def shapes_reference(tmp_path_factory, random_inception_weights):
-    out = tmp_path_factory.mktemp("ref") / "ref.npz"
-    return make_reference(DEMO, out, ["data.image_size=16", "data.grid_size=4", "data.num_val=16"],
-                          num_images=16, weights_path=random_inception_weights)
 
 
 def test_evaluate_verb_scores_an_official_weights_file_and_records_everything(
