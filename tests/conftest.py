@@ -18,6 +18,11 @@ from nar_bench.metrics.cache import CACHE_ENV
 from nar_bench.nn.transformer import TransformerConfig
 from nar_bench.tokenizers.base import CodeSpace
 
+ROOT = Path(__file__).resolve().parents[1]
+# The one time limit of the subprocess tests, and only a hang guard: no outcome depends on how fast
+# the machine is (a DDP sweep takes minutes on an idle 2-core box and many more under load).
+HANG_GUARD_S = 30 * 60
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
@@ -106,12 +111,6 @@ def random_inception_weights(tmp_path_factory) -> Path:
     return path
 
 
-ROOT = Path(__file__).resolve().parents[1]
-# The one time limit of the subprocess tests, and only a hang guard: no outcome depends on how fast
-# the machine is (a DDP sweep takes minutes on an idle 2-core box and many more under load).
-HANG_GUARD_S = 30 * 60
-
-
 @dataclass
 class Child:
     """A Python subprocess of a test (see :func:`start_python`); its output goes to files, so no pipe
@@ -122,11 +121,15 @@ class Child:
     stdout: IO[str]
     stderr: IO[str]
 
-    def output(self) -> tuple[str, str]:
-        """(stdout, stderr) so far."""
-        self.stdout.seek(0)
-        self.stderr.seek(0)
-        return self.stdout.read(), self.stderr.read()
+    def output(self, close: bool = False) -> tuple[str, str]:
+        """(stdout, stderr) so far; ``close``: and close the files."""
+        texts = []
+        for f in (self.stdout, self.stderr):
+            f.seek(0)
+            texts.append(f.read())
+            if close:
+                f.close()
+        return texts[0], texts[1]
 
 
 def start_python(args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> Child:
@@ -157,7 +160,7 @@ def finish(child: Child, guard_s: float = HANG_GUARD_S) -> subprocess.CompletedP
             child.proc.wait(timeout=60)  # writing the stacks
         signal_group(child.proc, signal.SIGKILL)
         child.proc.wait()
-        stdout, stderr = child.output()
+        stdout, stderr = child.output(close=True)
         pytest.fail(f"`python {shlex.join(child.args)}` still ran after {guard_s:g} s, so it was stopped with "
                     f"SIGABRT; where each process was (faulthandler, in stderr):\n--- stdout (tail) ---\n"
                     f"{stdout[-3000:]}\n--- stderr (tail) ---\n{stderr[-12000:]}", pytrace=False)
@@ -166,7 +169,7 @@ def finish(child: Child, guard_s: float = HANG_GUARD_S) -> subprocess.CompletedP
         child.proc.wait()
         raise
     signal_group(child.proc, signal.SIGKILL)  # a DDP rank its parent left behind
-    stdout, stderr = child.output()
+    stdout, stderr = child.output(close=True)
     return subprocess.CompletedProcess([sys.executable, *child.args], returncode, stdout, stderr)
 
 

@@ -21,7 +21,7 @@ def store_revision(db: Path) -> str | None:
     with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
         try:
             row = con.execute("SELECT version_num FROM alembic_version").fetchone()
-        except sqlite3.OperationalError:  # no alembic_version table
+        except sqlite3.DatabaseError:  # no alembic_version table, not a database: MLflow's own error stands
             return None
     return row[0] if row else None
 
