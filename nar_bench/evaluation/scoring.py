@@ -15,6 +15,7 @@ Every scorer returns only names the metric registry knows (``nar_bench.metrics.r
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,14 @@ import nar_bench.data  # noqa: F401  (registers the datasets)
 from nar_bench.errors import NarBenchError
 from nar_bench.images import to_uint8
 from nar_bench.metrics import DomainClassifierSpec, class_consistency, domain_classifier, evaluate_samples
-from nar_bench.metrics.adm import InceptionFeatures, adm_protocol, check_same_size, evaluate_npz, load_reference
+from nar_bench.metrics.adm import (
+    InceptionFeatures,
+    Reference,
+    adm_protocol,
+    check_same_size,
+    evaluate_npz,
+    load_reference,
+)
 from nar_bench.metrics.adm_npz import IMAGES_KEY, LABELS_KEY, iter_samples, samples_header
 from nar_bench.metrics.cache import cache_root
 from nar_bench.metrics.fvd import VIDEO_EXTRACTORS, frechet_distance
@@ -92,10 +100,14 @@ class ADMScorer(Scorer):
         if self.cfg.data.frames is not None:
             raise NarBenchError("eval.reference is an ADM batch of images, but this config generates video "
                                 "(data.frames is set): drop eval.reference; video is scored with FVD")
-        reference = load_reference(self.cfg.eval.reference)
         InceptionFeatures(self.weights)  # raises on missing or unreadable weights
         size = self.cfg.data.image_size
-        check_same_size((0, size, size, 3), reference)
+        check_same_size((0, size, size, 3), self.reference)
+
+    @cached_property
+    def reference(self) -> Reference:
+        """The reference batch, read and hashed once (ImageNet's is ~1.5 GB)."""
+        return load_reference(self.cfg.eval.reference)
 
     @property
     def weights(self) -> str | None:
@@ -106,9 +118,8 @@ class ADMScorer(Scorer):
                             device=device(self.cfg)), None
 
     def protocol(self) -> dict:
-        reference = load_reference(self.cfg.eval.reference)
         return {"name": "adm", **adm_protocol(),
-                "reference": {"path": str(reference.path.resolve()), "sha256": reference.sha256}}
+                "reference": {"path": str(self.reference.path.resolve()), "sha256": self.reference.sha256}}
 
 
 class DatasetScorer(Scorer):
