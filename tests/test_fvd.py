@@ -1,24 +1,20 @@
 """FVD-style metric: torch-fidelity's Fréchet distance on video features, the cached domain
 classifier, and the local-only I3D extractor."""
 
-import math
 
 import pytest
 import torch
 from torch import Tensor, nn
 
 import nar_bench.metrics.fvd as fvd_module
-from nar_bench.config import load_config
-from nar_bench.data.moving_shapes import NUM_CLASSES, MovingShapesDataset
+from nar_bench.data.moving_shapes import MovingShapesDataset
 from nar_bench.errors import NarBenchError
-from nar_bench.lit.module import GeneratorModule
 from nar_bench.metrics.fvd import (
     DomainVideoFeatures,
     I3DFeatures,
     VideoClassifierSpec,
     frechet_distance,
     fvd,
-    module_fvd,
 )
 from nar_bench.registry import FEATURE_EXTRACTORS
 
@@ -84,14 +80,3 @@ def test_i3d_extractor_calls_the_torchscript_detector_stylegan_v_style(tmp_path)
     videos = clips(2, 0)
     features = FEATURE_EXTRACTORS["i3d"](weights_path=path)(videos)
     torch.testing.assert_close(features, videos.float().mean(dim=(2, 3, 4)))  # pixels in [0, 255]
-
-
-def test_module_fvd_compares_validation_clips_with_samples(domain_cache):
-    geometry = [f"data.image_size={SPEC.image_size}", f"data.grid_size={SPEC.grid}"]
-    cfg = load_config("experiments/video_nar.yaml", [*geometry, "data.num_val=8", "model.n_layers=1"])
-    module = GeneratorModule(cfg, NUM_CLASSES)
-    extractor = DomainVideoFeatures(SPEC, domain_cache)
-    distance = module_fvd(module, 8, extractor, batch_size=4)
-    assert distance > 0 and math.isfinite(distance)
-    with pytest.raises(NarBenchError, match="exceeds the 8 validation clips"):
-        module_fvd(module, 9, extractor)

@@ -38,7 +38,7 @@ from nar_bench.metrics.adm import (
 )
 from nar_bench.metrics.adm_npz import IMAGES_KEY, LABELS_KEY, iter_samples, samples_header
 from nar_bench.metrics.cache import cache_root
-from nar_bench.metrics.fvd import VIDEO_EXTRACTORS, frechet_distance
+from nar_bench.metrics.fvd import VIDEO_EXTRACTORS, batched_features, frechet_distance
 from nar_bench.metrics.registry import check_reported
 from nar_bench.registry import DATASETS, FEATURE_EXTRACTORS
 
@@ -177,20 +177,14 @@ class VideoScorer(Scorer):
     def metrics(self, samples: Path) -> tuple[dict[str, float], None]:
         extractor = self.extractor().to(device(self.cfg))
         batch = self.cfg.eval.batch_size
-
-        def features(chunks) -> torch.Tensor:
-            with torch.no_grad():
-                return torch.cat([extractor(chunk.to(device(self.cfg))).float().cpu() for chunk in chunks])
-
         shape = samples_header(samples, "sample clips")
         if len(shape) != 5:
             raise NarBenchError(f"'{samples}' holds images {shape}, not clips (N, T, H, W, 3): FVD scores video")
-        fake = features(torch.from_numpy(np.ascontiguousarray(c)).movedim(-1, 1)
-                        for c in iter_samples(samples, batch, "sample clips"))
-        real_clips = reference_data(self.cfg)
-        real = features(to_uint8(torch.stack([real_clips[i][0] for i in range(s, min(s + batch, len(real_clips)))]))
-                        for s in range(0, len(real_clips), batch))
-        return {"fvd": frechet_distance(real, fake)}, None
+        fake = torch.cat([batched_features(extractor, torch.from_numpy(np.ascontiguousarray(c)).movedim(-1, 1), batch)
+                          for c in iter_samples(samples, batch, "sample clips")])  # streamed: clips stay on disk
+        clips = reference_data(self.cfg)
+        real = to_uint8(torch.stack([clips[i][0] for i in range(len(clips))]))
+        return {"fvd": frechet_distance(batched_features(extractor, real, batch), fake)}, None
 
     def protocol(self) -> dict:
         return {"name": "fvd", "features": self.cfg.eval.extractor, "reference": reference_description(self.cfg)}

@@ -23,11 +23,10 @@ from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics
 
 from nar_bench.data.moving_shapes import NUM_CLASSES, MovingShapesDataset
 from nar_bench.errors import NarBenchError
-from nar_bench.images import to_uint8
 from nar_bench.metrics.cache import cache_root
 from nar_bench.metrics.classifier import ClassifierSpec, cached_classifier, fit_classifier, load_classifier
 from nar_bench.metrics.domain import uint8_to_unit
-from nar_bench.registry import DATASETS, FEATURE_EXTRACTORS
+from nar_bench.registry import FEATURE_EXTRACTORS
 
 I3D_WEIGHTS_ENV = "NAR_BENCH_I3D_WEIGHTS"
 
@@ -159,19 +158,3 @@ def fvd(real: Tensor, fake: Tensor, extractor: nn.Module, batch_size: int = 64) 
     """FVD-style distance between uint8 clips real (N, 3, T, H, W) and fake (M, 3, T, H, W)."""
     features = (batched_features(extractor, clips, batch_size) for clips in (real, fake))
     return frechet_distance(*features)
-
-
-@torch.no_grad()
-def module_fvd(module, num_videos: int, extractor: nn.Module, batch_size: int = 64, seed: int = 0) -> float:
-    """FVD between the first ``num_videos`` validation clips of a trained GeneratorModule's data
-    and as many clips it samples for the same labels (its ``eval.sampling``)."""
-    data = DATASETS[module.cfg.data.name](module.cfg.data, "val")
-    if len(data) < num_videos:
-        raise NarBenchError(f"num_videos={num_videos} exceeds the {len(data)} validation clips; "
-                            "raise data.num_val or lower num_videos")
-    clips, labels = zip(*(data[i] for i in range(num_videos)), strict=True)
-    real = to_uint8(torch.stack(clips))
-    labels = torch.tensor(labels, device=module.device)
-    generator = torch.Generator(module.device).manual_seed(seed)
-    fake = torch.cat([module.sample_images(chunk, generator=generator).cpu() for chunk in labels.split(batch_size)])
-    return fvd(real, fake, extractor, batch_size)
