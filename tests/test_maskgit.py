@@ -66,6 +66,29 @@ def test_masked_counts_fall_strictly_to_zero(n, steps, schedule):
     assert all(a > b for a, b in zip([n, *after[:-1]], after, strict=True))  # every step commits at least one token
 
 
+def official_masked_counts(n: int, steps: int, schedule: str) -> list[int]:
+    """google-research/maskgit's parallel_decode rule, re-written from its published algorithm: after
+    step s, mask_len = max(1, min(still_masked - 1, floor(N gamma((s+1)/T)))) tokens are masked
+    again; its output is the last step's samples before that masking, so nothing stays masked."""
+    gamma = {"cosine": lambda r: math.cos(math.pi / 2 * r), "linear": lambda r: 1 - r}[schedule]
+    counts, masked = [], n
+    for s in range(steps):
+        masked = 0 if s == steps - 1 else max(1, min(masked - 1, math.floor(n * gamma((s + 1) / steps))))
+        counts.append(masked)
+    return counts
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+@pytest.mark.parametrize("n, steps", [(256, 8), (256, 12), (256, 31), (256, 256), (64, 64), (16, 8), (16, 12)])
+def test_masked_counts_and_temperature_annealing_are_maskgits_own(n, steps, schedule):
+    """The official sampler's counts (its minimum-commit bound included) and choice temperature
+    4.5 (1 - (s+1)/T): 4.5 is the scale before annealing, so step 0 already gets 4.5 (1 - 1/T)."""
+    assert masked_counts(n, steps, schedule) == official_masked_counts(n, steps, schedule)
+    model = MaskGIT(*on_grid(TransformerConfig(dim=32, n_layers=1, n_heads=2, vocab_size=8, num_classes=2), (16, 16)),
+                    MaskGITOptions(steps=8))
+    assert model.choice_temperatures()[0] == pytest.approx(3.9375) and model.choice_temperatures()[-1] == 0
+
+
 def test_linear_schedule_and_bad_options():
     assert masked_counts(16, 8, "linear") == [14, 12, 10, 8, 6, 4, 2, 0]
     with pytest.raises(NarBenchError, match="between 1 and the 16 tokens"):

@@ -63,7 +63,9 @@ SCHEDULES = ("cosine", "linear")
 class MaskGITOptions:
     steps: int = 8  # decoding steps T (MaskGIT: 8 on ImageNet 256)
     schedule: str = "cosine"  # mask schedule gamma: cosine | linear
-    choice_temperature: float = 4.5  # Gumbel noise on the confidence at step 0, annealed linearly to 0
+    # scale of the Gumbel noise on the confidence before annealing: step s gets it times (1 - (s+1)/T),
+    # so step 0 already has 4.5 (1 - 1/T) (3.94 at T = 8) and the last step none, as MaskGIT's sampler
+    choice_temperature: float = 4.5
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
