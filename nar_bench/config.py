@@ -110,6 +110,9 @@ class EvalConfig:
     reference: str | None = None
     shard_size: int = 1000  # samples per .npz shard (the unit of resuming and of work per device)
     decode_batch: int = 32  # codes per tokenizer decode call (fixed: images do not depend on batch_size)
+    # auto | eager | graph (nar_bench.paradigms.generation): graph = the fused compiled step in one CUDA
+    # graph per batch shape + the fast decoder; auto = graph on a GPU where the paradigm has one, else eager
+    engine: str = "auto"
     after_training: bool = False  # nar-bench train: evaluate (num_samples) in the training run once it ends
 
 

@@ -17,6 +17,7 @@ from nar_bench.metrics.efficiency import (
     measure_generation,
     profile_generation,
 )
+from nar_bench.nn import cuda_graph
 from nar_bench.nn.cuda_graph import GraphedGenerate
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import TransformerBlock, count_parameters
@@ -129,7 +130,7 @@ def test_a_capture_that_needs_its_warm_up_pass_falls_back_to_one(monkeypatch, ca
             if batch_size == 4:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(efficiency, "GraphedGenerate", FakeGraph)
+    monkeypatch.setattr(cuda_graph, "GraphedGenerate", FakeGraph)
     model, _ = tiny_paradigm("ar")
     efficiency.capture_generation(model, 2, SAMPLING, warm=True)
     assert made == [0]  # warm: captured straight away

@@ -19,14 +19,16 @@ from nar_bench.evaluation import evaluate
 from nar_bench.evaluation.samples import generate_samples, sample_settings
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.metrics.adm_npz import IMAGES_KEY, LABELS_KEY
+from nar_bench.metrics.registry import SPEEDS
 from nar_bench.tracking.mlflow import make_logger
 from tests.conftest import randomize_heads
 
 TINY = ["model.size=tiny", "data.image_size=16", "data.grid_size=4", "trainer.accelerator=cpu",
         "eval.num_samples=32", "eval.batch_size=16", "eval.reference_size=64", "eval.samples_per_class=2",
         "eval.extractor_options.steps=20", "eval.extractor_options.width=8"]
+# the metrics, the record keys and every speed record but GPU memory (a CPU run)
 METRIC_KEYS = {"fid", "is", "is_std", "kid", "kid_std", "precision", "recall", "f_score", "class_accuracy",
-               "num_samples", "generate_seconds"}
+               "num_samples", "generate_seconds", *(set(SPEEDS) - {"peak_mem_gb"})}
 
 
 pytestmark = pytest.mark.usefixtures("metrics_cache")
@@ -71,6 +73,7 @@ def test_evaluate_returns_metrics_and_logs_them_with_artifacts_to_mlflow(tmp_pat
     run = client.get_run(logger.run_id)
     assert {f"eval/{key}" for key in METRIC_KEYS} <= set(run.data.metrics)
     assert run.data.metrics["eval/fid"] == pytest.approx(metrics["fid"])
+    assert run.data.metrics["progress/samples_done"] == 32 and run.data.metrics["progress/eta_s"] == 0
     assert {a.path for a in client.list_artifacts(logger.run_id)} == {"eval_samples.png", "per_class_accuracy.csv"}
     per_class = pd.read_csv(tmp_path / "out" / "per_class_accuracy.csv")
     assert len(per_class) == 16 and (per_class["count"] == 2).all()  # 32 class-balanced samples

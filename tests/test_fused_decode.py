@@ -138,6 +138,20 @@ def test_triton_decode_attention_matches_sdpa(n, start, rope):
         assert torch.equal(caches[2], caches[0])
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("n, start", [(1, 17), (16, 100), (100, 150)])
+def test_triton_decode_attention_in_fp32_keeps_fp32_precision(n, start):
+    """fp32 caches: full-precision dots (TF32 would round their inputs to 10 mantissa bits, errors
+    ~1e-3), so the graph engine's fp32 tokens equal the eager engine's."""
+    torch.manual_seed(n)
+    b, h, d, seq = 2, 4, 64, 257
+    q, k, v = torch.randn(b * n, 3, h, d, device="cuda").unbind(1)
+    caches = [torch.randn(b, h, seq, d, device="cuda") for _ in range(2)]
+    ref = decode_attention(q, k, v, caches[0].clone(), caches[1].clone(), start, n, backend="sdpa")
+    out = decode_attention(q, k, v, caches[0].clone(), caches[1].clone(), start, n, backend="triton")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
 def rope_table_rows(n, head_dim, device):
     """A real 2D rotary table for the first n tokens of a 16 x 16 grid, as the paradigms feed it."""
     from nar_bench.nn.transformer import rope_table

@@ -63,6 +63,8 @@ def check_flags(cls: type[Paradigm]) -> None:
     llama_attention = any(isinstance(m, Attention) for m in model.modules())
     assert cls.flex_attention_training == (llama_attention and not model.train_mask().all())
     assert set(cls.default_dropouts) == set(DROPOUTS)
+    # the graph engine's flag: set exactly where the class has a compiled decode path of its own
+    assert cls.compiled_decoding == (cls.compile_decoding is not Paradigm.compile_decoding)
 
 
 def check_official_layout(cls: type[Paradigm]) -> None:

@@ -159,6 +159,25 @@ def test_one_seed_plot_has_no_error_caps_and_states_n(tmp_path):
     assert "commit: abc" in caption and "256 generated samples per run" in caption and "seeds: 0, 1" in caption
     md = paths["summary_md"].read_text()
     assert "1 (n=1)" in md and "3 ± 1.4" in md
+    assert "speed_csv" not in paths and not (tmp_path / "quality_vs_speed.png").exists()  # no speed records
+
+
+def test_runs_with_speed_records_get_a_quality_vs_throughput_table_and_a_pareto_plot(tmp_path):
+    """Speed is averaged per group like quality, never as a metric; the front holds the groups no
+    other group beats on both FID and generate img/s."""
+    table = pd.DataFrame({"variant": ["nar", "nar", "ar", "par", "slow_bad"], "seed": [0, 1, 0, 0, 0],
+                          "cfg_scale": [2.0] * 5, "fid": [3.0, 5.0, 2.0, 4.5, 6.0],
+                          "generate_img_s": [900.0, 1100.0, 300.0, 800.0, 200.0], "latency_s": [0.3] * 5,
+                          "mlflow_run_id": ["r1", "r2", "r3", "r4", "r5"]})
+    paths = write_report(table, ["cfg_scale"], tmp_path, {"command": "test"})
+    speed = pd.read_csv(paths["speed_csv"]).set_index("variant")
+    assert speed.loc["nar", ["seeds", "fid", "generate_img_s"]].tolist() == [2, 4.0, 1000.0]
+    assert speed["pareto"].to_dict() == {"nar": True, "ar": True, "par": False, "slow_bad": False}
+    assert speed.loc["nar", "label"] == "nar/cfg_scale_2.0" and "latency_s" in speed
+    assert "fid_mean" not in speed and "generate_img_s_mean" not in pd.read_csv(paths["summary_csv"])
+    from PIL import Image
+
+    assert Image.open(paths["pareto"]).size[0] > 0 and paths["speed_md"].read_text().count("\n") == 6
 
 
 # --- committed results are never overwritten by accident ------------------------------------------

@@ -23,6 +23,7 @@ from nar_bench.config import load_config
 from nar_bench.evaluation import evaluate
 from nar_bench.evaluation.samples import generate_samples, sample_settings
 from nar_bench.lit.module import GeneratorModule
+from nar_bench.metrics.registry import SPEEDS
 from nar_bench.metrics.sample_store import SampleStore
 from tests.conftest import randomize_heads, run_python, tracking_overrides
 
@@ -32,6 +33,7 @@ TINY = ["model.size=tiny", "model.paradigm=nar", "data.image_size=16", "data.gri
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "experiments" / "demo.yaml")
 CLASSES = 16  # the shapes dataset
+CPU_SPEED = set(SPEEDS) - {"peak_mem_gb"}  # every speed record but the GPU's memory
 
 pytestmark = pytest.mark.usefixtures("single_thread", "metrics_cache")
 
@@ -114,6 +116,7 @@ import torch
 import nar_bench
 from nar_bench.config import load_config
 from nar_bench.lit.module import GeneratorModule
+from nar_bench.metrics.registry import SPEEDS
 from nar_bench.evaluation.samples import generate_samples, sample_settings
 from tests.conftest import randomize_heads
 
@@ -162,6 +165,15 @@ def test_evaluate_verb_scores_an_official_weights_file_and_records_everything(
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"eval_samples.png", "eval.json"}
     assert run.info.status == "FINISHED"  # not left RUNNING for the next start to mark KILLED
     assert record["protocol"]["name"] == "adm" and record["protocol"]["reference"] == record["reference"]
+    # its speed next to its quality: in eval.json and as MLflow metrics; progress logged while generating
+    speed = record["speed"]
+    assert set(speed) == CPU_SPEED and all(v >= 0 for v in speed.values()) and speed["generate_img_s"] > 0
+    assert speed["wall_s"] == pytest.approx(record["generate_seconds"] + speed["score_s"])
+    assert run.data.metrics["eval/generate_img_s"] == pytest.approx(speed["generate_img_s"])
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "progress/samples_done")] == [8.0, 16.0]
+    assert client.get_metric_history(run.info.run_id, "progress/eta_s")[-1].value == 0
+    assert {key: record["settings"][key] for key in ("engine", "dtype", "batch_size", "decode_batch")} == {
+        "engine": "eager", "dtype": "32-true", "batch_size": 8, "decode_batch": 4}
 
 
 def test_the_sweep_evaluation_scores_the_same_shards_with_adm_metrics_given_a_reference(
@@ -169,7 +181,8 @@ def test_the_sweep_evaluation_scores_the_same_shards_with_adm_metrics_given_a_re
     cfg, module = tiny_module(f"eval.reference={shapes_reference}",
                               f"eval.extractor_options.weights_path={random_inception_weights}")
     metrics = evaluate(module, cfg, num_samples=32, batch_size=16, out_dir=tmp_path)
-    assert set(metrics) == {"fid", "sfid", "is", "is_std", "precision", "recall", "num_samples", "generate_seconds"}
+    assert set(metrics) == {"fid", "sfid", "is", "is_std", "precision", "recall", "num_samples", "generate_seconds",
+                            *CPU_SPEED}
     assert np.array_equal(read(tmp_path / "samples.npz")[0], read(uninterrupted)[0])  # same samples as the verb's
     assert (tmp_path / "eval_samples.png").is_file()
 
@@ -191,6 +204,8 @@ def test_bad_inputs_fail_with_one_clear_error_before_anything_is_written(
          "samples are 32x32 but the reference batch .* holds 16x16"),
         ([f"eval.reference={shapes_reference}"], "20", "20 samples cannot be split evenly over 16 classes"),
         ([], "16", "eval.reference is not set"),
+        ([f"eval.reference={shapes_reference}", "eval.engine=graph"], "16",
+         "eval.engine=graph replays CUDA graphs and needs a GPU"),
     ]
     for extra, n, message in cases:
         code = cli(["evaluate", config, "--ckpt", str(tmp_path / "official.pt"), "--num-samples", n, "--name", "bad",
@@ -204,8 +219,9 @@ def test_bad_inputs_fail_with_one_clear_error_before_anything_is_written(
 @pytest.mark.cuda
 def test_cuda_samples_do_not_depend_on_the_batch_size(tmp_path):
     """On a GPU the GEMMs of different batch sizes differ in round-off; the codes (and so, with the
-    fixed decode batch, the images) must still be the same. bf16 autocast as in real runs."""
-    cfg, module = tiny_module("trainer.accelerator=gpu", "trainer.precision=bf16-mixed")
+    fixed decode batch, the images) must still be the same. bf16 autocast as in real runs, on the
+    eager engine (the graph engine's rule fixes the batch size instead: tests/test_generation_engine.py)."""
+    cfg, module = tiny_module("trainer.accelerator=gpu", "trainer.precision=bf16-mixed", "eval.engine=eager")
     arrays = [read(generate_samples(module, cfg, 64, tmp_path / f"b{b}.npz", b, sample_settings(cfg, CLASSES)))[0]
               for b in (7, 64)]
     assert np.array_equal(*arrays)

@@ -140,6 +140,11 @@ def test_cfg_sweep_points_of_one_paradigm_share_one_training(tmp_path):
     assert len(list((tmp_path / "runs").iterdir())) == 1  # one training run directory
     summary = pd.read_csv(out / "summary.csv")
     assert summary["cfg_scale"].tolist() == [1.0, 3.0] and (out / "metrics.png").stat().st_size > 0
+    # every evaluation recorded its speed: the parent gets quality against throughput and its Pareto plot
+    assert reused.data.metrics["eval/generate_img_s"] > 0 and reused.data.metrics["eval/wall_s"] > 0
+    speed = pd.read_csv(out / "quality_vs_speed.csv")
+    assert speed["cfg_scale"].tolist() == [1.0, 3.0] and (speed["generate_img_s"] > 0).all() and speed["pareto"].any()
+    assert (out / "quality_vs_speed.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("argv, message", [

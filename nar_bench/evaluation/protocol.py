@@ -2,10 +2,14 @@
 ``nar-bench evaluate`` (``evaluate_checkpoint``: the number a paper would print), by sweeps and by
 training's end-of-run evaluation (``evaluate``: a model in memory).
 
-N class-balanced samples (label i % classes, noise from (seed, i), so identical for any batch size
-and device count) go through ``Trainer.predict`` into resumable .npz shards (each rank writes the
-shards it generates; rank 0 assembles the file), then the config's scorer (``scorer_for``) scores
-them. Call both functions on every rank under DDP; ranks other than 0 get nothing back.
+N class-balanced samples (label i % classes, noise from (seed, i), so identical for any device
+count) go through ``Trainer.predict`` into resumable .npz shards (each rank writes the shards it
+generates; rank 0 assembles the file) by the engine ``eval.engine`` resolves to, then the config's
+scorer (``scorer_for``) scores them. Each evaluation also records how fast it ran, next to its
+quality: the speed records of ``nar_bench.metrics.registry.SPEEDS`` (generate / decode / feature
+img/s, latency, peak GPU memory, seconds per phase, compile seconds). While it generates, a tqdm bar
+counts samples and the MLflow run gets ``progress/samples_done`` and ``progress/eta_s``. Call both
+functions on every rank under DDP; ranks other than 0 get nothing back.
 """
 
 from __future__ import annotations
@@ -21,17 +25,18 @@ from torch import Tensor
 
 from nar_bench.config import merge
 from nar_bench.errors import NarBenchError
-from nar_bench.evaluation.samples import first_samples, generate_samples, sample_settings
-from nar_bench.evaluation.scoring import device, scorer_for
+from nar_bench.evaluation.samples import engine_settings, first_samples, generate_samples, sample_settings
+from nar_bench.evaluation.scoring import Scorer, device, scorer_for
 from nar_bench.images import save_samples
 from nar_bench.lit.data import GeneratorDataModule
 from nar_bench.lit.module import GeneratorModule
-from nar_bench.lit.shard_sampling import class_balanced_labels
+from nar_bench.lit.shard_sampling import Progress, class_balanced_labels
 from nar_bench.lit.trainer import check_inputs
 from nar_bench.metrics.adm_npz import atomic_path, sha256_file
+from nar_bench.metrics.registry import SPEEDS
 from nar_bench.tracking.lifecycle import run_end_status
 from nar_bench.tracking.mlflow import log_artifact, make_logger
-from nar_bench.tracking.names import EVAL_PREFIX
+from nar_bench.tracking.names import EVAL_PREFIX, PROGRESS_PREFIX
 from nar_bench.tracking.provenance import provenance
 
 GRID_FILE = "eval_samples.png"  # .gif for video (save_samples picks the format)
@@ -55,29 +60,61 @@ def write_artifacts(images: Tensor, per_class: pd.DataFrame | None, out_dir: Pat
     return paths
 
 
+def progress_to(logger) -> Progress | None:
+    """Logs samples done and the ETA (from the mean time per sample so far) to the logger's MLflow
+    run after each shard, with the samples done as the step."""
+    if logger is None:
+        return None
+
+    def report(done: int, total: int, elapsed_s: float) -> None:
+        eta = elapsed_s / done * (total - done) if done else float("nan")
+        logger.log_metrics({PROGRESS_PREFIX + "samples_done": float(done), PROGRESS_PREFIX + "eta_s": eta}, step=done)
+
+    return report
+
+
+def score_timed(scorer: Scorer, path: Path, num_samples: int, generate_seconds: float,
+                speed: dict[str, float]) -> tuple[dict[str, float], pd.DataFrame | None, dict[str, float]]:
+    """(metrics, per-class table, speed records) of the samples at ``path``: ``speed`` (what
+    generation recorded) plus score_s, feature_img_s and wall_s, in registry order."""
+    start = time.perf_counter()
+    metrics, per_class = scorer.score(path)
+    score_s = time.perf_counter() - start
+    speed = {**speed, "score_s": score_s, "wall_s": generate_seconds + score_s,
+             "feature_img_s": num_samples / (scorer.feature_seconds or score_s)}
+    return metrics, per_class, {key: float(speed[key]) for key in SPEEDS if speed.get(key) is not None}
+
+
+def speed_line(speed: dict[str, float]) -> str:
+    """E.g. "generate 1890 img/s, decode 1210 img/s, ..., wall time 42.1 s"."""
+    return ", ".join(f"{SPEEDS[key].label} {value:.4g} {SPEEDS[key].unit}" for key, value in speed.items())
+
+
 def evaluate(module: GeneratorModule, cfg: DictConfig, num_samples: int | None = None,
              batch_size: int | None = None, logger=None, out_dir: str | Path | None = None) -> dict[str, float]:
     """Generates ``num_samples`` (default eval.num_samples) class-balanced samples with
     cfg.eval.sampling, ``batch_size`` (default eval.batch_size) per device and batch, and returns
-    their metrics (see ``scorer_for``) plus num_samples and generate_seconds.
+    their metrics (see ``scorer_for``) plus num_samples, generate_seconds and the speed records
+    (``metrics.registry.SPEEDS``).
 
     The samples go to ``out_dir``/samples.npz when ``out_dir`` is given (else a temporary folder).
     With an MLflow ``logger`` (Lightning MLFlowLogger) the metrics are logged as ``eval/<name>``,
-    with the sample grid and the per-class accuracy table as artifacts. Ranks other than 0 return {}.
+    with the sample grid and the per-class accuracy table as artifacts, and the progress while it
+    generates (``progress_to``). Ranks other than 0 return {}.
     """
     num_samples = num_samples or cfg.eval.num_samples
     scorer = scorer_for(cfg)
     scorer.check()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out_dir or tmp)
-        start = time.perf_counter()
+        start, speed = time.perf_counter(), {}
         path = generate_samples(module, cfg, num_samples, folder / "samples.npz", batch_size or cfg.eval.batch_size,
-                                sample_settings(cfg, module.num_classes))
+                                sample_settings(cfg, module.num_classes), progress=progress_to(logger), speed=speed)
         if path is None:
             return {}
         seconds = time.perf_counter() - start
-        metrics, per_class = scorer.score(path)
-        metrics.update(num_samples=float(num_samples), generate_seconds=seconds)
+        metrics, per_class, speed = score_timed(scorer, path, num_samples, seconds, speed)
+        metrics.update(num_samples=float(num_samples), generate_seconds=seconds, **speed)
         grid = first_samples(path, min(module.num_classes, 16) * grid_rows(cfg, module.num_classes, num_samples))
         write_artifacts(grid, per_class, folder, module.num_classes, logger)
     if logger is not None:
@@ -119,7 +156,8 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt: str | Path, num_samples: int = 50
     class_balanced_labels(num_samples, module.num_classes)  # an uneven N fails before the run opens
     name = name or cfg.tracking.run_name or f"eval-{cfg.model.paradigm}-{Path(ckpt).stem}"
     ckpt_sha = sha256_file(ckpt)
-    settings = sample_settings(cfg, module.num_classes, checkpoint_sha256=ckpt_sha)
+    settings = {**sample_settings(cfg, module.num_classes, checkpoint_sha256=ckpt_sha),
+                **engine_settings(module, cfg, cfg.eval.batch_size)}  # an engine that cannot run fails here
     protocol = scorer.protocol()
     logger = make_logger(cfg.tracking, name)
     try:
@@ -142,22 +180,23 @@ def _evaluate_into(module: GeneratorModule, cfg: DictConfig, ckpt: str | Path, n
     """Generate, score and record for :func:`evaluate_checkpoint`, inside its open MLflow run."""
     results = Path(cfg.output_dir) / name.replace("/", "_")  # results/runs/<name> (git-ignored) by default
     out = Path(out) if out else results / "samples.npz"
-    start = time.perf_counter()
-    path = generate_samples(module, cfg, num_samples, out, cfg.eval.batch_size, settings, png_dir)
+    start, speed = time.perf_counter(), {}
+    path = generate_samples(module, cfg, num_samples, out, cfg.eval.batch_size, settings, png_dir,
+                            progress=progress_to(logger), speed=speed)
     if path is None:
         return None
     seconds = time.perf_counter() - start
-    metrics, per_class = scorer.score(path)
+    metrics, per_class, speed = score_timed(scorer, path, num_samples, seconds, speed)
     record = {
         "name": name, "metrics": metrics, "num_samples": num_samples, "seed": cfg.seed,
-        "sampling": settings["sampling"], "settings": settings, "generate_seconds": seconds,
+        "sampling": settings["sampling"], "settings": settings, "generate_seconds": seconds, "speed": speed,
         "checkpoint": {"path": str(Path(ckpt).resolve()), "sha256": settings["checkpoint_sha256"]},
         "protocol": protocol, "reference": protocol["reference"],
         "samples": str(path.resolve()),
         "provenance": provenance(command, device(cfg)),
         "mlflow_run_id": logger.run_id,
     }
-    logger.log_metrics({EVAL_PREFIX + key: value for key, value in metrics.items()})
+    logger.log_metrics({EVAL_PREFIX + key: value for key, value in {**metrics, **speed}.items()})
     results.mkdir(parents=True, exist_ok=True)
     grid = first_samples(path, min(module.num_classes, 16) * grid_rows(cfg, module.num_classes, num_samples))
     write_artifacts(grid, per_class, results, module.num_classes, logger)

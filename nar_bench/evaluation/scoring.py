@@ -40,7 +40,7 @@ from nar_bench.metrics.adm_npz import IMAGES_KEY, LABELS_KEY, iter_samples, samp
 from nar_bench.metrics.cache import cache_root
 from nar_bench.metrics.fvd import VIDEO_EXTRACTORS, batched_features, frechet_distance
 from nar_bench.metrics.registry import check_reported
-from nar_bench.registry import DATASETS, FEATURE_EXTRACTORS
+from nar_bench.registry import DATASETS, FEATURE_EXTRACTORS, PARADIGMS
 
 
 def device(cfg: DictConfig) -> str:
@@ -76,6 +76,7 @@ def extractor_options(cfg: DictConfig) -> dict:
 class Scorer(ABC):
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
+        self.feature_seconds: float | None = None  # of the samples' features, where a scorer times them apart
 
     @abstractmethod
     def check(self) -> None:
@@ -114,8 +115,11 @@ class ADMScorer(Scorer):
         return self.cfg.eval.extractor_options.get("weights_path")
 
     def metrics(self, samples: Path) -> tuple[dict[str, float], None]:
-        return evaluate_npz(samples, self.cfg.eval.reference, self.weights, batch_size=self.cfg.eval.batch_size,
-                            device=device(self.cfg)), None
+        timings: dict[str, float] = {}
+        metrics = evaluate_npz(samples, self.cfg.eval.reference, self.weights, batch_size=self.cfg.eval.batch_size,
+                               device=device(self.cfg), timings=timings)
+        self.feature_seconds = timings["feature_s"]
+        return metrics, None
 
     def protocol(self) -> dict:
         return {"name": "adm", **adm_protocol(),
@@ -213,7 +217,13 @@ def scorer_for(cfg: DictConfig) -> Scorer:
 
 
 def check_eval_inputs(cfg: DictConfig) -> None:
-    """What evaluation will need, checked before training or generating: a known feature extractor
-    that fits the data, readable weights, the reference batch or the reference images' folder."""
+    """What evaluation will need, checked before training or generating: an engine that can run
+    here (``eval.engine``), a known feature extractor that fits the data, readable weights, the
+    reference batch or the reference images' folder."""
+    from nar_bench.lit.trainer import resolve_precision, uses_gpu
+    from nar_bench.paradigms.generation import resolve_engine
+
+    trainer = cfg.trainer
+    resolve_engine(cfg.eval.engine, PARADIGMS[cfg.model.paradigm], uses_gpu(trainer), resolve_precision(trainer))
     scorer_for(cfg).check()
 

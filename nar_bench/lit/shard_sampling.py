@@ -1,15 +1,19 @@
 """Class-balanced sampling into a ``SampleStore`` through ``Trainer.predict``: the same images for
-any batch size and any number of devices.
+any number of devices and any assignment of shards to them.
 
 Work is split by shard (a fixed range of sample indices), not by batch: under DDP each rank
 generates whole shards (Lightning's predict sampler hands every shard to one rank) and writes them
 itself, so nothing is gathered. Sample i has label ``i % num_classes`` and draws its noise from
-``RowNoise.for_samples(seed, i)``; codes are decoded in fixed-size chunks (the last one padded),
-so the decoder also sees the same batches whatever the generation batch size or rank count.
+``RowNoise.for_samples(seed, i)``. Generation and decoding go through the evaluation's engine
+(``nar_bench.paradigms.generation``: eager, or the compiled step in one CUDA graph + the fast
+decoder), in fixed micro-batches from each shard's first sample (its invariance rule), so every
+kernel sees the same shapes whichever rank generates a shard.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -17,12 +21,16 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from nar_bench.errors import NarBenchError
-from nar_bench.images import to_uint8
 from nar_bench.metrics.sample_store import SampleStore, write_pngs
-from nar_bench.nn.noise import RowNoise
 from nar_bench.nn.sampling import SamplingConfig
+from nar_bench.paradigms.generation import GenerationEngine
+
+GIB = 2**30
+# (samples done, samples this process generates, seconds since its first shard started)
+Progress = Callable[[int, int, float], None]
 
 
 def class_balanced_labels(num_samples: int, num_classes: int) -> Tensor:
@@ -36,60 +44,115 @@ def class_balanced_labels(num_samples: int, num_classes: int) -> Tensor:
 class ShardSampler(L.LightningModule):
     """Predict-only: batch = one shard id; generates that shard's samples and writes the shard.
 
-    module: a GeneratorModule (``paradigm`` + ``tokenizer``); ``batch_size`` samples per generate
-    call, ``decode_batch`` codes per tokenizer.decode call."""
+    module: a GeneratorModule (``paradigm`` + ``tokenizer``); ``batch_size`` samples per generation
+    (micro-batch), ``decode_batch`` codes per decode call; ``engine`` / ``dtype`` as
+    ``GenerationEngine.for_evaluation`` takes them (the engine is built on the first shard, on the
+    device Lightning moved the module to). ``items``: the shard ids handed to predict, for the
+    progress bar's total; ``progress`` is called on global rank 0 after each shard."""
 
     def __init__(self, module: L.LightningModule, store: SampleStore, sampling: SamplingConfig, seed: int,
-                 num_classes: int, batch_size: int, decode_batch: int = 32, png_dir: str | Path | None = None):
+                 num_classes: int, batch_size: int, decode_batch: int = 32, png_dir: str | Path | None = None,
+                 engine: str = "eager", dtype: str | None = None, items: list[int] | None = None,
+                 progress: Progress | None = None):
         super().__init__()
         self.module, self.store, self.sampling, self.seed = module, store, sampling, seed
         self.num_classes, self.batch_size, self.decode_batch = num_classes, batch_size, decode_batch
-        self.png_dir = png_dir
+        self.png_dir, self.engine_name, self.engine_dtype = png_dir, engine, dtype
+        self.items, self.progress = items, progress
+        self.generation: GenerationEngine | None = None
+        self.write_s, self.done = 0.0, 0
+        self.bar: tqdm | None = None
+        self.start = 0.0
+
+    def generation_engine(self) -> GenerationEngine:
+        if self.generation is None:
+            self.generation = GenerationEngine.for_evaluation(
+                self.module.paradigm, self.module.tokenizer, self.sampling, self.batch_size, self.decode_batch,
+                self.engine_name, self.engine_dtype)
+        return self.generation
 
     @torch.inference_mode()
     def shard_images(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
         """(images (n, H, W, 3) uint8, labels (n,)) of shard ``shard``; a video tokenizer's clips are
         stored frames first, (n, T, H, W, 3)."""
-        index = torch.tensor(self.store.indices(shard), device=self.device)
-        labels = index % self.num_classes
-        codes = torch.cat([
-            self.module.paradigm.generate(labels[s:s + self.batch_size], self.sampling,
-                                          RowNoise.for_samples(self.seed, index[s:s + self.batch_size]))
-            for s in range(0, len(index), self.batch_size)])
-        images = []
-        for s in range(0, len(codes), self.decode_batch):
-            chunk = codes[s:s + self.decode_batch]
-            pad = self.decode_batch - len(chunk)  # same decoder batch shape for every chunk
-            padded = torch.cat([chunk, chunk[:1].expand(pad, *chunk.shape[1:])]) if pad else chunk
-            images.append(to_uint8(self.module.tokenizer.decode(padded))[: len(chunk)])
-        images = torch.cat(images)
+        indices = self.store.indices(shard)
+        engine = self.generation_engine()
+        images = engine.decode(engine.sample_codes(indices.start, len(indices), self.seed, self.num_classes))
+        labels = torch.arange(indices.start, indices.stop) % self.num_classes
         channels_last = (0, 2, 3, 1) if images.dim() == 4 else (0, 2, 3, 4, 1)  # (n, 3, [T,] H, W)
-        return images.permute(*channels_last).cpu().numpy(), labels.cpu().numpy()
+        return images.permute(*channels_last).cpu().numpy(), labels.numpy()
+
+    def my_samples(self) -> int:
+        """Samples of the shards this process will generate (Lightning's unrepeated predict sampler
+        hands rank r the items r, r + world, ...)."""
+        if self.items is None:
+            return 0
+        mine = self.items[self.global_rank::self.trainer.world_size]
+        return sum(len(self.store.indices(shard)) for shard in mine if shard >= 0)
+
+    def on_predict_start(self) -> None:
+        self.start = time.perf_counter()
+        self.bar = tqdm(total=self.my_samples(), unit="sample", desc=f"generating samples ({self.engine_name})",
+                        disable=not self.trainer.is_global_zero, dynamic_ncols=True)
+
+    def on_predict_end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
     def predict_step(self, batch: Tensor, batch_idx: int) -> None:
         for shard in batch.tolist():
             if shard < 0:  # padding: a rank with no shard of its own
                 continue
             images, labels = self.shard_images(shard)
+            clock = time.perf_counter()
             self.store.write_shard(shard, images, labels)
             if self.png_dir is not None and images.ndim == 4:
                 write_pngs(images, labels, self.png_dir, start=self.store.indices(shard).start)
+            self.write_s += time.perf_counter() - clock
+            self.done += len(labels)
+            if self.bar is not None:
+                self.bar.update(len(labels))
+            if self.progress is not None and self.trainer.is_global_zero:
+                self.progress(self.done, self.bar.total if self.bar is not None else self.done,
+                              time.perf_counter() - self.start)
+
+    def speed(self) -> dict[str, float]:
+        """This process's engine stats (``GenerationStats.speed``), shard write seconds and, on a
+        GPU, its peak memory in GiB (reset before its first shard)."""
+        out = self.generation.stats.speed() if self.generation is not None else {}
+        out["write_s"] = self.write_s
+        if self.generation is not None and self.generation.device.type == "cuda":
+            out["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.generation.device) / GIB
+        return out
 
 
 def sample_to_store(trainer: L.Trainer, module: L.LightningModule, store: SampleStore, sampling: SamplingConfig,
                     seed: int, num_classes: int, batch_size: int, decode_batch: int = 32,
-                    png_dir: str | Path | None = None, keep_shards: bool = False) -> Path | None:
+                    png_dir: str | Path | None = None, keep_shards: bool = False, engine: str = "eager",
+                    dtype: str | None = None, progress: Progress | None = None,
+                    speed: dict[str, float] | None = None) -> Path | None:
     """Generates every missing shard of ``store`` on ``trainer``'s devices and assembles the final
-    .npz on rank 0 (returns its path there, None on other ranks). Call on every rank under DDP."""
+    .npz on rank 0 (returns its path there, None on other ranks). Call on every rank under DDP.
+    ``speed``, when given, receives this process's ``ShardSampler.speed()`` (assembling counted in
+    write_s); nothing when every shard was already written."""
     class_balanced_labels(store.num_samples, num_classes)  # fail before any work on an uneven N
     pending = store.open()
+    sampler = None
     if pending:
-        sampler = ShardSampler(module, store, sampling, seed, num_classes, batch_size, decode_batch, png_dir)
         # every rank needs an item (Lightning's unrepeated sampler refuses an empty rank): pad with -1
         items = pending + [-1] * max(0, trainer.world_size - len(pending))
+        sampler = ShardSampler(module, store, sampling, seed, num_classes, batch_size, decode_batch, png_dir,
+                               engine, dtype, items, progress)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         trainer.predict(sampler, DataLoader(items, batch_size=1), return_predictions=False)
     if trainer.world_size > 1:
         trainer.strategy.barrier("shards written")
     if not trainer.is_global_zero:
         return None
-    return store.assemble(keep_shards)
+    clock = time.perf_counter()
+    path = store.assemble(keep_shards)
+    if speed is not None and sampler is not None:
+        speed.update(sampler.speed())
+        speed["write_s"] += time.perf_counter() - clock
+    return path

@@ -1,7 +1,11 @@
 """Efficiency protocol: latency, throughput and peak memory of generation, measured the same way
 for every paradigm.
 
-Per batch size: random class labels; ``warmup`` untimed runs (allocation, autotuning,
+Generation runs through the evaluation's own engine (``paradigms.generation.GenerationEngine``:
+the same fused step, CUDA graph and per-sample noise that ``nar-bench evaluate`` samples with), so
+the bench is the evaluation with random weights and no metrics.
+
+Per batch size: random class labels, the noise of samples 0 .. B-1; ``warmup`` untimed runs (allocation, autotuning,
 compilation); ``repeats`` timed runs, each bracketed by CUDA events (synchronised perf_counter on
 CPU); latency = median seconds per batch, throughput = batch / latency. Peak GPU memory is reset
 before the setup (after the previous batch's caches are freed), so it covers weights, caches and
@@ -20,9 +24,7 @@ counted as compilation), reported for compiled points only: 0 when every graph w
 
 from __future__ import annotations
 
-import functools
 import gc
-import logging
 import re
 import statistics
 import time
@@ -34,13 +36,13 @@ from torch import Tensor, nn
 
 from nar_bench.errors import NarBenchError
 from nar_bench.metrics.cost_model import Ceilings, Cost, roofline
-from nar_bench.nn.cuda_graph import GraphedGenerate
+from nar_bench.nn.cuda_graph import capture_generation, release_decode_state  # noqa: F401  (the bench's names)
+from nar_bench.nn.noise import RowNoise
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.nn.transformer import count_parameters, size_name
 from nar_bench.paradigms.base import Paradigm
+from nar_bench.paradigms.generation import GenerationEngine, compile_seconds
 from nar_bench.tracking.provenance import device_name
-
-log = logging.getLogger(__name__)
 
 DTYPES = ("bf16", "fp32")
 GIB = 2**30
@@ -108,14 +110,6 @@ def inference_decoder(tokenizer: nn.Module, dtype: str, compile: bool = False, c
     return FastDecoder(tokenizer, inference_dtype(dtype), chunk=chunk, compile=compile)
 
 
-def compile_seconds() -> float:
-    """Seconds torch.compile has spent compiling in this process so far (Dynamo's timer, which
-    covers tracing, Inductor and waiting for its kernel builds)."""
-    from torch._dynamo.utils import cumulative_time_spent_ns
-
-    return cumulative_time_spent_ns.get("entire_frame_compile", 0) / 1e9
-
-
 def reset_device_memory(device: torch.device | str | None = None) -> None:
     """Frees what unreachable objects hold and resets the peak counter: call before each model so
     its peak memory does not include what the previous model left allocated."""
@@ -123,21 +117,6 @@ def reset_device_memory(device: torch.device | str | None = None) -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-
-
-def release_decode_state(paradigm: nn.Module) -> None:
-    """Drops the static KV caches (any ``kv_cache`` attribute) and, on GPU, the cached blocks, so
-    the next point allocates from a clean state: a previous batch's caches would otherwise inflate
-    its peak memory and could make it run out of memory early."""
-    for m in paradigm.modules():
-        if getattr(m, "kv_cache", None) is not None:
-            m.kv_cache = None
-    if torch.cuda.is_available():
-        gc.collect()  # tensors held by reference cycles (e.g. an OOM traceback) go too
-        # cuBLAS keeps a workspace per stream (32 MiB on Hopper); one made during a capture lives
-        # in that graph's private pool and would keep the pool's memory after the graph is gone
-        torch._C._cuda_clearCublasWorkspaces()
-        torch.cuda.empty_cache()
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -161,45 +140,25 @@ def random_labels(paradigm: Paradigm, batch_size: int, device: torch.device, see
     return torch.randint(paradigm.model_cfg.num_classes, (batch_size,), generator=gen).to(device)
 
 
-def capture_generation(paradigm: Paradigm, batch_size: int, sampling: SamplingConfig,
-                       warm: bool = False) -> GraphedGenerate:
-    """The CUDA graph of one batch size's generation. ``warm``: the paradigm has already generated
-    with these settings on this device at another batch size (its kernels compiled, its schedule on
-    the device), so the graph is captured without the eager pass first. A compile inside a capture
-    would fail it at the CUDA level (its autotuning cannot be captured) and leave the capture's
-    memory pool behind, so the warm capture refuses to compile: when this size needs a graph
-    torch.compile has not built yet (e.g. 64-bit indexing past 2^31 elements), the caches it made
-    are dropped and it warms up and captures again."""
-    if warm:
-        try:
-            with torch.compiler.set_stance("fail_on_recompile"):
-                return GraphedGenerate(paradigm, batch_size, sampling, warmup=0)
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except RuntimeError as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        log.warning("batch %d needs an eager pass before its capture (%s); warming up first", batch_size, reason)
-        release_decode_state(paradigm)  # outside the except block, so the traceback's tensors are gone
-    return GraphedGenerate(paradigm, batch_size, sampling)
-
-
 def generation_run(paradigm: Paradigm, labels: Tensor, sampling: SamplingConfig, decode_fn: DecodeFn | None,
-                   cuda_graph: bool, warm: bool = False) -> Callable[[], None]:
-    """One generation of ``labels`` (and decode, if given). With ``cuda_graph`` the whole
-    generation is captured once (here) and replayed by each call; ``warm`` (the paradigm has
-    generated at another batch size) captures it without an eager pass first."""
-    if cuda_graph:
-        if labels.device.type != "cuda":
-            raise NarBenchError("bench.cuda_graph needs a CUDA device; set bench.cuda_graph=false on CPU")
-        generate = capture_generation(paradigm, len(labels), sampling, warm)
-    else:
-        generate = functools.partial(paradigm.generate, sampling=sampling)
+                   cuda_graph: bool, warm: bool = False, seed: int = 0) -> Callable[[], None]:
+    """One generation of ``labels`` (and decode, if given) through the evaluation's engine
+    (``paradigms.generation.GenerationEngine``), the rows' noise that of samples 0 .. B-1 of
+    ``seed``. With ``cuda_graph`` the whole generation is captured once (here) and replayed by
+    each call; ``warm`` (the paradigm has generated at another batch size) captures it without an
+    eager pass first."""
+    if cuda_graph and labels.device.type != "cuda":
+        raise NarBenchError("bench.cuda_graph needs a CUDA device; set bench.cuda_graph=false on CPU")
+    engine = GenerationEngine(paradigm, sampling, len(labels), graph=cuda_graph, decode=decode_fn,
+                              decode_batch=len(labels), warm=warm)
+    engine.prepare()
+    keys = RowNoise.for_samples(seed, torch.arange(len(labels), device=labels.device)).keys
 
     def run() -> None:
         with torch.inference_mode():
-            codes = generate(labels)
+            codes = engine.batch_codes(labels, keys)
             if decode_fn is not None:
-                decode_fn(codes)
+                engine.decode(codes)
 
     return run
 
@@ -256,7 +215,7 @@ def measure_generation(
         torch.cuda.reset_peak_memory_stats(device)
     try:
         setup_start, compiled_before = time.perf_counter(), compile_seconds()
-        run = generation_run(paradigm, labels, sampling, decode_fn, cuda_graph, warm)
+        run = generation_run(paradigm, labels, sampling, decode_fn, cuda_graph, warm, seed)
         for _ in range(warmup):
             run()
         if cuda:

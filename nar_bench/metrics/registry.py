@@ -4,6 +4,11 @@
 Registration order is display order. A metric's spread (``is_std``, ``kid_std``) is reported next
 to it, not as a metric of its own. Scorers (``nar_bench.evaluation.scoring``) only ever return
 registered names, their spreads and the bookkeeping keys in ``RECORD_KEYS``; a test holds them to it.
+
+Speed records (``SPEEDS``: generate / decode / feature img/s, latency, peak memory, the wall time of
+each phase) are what every evaluation also records about how fast it ran, with the unit each is in.
+They are not quality metrics: never averaged into the metric summary or tagged best, but tabled and
+plotted against quality (a sweep's quality-vs-throughput table and Pareto plot).
 """
 
 from __future__ import annotations
@@ -64,6 +69,41 @@ register_metric("fvd", "FVD", "lower", ("video",), ("features", "reference_stats
 RECORD_KEYS = ("num_samples", "generate_seconds")
 
 
+@dataclass(frozen=True)
+class SpeedSpec:
+    name: str
+    label: str  # as a table header or axis says it
+    unit: str
+    direction: Direction
+
+
+SPEEDS = Registry("speed record")
+
+
+def register_speed(name: str, label: str, unit: str, direction: Direction) -> SpeedSpec:
+    if name in METRICS or name in RECORD_KEYS:
+        raise ValueError(f"speed record '{name}' is already a metric or record key")
+    spec = SpeedSpec(name, label, unit, direction)
+    SPEEDS.register(name)(spec)
+    return spec
+
+
+# Rates count the samples kept (a micro-batch's padding rows cost time but are not counted) over the
+# steady-state seconds of their phase (setup excluded); on several devices, rank 0's own.
+register_speed("generate_img_s", "generate", "img/s", "higher")
+register_speed("decode_img_s", "decode", "img/s", "higher")
+register_speed("feature_img_s", "features", "img/s", "higher")  # the samples' features (ADM), else the scoring
+register_speed("latency_s", "latency per batch", "s", "lower")  # median seconds of one micro-batch's generation
+register_speed("peak_mem_gb", "peak GPU memory", "GiB", "lower")  # while generating (GPU only)
+register_speed("setup_s", "setup", "s", "lower")  # engine copies, compilation, warm-up, graph capture
+register_speed("compile_s", "compile", "s", "lower")  # torch.compile's part of setup_s
+register_speed("generate_s", "generate time", "s", "lower")
+register_speed("decode_s", "decode time", "s", "lower")
+register_speed("write_s", "write time", "s", "lower")  # shards (+ PNGs) and the final .npz
+register_speed("score_s", "score time", "s", "lower")  # features + metrics
+register_speed("wall_s", "wall time", "s", "lower")  # the whole evaluation: generate_seconds + score_s
+
+
 def metric_names() -> list[str]:
     """Registered metric names in display order."""
     return list(METRICS)
@@ -78,9 +118,15 @@ def plotted() -> Iterator[MetricSpec]:
     return (spec for spec in METRICS.values() if spec.plot)
 
 
+def speed_names() -> list[str]:
+    """Registered speed records in display order."""
+    return list(SPEEDS)
+
+
 def check_reported(keys: list[str] | set[str], what: str) -> None:
-    """Raises unless every key is a registered metric, a spread or a record key (a scorer's contract)."""
-    unknown = sorted(set(keys) - set(METRICS) - set(spreads()) - set(RECORD_KEYS))
+    """Raises unless every key is a registered metric, a spread, a record key or a speed record (a
+    scorer's contract)."""
+    unknown = sorted(set(keys) - set(METRICS) - set(spreads()) - set(RECORD_KEYS) - set(SPEEDS))
     if unknown:
         raise ValueError(f"{what} returned unregistered metric(s) {unknown}: register them in "
                          "nar_bench/metrics/registry.py")

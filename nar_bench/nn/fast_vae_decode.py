@@ -2,7 +2,9 @@
 
 ``FastDecoder(tokenizer, dtype)`` runs ``tokenizer.decode`` with weights in bf16, 4-D weights and
 activations channels_last (cuDNN's tensor-core layout), the cuDNN convolutions autotuned
-(``cudnn.benchmark`` inside the call), in one of two forms:
+(``cudnn.benchmark`` inside the call; ``autotune=False`` keeps cuDNN's heuristic choice, which
+unlike a timed one is the same in every process: evaluation's shards must not depend on which
+process decoded them), in one of two forms:
 
 - ``compile=True``: compiled by torch.compile with static shapes except the batch. Inductor fuses
   each GroupNorm + SiLU with the convolution's bias and the residual add around it into Triton
@@ -35,7 +37,7 @@ class FastDecoder:
     passed to ``tokenizer.decode`` flattened to (B, L), which it reads in its configured layout."""
 
     def __init__(self, tokenizer: nn.Module, dtype: torch.dtype = torch.bfloat16, chunk: int = 64,
-                 compile: bool = True):
+                 compile: bool = True, autotune: bool = True):
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1; got {chunk}")
         if not compile:
@@ -45,14 +47,14 @@ class FastDecoder:
                 if isinstance(module, GroupNorm):
                     module.fused = True
         tokenizer.to(dtype=dtype, memory_format=torch.channels_last).eval()
-        self.tokenizer, self.chunk, self.compiled = tokenizer, chunk, compile
+        self.tokenizer, self.chunk, self.compiled, self.autotune = tokenizer, chunk, compile, autotune
         self.decode_chunk = torch.compile(tokenizer.decode, dynamic=False) if compile else tokenizer.decode
 
     @torch.inference_mode()
     def __call__(self, codes: Tensor) -> Tensor:
         # cuDNN autotuning picks each convolution's fastest algorithm once per shape (the chunk
         # shape repeats), scoped to this call rather than set globally.
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=True,
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=self.autotune,
                                         deterministic=torch.backends.cudnn.deterministic,
                                         allow_tf32=torch.backends.cudnn.allow_tf32):
             return self._decode(codes)

@@ -143,14 +143,15 @@ if triton is not None:
         return x
 
     @triton.jit
-    def _attend(q, keys, values, ok, m_i, l_i, acc, qk_scale):
+    def _attend(q, keys, values, ok, m_i, l_i, acc, qk_scale, DOT: tl.constexpr):
         """One online-softmax update of (running max, normaliser, output) for queries q (M, D) over
-        keys (D, N) and values (N, D), key columns ``ok`` only; scores in log2 units."""
-        s = tl.where(ok[None, :], tl.dot(q, keys) * qk_scale, float("-inf"))
+        keys (D, N) and values (N, D), key columns ``ok`` only; scores in log2 units. ``DOT``: the
+        dots' input precision for fp32 inputs (ignored for bf16 / fp16)."""
+        s = tl.where(ok[None, :], tl.dot(q, keys, input_precision=DOT) * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.math.exp2(s - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
-        acc = acc * alpha[:, None] + tl.dot(p.to(values.dtype), values)
+        acc = acc * alpha[:, None] + tl.dot(p.to(values.dtype), values, input_precision=DOT)
         return m_new, l_i * alpha + tl.sum(p, 1), acc
 
     @triton.jit
@@ -158,7 +159,7 @@ if triton is not None:
                                  sq_m, sq_h, skn_m, skn_h, svn_m, svn_h,
                                  sc_b, sc_h, sc_s, so_m, so_h, sf_b, sf_m,
                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                                 ROPE: tl.constexpr, ONE_BLOCK: tl.constexpr):
+                                 ROPE: tl.constexpr, ONE_BLOCK: tl.constexpr, DOT: tl.constexpr):
         pid_bh, pid_m = tl.program_id(0), tl.program_id(1)
         b, h = pid_bh // H, pid_bh % H
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -186,9 +187,9 @@ if triton is not None:
             n_ok = offs_n < start
             k = tl.load(kc_base + offs_n[None, :] * sc_s + offs_d[:, None], mask=n_ok[None, :], other=0.0)
             v = tl.load(vc_base + offs_n[:, None] * sc_s + offs_d[None, :], mask=n_ok[:, None], other=0.0)
-            m_i, l_i, acc = _attend(q, k, v, n_ok, m_i, l_i, acc, qk_scale)
+            m_i, l_i, acc = _attend(q, k, v, n_ok, m_i, l_i, acc, qk_scale, DOT)
         if ONE_BLOCK:  # every token of the step is in this query block: its k/v are in registers
-            m_i, l_i, acc = _attend(q, tl.trans(kn), vn, m_ok, m_i, l_i, acc, qk_scale)
+            m_i, l_i, acc = _attend(q, tl.trans(kn), vn, m_ok, m_i, l_i, acc, qk_scale, DOT)
         else:
             for j0 in range(0, n, BLOCK_M):  # the step's own tokens, from the inputs
                 offs_j = j0 + tl.arange(0, BLOCK_M)
@@ -196,7 +197,7 @@ if triton is not None:
                 rows_j = b * n + offs_j
                 k = _load_rows(KN, rows_j, j_ok, skn_m, h * skn_h, freqs_base, offs_j, sf_m, D, ROPE).to(cdt)
                 v = tl.load(VN + rows_j[:, None] * svn_m + h * svn_h + offs_d[None, :], mask=j_ok[:, None], other=0.0)
-                m_i, l_i, acc = _attend(q, tl.trans(k), v.to(cdt), j_ok, m_i, l_i, acc, qk_scale)
+                m_i, l_i, acc = _attend(q, tl.trans(k), v.to(cdt), j_ok, m_i, l_i, acc, qk_scale, DOT)
         out = acc / l_i[:, None]
         tl.store(Out + rows[:, None] * so_m + h * so_h + offs_d[None, :], out.to(Out.dtype.element_ty),
                  mask=m_ok[:, None])
@@ -226,13 +227,16 @@ def triton_decode_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_
         sf_b = freqs.stride(0) if freqs.dim() == 4 and freqs.shape[0] > 1 else 0
         sf_m = freqs.stride(-3)
     block_m = max(16, min(64, triton.next_power_of_2(n)))
+    # fp32 caches: full fp32 dots, as PyTorch's own fp32 matmuls (TF32 only where PyTorch allows it);
+    # Triton's default would round their inputs to TF32's 10 mantissa bits
+    dot = "tf32" if k_cache.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32 else "ieee"
     block_n, num_warps, num_stages = tile or attention_tile(block_m)
     grid = ((m // n) * heads, triton.cdiv(n, block_m))
     _decode_attention_kernel[grid](
         q, k, v, k_cache, v_cache, out, freqs, start, n, heads, 1.0 / math.sqrt(d),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), out.stride(0), out.stride(1), sf_b, sf_m,
-        BLOCK_M=block_m, BLOCK_N=block_n, D=d, ROPE=rope, ONE_BLOCK=n <= block_m, num_warps=num_warps,
+        BLOCK_M=block_m, BLOCK_N=block_n, D=d, ROPE=rope, ONE_BLOCK=n <= block_m, DOT=dot, num_warps=num_warps,
         num_stages=num_stages)
     return out.view(m, heads * d)
 

@@ -10,7 +10,8 @@ A paradigm whose positions are chosen while decoding (MaskGIT) has no such list:
 ``num_steps`` and ``token_steps`` and its ``schedule()`` raises.
 
 Everything else the library and the tests need to know about a paradigm is declared on its class,
-once: its capability flags (``code_layout``, ``video``, ``fixed_schedule``, ``flex_attention_training``),
+once: its capability flags (``code_layout``, ``video``, ``fixed_schedule``, ``flex_attention_training``,
+``compiled_decoding``),
 its released training recipe (``default_dropouts``), its official checkpoint layout
 (``official_layout``) and its test kit (``tiny_overrides``, read by ``tiny_config`` / ``tiny``: a
 model that builds in milliseconds on a CPU). Its decode loop calls ``step_logits`` once per step, which is what the
@@ -75,6 +76,9 @@ class Paradigm(nn.Module, ABC):
     fixed_schedule: ClassVar[bool] = True
     # Training runs a masked LLaMA backbone, whose attention FlexAttention block masks can replace.
     flex_attention_training: ClassVar[bool] = False
+    # ``compile_decoding`` switches decoding to a fused, compiled step, and ``generate`` (static shapes,
+    # no host sync) captures as one CUDA graph: what the graph engine (``paradigms.generation``) needs.
+    compiled_decoding: ClassVar[bool] = False
 
     # --- test kit ---------------------------------------------------------------------------------
     # Dotlist overrides on top of TINY_SETTINGS that make a tiny, valid config of this paradigm
@@ -148,8 +152,9 @@ class Paradigm(nn.Module, ABC):
         return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
 
     def compile_decoding(self) -> bool:
-        """Hook: compiles what decoding runs per step (the bench's ``bench.compile``); returns
-        whether it did. A paradigm without a compiled path keeps eager decoding (False)."""
+        """Hook: compiles what decoding runs per step (the bench's ``bench.compile``, the graph
+        engine); returns whether it did. A paradigm without a compiled path keeps eager decoding
+        (False) and leaves ``compiled_decoding`` False."""
         return False
 
     @abstractmethod

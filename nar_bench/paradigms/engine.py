@@ -28,6 +28,7 @@ class SequenceParadigm(Paradigm):
     """
 
     flex_attention_training = True
+    compiled_decoding = True
 
     def __init__(self, model: TransformerConfig, codes: CodeSpace, options: Any = None):
         super().__init__(model, codes, options)

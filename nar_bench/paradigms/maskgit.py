@@ -132,6 +132,7 @@ class DecodeState(NamedTuple):
 class MaskGIT(Paradigm):
     Options = MaskGITOptions
     fixed_schedule = False  # confidence decides which tokens each step commits
+    compiled_decoding = True
 
     def __init__(self, model: TransformerConfig, codes: CodeSpace, options: MaskGITOptions | None = None):
         super().__init__(model, codes, options)

@@ -74,6 +74,7 @@ class VAR(Paradigm):
 
     Options = VAROptions
     code_layout = MULTISCALE
+    compiled_decoding = True
     # a tiny msvq: 16 px images -> 8 x 8 latent (downsample 2), scales 1, 2, 4, 8 (85 codes, 4 steps)
     tiny_overrides = ("tokenizer.name=msvq", "tokenizer.options.ch=8", "tokenizer.options.ch_mult=[1,2]",
                       "tokenizer.options.norm_groups=4", "tokenizer.options.vocab_size=32",

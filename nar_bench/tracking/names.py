@@ -22,7 +22,8 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 # --- params and metrics --------------------------------------------------------------------------
 SWEEP_POINTS_PARAM = "points"  # on sweep parents: number of points (finds a parent killed before its first child)
 PARADIGM_PARAM, EXTRACTOR_PARAM = "cfg/model/paradigm", "cfg/eval/extractor"  # flattened config params
-EVAL_PREFIX = "eval/"  # evaluation metrics: eval/fid, eval/is, ...
+EVAL_PREFIX = "eval/"  # evaluation metrics: eval/fid, eval/is, ... (and its speed records: eval/generate_img_s, ...)
+PROGRESS_PREFIX = "progress/"  # an evaluation's progress while it generates: progress/samples_done, progress/eta_s
 LOSS_METRICS = ("train/loss", "val/loss")
 
 # --- artifacts -----------------------------------------------------------------------------------

@@ -7,6 +7,10 @@ per sweep grid key (e.g. ``cfg_scale``) and the metrics (``fid``, ``is``, ``clas
 ``summary_use`` says for every run why it is in or out. ``plot_summary`` draws bars per variant (error
 bars = std over seeds where n > 1) or, for a sweep over one numeric grid key, one line per variant
 against it; every plot states n per variant and carries its provenance and evaluation settings.
+When the runs carry speed records (``metrics.registry.SPEEDS``: every evaluation records them),
+``quality_vs_speed`` tables each group's mean quality next to its mean speed, and
+``plot_quality_vs_speed`` draws the first quality metric against generate img/s, one labelled
+marker per group, the Pareto front (no other group both faster and better) joined by a line.
 The notebook (notebooks/compare_runs.ipynb) calls the same functions.
 """
 
@@ -25,7 +29,7 @@ import pandas as pd  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from nar_bench.errors import NarBenchError  # noqa: E402
-from nar_bench.metrics.registry import METRICS, metric_names, plotted  # noqa: E402
+from nar_bench.metrics.registry import METRICS, SPEEDS, metric_names, plotted, speed_names  # noqa: E402
 from nar_bench.tracking.mlflow import client, tracking_uri  # noqa: E402
 from nar_bench.tracking.names import (  # noqa: E402
     COMMIT_TAG,
@@ -42,6 +46,7 @@ from nar_bench.tracking.names import (  # noqa: E402
     TRAINED_IN_TAG,
     VARIANT_TAG,
 )
+from nar_bench.tracking.parent_summary import group_label  # noqa: E402
 from nar_bench.tracking.provenance import provenance_line, write_provenance  # noqa: E402
 
 USED = "used"  # summary_use value of the runs a summary averages
@@ -161,7 +166,7 @@ def tidy_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         table["paradigm"] = runs[f"params.{PARADIGM_PARAM}"]
     prefix = f"metrics.{EVAL_PREFIX}"
     evaluated = [col[len(prefix):] for col in runs.columns if col.startswith(prefix)]
-    order = metric_names()
+    order = metric_names() + speed_names()  # quality metrics, then speed records, each in registry order
     for metric in sorted(evaluated, key=lambda m: (order.index(m) if m in order else len(order), m)):
         table[metric] = runs[prefix + metric]
     for metric in LOSS_METRICS:
@@ -354,11 +359,82 @@ def left_out_line(use: pd.Series) -> str:
     return f"left out of the summary: {counts} (runs.csv says which)"
 
 
+# --- quality against speed ------------------------------------------------------------------------
+SPEED_AXIS = "generate_img_s"
+
+
+def pareto_front(frame: pd.DataFrame, metric: str, speed: str = SPEED_AXIS) -> pd.Series:
+    """Per row, whether no other row is at least as fast and at least as good on ``metric`` (its
+    registered direction) and strictly better in one of the two. Rows missing either are False."""
+    spec = METRICS[metric]
+    known = frame[metric].notna() & frame[speed].notna()
+    rows = frame[known]
+
+    def dominated(i) -> bool:
+        q, v = rows.at[i, metric], rows.at[i, speed]
+        return any(rows.at[j, speed] >= v and not spec.better(q, rows.at[j, metric])
+                   and (rows.at[j, speed] > v or spec.better(rows.at[j, metric], q)) for j in rows.index if j != i)
+
+    return pd.Series([bool(known[i]) and not dominated(i) for i in frame.index], index=frame.index)
+
+
+def quality_vs_speed(table: pd.DataFrame, group: list[str]) -> pd.DataFrame | None:
+    """Per group (variant + grid values): n, the mean of every metric and of every speed record over
+    the runs :func:`summary_use` keeps, the engine's label and ``pareto`` (on the first quality
+    metric against generate img/s, see :func:`pareto_front`); None when the runs carry no
+    generate img/s (evaluations from before speed was recorded)."""
+    runs = used_runs(table, [col for col in group if col != "variant"])
+    if SPEED_AXIS not in runs or runs[SPEED_AXIS].isna().all():
+        return None
+    metrics = [m for m in METRICS if m in runs and runs[m].notna().any()]
+    speeds = [s for s in SPEEDS if s in runs and runs[s].notna().any()]
+    grouped = runs.groupby(group, sort=False, dropna=False)
+    out = grouped[metrics + speeds].mean()
+    out.insert(0, "seeds", grouped.size())
+    out = out.reset_index()
+    out.insert(0, "label", [group_label(row, group) for _, row in out.iterrows()])
+    quality = next((m for m in metrics if METRICS[m].plot), None)
+    out["pareto"] = pareto_front(out, quality) if quality else False
+    return out
+
+
+def plot_quality_vs_speed(speed: pd.DataFrame, path: str | Path, caption: str = "") -> Path | None:
+    """The first plotted quality metric of ``speed`` (:func:`quality_vs_speed`) against generate
+    img/s: one labelled marker per group, the Pareto front as a line; None without a metric."""
+    metric = next((spec.name for spec in plotted() if spec.name in speed and speed[spec.name].notna().any()), None)
+    if metric is None:
+        return None
+    footer = [line for part in caption.splitlines() for line in textwrap.wrap(part, 110)]
+    footer_in = 0.12 * len(footer) + 0.1 if footer else 0.0
+    fig, ax = plt.subplots(figsize=(6.4, 4.8 + footer_in))
+    front = speed[speed["pareto"]].sort_values(SPEED_AXIS)
+    ax.plot(front[SPEED_AXIS], front[metric], color="tab:orange", lw=1, zorder=1, label="Pareto front")
+    ax.scatter(speed[SPEED_AXIS], speed[metric], color="tab:blue", zorder=2)
+    ax.scatter(front[SPEED_AXIS], front[metric], color="tab:orange", zorder=3)
+    for _, row in speed.iterrows():
+        ax.annotate(f"{row['label']} (n={row['seeds']})", (row[SPEED_AXIS], row[metric]), fontsize="x-small",
+                    xytext=(4, 4), textcoords="offset points")
+    spec, axis = METRICS[metric], SPEEDS[SPEED_AXIS]
+    ax.set_xlabel(f"{axis.label} {axis.unit} ({axis.direction} is better)")
+    ax.set_ylabel(f"{spec.label} ({spec.direction} is better)")
+    ax.set_title(f"{spec.label} vs {axis.label} throughput (mean over seeds)", fontsize="small")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout(rect=(0, footer_in / (4.8 + footer_in), 1, 1))
+    if footer:
+        fig.text(0.01, 0.05 / (4.8 + footer_in), "\n".join(footer), fontsize=6, va="bottom", linespacing=1.3)
+    path = Path(path)
+    fig.savefig(path, dpi=120, metadata={"Description": caption} if caption else None)
+    plt.close(fig)
+    return path
+
+
 def write_report(table: pd.DataFrame, grid: list[str], out_dir: str | Path, info: dict[str, str]) -> dict[str, Path]:
     """Writes runs.csv/.md (one row per run, ``summary_use`` saying whether the summary uses it),
     summary.csv/.md (mean ± std over distinct seeds per variant and ``grid`` columns, FINISHED runs
-    only, with the provenance ``info`` on top), metrics.png and provenance.json. The caller guards
-    ``out_dir`` (tracking.provenance.guard_output) before doing any work."""
+    only, with the provenance ``info`` on top), metrics.png and provenance.json; when the runs
+    carry speed records also quality_vs_speed.csv/.md and quality_vs_speed.png (the Pareto plot).
+    The caller guards ``out_dir`` (tracking.provenance.guard_output) before doing any work."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     group = ["variant", *grid]
@@ -371,6 +447,13 @@ def write_report(table: pd.DataFrame, grid: list[str], out_dir: str | Path, info
     summary.to_csv(paths["summary_csv"], index=False)
     header = "\n".join(f"- {key}: `{value}`" for key, value in info.items())
     paths["summary_md"].write_text(f"{header}\n\n{summary_markdown(summary, group)}\n")
-    plot_summary(summary, group, paths["plot"], plot_caption(table, info))
+    caption = plot_caption(table, info)
+    plot_summary(summary, group, paths["plot"], caption)
+    speed = quality_vs_speed(table, group)
+    if speed is not None:
+        paths["speed_csv"], paths["speed_md"] = write_table(speed, out / "quality_vs_speed.csv")
+        pareto = plot_quality_vs_speed(speed, out / "quality_vs_speed.png", caption)
+        if pareto is not None:
+            paths["pareto"] = pareto
     write_provenance(out, info)
     return paths
