@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from nar_bench.cli import main
 from nar_bench.tracking.lifecycle import owner_tags
 from nar_bench.tracking.names import HOST_TAG, PARENT_TAG, PID_TAG, PROCESS_START_TAG
-from tests.conftest import finish, run_python, start_python, tracking_overrides
+from tests.conftest import finish, run_cli, start_python, tracking_overrides
 from tests.test_sweep_report import TINY
 
 pytestmark = pytest.mark.usefixtures("metrics_cache")
@@ -49,15 +49,7 @@ def split(runs: list) -> tuple[list, list]:
 
 def run_cli_until_killed(hook: str, argv: list[str]) -> subprocess.CompletedProcess:
     """Runs the CLI in a subprocess after ``hook`` (Python source that patches it to SIGKILL itself)."""
-    script = textwrap.dedent("""
-        import os, signal, sys
-        import nar_bench
-        {hook}
-        from nar_bench.cli import main
-        sys.exit(main(sys.argv[1:]))
-    """).format(hook=textwrap.indent(textwrap.dedent(hook), "").strip())
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return run_python(["-c", script, *argv], env)
+    return run_cli(argv, hook)
 
 
 def test_sweep_killed_by_sigkill_after_two_points_resumes_without_retraining_them(tmp_path):

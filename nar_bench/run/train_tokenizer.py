@@ -26,7 +26,7 @@ def train_tokenizer(cfg: DictConfig, run_name: str | None = None) -> dict:
     check_inputs(cfg)
     L.seed_everything(cfg.seed, workers=True)
     module = TokenizerModule(cfg)
-    data = GeneratorDataModule(cfg.data)
+    data = GeneratorDataModule(cfg.data, cfg.seed)
     run_name = run_name or cfg.tracking.run_name or f"tokenizer-{cfg.tokenizer.name}"
     logger = make_logger(cfg.tracking, run_name)
     run_dir = run_directory(cfg, run_name, logger)
