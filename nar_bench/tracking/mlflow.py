@@ -233,6 +233,18 @@ def find_parent(c: MlflowClient, exp_id: str, name: str, key: str) -> Run | None
     return None
 
 
+def unfinished_run(tracking: DictConfig, tag: str, value: str, parent_run_id: str | None = None) -> Run | None:
+    """The newest run tagged ``tag`` = ``value`` (a child of ``parent_run_id`` if given) that ended
+    KILLED or FAILED: an attempt of the same work, to continue in. Runs left RUNNING by dead
+    processes of this host are marked KILLED first (``experiment_id``)."""
+    exp_id = experiment_id(tracking)
+    query = f"tags.`{tag}` = '{value}' and attributes.status != 'FINISHED' and attributes.status != 'RUNNING'"
+    if parent_run_id:
+        query += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    runs = client(tracking).search_runs([exp_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
 def child_runs(tracking: DictConfig, parent_run_id: str) -> list[Run]:
     """The child runs of ``parent_run_id``, oldest first."""
     c = client(tracking)
