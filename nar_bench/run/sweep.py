@@ -40,7 +40,7 @@ from nar_bench.lit.module import GeneratorModule
 from nar_bench.lit.progress import point_line
 from nar_bench.lit.trainer import check_sweep_inputs, uses_gpu
 from nar_bench.run.train import ResumePoint, finish_run, fit
-from nar_bench.tracking.lifecycle import run_end_status
+from nar_bench.tracking.lifecycle import check_interrupted, run_end_status
 from nar_bench.tracking.mlflow import client, make_logger, parent_run
 from nar_bench.tracking.names import (
     POINT_KEY_TAG,
@@ -280,12 +280,14 @@ def run_sweep(cfg: DictConfig, run_point: RunPoint, name: str, fresh: bool = Fal
             run_point.unfinished = unfinished_points(cfg.tracking, parent_id)
         start, todo = time.perf_counter(), [i for i in training_groups(points) if i not in rows]
         for done, i in enumerate(todo):
+            check_interrupted()  # a Ctrl-C whose KeyboardInterrupt was lost stops the sweep here
             point_name, point_cfg = points[i]
             if rank_zero_only.rank == 0:
                 print(point_line(done + 1, len(todo), point_name, time.perf_counter() - start), flush=True)
             rows[i] = {"point": point_name, **run_point(point_name, point_cfg, parent_id)}
         if isinstance(run_point, TrainAndEvaluate):
             run_point.release()
+        check_interrupted()
         table = pd.DataFrame([{k: v for k, v in rows[i].items() if k != "run_dir"} for i in range(len(points))])
         if finish is not None:
             finish(table, parent_id)
@@ -309,7 +311,6 @@ def select_variants(cfg: DictConfig, only: str | None) -> DictConfig:
 
 def main(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
-    from nar_bench.tracking.lifecycle import interruptible
     from nar_bench.tracking.parent_summary import log_sweep_summary
     from nar_bench.tracking.provenance import provenance
     from nar_bench.tracking.report import write_report
@@ -329,5 +330,4 @@ def main(args: argparse.Namespace) -> None:
                           list(paths.values()))
         print("\n".join(str(path) for path in paths.values()))
 
-    with interruptible():
-        run_sweep(cfg, TrainAndEvaluate(cfg), name, fresh=getattr(args, "fresh", False), finish=finish)
+    run_sweep(cfg, TrainAndEvaluate(cfg), name, fresh=getattr(args, "fresh", False), finish=finish)

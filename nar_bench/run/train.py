@@ -23,7 +23,7 @@ from nar_bench.lit.module import GeneratorModule
 from nar_bench.lit.progress import run_folder_line
 from nar_bench.lit.trainer import check_generator_inputs, check_inputs, make_trainer, run_directory, uses_gpu
 from nar_bench.nn.transformer import count_parameters
-from nar_bench.tracking.lifecycle import interruptible, run_end_status, sqlite_path
+from nar_bench.tracking.lifecycle import run_end_status, sqlite_path
 from nar_bench.tracking.mlflow import client, log_artifact, make_logger, tracking_uri
 from nar_bench.tracking.names import RUN_DIR_TAG
 from nar_bench.tracking.report import write_table
@@ -177,8 +177,7 @@ def main(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
 
     overrides = [*args.overrides, *(["trainer.resume=latest"] if getattr(args, "resume", False) else [])]
-    with interruptible():
-        summary = train(load_config(args.config, overrides))
+    summary = train(load_config(args.config, overrides))
     if summary:
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
         print(run_folder_line(summary["run_dir"], summary["mlflow_run_id"]), file=sys.stderr)  # stdout: key=value
