@@ -141,12 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     args.command_line = shlex.join(["nar-bench", *argv])  # provenance of written results
-    try:
-        if args.command == "sweep":  # checked before any training: a refused folder costs nothing
-            from nar_bench.tracking.provenance import SCRATCH_ROOT, guard_output
+    from nar_bench.tracking.lifecycle import interruptible
 
-            args.out = str(guard_output(args.out or SCRATCH_ROOT / Path(args.config).stem, args.overwrite))
-        importlib.import_module(args.verb).main(args)  # imported here: --help needs no torch
+    try:
+        # Ctrl-C / SIGTERM in any verb: its open MLflow runs end KILLED, one line, exit 128 + signal
+        with interruptible():
+            if args.command == "sweep":  # checked before any training: a refused folder costs nothing
+                from nar_bench.tracking.provenance import SCRATCH_ROOT, guard_output
+
+                args.out = str(guard_output(args.out or SCRATCH_ROOT / Path(args.config).stem, args.overwrite))
+            importlib.import_module(args.verb).main(args)  # imported here: --help needs no torch
     except NarBenchError as err:
         print(f"nar-bench: error: {err}", file=sys.stderr)
         return 2

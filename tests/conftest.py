@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,28 @@ def finish(child: Child, guard_s: float = HANG_GUARD_S) -> subprocess.CompletedP
 def run_python(args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """``python <args>`` run to completion under the hang guard (:func:`start_python`, :func:`finish`)."""
     return finish(start_python(args, env, cwd))
+
+
+CLI_SCRIPT = """
+import os, signal, sys
+import nar_bench
+{hook}
+from nar_bench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def start_cli(argv: list[str], hook: str = "") -> Child:
+    """Starts ``nar-bench <argv>`` in a subprocess (one torch thread, as the tests' own process
+    under ``single_thread``) after ``hook``: Python source run first, e.g. to patch a function so
+    that the process SIGKILLs itself at a fixed point (no race with the clock)."""
+    script = CLI_SCRIPT.format(hook=textwrap.dedent(hook).strip())
+    return start_python(["-c", script, *argv], {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+
+
+def run_cli(argv: list[str], hook: str = "") -> subprocess.CompletedProcess:
+    """:func:`start_cli` run to completion under the hang guard."""
+    return finish(start_cli(argv, hook))
 
 
 @contextlib.contextmanager

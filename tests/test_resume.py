@@ -8,6 +8,7 @@ by the process itself from a hook at a fixed point, so the tests do not race the
 
 import gc
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -22,9 +23,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from nar_bench.cli import main
+from nar_bench.metrics.cache import CACHE_ENV
 from nar_bench.tracking.lifecycle import owner_tags
 from nar_bench.tracking.names import HOST_TAG, PARENT_TAG, PID_TAG, PROCESS_START_TAG
-from tests.conftest import finish, run_python, start_python, tracking_overrides
+from tests.conftest import finish, run_cli, start_python, tracking_overrides
 from tests.test_sweep_report import TINY
 
 pytestmark = pytest.mark.usefixtures("metrics_cache")
@@ -49,19 +51,12 @@ def split(runs: list) -> tuple[list, list]:
 
 def run_cli_until_killed(hook: str, argv: list[str]) -> subprocess.CompletedProcess:
     """Runs the CLI in a subprocess after ``hook`` (Python source that patches it to SIGKILL itself)."""
-    script = textwrap.dedent("""
-        import os, signal, sys
-        import nar_bench
-        {hook}
-        from nar_bench.cli import main
-        sys.exit(main(sys.argv[1:]))
-    """).format(hook=textwrap.indent(textwrap.dedent(hook), "").strip())
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return run_python(["-c", script, *argv], env)
+    return run_cli(argv, hook)
 
 
 def test_sweep_killed_by_sigkill_after_two_points_resumes_without_retraining_them(tmp_path):
-    # the third point dies (SIGKILL) after its training, before its evaluation: its run is left RUNNING
+    # the third point dies (SIGKILL) after its training, before its evaluation: its run is left RUNNING,
+    # marked KILLED at the restart and continued (evaluated, not trained again) to FINISHED
     hook = """
         import nar_bench.run.sweep as sweep
         calls, evaluate = [], sweep.evaluate
@@ -80,18 +75,36 @@ def test_sweep_killed_by_sigkill_after_two_points_resumes_without_retraining_the
     assert sorted(first) == ["nar_single_head", "ntp_raster"]
     assert parent.info.status == "RUNNING" and [r.info.status for r in children].count("RUNNING") == 1
 
-    assert main(sweep_argv(tmp_path)) == 0  # the same command again
+    (dead,) = [r.info.run_id for r in children if r.info.status == "RUNNING"]
+    again = run_cli(sweep_argv(tmp_path), REPORT_REOPEN)  # the same command again
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"reopening {dead} KILLED" in again.stdout  # the dead process's run, marked at the restart, continued
+    assert "fitting" not in again.stdout  # nothing trained again
     client, runs = runs_of(tmp_path, "ablation_heads")
     (parent_again,), children = split(runs)
     assert parent_again.info.run_id == parent.info.run_id and parent_again.info.status == "FINISHED"
     finished = {r.info.run_name: r.info.run_id for r in children if r.info.status == "FINISHED"}
-    assert len(finished) == 3 and {k: finished[k] for k in first} == first  # not re-trained
-    assert [r.info.status for r in children].count("KILLED") == 1  # the dead process's run, marked at the restart
+    assert len(finished) == len(children) == 3 and {k: finished[k] for k in first} == first  # not re-trained
+    assert finished["nar_dim_heads_mixed"] == dead  # evaluated in the run that trained it
     table = pd.read_csv(tmp_path / "results" / "runs.csv")
     assert table["variant"].tolist() == ["ntp_raster", "nar_single_head", "nar_dim_heads_mixed"]
     assert table["mlflow_run_id"].tolist() == [finished[v] for v in table["variant"]]
     assert len({r.data.tags["nar_bench.point_key"] for r in children if r.info.status == "FINISHED"}) == 3
-    assert len(list((tmp_path / "runs").iterdir())) == 4  # 3 points + the killed one, nothing trained twice
+    assert len(list((tmp_path / "runs").iterdir())) == 3  # one folder per point: nothing trained twice
+
+
+REPORT_REOPEN = """
+    import nar_bench.tracking.mlflow as mlflow_module
+    import nar_bench.run.sweep as sweep
+    reopen, fit = mlflow_module.reopen, sweep.fit
+    def reporting_reopen(c, run_id, tags):
+        print("reopening", run_id, c.get_run(run_id).info.status, flush=True)
+        return reopen(c, run_id, tags)
+    def reporting_fit(cfg, name, *args, **kwargs):
+        print("fitting", name, flush=True)
+        return fit(cfg, name, *args, **kwargs)
+    mlflow_module.reopen, sweep.fit = reporting_reopen, reporting_fit
+"""
 
 
 def test_sweep_interrupted_by_sigint_ends_runs_killed_then_resumes_and_logs_its_result_to_the_parent(
@@ -283,3 +296,118 @@ def test_two_sweeps_opening_a_fresh_store_at_once_both_succeed(tmp_path):
     _, runs = runs_of(tmp_path, "test")
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
     assert {r.info.run_id for r in runs} == {done.stdout.strip() for done in results}
+
+
+# two points; checkpoints at steps 2 and 4; each evaluation writes 2 shards of 8 samples
+TWO = ["sweep", "experiments/ablation_heads.yaml", "--only", "ntp_raster,nar_single_head", *TINY, *FAST_EVAL,
+       "trainer.val_check_interval=2", "eval.shard_size=8"]
+REPORT_WORK = REPORT_REOPEN + """
+    import nar_bench.metrics.sample_store as store_module
+    write_shard = store_module.SampleStore.write_shard
+    def reporting_write_shard(self, shard, *args):
+        print("writing shard", shard, flush=True)
+        return write_shard(self, shard, *args)
+    store_module.SampleStore.write_shard = reporting_write_shard
+"""
+KILL_IN_SECOND_TRAINING = REPORT_WORK + """
+    import lightning as L
+    import nar_bench.run.train as train
+    trainings, make_trainer = [], train.make_trainer
+    class KillAtStep3(L.Callback):  # after the step-2 checkpoint
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+    def killing_make_trainer(*args):
+        trainer = make_trainer(*args)
+        trainings.append(1)
+        if len(trainings) == 2:
+            trainer.callbacks.append(KillAtStep3())
+        return trainer
+    train.make_trainer = killing_make_trainer
+"""
+KILL_IN_FIRST_EVALUATION = REPORT_WORK + """
+    def killing_write_shard(self, shard, *args):
+        if shard == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return reporting_write_shard(self, shard, *args)
+    store_module.SampleStore.write_shard = killing_write_shard
+"""
+NOT_RESULTS = ["mlflow_run_id", "trained_in_run", "generate_seconds"]  # ids and times
+
+
+def two_points(folder: Path) -> list[str]:
+    return [*TWO, "--out", str(folder / "results"), *tracking_overrides(folder, experiment=None)]
+
+
+def printed(done: subprocess.CompletedProcess, prefix: str) -> list[str]:
+    """What the hooks printed after ``prefix`` (progress bars share the lines)."""
+    return [match.strip() for match in re.findall(rf"{prefix} ([^\r\n]*)", done.stdout)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_sweep(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    with pytest.MonkeyPatch.context() as patch:  # the metrics_cache fixture's folder
+        patch.setenv(CACHE_ENV, str(tmp_path_factory.getbasetemp() / "metrics-cache"))
+        done = run_cli(two_points(folder))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+def assert_same_results(folder: Path, reference: Path) -> None:
+    """Same rows as the uninterrupted sweep, and the same per-step losses, each step once."""
+    ours, theirs = (pd.read_csv(f / "results" / "runs.csv").drop(columns=NOT_RESULTS) for f in (folder, reference))
+    pd.testing.assert_frame_equal(ours, theirs)
+    (client, runs), (ref_client, ref_runs) = runs_of(folder, "ablation_heads"), runs_of(reference, "ablation_heads")
+    for child in split(runs)[1]:
+        (ref_child,) = [r for r in split(ref_runs)[1] if r.info.run_name == child.info.run_name]
+        for key in ("train/loss", "val/loss"):
+            history = [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, key)]
+            ref_history = [(m.step, m.value) for m in ref_client.get_metric_history(ref_child.info.run_id, key)]
+            assert sorted(history) == sorted(ref_history), (child.info.run_name, key)
+
+
+def test_sweep_sigkilled_after_its_first_point_resumes_the_second_from_its_checkpoint_in_its_run(
+        tmp_path, uninterrupted_sweep):
+    killed = run_cli(two_points(tmp_path), KILL_IN_SECOND_TRAINING)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert printed(killed, "fitting") == ["ntp_raster", "nar_single_head"]
+    _, runs = runs_of(tmp_path, "ablation_heads")
+    (parent,), children = split(runs)
+    status = {r.info.run_name: r.info.status for r in children}
+    assert parent.info.status == "RUNNING" and status == {"ntp_raster": "FINISHED", "nar_single_head": "RUNNING"}
+    (dead,) = [r for r in children if r.info.status == "RUNNING"]
+    run_dir = Path(dead.data.tags["nar_bench.run_dir"])
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+
+    again = run_cli(two_points(tmp_path), REPORT_WORK)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert printed(again, "reopening") == [f"{parent.info.run_id} KILLED", f"{dead.info.run_id} KILLED"]
+    assert printed(again, "fitting") == ["nar_single_head"]  # from its step-2 checkpoint (the test above: exact)
+    _, runs = runs_of(tmp_path, "ablation_heads")
+    (parent_again,), children = split(runs)
+    assert parent_again.info.status == "FINISHED" and sorted(r.info.status for r in children) == ["FINISHED"] * 2
+    assert dead.info.run_id in {r.info.run_id for r in children}  # continued in its own run
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(
+        Path(r.data.tags["nar_bench.run_dir"]).name for r in children)  # one folder per point
+    assert_same_results(tmp_path, uninterrupted_sweep)
+
+
+def test_sweep_point_sigkilled_while_evaluating_continues_from_its_checkpoint_and_shards_in_its_run(
+        tmp_path, uninterrupted_sweep):
+    killed = run_cli(two_points(tmp_path), KILL_IN_FIRST_EVALUATION)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert printed(killed, "writing shard") == ["0"]
+    _, runs = runs_of(tmp_path, "ablation_heads")
+    (dead,) = split(runs)[1]
+
+    again = run_cli(two_points(tmp_path), REPORT_WORK)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{dead.info.run_id} KILLED" in printed(again, "reopening")
+    assert printed(again, "fitting") == ["nar_single_head"]  # the killed point's training was not repeated
+    assert printed(again, "writing shard") == ["1", "0", "1"]  # nor its first shard
+    _, runs = runs_of(tmp_path, "ablation_heads")
+    children = {r.info.run_name: r for r in split(runs)[1]}
+    assert children["ntp_raster"].info.run_id == dead.info.run_id and len(children) == 2
+    assert all(r.info.status == "FINISHED" for r in children.values())
+    assert_same_results(tmp_path, uninterrupted_sweep)

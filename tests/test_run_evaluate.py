@@ -9,6 +9,7 @@ random weights, a tmp SQLite MLflow store.
 import json
 import os
 import re
+import signal
 import textwrap
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from nar_bench.evaluation.samples import generate_samples, sample_settings
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.metrics.registry import SPEEDS
 from nar_bench.metrics.sample_store import SampleStore
-from tests.conftest import randomize_heads, run_python, tracking_overrides
+from tests.conftest import randomize_heads, run_cli, run_python, tracking_overrides
 
 TINY = ["model.size=tiny", "model.paradigm=nar", "data.image_size=16", "data.grid_size=4", "trainer.accelerator=cpu",
         "trainer.devices=1", "eval.batch_size=8", "eval.shard_size=8", "eval.decode_batch=4",
@@ -225,3 +226,105 @@ def test_cuda_samples_do_not_depend_on_the_batch_size(tmp_path):
     arrays = [read(generate_samples(module, cfg, 64, tmp_path / f"b{b}.npz", b, sample_settings(cfg, CLASSES)))[0]
               for b in (7, 64)]
     assert np.array_equal(*arrays)
+
+
+REPORT = """
+    import nar_bench.metrics.sample_store as store_module
+    import nar_bench.metrics.adm as adm
+    import nar_bench.tracking.mlflow as mlflow_module
+    write_shard, extract = store_module.SampleStore.write_shard, adm.InceptionFeatures.extract
+    reopen = mlflow_module.reopen
+    def reporting_write_shard(self, shard, *args):
+        print("writing shard", shard, flush=True)
+        return write_shard(self, shard, *args)
+    def reporting_extract(self, batches, total=None, desc="Inception features"):
+        print("extracting", desc, flush=True)
+        return extract(self, batches, total, desc)
+    def reporting_reopen(c, run_id, tags):
+        print("reopening", run_id, c.get_run(run_id).info.status, flush=True)
+        return reopen(c, run_id, tags)
+    store_module.SampleStore.write_shard = reporting_write_shard
+    adm.InceptionFeatures.extract = reporting_extract
+    mlflow_module.reopen = reporting_reopen
+"""
+KILL_AT_SECOND_SHARD = REPORT + """
+    def killing_write_shard(self, shard, *args):
+        if shard == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return reporting_write_shard(self, shard, *args)
+    store_module.SampleStore.write_shard = killing_write_shard
+"""
+KILL_WHILE_SCORING = REPORT + """
+    def killing_metrics(*args, **kwargs):  # after the sample features were extracted
+        os.kill(os.getpid(), signal.SIGKILL)
+    adm.adm_metrics = killing_metrics
+"""
+
+
+def printed(done, prefix: str) -> list[str]:
+    """What the hooks printed after ``prefix`` (progress bars share the lines)."""
+    return [match.strip() for match in re.findall(rf"{prefix} ([^\r\n]*)", done.stdout)]
+
+
+@pytest.fixture(scope="module")
+def evaluate_argv(tmp_path_factory, shapes_reference, random_inception_weights):
+    """(argv without tracking settings, folder of an uninterrupted `nar-bench evaluate` of 32 samples
+    in 4 shards)."""
+    folder = tmp_path_factory.mktemp("evaluate")
+    _, module = tiny_module()
+    torch.save(to_official(module.paradigm), folder / "official.pt")
+    argv = ["evaluate", DEMO, "--ckpt", str(folder / "official.pt"), "--num-samples", "32", "--name", "tiny", *TINY,
+            f"eval.reference={shapes_reference}", f"eval.extractor_options.weights_path={random_inception_weights}"]
+    done = run_cli([*argv, *tracking_overrides(folder / "whole")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return argv, folder / "whole"
+
+
+def one_run(folder: Path):
+    client = MlflowClient(f"sqlite:///{folder}/mlruns.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    return run
+
+
+def test_evaluate_sigkilled_mid_shard_resumes_its_shards_in_its_run_to_the_same_npz(evaluate_argv, tmp_path):
+    argv, whole = evaluate_argv
+    argv = [*argv, *tracking_overrides(tmp_path)]
+    killed = run_cli(argv, KILL_AT_SECOND_SHARD)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    folder = tmp_path / "runs" / "tiny"
+    assert sorted(p.name for p in folder.rglob("*.npz")) == ["shard_00000.npz"]  # nothing half-written
+    killed_run = one_run(tmp_path)
+    assert killed_run.info.status == "RUNNING"
+
+    again = run_cli(argv, REPORT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert printed(again, "writing shard") == ["1", "2", "3"]  # shard 0 was not generated again
+    assert printed(again, "reopening") == [f"{killed_run.info.run_id} KILLED"]  # marked at the restart, resumed
+    assert (folder / "samples.npz").read_bytes() == (whole / "runs" / "tiny" / "samples.npz").read_bytes()
+    ours, theirs = (json.loads((f / "eval.json").read_text()) for f in (folder, whole / "runs" / "tiny"))
+    assert ours["metrics"] == theirs["metrics"] and ours["mlflow_run_id"] == killed_run.info.run_id
+    run = one_run(tmp_path)
+    assert run.info.run_id == killed_run.info.run_id and run.info.status == "FINISHED"
+    assert run.data.metrics["eval/fid"] == pytest.approx(theirs["metrics"]["fid"])
+
+
+def test_evaluate_sigkilled_while_scoring_reuses_its_samples_and_their_features(evaluate_argv, tmp_path):
+    argv, whole = evaluate_argv
+    argv = [*argv, *tracking_overrides(tmp_path)]
+    killed = run_cli(argv, KILL_WHILE_SCORING)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert printed(killed, "writing shard") == ["0", "1", "2", "3"]
+    folder = tmp_path / "runs" / "tiny"
+    assert (folder / "samples.npz").is_file() and not (folder / "eval.json").exists()
+
+    again = run_cli(argv, REPORT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert printed(again, "writing shard") == []  # the complete samples.npz of the same settings is taken
+    assert "sample features" not in printed(again, "extracting")  # and so are their features
+    ours, theirs = (json.loads((f / "eval.json").read_text()) for f in (folder, whole / "runs" / "tiny"))
+    assert ours["metrics"] == theirs["metrics"]
+    assert one_run(tmp_path).info.status == "FINISHED"
+
+    other = run_cli([*argv, "eval.sampling.top_k=4"], REPORT)  # other settings: generated again, nothing mixed
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert printed(other, "writing shard") == ["0", "1", "2", "3"] and "sample features" in printed(other, "extracting")

@@ -365,11 +365,9 @@ def run_throughput_sweep(cfg: DictConfig, command: str | None = None, overwrite:
 
 def main(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
-    from nar_bench.tracking.lifecycle import interruptible
 
     cfg = load_config(args.config, args.overrides)
     if args.out:
         cfg = merge(cfg, {"bench": {"output_dir": args.out}}, source="--out")
-    with interruptible():  # SIGINT / SIGTERM end the sweep's runs KILLED
-        run_throughput_sweep(cfg, command=args.command_line, overwrite=args.overwrite, fresh=args.fresh)
+    run_throughput_sweep(cfg, command=args.command_line, overwrite=args.overwrite, fresh=args.fresh)
     print(f"results in {cfg.bench.output_dir}")

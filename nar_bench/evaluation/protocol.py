@@ -14,12 +14,15 @@ functions on every rank under DDP; ranks other than 0 get nothing back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
+import torch
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from torch import Tensor
 
@@ -35,9 +38,10 @@ from nar_bench.lit.trainer import check_inputs
 from nar_bench.metrics.adm_npz import atomic_path, sha256_file
 from nar_bench.metrics.registry import SPEEDS
 from nar_bench.tracking.lifecycle import run_end_status
-from nar_bench.tracking.mlflow import log_artifact, make_logger
-from nar_bench.tracking.names import EVAL_PREFIX, PROGRESS_PREFIX
+from nar_bench.tracking.mlflow import log_artifact, make_logger, unfinished_run
+from nar_bench.tracking.names import EVAL_KEY_TAG, EVAL_PREFIX, PROGRESS_PREFIX
 from nar_bench.tracking.provenance import provenance
+from nar_bench.tracking.resume import digest
 
 GRID_FILE = "eval_samples.png"  # .gif for video (save_samples picks the format)
 
@@ -58,6 +62,18 @@ def write_artifacts(images: Tensor, per_class: pd.DataFrame | None, out_dir: Pat
     for path in paths:
         log_artifact(logger, path)
     return paths
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """SHA-256 of a model's state (names, dtypes, shapes and bytes): which weights made a set of
+    samples when no checkpoint file names them (a model in memory), so that resumed or reused
+    samples are never those of other weights (a training resumed to more steps)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def progress_to(logger) -> Progress | None:
@@ -109,7 +125,8 @@ def evaluate(module: GeneratorModule, cfg: DictConfig, num_samples: int | None =
         folder = Path(out_dir or tmp)
         start, speed = time.perf_counter(), {}
         path = generate_samples(module, cfg, num_samples, folder / "samples.npz", batch_size or cfg.eval.batch_size,
-                                sample_settings(cfg, module.num_classes), progress=progress_to(logger), speed=speed)
+                                sample_settings(cfg, module.num_classes, weights_sha256=weights_sha256(module)),
+                                progress=progress_to(logger), speed=speed)
         if path is None:
             return {}
         seconds = time.perf_counter() - start
@@ -159,7 +176,15 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt: str | Path, num_samples: int = 50
     settings = {**sample_settings(cfg, module.num_classes, checkpoint_sha256=ckpt_sha),
                 **engine_settings(module, cfg, cfg.eval.batch_size)}  # an engine that cannot run fails here
     protocol = scorer.protocol()
-    logger = make_logger(cfg.tracking, name)
+    out = Path(out) if out else Path(cfg.output_dir) / name.replace("/", "_") / "samples.npz"
+    key = digest({"settings": settings, "num_samples": num_samples, "samples": str(out.resolve()),
+                  "protocol": protocol})
+    previous = unfinished_run(cfg.tracking, EVAL_KEY_TAG, key) if rank_zero_only.rank == 0 else None
+    if previous is not None:
+        print(f"nar-bench: continuing evaluation '{name}' in its {previous.info.status} run {previous.info.run_id}",
+              flush=True)
+    logger = make_logger(cfg.tracking, name, tags={EVAL_KEY_TAG: key},
+                         run_id=previous.info.run_id if previous is not None else None)
     try:
         logger.log_hyperparams({"num_samples": num_samples, "seed": cfg.seed, "sampling": settings["sampling"],
                                 "checkpoint": {"path": str(Path(ckpt).resolve()), "sha256": ckpt_sha},

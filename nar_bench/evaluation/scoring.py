@@ -14,6 +14,7 @@ Every scorer returns only names the metric registry knows (``nar_bench.metrics.r
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
@@ -40,6 +41,7 @@ from nar_bench.metrics.adm_npz import IMAGES_KEY, LABELS_KEY, iter_samples, samp
 from nar_bench.metrics.cache import cache_root
 from nar_bench.metrics.fvd import VIDEO_EXTRACTORS, batched_features, frechet_distance
 from nar_bench.metrics.registry import check_reported
+from nar_bench.metrics.sample_store import settings_path
 from nar_bench.registry import DATASETS, FEATURE_EXTRACTORS, PARADIGMS
 
 
@@ -117,9 +119,17 @@ class ADMScorer(Scorer):
     def metrics(self, samples: Path) -> tuple[dict[str, float], None]:
         timings: dict[str, float] = {}
         metrics = evaluate_npz(samples, self.cfg.eval.reference, self.weights, batch_size=self.cfg.eval.batch_size,
-                               device=device(self.cfg), timings=timings)
+                               device=device(self.cfg), timings=timings, features_cache=self.features_cache(samples))
         self.feature_seconds = timings["feature_s"]
         return metrics, None
+
+    def features_cache(self, samples: Path) -> tuple[Path, str] | None:
+        """(file beside it, key) for the Inception features of an assembled sample file, the key
+        being its recorded settings; None for a file without settings (one given by hand)."""
+        settings = settings_path(samples)
+        if not settings.is_file():
+            return None
+        return samples.with_name(samples.name + ".features.pt"), hashlib.sha256(settings.read_bytes()).hexdigest()
 
     def protocol(self) -> dict:
         return {"name": "adm", **adm_protocol(),

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from nar_bench.errors import NarBenchError
+from nar_bench.metrics.adm_npz import LABELS_KEY, iter_samples
 from nar_bench.metrics.sample_store import SampleStore, write_pngs
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.paradigms.generation import GenerationEngine
@@ -126,16 +127,34 @@ class ShardSampler(L.LightningModule):
         return out
 
 
+def write_stored_pngs(path: Path, png_dir: str | Path, chunk: int = 1000) -> None:
+    """Every image of an assembled .npz as a PNG (what generating it with ``png_dir`` writes)."""
+    with np.load(path) as npz:
+        labels = npz[LABELS_KEY]
+    start = 0
+    for images in iter_samples(path, chunk):
+        if images.ndim == 4:
+            write_pngs(images, labels[start:start + len(images)], png_dir, start=start)
+        start += len(images)
+
+
 def sample_to_store(trainer: L.Trainer, module: L.LightningModule, store: SampleStore, sampling: SamplingConfig,
                     seed: int, num_classes: int, batch_size: int, decode_batch: int = 32,
                     png_dir: str | Path | None = None, keep_shards: bool = False, engine: str = "eager",
                     dtype: str | None = None, progress: Progress | None = None,
                     speed: dict[str, float] | None = None) -> Path | None:
     """Generates every missing shard of ``store`` on ``trainer``'s devices and assembles the final
-    .npz on rank 0 (returns its path there, None on other ranks). Call on every rank under DDP.
-    ``speed``, when given, receives this process's ``ShardSampler.speed()`` (assembling counted in
-    write_s); nothing when every shard was already written."""
+    .npz on rank 0 (returns its path there, None on other ranks). A final file assembled with the
+    same settings is taken as it is. Call on every rank under DDP. ``speed``, when given, receives
+    this process's ``ShardSampler.speed()`` (assembling counted in write_s); nothing when every shard
+    was already written."""
     class_balanced_labels(store.num_samples, num_classes)  # fail before any work on an uneven N
+    if store.complete():
+        if not trainer.is_global_zero:
+            return None
+        if png_dir is not None:
+            write_stored_pngs(store.out, png_dir)
+        return store.out
     pending = store.open()
     sampler = None
     if pending:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from nar_bench.checkpoints import check_torch_file
 from nar_bench.errors import NarBenchError
 from nar_bench.lit.progress import StepProgressBar
+from nar_bench.lit.resumable import StepSeeds
 from nar_bench.paradigms.model_config import check_model
 from nar_bench.tokenizers.checks import check_tokenizer_inputs
 
@@ -53,7 +54,7 @@ def make_trainer(cfg: DictConfig, logger, run_dir: Path) -> L.Trainer:
         # last.ckpt at every validation interval (not only at the end): what a killed run resumes from
         callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                    every_n_train_steps=min(t.val_check_interval, t.max_steps)),
-                   LearningRateMonitor("step"), StepProgressBar()],
+                   LearningRateMonitor("step"), StepProgressBar(), StepSeeds(cfg.seed)],
         default_root_dir=run_dir,
         enable_model_summary=False,
     )

@@ -268,7 +268,7 @@ def _pool_cache(sha256: str, extractor: InceptionFeatures, cache_dir: str | Path
     return cache_root(cache_dir) / "adm" / f"{sha256[:16]}-{extractor.weights_path.stem}-pool.pt"
 
 
-def _save_pool(path: Path, pool: Tensor) -> None:
+def _save_pool(path: Path, pool: Tensor | dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(pool, tmp)
@@ -312,6 +312,19 @@ def adm_metrics(samples: Features, reference: Reference, reference_pool: Tensor 
     return out
 
 
+def _load_features(cache: tuple[Path, str] | None) -> Features | None:
+    if cache is None or not cache[0].is_file():
+        return None
+    saved = torch.load(cache[0])
+    return Features(saved["pool"], saved["spatial"], saved["logits"]) if saved.get("key") == cache[1] else None
+
+
+def _save_features(cache: tuple[Path, str] | None, features: Features) -> None:
+    if cache is not None:
+        _save_pool(cache[0], {"key": cache[1], "pool": features.pool, "spatial": features.spatial,
+                              "logits": features.logits})
+
+
 def check_same_size(samples_shape: tuple[int, ...], reference: Reference) -> None:
     """Raises unless (N, H, W, 3) samples have the reference images' H x W."""
     if tuple(samples_shape[1:3]) != tuple(reference.shape[1:3]):
@@ -323,17 +336,26 @@ def check_same_size(samples_shape: tuple[int, ...], reference: Reference) -> Non
 def evaluate_npz(samples_path: str | Path, reference_path: str | Path, weights_path: str | Path | None = None,
                  batch_size: int = 64, device: str | torch.device = "cpu", metrics: Sequence[str] = ADM_METRICS,
                  half_distances: bool = True, cache_dir: str | Path | None = None,
-                 timings: dict[str, float] | None = None) -> dict[str, float]:
+                 timings: dict[str, float] | None = None,
+                 features_cache: tuple[Path, str] | None = None) -> dict[str, float]:
     """ADM's evaluator on two .npz files: fid, sfid, is, is_std, precision, recall (see
     ``adm_metrics``) and num_samples; ``timings`` (if given) gets ``feature_s``, the seconds the
-    samples' features took (reading the file included)."""
+    samples' features took (reading the file included; ~0 when cached). ``features_cache`` (file,
+    key of the samples): the samples' features are read from that file when it holds them for that
+    key, the same weights file and device, else computed and kept there, so a run killed while
+    scoring extracts them once."""
     reference = load_reference(reference_path)
     shape = images_header(samples_path, "sample batch")
     check_same_size(shape, reference)
     extractor = InceptionFeatures(weights_path, device, cache_dir)
     start = time.perf_counter()
-    features = extractor.extract(iter_images(samples_path, batch_size, "sample batch"),
-                                 math.ceil(shape[0] / batch_size), "sample features")
+    if features_cache is not None:  # valid for these samples, these weights, this device
+        features_cache = features_cache[0], f"{features_cache[1]}|{extractor.weights_path.resolve()}|{device}"
+    features = _load_features(features_cache)
+    if features is None:
+        features = extractor.extract(iter_images(samples_path, batch_size, "sample batch"),
+                                     math.ceil(shape[0] / batch_size), "sample features")
+        _save_features(features_cache, features)
     if timings is not None:
         timings["feature_s"] = time.perf_counter() - start
     ref_pool = reference_pool_features(reference, extractor, batch_size, cache_dir) if "pr" in metrics else None

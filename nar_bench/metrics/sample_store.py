@@ -6,7 +6,10 @@ consecutive shards ``<out>.shards/shard_00000.npz`` ... (``arr_0`` images (n, H,
 exists is complete: a killed run resumes with the missing shards only. ``assemble`` streams the
 shards into ``out`` (ADM's ``arr_0`` / ``arr_1``), which appears only when every shard is there.
 ``settings`` (what decides the samples: checkpoint, sampling, seed, N, ...) are stored beside the
-shards; resuming with other settings is an error instead of a silent mix of two runs.
+shards; resuming with other settings is an error instead of a silent mix of two runs. Once
+assembled, the settings stay beside the file (``<out>.json``), so a later run with the same
+settings takes the file as it is (``complete``): a run killed after its samples were written (while
+scoring them) generates nothing again.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ from nar_bench.metrics.adm_npz import IMAGES_KEY, LABELS_KEY, atomic_path, check
 SETTINGS_FILE = "settings.json"
 
 
+def settings_path(out: str | Path) -> Path:
+    """``<out>.json``: the settings an assembled sample file was generated with."""
+    return Path(out).with_name(Path(out).name + ".json")
+
+
 class SampleStore:
     def __init__(self, out: str | Path, num_samples: int, shard_size: int, settings: Mapping[str, Any] | None = None):
         if num_samples < 1 or shard_size < 1:
@@ -35,6 +43,25 @@ class SampleStore:
         self.num_samples, self.shard_size = num_samples, shard_size
         self.settings = json.loads(json.dumps({**(settings or {}), "num_samples": num_samples,
                                                "shard_size": shard_size}))
+
+    @property
+    def settings_path(self) -> Path:
+        """The settings of the assembled file, beside it (the shard folder holds its own copy)."""
+        return settings_path(self.out)
+
+    def complete(self) -> bool:
+        """Whether ``out`` was assembled with these settings (the shard size aside: it does not change
+        the samples); if so, a shard folder left behind by a kill during the clean-up is removed."""
+        if not (self.out.is_file() and self.settings_path.is_file()):
+            return False
+        try:
+            saved = json.loads(self.settings_path.read_text())
+        except json.JSONDecodeError:
+            return False
+        if _without_shard_size(saved) != _without_shard_size(self.settings):
+            return False
+        shutil.rmtree(self.shard_dir, ignore_errors=True)
+        return True
 
     @property
     def num_shards(self) -> int:
@@ -88,8 +115,8 @@ class SampleStore:
             return npz[IMAGES_KEY], npz[LABELS_KEY]
 
     def assemble(self, keep_shards: bool = False) -> Path:
-        """Streams every shard into ``out`` (arr_0 images, arr_1 labels), atomically; removes the
-        shard folder unless ``keep_shards``."""
+        """Streams every shard into ``out`` (arr_0 images, arr_1 labels), atomically, and writes its
+        settings beside it; then removes the shard folder unless ``keep_shards``."""
         missing = self.pending()
         if missing:
             more = "..." if len(missing) > 5 else ""
@@ -98,6 +125,8 @@ class SampleStore:
         labels = np.concatenate([self._load(k)[1] for k in range(self.num_shards)])
         write_npz(self.out, {LABELS_KEY: labels}, images=(self._load(k)[0] for k in range(self.num_shards)),
                   num_images=self.num_samples, image_shape=first.shape[1:])
+        with atomic_path(self.settings_path) as tmp:  # after the file: settings beside it mean it is complete
+            tmp.write_text(json.dumps(self.settings, indent=1, sort_keys=True))
         if not keep_shards:
             shutil.rmtree(self.shard_dir)
         return self.out
@@ -106,6 +135,10 @@ class SampleStore:
         """(indices, images, labels) of every written shard, in order."""
         for k in self.finished():
             yield (self.indices(k), *self._load(k))
+
+
+def _without_shard_size(settings: Mapping[str, Any]) -> dict:
+    return {k: v for k, v in settings.items() if k != "shard_size"}
 
 
 def write_pngs(images: np.ndarray, labels: np.ndarray, folder: str | Path, start: int = 0) -> None:

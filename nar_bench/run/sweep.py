@@ -9,8 +9,9 @@ model of the current group is kept in memory.
 
 Sweeps resume: re-running the same command (same config, overrides and ``--only``: the same sweep
 key) reopens the parent run, keeps the points whose child run FINISHED with the same point key
-(tag ``nar_bench.point_key``), runs the others in new child runs and reports over all points;
-``--fresh`` starts a new parent run.
+(tag ``nar_bench.point_key``), continues those whose child run was KILLED or FAILED in that run
+(training from its last.ckpt, evaluation from its shards), runs the others in new child runs and
+reports over all points; ``--fresh`` starts a new parent run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf
 
 from nar_bench.config import expand_sweep
@@ -37,8 +39,8 @@ from nar_bench.evaluation import evaluate
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.lit.progress import point_line
 from nar_bench.lit.trainer import check_sweep_inputs, uses_gpu
-from nar_bench.run.train import finish_run, fit
-from nar_bench.tracking.lifecycle import run_end_status
+from nar_bench.run.train import ResumePoint, finish_run, fit
+from nar_bench.tracking.lifecycle import check_interrupted, run_end_status
 from nar_bench.tracking.mlflow import client, make_logger, parent_run
 from nar_bench.tracking.names import (
     POINT_KEY_TAG,
@@ -57,6 +59,7 @@ from nar_bench.tracking.resume import (
     point_key,
     settings_without,
     sweep_key,
+    unfinished_points,
 )
 
 # (point name, point config, parent run id) -> one result row; the function opens the child run
@@ -108,16 +111,42 @@ class FinishedTraining:
     summary: dict
 
 
+def point_tags(name: str, cfg: DictConfig, grid_keys: list[str], training: str) -> dict[str, str]:
+    """Tags that find a point's child run again (report, resume), set when the run opens."""
+    tags = {VARIANT_TAG: name.split("/")[0], SEED_TAG: str(cfg.seed), POINT_KEY_TAG: point_key(cfg),
+            TRAINING_KEY_TAG: hashlib.sha256(training.encode()).hexdigest()[:16]}
+    tags.update({POINT_TAG + k.split(".")[-1]: str(OmegaConf.select(cfg, k)) for k in grid_keys})
+    return tags
+
+
+def completed_training(run: Run, cfg: DictConfig) -> FinishedTraining | None:
+    """The training of an unfinished point's run if it got to the end (last.ckpt and summary.csv of
+    ``trainer.max_steps`` steps in its folder: it was killed while evaluating), else None."""
+    run_dir = run.data.tags.get(RUN_DIR_TAG)
+    if not run_dir or not (Path(run_dir) / "summary.csv").is_file():
+        return None
+    summary = pd.read_csv(Path(run_dir) / "summary.csv").iloc[0].to_dict()
+    checkpoint = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if summary.get("train_steps") != cfg.trainer.max_steps or not checkpoint.is_file():
+        return None
+    return FinishedTraining(run.info.run_id, checkpoint, {k: summary.get(k) for k in SUMMARY_COLUMNS})
+
+
 class TrainAndEvaluate:
     """run_point for :func:`run_sweep`; one result row per point (rank 0; {} elsewhere).
 
     Holds at most one trained model: the one of the current training group (run_sweep runs the
-    points of a group one after another); it is freed when the next group starts."""
+    points of a group one after another); it is freed when the next group starts.
+
+    A point whose child run of an earlier attempt ended KILLED or FAILED (``unfinished``) continues
+    in that run: its training from the run's last.ckpt (or not at all if it had ended), its
+    evaluation from the shards it wrote."""
 
     def __init__(self, sweep_cfg: DictConfig):
         self.grid_keys = list(sweep_cfg.sweep.grid)
         self.trained: dict[str, Trained] = {}
         self.finished: dict[str, FinishedTraining] = {}  # training_key -> training of a resumed sweep
+        self.unfinished: dict[str, Run] = {}  # point key -> its KILLED / FAILED child run
 
     def release(self) -> None:
         """Frees the held model (and what Lightning attached to it) before the next group trains."""
@@ -138,8 +167,20 @@ class TrainAndEvaluate:
                     summary = {k: row.get(k) for k in SUMMARY_COLUMNS}
                     self.finished[training_key(cfg)] = FinishedTraining(row["mlflow_run_id"], checkpoint, summary)
 
-    def train(self, name: str, cfg: DictConfig, parent_run_id: str, key: str):
-        """(model, its training run's id, run folder, training summary, logger of this point's run)."""
+    def train(self, name: str, cfg: DictConfig, parent_run_id: str, key: str, tags: dict[str, str],
+              previous: Run | None):
+        """(model, its training run's id, run folder, training summary; logger of this point's run,
+        ``previous`` reopened if given)."""
+        own = previous is not None and TRAINED_IN_TAG not in previous.data.tags  # it trained its model itself
+        if own and key not in self.trained and key not in self.finished:
+            done = completed_training(previous, cfg)
+            if done is not None:
+                self.finished[key] = done
+            else:  # continue its training, in its run and folder
+                run_dir = previous.data.tags.get(RUN_DIR_TAG)
+                checkpoint = Path(run_dir) / "checkpoints" / "last.ckpt" if run_dir else None
+                resume = ResumePoint(previous.info.run_id, checkpoint if checkpoint and checkpoint.is_file() else None)
+                return self.fit(name, cfg, parent_run_id, key, tags, resume)
         if key in self.trained:
             trained = self.trained[key]
         elif key in self.finished:
@@ -147,26 +188,38 @@ class TrainAndEvaluate:
             module = GeneratorModule.load_from_checkpoint(done.checkpoint, map_location="cpu")
             trained = self.trained[key] = Trained(module, done.run_id, done.checkpoint.parent.parent, done.summary)
         else:
-            run = fit(cfg, name, parent_run_id)
-            try:
-                summary = finish_run(cfg, run.module, run.trainer, run.logger, run.run_dir, name) \
-                    if rank_zero_only.rank == 0 else {}
-            except BaseException as err:
-                run.logger.end(run_end_status(err))
-                raise
-            run.module.trainer = None  # the Trainer holds optimizer state and data loaders: free them
-            self.trained[key] = Trained(run.module, run.logger.run_id or "", run.run_dir, summary)
-            return self.trained[key], run.logger
-        logger = make_logger(cfg.tracking, name, parent_run_id, tags={TRAINED_IN_TAG: trained.run_id})
+            return self.fit(name, cfg, parent_run_id, key, tags)
+        run_id = previous.info.run_id if previous is not None else None
+        if trained.run_id != run_id:
+            tags = {**tags, TRAINED_IN_TAG: trained.run_id}
+        logger = make_logger(cfg.tracking, name, parent_run_id, tags=tags, run_id=run_id)
         logger.log_hyperparams({"cfg": OmegaConf.to_container(cfg, resolve=True),
                                 "num_classes": trained.module.num_classes})
         return trained, logger
+
+    def fit(self, name: str, cfg: DictConfig, parent_run_id: str, key: str, tags: dict[str, str],
+            resume: ResumePoint | None = None):
+        run = fit(cfg, name, parent_run_id, tags, resume)
+        try:
+            summary = finish_run(cfg, run.module, run.trainer, run.logger, run.run_dir, name) \
+                if rank_zero_only.rank == 0 else {}
+        except BaseException as err:
+            run.logger.end(run_end_status(err))
+            raise
+        run.module.trainer = None  # the Trainer holds optimizer state and data loaders: free them
+        self.trained[key] = Trained(run.module, run.logger.run_id or "", run.run_dir, summary)
+        return self.trained[key], run.logger
 
     def __call__(self, name: str, cfg: DictConfig, parent_run_id: str) -> dict:
         key, rank_zero = training_key(cfg), rank_zero_only.rank == 0
         if key not in self.trained:
             self.release()
-        trained, logger = self.train(name, cfg, parent_run_id, key)
+        previous = self.unfinished.pop(point_key(cfg), None)
+        if previous is not None:
+            print(f"nar-bench: continuing point '{name}' in its {previous.info.status} run {previous.info.run_id}",
+                  flush=True)
+        trained, logger = self.train(name, cfg, parent_run_id, key, point_tags(name, cfg, self.grid_keys, key),
+                                     previous)
         columns = point_columns(name, cfg, self.grid_keys)
         try:
             metrics = evaluate(trained.module, cfg, logger=logger,
@@ -176,20 +229,16 @@ class TrainAndEvaluate:
             if rank_zero:
                 row = {**columns, **{k: trained.summary.get(k) for k in SUMMARY_COLUMNS}, **metrics,
                        "mlflow_run_id": logger.run_id, "trained_in_run": trained.run_id}
-                self.record(logger, cfg, columns, {**row, "run_dir": str(trained.run_dir)}, key)
+                self.record(logger, {**row, "run_dir": str(trained.run_dir)})
         except BaseException as err:
             logger.end(run_end_status(err))
             raise
         logger.end("FINISHED")
         return row
 
-    def record(self, logger, cfg: DictConfig, columns: dict, row: dict, key: str) -> None:
-        """Tags that find the point again (report, resume) and its result row, as an artifact."""
-        tags = {VARIANT_TAG: columns["variant"], SEED_TAG: str(cfg.seed), POINT_KEY_TAG: point_key(cfg),
-                TRAINING_KEY_TAG: hashlib.sha256(key.encode()).hexdigest()[:16], RUN_DIR_TAG: row["run_dir"]}
-        tags.update({POINT_TAG + k.split(".")[-1]: str(OmegaConf.select(cfg, k)) for k in self.grid_keys})
-        for tag, value in tags.items():
-            logger.experiment.set_tag(logger.run_id, tag, value)
+    def record(self, logger, row: dict) -> None:
+        """The folder of the point's model (tag) and its result row, as an artifact."""
+        logger.experiment.set_tag(logger.run_id, RUN_DIR_TAG, row["run_dir"])
         logger.experiment.log_dict(logger.run_id, row, POINT_ROW)
 
 
@@ -218,7 +267,8 @@ def run_sweep(cfg: DictConfig, run_point: RunPoint, name: str, fresh: bool = Fal
     check_sweep_inputs(points)  # every point's inputs, before the first one trains
     params = {SWEEP_POINTS_PARAM: len(points), "sweep": OmegaConf.to_yaml(cfg.sweep)[:5000]}
     with parent_run(cfg.tracking, name, params, key=sweep_key(cfg), fresh=fresh) as parent_id:
-        done = finished_points(cfg.tracking, parent_id) if parent_id and not multi_process(cfg) else {}
+        resumable = parent_id and not multi_process(cfg)
+        done = finished_points(cfg.tracking, parent_id) if resumable else {}
         rows = {i: {"point": point_name, **done[point_key(point_cfg)]} for i, (point_name, point_cfg)
                 in enumerate(points) if point_key(point_cfg) in done}
         if rows:
@@ -226,14 +276,18 @@ def run_sweep(cfg: DictConfig, run_point: RunPoint, name: str, fresh: bool = Fal
                   "running the others (--fresh starts over)", flush=True)
             if isinstance(run_point, TrainAndEvaluate):
                 run_point.reuse_finished(list(rows.values()), [points[i][1] for i in rows])
+        if resumable and isinstance(run_point, TrainAndEvaluate):
+            run_point.unfinished = unfinished_points(cfg.tracking, parent_id)
         start, todo = time.perf_counter(), [i for i in training_groups(points) if i not in rows]
         for done, i in enumerate(todo):
+            check_interrupted()  # a Ctrl-C whose KeyboardInterrupt was lost stops the sweep here
             point_name, point_cfg = points[i]
             if rank_zero_only.rank == 0:
                 print(point_line(done + 1, len(todo), point_name, time.perf_counter() - start), flush=True)
             rows[i] = {"point": point_name, **run_point(point_name, point_cfg, parent_id)}
         if isinstance(run_point, TrainAndEvaluate):
             run_point.release()
+        check_interrupted()
         table = pd.DataFrame([{k: v for k, v in rows[i].items() if k != "run_dir"} for i in range(len(points))])
         if finish is not None:
             finish(table, parent_id)
@@ -257,7 +311,6 @@ def select_variants(cfg: DictConfig, only: str | None) -> DictConfig:
 
 def main(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
-    from nar_bench.tracking.lifecycle import interruptible
     from nar_bench.tracking.parent_summary import log_sweep_summary
     from nar_bench.tracking.provenance import provenance
     from nar_bench.tracking.report import write_report
@@ -277,5 +330,4 @@ def main(args: argparse.Namespace) -> None:
                           list(paths.values()))
         print("\n".join(str(path) for path in paths.values()))
 
-    with interruptible():
-        run_sweep(cfg, TrainAndEvaluate(cfg), name, fresh=getattr(args, "fresh", False), finish=finish)
+    run_sweep(cfg, TrainAndEvaluate(cfg), name, fresh=getattr(args, "fresh", False), finish=finish)

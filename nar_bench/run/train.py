@@ -23,7 +23,7 @@ from nar_bench.lit.module import GeneratorModule
 from nar_bench.lit.progress import run_folder_line
 from nar_bench.lit.trainer import check_generator_inputs, check_inputs, make_trainer, run_directory, uses_gpu
 from nar_bench.nn.transformer import count_parameters
-from nar_bench.tracking.lifecycle import interruptible, run_end_status, sqlite_path
+from nar_bench.tracking.lifecycle import run_end_status, sqlite_path
 from nar_bench.tracking.mlflow import client, log_artifact, make_logger, tracking_uri
 from nar_bench.tracking.names import RUN_DIR_TAG
 from nar_bench.tracking.report import write_table
@@ -40,21 +40,24 @@ class FittedRun:
     run_name: str
 
 
-def fit(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None = None) -> FittedRun:
-    """Trains ``cfg`` in a new MLflow run (a child of ``parent_run_id`` if given), or, with
-    ``trainer.resume``, continues that run from its ``last.ckpt`` up to ``trainer.max_steps``. The
-    run stays open (the caller ends it: ``logger.end()``) unless fitting raises. Every rank returns."""
+def fit(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None, resume: ResumePoint | None = None) -> FittedRun:
+    """Trains ``cfg`` in a new MLflow run (a child of ``parent_run_id`` if given, tagged ``tags``),
+    or continues the run ``resume`` (default: the one ``trainer.resume`` names) from its checkpoint
+    (from step 0 without one) up to ``trainer.max_steps``. The run stays open (the caller ends it:
+    ``logger.end()``) unless fitting raises. Every rank returns."""
     check_inputs(cfg)
     check_generator_inputs(cfg)
     if cfg.eval.after_training:
         check_eval_inputs(cfg)  # not after hours of training
     run_name = run_name or cfg.tracking.run_name or f"{cfg.model.paradigm}-{cfg.model.size}"
-    resume = find_resume_point(cfg, run_name) if cfg.trainer.resume else None
+    if resume is None and cfg.trainer.resume:
+        resume = find_resume_point(cfg, run_name)
     cfg = without_resume(cfg)  # a run's params are the same whether it was resumed or not
     L.seed_everything(cfg.seed, workers=True)
-    data = GeneratorDataModule(cfg.data)
+    data = GeneratorDataModule(cfg.data, cfg.seed)
     module = GeneratorModule(cfg, data.num_classes)
-    logger = make_logger(cfg.tracking, run_name, parent_run_id, run_id=resume.run_id if resume else None)
+    logger = make_logger(cfg.tracking, run_name, parent_run_id, tags, run_id=resume.run_id if resume else None)
     try:
         run_dir = run_directory(cfg, run_name, logger)
         if logger.run_id is not None:
@@ -71,8 +74,10 @@ def fit(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None 
 
 @dataclass
 class ResumePoint:
+    """A run to continue: its id and the checkpoint to continue from (None: from step 0)."""
+
     run_id: str
-    checkpoint: Path
+    checkpoint: Path | None
 
 
 def without_resume(cfg: DictConfig) -> DictConfig:
@@ -143,6 +148,8 @@ def finish_run(cfg: DictConfig, module: GeneratorModule, trainer: L.Trainer, log
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     metrics = trainer.callback_metrics
+    if not metrics and logger.run_id is not None:  # resumed at its last step: nothing ran, the run has them
+        metrics = logger.experiment.get_run(logger.run_id).data.metrics
     summary = {
         "run": run_name,
         "paradigm": cfg.model.paradigm,
@@ -170,8 +177,7 @@ def main(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
 
     overrides = [*args.overrides, *(["trainer.resume=latest"] if getattr(args, "resume", False) else [])]
-    with interruptible():
-        summary = train(load_config(args.config, overrides))
+    summary = train(load_config(args.config, overrides))
     if summary:
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
         print(run_folder_line(summary["run_dir"], summary["mlflow_run_id"]), file=sys.stderr)  # stdout: key=value

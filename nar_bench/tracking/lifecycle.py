@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,6 +100,15 @@ def interrupted() -> int | None:
     return _interrupted[0] if _interrupted else None
 
 
+def check_interrupted() -> None:
+    """Raises KeyboardInterrupt if a signal arrived whose KeyboardInterrupt was lost: Python drops an
+    exception raised inside a finalizer (``__del__``, a weakref callback, garbage collection) with
+    an "Exception ignored" line, so a Ctrl-C landing there would let the work go on. Long loops (a
+    sweep's points) call this between their steps."""
+    if _interrupted:
+        raise KeyboardInterrupt(signal.Signals(_interrupted[0]).name)
+
+
 def run_end_status(error: BaseException | None) -> str:
     """MLflow status of a run that ended with ``error``: KILLED when a signal or Ctrl-C ended it."""
     if error is None:
@@ -112,20 +122,49 @@ def _raise_interrupt(signum: int, frame) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+class _NoLightningInterruptLine(logging.Filter):
+    """Drops Lightning's "Detected KeyboardInterrupt, attempting graceful shutdown" line: the
+    interrupted verb says so itself, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Detected KeyboardInterrupt" not in str(record.msg)
+
+
+LIGHTNING_RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+def _quiet_lost_interrupts(previous):
+    """An unraisable-exception hook that prints nothing for a KeyboardInterrupt lost in a finalizer
+    (the signal is recorded: ``check_interrupted`` raises it again) and defers to ``previous`` otherwise."""
+
+    def hook(unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and _interrupted):
+            previous(unraisable)
+
+    return hook
+
+
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """SIGINT and SIGTERM raise KeyboardInterrupt, which every open run turns into KILLED on its way
-    out (Lightning also catches it and exits); the process then exits with 128 + the signal.
-    Restores the previous handlers (Lightning ignores SIGINT after its first one)."""
+    out (Lightning also catches it and exits); the process then prints one line and exits with 128 +
+    the signal (130 for Ctrl-C, 143 for SIGTERM), also when the KeyboardInterrupt itself was lost
+    (``check_interrupted``). Restores the previous handlers (Lightning ignores SIGINT after its
+    first one)."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    quiet, unraisable_hook = _NoLightningInterruptLine(), sys.unraisablehook
+    for name in LIGHTNING_RANK_ZERO_LOGGERS:
+        logging.getLogger(name).addFilter(quiet)
+    sys.unraisablehook = _quiet_lost_interrupts(unraisable_hook)
     _interrupted.clear()
     try:
         yield
+        check_interrupted()
     except (KeyboardInterrupt, SystemExit) as err:
         if isinstance(err, SystemExit) and not interrupted():
             raise
@@ -135,4 +174,7 @@ def interruptible() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        for name in LIGHTNING_RANK_ZERO_LOGGERS:
+            logging.getLogger(name).removeFilter(quiet)
+        sys.unraisablehook = unraisable_hook
         _interrupted.clear()

@@ -105,13 +105,14 @@ def experiment_id(tracking: DictConfig) -> str:
     return exp_id
 
 
-def system_metrics(run_id: str, uri: str):
-    """MLflow's system-metrics monitor for ``run_id``, started (None where it cannot run)."""
+def system_metrics(run_id: str, uri: str, resumed: bool = False):
+    """MLflow's system-metrics monitor for ``run_id``, started (None where it cannot run); a
+    ``resumed`` run's system metrics continue after its last step instead of from step 0 again."""
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop line per run
-        monitor = SystemMetricsMonitor(run_id, tracking_uri=uri)
+        monitor = SystemMetricsMonitor(run_id, tracking_uri=uri, resume_logging=resumed)
     except Exception as err:  # psutil missing, unsupported platform: the run goes on without them
         log.warning("no system metrics for run %s: %s", run_id, err)
         return None
@@ -123,13 +124,18 @@ class RunLogger(MLFlowLogger):
     """MLFlowLogger whose run ends when the verb says so (:meth:`end`), not when Lightning finishes
     fitting: a run's evaluation and artifacts come after ``fit``, and a process killed there must not
     leave a FINISHED run without them. A fit that raises ends the run FAILED, or KILLED when a signal
-    interrupted it. Records system metrics while the run is open."""
+    interrupted it. Records system metrics while the run is open.
+
+    A resumed run (``make_logger(run_id=...)``) keeps its params and logs no metric at a step it
+    already holds: training resumes from the last checkpoint, so the steps between it and the kill
+    run again (to the same values, see ``nar_bench.lit.resumable``) and would be logged twice."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._monitor = None
         self._ended = False
         self._resumed_params: dict[str, str] | None = None  # a resumed run's params, logged when it started
+        self._logged_until: dict[str, int] = {}  # a resumed run's last logged step per metric
 
     def log_hyperparams(self, params) -> None:
         """A resumed run keeps the params it was started with (MLflow params are immutable); new
@@ -146,10 +152,17 @@ class RunLogger(MLFlowLogger):
         if new:
             super().log_hyperparams(new)
 
+    @rank_zero_only
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        if step is not None and self._logged_until:
+            metrics = {k: v for k, v in metrics.items() if step > self._logged_until.get(k, -1)}
+        if metrics:
+            super().log_metrics(metrics, step)
+
     def open(self) -> RunLogger:
         """Creates (or, with ``run_id``, attaches to) the run now and starts its system metrics."""
         if self.run_id is not None and self._monitor is None:  # rank 0 only: other ranks have no run
-            self._monitor = system_metrics(self.run_id, self._tracking_uri)
+            self._monitor = system_metrics(self.run_id, self._tracking_uri, resumed=self._resumed_params is not None)
         return self
 
     def finalize(self, status: str = "success") -> None:
@@ -174,9 +187,12 @@ def make_logger(tracking: DictConfig, run_name: str | None = None, parent_run_id
     tags = {**origin_tags(), **(tags or {})}
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
-    resumed = None
+    resumed, logged_until = None, {}
     if run_id and rank_zero_only.rank == 0:
-        resumed = reopen(client(tracking), run_id, tags).data.params
+        c = client(tracking)
+        run = reopen(c, run_id, tags)
+        resumed = run.data.params
+        logged_until = {key: max(m.step for m in c.get_metric_history(run_id, key)) for key in run.data.metrics}
     logger = RunLogger(
         experiment_name=tracking.experiment,
         run_name=run_name or tracking.run_name,
@@ -185,7 +201,7 @@ def make_logger(tracking: DictConfig, run_name: str | None = None, parent_run_id
         tags=tags,
         run_id=run_id,
     )
-    logger._resumed_params = resumed
+    logger._resumed_params, logger._logged_until = resumed, logged_until
     return logger.open()
 
 
@@ -215,6 +231,18 @@ def find_parent(c: MlflowClient, exp_id: str, name: str, key: str) -> Run | None
             continue
         return run
     return None
+
+
+def unfinished_run(tracking: DictConfig, tag: str, value: str, parent_run_id: str | None = None) -> Run | None:
+    """The newest run tagged ``tag`` = ``value`` (a child of ``parent_run_id`` if given) that ended
+    KILLED or FAILED: an attempt of the same work, to continue in. Runs left RUNNING by dead
+    processes of this host are marked KILLED first (``experiment_id``)."""
+    exp_id = experiment_id(tracking)
+    query = f"tags.`{tag}` = '{value}' and attributes.status != 'FINISHED' and attributes.status != 'RUNNING'"
+    if parent_run_id:
+        query += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    runs = client(tracking).search_runs([exp_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
 
 
 def child_runs(tracking: DictConfig, parent_run_id: str) -> list[Run]:

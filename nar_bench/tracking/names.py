@@ -13,7 +13,10 @@ RUN_DIR_TAG = "nar_bench.run_dir"  # on training runs: their folder (checkpoints
 VARIANT_TAG, SEED_TAG, POINT_TAG = "nar_bench.variant", "nar_bench.seed", "nar_bench.point."
 POINT_KEY_TAG = "nar_bench.point_key"  # hash of a point's config without tracking / output settings
 TRAINING_KEY_TAG = "nar_bench.training_key"  # hash of what determines the weights: trainings a resumed sweep reuses
-TRAINED_IN_TAG = "nar_bench.trained_in_run"  # on runs that evaluate a model trained in another run
+TRAINED_IN_TAG = "nar_bench.trained_in_run"
+# on `nar-bench evaluate` runs: hash of what they compute (samples' settings, N, output file); a rerun
+# of a KILLED / FAILED one continues in it
+EVAL_KEY_TAG = "nar_bench.eval_key"  # on runs that evaluate a model trained in another run
 BEST_TAG = "nar_bench.best."  # on sweep parents: BEST_TAG + metric = label of the best group
 # MLflow's marker of a model-training experiment ("genai_development": GenAI); MLflow 3's UI sets and
 # reads it, though 3.18's picks the view from its sidebar switch instead (results/mlflow_ui/README.md)

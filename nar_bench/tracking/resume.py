@@ -9,6 +9,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf
 
 from nar_bench.tracking.mlflow import child_runs, client
@@ -42,6 +43,17 @@ def point_key(cfg: DictConfig) -> str:
 def sweep_key(cfg: DictConfig) -> str:
     """Stable hash of a sweep: its points' settings (after overrides and ``--only``) and the sweep itself."""
     return digest(settings_without(cfg, OUTPUT_SETTINGS))
+
+
+def unfinished_points(tracking: DictConfig, parent_run_id: str) -> dict[str, Run]:
+    """{point key: child run} of the children of ``parent_run_id`` that ended KILLED or FAILED (the
+    newest per key): points of an earlier attempt to continue in their own runs."""
+    runs = {}
+    for run in child_runs(tracking, parent_run_id):  # oldest first: the newest of a key wins
+        key = run.data.tags.get(POINT_KEY_TAG)
+        if key is not None and run.info.status in ("KILLED", "FAILED"):
+            runs[key] = run
+    return runs
 
 
 def finished_points(tracking: DictConfig, parent_run_id: str) -> dict[str, dict]:
