@@ -367,7 +367,7 @@ def main(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
     from nar_bench.tracking.lifecycle import interruptible
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = args.cfg or load_config(args.config, args.overrides)
     if args.out:
         cfg = merge(cfg, {"bench": {"output_dir": args.out}}, source="--out")
     with interruptible():  # SIGINT / SIGTERM end the sweep's runs KILLED

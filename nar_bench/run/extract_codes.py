@@ -123,7 +123,7 @@ def main(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
 
     shard = {} if args.shard_size is None else {"shard_size": args.shard_size}
-    out = extract_codes(load_config(args.config, args.overrides), args.out_dir, **shard)
+    out = extract_codes(args.cfg or load_config(args.config, args.overrides), args.out_dir, **shard)
     manifest = json.loads((out / MANIFEST).read_text())
     counts = " ".join(f"{split}={entry['count']}" for split, entry in manifest["splits"].items())
     print(f"codes={out} {counts} num_tokens={manifest['num_tokens']} vocab_size={manifest['vocab_size']} "

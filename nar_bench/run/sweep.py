@@ -262,7 +262,7 @@ def main(args: argparse.Namespace) -> None:
     from nar_bench.tracking.provenance import provenance
     from nar_bench.tracking.report import write_report
 
-    cfg = select_variants(load_config(args.config, args.overrides), args.only)
+    cfg = select_variants(args.cfg or load_config(args.config, args.overrides), args.only)
     name = cfg.tracking.run_name or Path(args.config).stem
     grid = [key.split(".")[-1] for key in cfg.sweep.grid]
     out = args.out or Path("results") / Path(args.config).stem

@@ -56,6 +56,6 @@ def main(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
 
     with interruptible():
-        summary = train_tokenizer(load_config(args.config, args.overrides))
+        summary = train_tokenizer(args.cfg or load_config(args.config, args.overrides))
     if summary:
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
