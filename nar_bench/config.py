@@ -317,6 +317,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def given_keys(path: str | Path | None, overrides: list[str] | None, cfg: DictConfig) -> dict[str, str]:
+    """{dotted leaf key: where it was set} for the keys the YAML file ``path`` or the dotlist
+    ``overrides`` set (not those left at the schema's defaults); an override of a whole section
+    (``model.options={...}``) gives the leaves of ``cfg`` under it. What a checkpoint records is
+    compared with these (``nar-bench evaluate``)."""
+    def leaves(node: Any, prefix: str) -> set[str]:
+        if isinstance(node, DictConfig) and len(node):
+            return set().union(*(leaves(node[k], f"{prefix}{k}.") for k in node))
+        return {prefix[:-1]}
+
+    keys = dict.fromkeys(sorted(leaves(read_yaml(Path(path)), "")), str(path)) if path is not None else {}
+    for item in overrides or []:
+        key = item.split("=", 1)[0].lstrip("+~")
+        keys.update(dict.fromkeys(sorted(leaves(OmegaConf.select(cfg, key, default=None), f"{key}.")),
+                                  "command-line overrides"))
+    return keys
+
+
 # --- numeric domains: one table, checked on every loaded config and sweep point -------------------------
 @dataclass(frozen=True)
 class Domain:

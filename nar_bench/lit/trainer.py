@@ -16,6 +16,7 @@ from nar_bench.errors import NarBenchError
 from nar_bench.lit.progress import StepProgressBar
 from nar_bench.paradigms.model_config import check_model
 from nar_bench.tokenizers.checks import check_tokenizer_inputs
+from nar_bench.tracking.provenance import check_writable
 
 
 def uses_gpu(trainer_cfg: DictConfig) -> bool:
@@ -60,10 +61,12 @@ def make_trainer(cfg: DictConfig, logger, run_dir: Path) -> L.Trainer:
 
 
 def check_inputs(cfg: DictConfig) -> None:
-    """Fails before anything is created (no half-written runs) on missing input files."""
+    """Fails before anything is created (no half-written runs) on missing input files or an
+    ``output_dir`` that cannot be written."""
     for key, path in (("model.checkpoint", cfg.model.checkpoint), ("tokenizer.checkpoint", cfg.tokenizer.checkpoint)):
         if path and not Path(path).is_file():
             raise NarBenchError(f"{key}: file '{path}' not found; download it or point {key} at the right path")
+    check_writable(cfg.output_dir, "output_dir")
 
 
 def check_generator_inputs(cfg: DictConfig) -> None:

@@ -53,6 +53,7 @@ def fit(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None 
     cfg = without_resume(cfg)  # a run's params are the same whether it was resumed or not
     L.seed_everything(cfg.seed, workers=True)
     data = GeneratorDataModule(cfg.data)
+    data.split("val")  # made (an image folder's files checked) before the run opens, as the training split
     module = GeneratorModule(cfg, data.num_classes)
     logger = make_logger(cfg.tracking, run_name, parent_run_id, run_id=resume.run_id if resume else None)
     try:

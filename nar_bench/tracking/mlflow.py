@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from nar_bench.errors import NarBenchError
 from nar_bench.tracking.lifecycle import (
     interrupted,
     mark_dead_runs_killed,
@@ -39,7 +40,7 @@ from nar_bench.tracking.names import (
     PID_TAG,
     SWEEP_KEY_TAG,
 )
-from nar_bench.tracking.provenance import device_description, git_commit
+from nar_bench.tracking.provenance import check_writable, device_description, git_commit
 from nar_bench.tracking.store_schema import check_store_schema
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,48 @@ def tracking_uri(tracking: DictConfig) -> str:
     """Relative sqlite paths are made absolute so runs land in the same DB from any directory."""
     uri = tracking.tracking_uri
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith(("/", "file:")):
         db = Path(uri[len(prefix):]).resolve()
-        db.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise NarBenchError(f"cannot create the MLflow store '{db}': {err.strerror} ('{err.filename}'); set "
+                                "tracking.tracking_uri to a writable place") from None
         return prefix + str(db)
     return uri
+
+
+# what SQLite and the OS say when a store cannot take a write (a read-only file or folder, a full disk)
+WRITE_FAILURES = ("readonly database", "disk is full", "disk i/o error", "unable to open database", "permission denied",
+                  "read-only file system", "no space left")
+
+
+@contextlib.contextmanager
+def store_writes(uri: str) -> Iterator[None]:
+    """A store that refuses a write (read-only, full) is one NarBenchError line; MLflow's own logged
+    traceback of the database error is held back. Other MLflow errors pass unchanged."""
+    db_log = logging.getLogger("mlflow.store.db.utils")
+    level = db_log.level
+    db_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except (MlflowException, OSError) as err:
+        text = str(err).lower()
+        if not any(failure in text for failure in WRITE_FAILURES):
+            raise
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise NarBenchError(f"the MLflow store {uri} cannot be written ({first.strip()[:160]}); make it writable "
+                            "and give its disk space, or set tracking.tracking_uri to another store") from None
+    finally:
+        db_log.setLevel(level)
+
+
+def check_artifact_root(exp_location: str | None) -> None:
+    """A local artifact folder that cannot be written fails before a run opens, not at its first artifact."""
+    if exp_location and exp_location.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        check_writable(Path(unquote(urlparse(exp_location).path)), "tracking.artifact_location")
 
 
 def artifact_location(tracking: DictConfig) -> str | None:
@@ -94,14 +132,15 @@ def experiment_id(tracking: DictConfig) -> str:
     RUNNING by dead processes of this host are marked KILLED."""
     c = client(tracking)
     uri = tracking_uri(tracking)
-    with store_lock(uri):
+    with store_lock(uri), store_writes(uri):
         exp = c.get_experiment_by_name(tracking.experiment)
+        check_artifact_root(exp.artifact_location if exp is not None else artifact_location(tracking))
         exp_id = exp.experiment_id if exp is not None else c.create_experiment(
             tracking.experiment, artifact_location=artifact_location(tracking),
             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         if exp is not None and EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older nar-bench or by hand
             c.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    mark_dead_runs_killed(c, uri)
+        mark_dead_runs_killed(c, uri)
     return exp_id
 
 
@@ -186,7 +225,8 @@ def make_logger(tracking: DictConfig, run_name: str | None = None, parent_run_id
         run_id=run_id,
     )
     logger._resumed_params = resumed
-    return logger.open()
+    with store_writes(tracking_uri(tracking)):
+        return logger.open()
 
 
 def reopen(c: MlflowClient, run_id: str, tags: dict[str, str]) -> Run:
@@ -199,7 +239,8 @@ def reopen(c: MlflowClient, run_id: str, tags: dict[str, str]) -> Run:
 
 def create_run(c: MlflowClient, exp_id: str, run_name: str, tags: dict[str, str] | None = None) -> Run:
     """A run opened through the client (sweep parents, benchmark points), tagged like logger runs."""
-    return c.create_run(exp_id, run_name=run_name, tags={**origin_tags(), **(tags or {})})
+    with store_writes(c.tracking_uri):
+        return c.create_run(exp_id, run_name=run_name, tags={**origin_tags(), **(tags or {})})
 
 
 def find_parent(c: MlflowClient, exp_id: str, name: str, key: str) -> Run | None:
