@@ -22,6 +22,7 @@ from nar_bench.config import ExperimentConfig, merge
 from nar_bench.errors import NarBenchError
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.paradigms.model_config import paradigm_options
+from nar_bench.registry import TOKENIZERS
 
 # settings a run's checkpoint fixes; a section (options) is compared key by key
 RECORDED = ("model.paradigm", "model.size", "model.dim", "model.n_layers", "model.n_heads", "model.options",
@@ -48,10 +49,18 @@ def read_run_checkpoint(path: str | Path, hint: str = "point --ckpt at a run's c
     return content
 
 
-def recorded_config(content: Mapping, path: str | Path) -> DictConfig:
-    """The run's config as its checkpoint stores it, over the schema (keys added since take defaults)."""
-    return merge(OmegaConf.structured(ExperimentConfig), content["hyper_parameters"]["cfg"],
-                 source=f"checkpoint '{path}'")
+def recorded_config(content: Mapping, path: str | Path) -> tuple[DictConfig, set[str]]:
+    """(the run's config as its checkpoint stores it, over the schema (keys added since take
+    defaults), the ``data.*`` keys its tokenizer fixes itself). A ``codes`` tokenizer decodes to the
+    image size and grid of its manifest whatever ``data.*`` says: those replace the stored ones."""
+    cfg = merge(OmegaConf.structured(ExperimentConfig), content["hyper_parameters"]["cfg"],
+                source=f"checkpoint '{path}'")
+    recorded_data = getattr(TOKENIZERS.get(cfg.tokenizer.name), "recorded_data", None)
+    if recorded_data is None:
+        return cfg, set()
+    fixed = recorded_data(cfg)
+    cfg.data.update(fixed)
+    return cfg, {f"data.{key}" for key in fixed}
 
 
 def _leaves(cfg: DictConfig, key: str) -> list[str]:
@@ -73,11 +82,11 @@ def checkpoint_config(cfg: DictConfig, content: Mapping, path: str | Path, given
     (YAML file or overrides, see ``config.given_keys``) to where they were set; one that contradicts
     the checkpoint (or a ``num_classes`` other than its) is a NarBenchError listing all of them with
     the checkpoint's values. ``given`` None compares every recorded setting of ``cfg``."""
-    recorded = recorded_config(content, path)
+    recorded, fixed_by_tokenizer = recorded_config(content, path)
     said = []
     for section in RECORDED:
         for key in dict.fromkeys([*_leaves(cfg, section), *_leaves(recorded, section)]):
-            if given is not None and key not in given:
+            if (given is not None and key not in given) or key in fixed_by_tokenizer:  # a setting nothing reads
                 continue
             value = OmegaConf.select(cfg, key, default=None)
             value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
