@@ -73,6 +73,22 @@ def training_key(cfg: DictConfig) -> str:
     return json.dumps(settings_without(cfg, ("eval", "sweep", *OUTPUT_SETTINGS)), sort_keys=True)
 
 
+def varying_params(points: list[tuple[str, DictConfig]]) -> list[str]:
+    """The flattened config settings (``cfg/model/paradigm``, as Lightning names the params) whose
+    values differ between the sweep's points: a child run logs only these as params, the rest of its
+    config is in its config.yaml (84 identical params per child hid what the sweep compares)."""
+    from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+
+    values: dict[str, list[str]] = {}
+    for _, cfg in points:
+        flat = _flatten_dict(_convert_params({"cfg": OmegaConf.to_container(cfg, resolve=True)}))
+        for key, value in flat.items():
+            if not key.startswith(("cfg/sweep/", "cfg/tracking/")):
+                values.setdefault(key, []).append(str(value))
+    # a key some points lack (a paradigm option set by one variant) varies too
+    return sorted(key for key, seen in values.items() if len(set(seen)) > 1 or len(seen) < len(points))
+
+
 def point_columns(name: str, cfg: DictConfig, grid_keys: list[str]) -> dict:
     """variant, seed and one column per grid key (short name, as in the point name)."""
     columns = {"variant": name.split("/")[0], "seed": cfg.seed}
@@ -116,6 +132,7 @@ class TrainAndEvaluate:
 
     def __init__(self, sweep_cfg: DictConfig):
         self.grid_keys = list(sweep_cfg.sweep.grid)
+        self.param_keys = varying_params(expand_sweep(sweep_cfg))  # the rest is in each child's config.yaml
         self.trained: dict[str, Trained] = {}
         self.finished: dict[str, FinishedTraining] = {}  # training_key -> training of a resumed sweep
 
@@ -147,7 +164,7 @@ class TrainAndEvaluate:
             module = GeneratorModule.load_from_checkpoint(done.checkpoint, map_location="cpu")
             trained = self.trained[key] = Trained(module, done.run_id, done.checkpoint.parent.parent, done.summary)
         else:
-            run = fit(cfg, name, parent_run_id)
+            run = fit(cfg, name, parent_run_id, self.param_keys)
             try:
                 summary = finish_run(cfg, run.module, run.trainer, run.logger, run.run_dir, name) \
                     if rank_zero_only.rank == 0 else {}
@@ -157,7 +174,8 @@ class TrainAndEvaluate:
             run.module.trainer = None  # the Trainer holds optimizer state and data loaders: free them
             self.trained[key] = Trained(run.module, run.logger.run_id or "", run.run_dir, summary)
             return self.trained[key], run.logger
-        logger = make_logger(cfg.tracking, name, parent_run_id, tags={TRAINED_IN_TAG: trained.run_id})
+        logger = make_logger(cfg.tracking, name, parent_run_id, tags={TRAINED_IN_TAG: trained.run_id},
+                             param_keys=self.param_keys)
         logger.log_hyperparams({"cfg": OmegaConf.to_container(cfg, resolve=True),
                                 "num_classes": trained.module.num_classes})
         return trained, logger

@@ -6,6 +6,7 @@ import argparse
 import copy
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +41,12 @@ class FittedRun:
     run_name: str
 
 
-def fit(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None = None) -> FittedRun:
+def fit(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None = None,
+        param_keys: Collection[str] | None = None) -> FittedRun:
     """Trains ``cfg`` in a new MLflow run (a child of ``parent_run_id`` if given), or, with
     ``trainer.resume``, continues that run from its ``last.ckpt`` up to ``trainer.max_steps``. The
-    run stays open (the caller ends it: ``logger.end()``) unless fitting raises. Every rank returns."""
+    run stays open (the caller ends it: ``logger.end()``) unless fitting raises. Every rank returns.
+    ``param_keys``: the config settings logged as params (``make_logger``; None: all)."""
     check_inputs(cfg)
     check_generator_inputs(cfg)
     if cfg.eval.after_training:
@@ -55,7 +58,8 @@ def fit(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None 
     data = GeneratorDataModule(cfg.data)
     data.split("val")  # made (an image folder's files checked) before the run opens, as the training split
     module = GeneratorModule(cfg, data.num_classes)
-    logger = make_logger(cfg.tracking, run_name, parent_run_id, run_id=resume.run_id if resume else None)
+    logger = make_logger(cfg.tracking, run_name, parent_run_id, run_id=resume.run_id if resume else None,
+                         param_keys=param_keys)
     try:
         run_dir = run_directory(cfg, run_name, logger)
         if logger.run_id is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 
 from lightning.pytorch.loggers import MLFlowLogger
@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from nar_bench.errors import NarBenchError
 from nar_bench.tracking.lifecycle import (
@@ -33,9 +33,12 @@ from nar_bench.tracking.lifecycle import (
 )
 from nar_bench.tracking.names import (
     COMMIT_TAG,
+    CONFIG_ARTIFACT,
     DEVICE_TAG,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
+    EXTRACTOR_TAG,
+    PARADIGM_TAG,
     PARENT_TAG,
     PID_TAG,
     SWEEP_KEY_TAG,
@@ -130,11 +133,13 @@ def experiment_id(tracking: DictConfig) -> str:
     store's lock (two processes could otherwise both create it), and tagged as a model-training
     experiment if it is not tagged with a kind. On this process's first use of a store, runs left
     RUNNING by dead processes of this host are marked KILLED."""
+    check_artifact_root(artifact_location(tracking))  # before the store is made: a refused run leaves none
     c = client(tracking)
     uri = tracking_uri(tracking)
     with store_lock(uri), store_writes(uri):
         exp = c.get_experiment_by_name(tracking.experiment)
-        check_artifact_root(exp.artifact_location if exp is not None else artifact_location(tracking))
+        if exp is not None:  # made earlier, maybe with another artifact location
+            check_artifact_root(exp.artifact_location)
         exp_id = exp.experiment_id if exp is not None else c.create_experiment(
             tracking.experiment, artifact_location=artifact_location(tracking),
             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
@@ -162,19 +167,32 @@ class RunLogger(MLFlowLogger):
     """MLFlowLogger whose run ends when the verb says so (:meth:`end`), not when Lightning finishes
     fitting: a run's evaluation and artifacts come after ``fit``, and a process killed there must not
     leave a FINISHED run without them. A fit that raises ends the run FAILED, or KILLED when a signal
-    interrupted it. Records system metrics while the run is open."""
+    interrupted it. Records system metrics while the run is open.
+
+    A run's config (the ``cfg`` hyperparameter) is logged whole as one artifact, ``config.yaml``,
+    with its paradigm and feature extractor as tags (what reports group by); as params, all of it,
+    or only ``param_keys`` (a sweep's child: the settings its points differ in)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._monitor = None
         self._ended = False
         self._resumed_params: dict[str, str] | None = None  # a resumed run's params, logged when it started
+        self.param_keys: Collection[str] | None = None  # flattened names ("cfg/model/paradigm") logged as params
 
+    @rank_zero_only
     def log_hyperparams(self, params) -> None:
         """A resumed run keeps the params it was started with (MLflow params are immutable); new
         values of them (say, a raised trainer.max_steps) are left out with a warning."""
         from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 
+        params = _convert_params(params)
+        if isinstance(params.get("cfg"), Mapping):
+            self.log_config(params["cfg"])
+        if self.param_keys is not None:
+            params = {k: v for k, v in _flatten_dict(params).items() if k in self.param_keys}
+            if not params:
+                return None
         if self._resumed_params is None:
             return super().log_hyperparams(params)
         flat = _flatten_dict(_convert_params(params))
@@ -184,6 +202,14 @@ class RunLogger(MLFlowLogger):
         new = {k: v for k, v in flat.items() if k not in self._resumed_params}
         if new:
             super().log_hyperparams(new)
+
+    def log_config(self, cfg: Mapping) -> None:
+        """``config.yaml`` (the resolved config) on the run, and the tags reports read from it."""
+        if self.run_id is None:
+            return
+        self.experiment.log_text(self.run_id, OmegaConf.to_yaml(OmegaConf.create(dict(cfg))), CONFIG_ARTIFACT)
+        self.experiment.set_tag(self.run_id, PARADIGM_TAG, str(cfg.get("model", {}).get("paradigm")))
+        self.experiment.set_tag(self.run_id, EXTRACTOR_TAG, str(cfg.get("eval", {}).get("extractor")))
 
     def open(self) -> RunLogger:
         """Creates (or, with ``run_id``, attaches to) the run now and starts its system metrics."""
@@ -206,9 +232,11 @@ class RunLogger(MLFlowLogger):
 
 
 def make_logger(tracking: DictConfig, run_name: str | None = None, parent_run_id: str | None = None,
-                tags: dict[str, str] | None = None, run_id: str | None = None) -> RunLogger:
+                tags: dict[str, str] | None = None, run_id: str | None = None,
+                param_keys: Collection[str] | None = None) -> RunLogger:
     """A logger on a new run (a child of ``parent_run_id`` if given), or on the existing run
-    ``run_id`` (resumed: set RUNNING again and owned by this process)."""
+    ``run_id`` (resumed: set RUNNING again and owned by this process). ``param_keys``: the only
+    flattened config settings logged as params (None: all; the whole config is in config.yaml)."""
     experiment_id(tracking)  # creates the experiment with our artifact location on first use
     tags = {**origin_tags(), **(tags or {})}
     if parent_run_id:
@@ -225,6 +253,7 @@ def make_logger(tracking: DictConfig, run_name: str | None = None, parent_run_id
         run_id=run_id,
     )
     logger._resumed_params = resumed
+    logger.param_keys = param_keys
     with store_writes(tracking_uri(tracking)):
         return logger.open()
 
