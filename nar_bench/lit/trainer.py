@@ -72,8 +72,13 @@ def check_inputs(cfg: DictConfig) -> None:
 def check_generator_inputs(cfg: DictConfig) -> None:
     """What a generator run needs, checked before any model, run or folder is created: the model
     section (paradigm, size, options), readable weights files, the tokenizer (a learned one has a
-    checkpoint or ``tokenizer.untrained=true``; data.grid_size is the grid it makes) and the geometry."""
+    checkpoint or ``tokenizer.untrained=true``; data.grid_size is the grid it makes), the geometry, and
+    a step budget (``trainer.max_steps=0`` only samples a ``model.checkpoint``)."""
     check_model(cfg.model)
+    if cfg.trainer.max_steps == 0 and not cfg.model.checkpoint and not cfg.trainer.resume:
+        raise NarBenchError("trainer.max_steps=0 trains nothing and model.checkpoint is not set, so the run would "
+                            "sample random weights: set trainer.max_steps > 0, or model.checkpoint=<weights> to "
+                            "sample them without training")
     for key, path in (("model.checkpoint", cfg.model.checkpoint), ("tokenizer.checkpoint", cfg.tokenizer.checkpoint)):
         if path and Path(path).is_file():
             check_torch_file(path, key)
