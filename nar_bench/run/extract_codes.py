@@ -25,6 +25,7 @@ from nar_bench.data.codes import FORMAT, MANIFEST, codes_dtype
 from nar_bench.errors import NarBenchError
 from nar_bench.registry import DATASETS
 from nar_bench.tokenizers import build_tokenizer
+from nar_bench.tracking.provenance import check_writable
 
 SPLITS = ("train", "val")
 
@@ -39,6 +40,7 @@ def extract_codes(cfg: DictConfig, out_dir: str | Path, shard_size: int = 100_00
                             "such as imagefolder")
     if shard_size < 1:
         raise NarBenchError(f"shard_size must be positive, got {shard_size}")
+    check_writable(out_dir, "out_dir")
     if cfg.tokenizer.checkpoint and not Path(cfg.tokenizer.checkpoint).is_file():
         raise NarBenchError(f"tokenizer.checkpoint '{cfg.tokenizer.checkpoint}' not found; fix the path")
     tokenizer = build_tokenizer(cfg)

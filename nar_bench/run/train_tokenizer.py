@@ -16,7 +16,7 @@ from nar_bench.lit.data import GeneratorDataModule
 from nar_bench.lit.tokenizer_module import TokenizerModule
 from nar_bench.lit.trainer import check_inputs, make_trainer, run_directory
 from nar_bench.nn.transformer import count_parameters
-from nar_bench.tracking.lifecycle import interruptible
+from nar_bench.tracking.lifecycle import interruptible, run_end_status
 from nar_bench.tracking.mlflow import make_logger
 
 
@@ -29,15 +29,19 @@ def train_tokenizer(cfg: DictConfig, run_name: str | None = None) -> dict:
     data = GeneratorDataModule(cfg.data)
     run_name = run_name or cfg.tracking.run_name or f"tokenizer-{cfg.tokenizer.name}"
     logger = make_logger(cfg.tracking, run_name)
-    run_dir = run_directory(cfg, run_name, logger)
-    trainer = make_trainer(cfg, logger, run_dir)
-    trainer.fit(module, data)
-    if not trainer.is_global_zero:
-        return {}
-    path = run_dir / "tokenizer.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": module.tokenizer.state_dict()}, path)
-    logger.experiment.set_tag(logger.run_id, "tokenizer_checkpoint", str(path.resolve()))
+    try:
+        run_dir = run_directory(cfg, run_name, logger)
+        trainer = make_trainer(cfg, logger, run_dir)
+        trainer.fit(module, data)
+        if not trainer.is_global_zero:
+            return {}
+        path = run_dir / "tokenizer.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": module.tokenizer.state_dict()}, path)
+        logger.experiment.set_tag(logger.run_id, "tokenizer_checkpoint", str(path.resolve()))
+    except BaseException as err:  # a failure after fit (a full disk) must not leave the run RUNNING
+        logger.end(run_end_status(err))
+        raise
     logger.end()  # the run stays open after fit (see RunLogger) until its weights are saved
     metrics = trainer.callback_metrics
     return {
