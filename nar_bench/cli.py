@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="sample a class grid from a trained Lightning checkpoint")
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--out", default="results/runs/samples.png", help="PNG (.gif for video models) to write")
-    add_overwrite(p, "replace a file committed to git")
+    p.add_argument("--out", help="PNG (.gif for video models) to write (default results/runs/samples/<paradigm>-"
+                                 "<ckpt stem>-<ckpt hash>-<settings hash>.png)")
+    add_overwrite(p, "replace an existing --out file (or one committed to git)")
     p.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.sampling.cfg_scale=3 seed=1")
     p.set_defaults(verb="nar_bench.run.sample")
 

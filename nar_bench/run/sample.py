@@ -8,6 +8,8 @@ checks and the output guard run before torch is imported (a typo fails in a seco
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -15,7 +17,7 @@ from omegaconf import OmegaConf
 from nar_bench.config import ExperimentConfig, check_domains, merge, parse_overrides
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.sampling_config import SamplingConfig
-from nar_bench.tracking.provenance import guard_output, provenance, provenance_line
+from nar_bench.tracking.provenance import SCRATCH_ROOT, guard_output, provenance, provenance_line
 
 SAMPLING_KEYS = ("eval.sampling.", "eval.samples_per_class", "seed")  # what `sample` reads of the config
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -37,11 +39,28 @@ def check_overrides(overrides: list[str]) -> None:
 
 
 def check_out(out: str | Path, overwrite: bool) -> Path:
+    """An --out the grid may be written to: an image name, not an existing file unless ``overwrite``
+    (the default name is keyed by checkpoint and settings instead), never over committed files."""
     out = Path(out)
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise NarBenchError(f"--out '{out}': name the image file with one of {', '.join(IMAGE_SUFFIXES)} "
                             "(a video model writes a .gif next to it)")
+    if out.exists() and not overwrite:
+        raise NarBenchError(f"refusing to overwrite: '{out}' exists; choose another --out, leave --out out (the "
+                            "default name is keyed by checkpoint and settings) or pass --overwrite")
     return guard_output(out, overwrite)
+
+
+def default_out(cfg, ckpt: str | Path) -> Path:
+    """``results/runs/samples/<paradigm>-<ckpt stem>-<ckpt hash>-<settings hash>.png``: one file per
+    checkpoint and sampling settings, so a second checkpoint named last.ckpt gets its own."""
+    from nar_bench.metrics.adm_npz import sha256_file
+
+    settings = {"sampling": OmegaConf.to_container(cfg.eval.sampling), "seed": cfg.seed,
+                "samples_per_class": cfg.eval.samples_per_class}
+    settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"{cfg.model.paradigm}-{Path(ckpt).stem}-{sha256_file(ckpt)[:8]}-{settings_hash}.png"
+    return guard_output(SCRATCH_ROOT / "samples" / name)
 
 
 def load_module(ckpt: str | Path):
@@ -53,7 +72,7 @@ def load_module(ckpt: str | Path):
 
 def main(args: argparse.Namespace) -> None:
     check_overrides(args.overrides)
-    out = check_out(args.out, args.overwrite)
+    out = check_out(args.out, args.overwrite) if args.out else None
     import torch
 
     from nar_bench.images import save_labelled_grid, save_samples
@@ -65,6 +84,7 @@ def main(args: argparse.Namespace) -> None:
     cfg = merge(schema, module.cfg, source=f"checkpoint '{args.ckpt}'")
     cfg = merge(cfg, parse_overrides(args.overrides), source="command-line overrides")
     module.cfg = cfg
+    out = out or default_out(cfg, args.ckpt)
     sampling = SamplingConfig(**cfg.eval.sampling)
     images = module.sample_grid(cfg.seed, sampling)
     if images.dim() != 4:  # video: animated GIF grid
