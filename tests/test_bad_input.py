@@ -198,6 +198,15 @@ def run_ckpt(tmp_path_factory) -> Path:
     return path
 
 
+def other_weights(ckpt: Path, path: Path) -> Path:
+    """A copy of the run checkpoint ``ckpt`` with other weights: another run's last.ckpt."""
+    content = torch.load(ckpt)
+    content["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in content["state_dict"].items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(content, path)
+    return path
+
+
 def write_reference(path: Path, size: int, nan: bool = False) -> Path:
     """An ADM-format reference batch (images + mu/sigma + mu_s/sigma_s), statistics made up."""
     mu = np.zeros(POOL_DIM, np.float32)
@@ -315,11 +324,7 @@ def test_evaluate_folders_are_keyed_by_checkpoint_and_settings(tmp_path, capsys,
     """Two checkpoints both named last.ckpt get their own default folders; a folder holding another
     evaluation is refused without --overwrite; settings the config leaves unset come from the
     checkpoint and are recorded."""
-    other = tmp_path / "other" / "last.ckpt"
-    content = torch.load(run_ckpt)
-    content["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in content["state_dict"].items()}
-    other.parent.mkdir()
-    torch.save(content, other)
+    other = other_weights(run_ckpt, tmp_path / "other" / "last.ckpt")
     config = write(tmp_path / "eval.yaml", "eval:\n  samples_per_class: 1\n")  # names no model, no geometry
     ref = f"eval.reference={references['ref16']}"
     folders = []
@@ -386,3 +391,76 @@ def test_a_config_typo_fails_before_torch_lightning_or_mlflow_is_imported(tmp_pa
     for (verb, _), error in zip(cases.items(), errors, strict=True):
         assert re.search(r"bad config key|out of range", error), (verb, error)
     assert not (tmp_path / "out").exists() and not (tmp_path / "codes").exists()
+
+
+def test_order_gifs_checks_every_model_before_the_first_gif(tmp_path, capsys, run_ckpt):
+    text = write(tmp_path / "notes.ckpt", "not a checkpoint\n")
+    base = ["order-gifs", "--out", "{tmp}/out", "--config", DEMO, *TINY]
+    assert_refused(capsys, tmp_path, [*base, "--paradigms", "ar", "nope"], r"unknown paradigm 'nope'; choose one of: ")
+    assert_refused(capsys, tmp_path, [*base, "--paradigms", "ar", "nar", "--label", "16"],
+                   r"--label 16: the ar model has classes 0..15")
+    assert_refused(capsys, tmp_path, [*base, "--paradigms", "ar", "nar", "--ckpt", f"nar={text}"],
+                   r"'.*notes.ckpt' is not a readable PyTorch weights file")
+    assert_refused(capsys, tmp_path, [*base, "--paradigms", "ar", "--ckpt", f"nar={run_ckpt}"],
+                   r"--ckpt nar=...: 'nar' is not among --paradigms ar")
+
+
+def test_extract_codes_into_an_unwritable_place(tmp_path, capsys):
+    write(tmp_path / "afile", "a file where a folder should be\n")
+    assert_refused(capsys, tmp_path, ["extract-codes", DEMO, "{tmp}/afile/codes"],
+                   r"cannot write '{tmp}/afile/codes': '{tmp}/afile' is a file, not a folder; choose another out_dir")
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_own_config(tmp_path, capsys, run_ckpt, references,
+                                                              random_inception_weights):
+    content = torch.load(run_ckpt)
+    content["hyper_parameters"]["cfg"]["model"]["n_layers"] = 3  # edited by hand, or another version's model
+    edited = tmp_path / "ckpts" / "edited.ckpt"
+    edited.parent.mkdir()
+    torch.save(content, edited)
+    argv = evaluate_argv(tmp_path, edited, "model.size=tiny", *GEOMETRY, f"eval.reference={references['ref16']}",
+                         weights=random_inception_weights)
+    assert_refused(capsys, tmp_path, argv, r"checkpoint '.*edited.ckpt' does not fit the model its own config "
+                                           r"describes")
+    assert_refused(capsys, tmp_path, ["sample", "--ckpt", str(edited), "--out", "{tmp}/out/grid.png"],
+                   r"checkpoint '.*edited.ckpt' does not fit the model its own config describes \(.*\); was it "
+                   r"written by another nar-bench version\?")
+
+
+def test_train_zero_steps_without_a_checkpoint(tmp_path, capsys):
+    assert_refused(capsys, tmp_path, ["train", DEMO, *TINY, "trainer.max_steps=0", *tracking_overrides(tmp_path)],
+                   r"trainer.max_steps=0 trains nothing and model.checkpoint is not set")
+
+
+def test_sample_files_are_keyed_by_checkpoint_and_an_existing_out_is_refused(tmp_path, capsys, run_ckpt,
+                                                                           monkeypatch):
+    other = other_weights(run_ckpt, tmp_path / "other" / "last.ckpt")
+    monkeypatch.chdir(tmp_path)  # the default folder, results/runs/samples/, is relative
+    for ckpt in (run_ckpt, other):
+        assert main(["sample", "--ckpt", str(ckpt), "eval.sampling.cfg_scale=1.0"]) == 0
+    written = sorted((tmp_path / "results" / "runs" / "samples").iterdir())
+    assert len(written) == 2 and all(re.fullmatch(r"nar-last-[0-9a-f]{8}-[0-9a-f]{8}\.png", p.name) for p in written)
+    before = written[0].read_bytes()
+    assert_refused(capsys, tmp_path, ["sample", "--ckpt", str(other), "--out", str(written[0])],
+                   r"refusing to overwrite: '.*\.png' exists; choose another --out, leave --out out")
+    assert written[0].read_bytes() == before
+    assert main(["sample", "--ckpt", str(other), "--out", str(written[0]), "--overwrite"]) == 0
+
+
+def test_an_image_truncated_past_its_header_is_one_line_naming_it_from_a_loader_worker(tmp_path, capsys):
+    """A file whose header opens but whose pixels are cut off passes the scan; loading it in a
+    DataLoader worker (whose error comes back wrapped in the worker's traceback) is still one line
+    naming the file, and the training run ends FAILED, not RUNNING."""
+    photos = image_folder(tmp_path / "photos", per_class=4)
+    whole = (photos / "b" / "3.png").read_bytes()
+    (photos / "b" / "3.png").write_bytes(whole[: len(whole) // 2])
+    argv = ["train", DEMO, *TINY, "data.name=imagefolder", f"data.root={photos}", "data.num_val=2",
+            "data.batch_size=8", "data.num_workers=1", *tracking_overrides(tmp_path)]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        f"nar-bench: error: cannot read image '{photos / 'b' / '3.png'}'"), err[-2000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert run.info.status == "FAILED"

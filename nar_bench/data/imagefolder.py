@@ -72,7 +72,7 @@ def unreadable(path: str) -> str | None:
     try:
         with Image.open(path):
             return None
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:  # PIL: SyntaxError for some broken files
         return str(err).replace(f" {path!r}", "").replace(f" '{path}'", "")
 
 
@@ -116,7 +116,7 @@ class ImageFolderDataset(Dataset):
                         "it, lower data.image_size, or set data.upscale_small_images=true to upscale it")
                 # RGB first, as torchvision's loader: palette / grey / CMYK files then resize alike
                 return center_crop_arr(image.convert("RGB"), self.image_size)
-        except (UnidentifiedImageError, OSError) as err:
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:  # PIL: SyntaxError for some broken files
             raise NarBenchError(f"cannot read image '{path}' ({err}); delete or replace the file") from None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
