@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import re
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -190,14 +192,18 @@ class ExperimentConfig:
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
-def _valid_keys(schema: Any, dotted: str) -> list[str]:
-    """Field names valid at the parent of ``dotted`` in the schema, for error messages."""
+def _valid_keys(schema: Any, dotted: str, message: str = "") -> list[str]:
+    """Field names valid at the parent of ``dotted`` in the schema, for error messages; [] when
+    OmegaConf's ``message`` names another parent (a key inside a list item reaches us without its path)."""
     node = schema
     for part in dotted.split(".")[:-1]:
         if not is_dataclass(node) or part not in {f.name for f in fields(node)}:
             return []
         node = getattr(node, part)
-    return sorted(f.name for f in fields(node)) if is_dataclass(node) else []
+    named = re.search(r"not in '(\w+)'", message)
+    if not is_dataclass(node) or (named and named.group(1) != type(node).__name__):
+        return []
+    return sorted(f.name for f in fields(node))
 
 
 def _culprit(base: DictConfig, layer: Any, prefix: str = "") -> str:
@@ -219,7 +225,14 @@ def _shape_hint(base: DictConfig, key: str) -> str:
     """What the schema holds at ``key`` when a value of the wrong shape was given, or ''."""
     node = OmegaConf.select(base, key, default=None, throw_on_missing=False) if key else None
     if isinstance(node, ListConfig):
-        example = _dotlist_value(node) if len(node) and not isinstance(node[0], DictConfig) else "[...]"
+        element = node._metadata.element_type
+        if is_dataclass(element):
+            return f"{key} is a list of mappings with keys {', '.join(f.name for f in fields(element))}, e.g. " \
+                   f"{key}=[{{{fields(element)[1].name}: ...}}]"
+        if typing.get_origin(element) is dict:
+            return f"{key} is a list of mappings, e.g. {key}=[{{name: a, overrides: [model.paradigm=ar]}}] (see " \
+                   "experiments/ablation_heads.yaml)"
+        example = _dotlist_value(node) if len(node) else "[...]"
         return f"{key} is a list: write it in brackets, e.g. {key}={example}"
     if isinstance(node, DictConfig):
         keys = list(node) or ["<key>"]
@@ -241,10 +254,10 @@ def merge(base: DictConfig, *layers: Any, source: str = "config") -> DictConfig:
             except (OmegaConfBaseException, TypeError, ValueError):
                 key = key or _culprit(merged, layer)
                 break
-        shape = _shape_hint(merged, key) if isinstance(merged, DictConfig) else ""
-        valid = _valid_keys(ExperimentConfig(), key) if key else []
-        hint = f"; valid keys here: {', '.join(valid)}" if valid and not shape else ""
+        shape = _shape_hint(merged, key.split("[", 1)[0]) if isinstance(merged, DictConfig) else ""  # list[i] -> list
         msg = shape or str(err).splitlines()[0]
+        valid = _valid_keys(ExperimentConfig(), key, msg) if key else []
+        hint = f"; valid keys here: {', '.join(valid)}" if valid and not shape else ""
         raise NarBenchError(f"bad config key '{key}' in {source}: {msg}{hint}") from None
 
 

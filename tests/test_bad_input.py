@@ -63,7 +63,8 @@ def write(path: Path, content: str | bytes) -> Path:
     ("data:\n  batch_size: 8\ndata:\n  batch_size: 9\n", "is not valid YAML at line 3, column 1: found duplicate key"),
     ("data: 5\n", r"bad config key 'data' in .*bad.yaml: data is a section of keys \(name, root, .*\): set one"),
     ("model:\n  options: [1, 2]\n", r"bad config key 'model.options' .*model.options is a section of keys"),
-    ("sweep:\n  variants: [a, b]\n", r"bad config key 'sweep.variants'"),
+    ("sweep:\n  variants: [a, b]\n", r"bad config key 'sweep.variants' .*sweep.variants is a list of mappings, e.g. "
+                                     r"sweep.variants=\[\{name: a, overrides: \[model.paradigm=ar\]\}\]"),
     ("eval:\n  sampling:\n    top_p: 0\n", r"eval.sampling.top_p=0.0 \(from .*bad.yaml\) is out of range: must be a "
                                             r"finite number in \(0, 1\] \(1 = off\), e.g. eval.sampling.top_p=1.0"),
 ])
@@ -108,6 +109,8 @@ def test_a_config_path_that_is_no_file(tmp_path, capsys, config, message):
     ("trainer.max_steps", r"override 'trainer.max_steps' in command-line overrides is not key=value"),
     ("=5", r"override '=5' .* is not key=value"),
     ("optim.betas=[0.9]", r"bad config key 'optim.betas'.*length 1 does not match"),
+    ("bench.points=[nar]", r"bench.points is a list of mappings with keys name, paradigm, size, options, overrides"),
+    ("bench.points=[{paradigm: nar, sise: B}]", r"bad config key 'sise' .*Did you mean: 'size'\?$"),
 ])
 def test_a_bad_override(tmp_path, capsys, override, message):
     assert_refused(capsys, tmp_path, ["train", DEMO, *TINY, *tracking_overrides(tmp_path), override], message)
