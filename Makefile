@@ -79,7 +79,7 @@ real-photos-demo: $(STAMP)
 	for p in nar ar; do \
 		$(BIN)/nar-bench train $(PHOTOS_CFG) $(PHOTOS_CODES) model.paradigm=$$p trainer.max_steps=$(PHOTOS_STEPS) \
 			tracking.run_name=photos-$$p && \
-		$(BIN)/nar-bench evaluate $(PHOTOS_CFG) $(PHOTOS_CODES) --name photos-$$p --num-samples $(PHOTOS_N) \
+		$(BIN)/nar-bench evaluate $(PHOTOS_CFG) $(PHOTOS_CODES) model.paradigm=$$p --name photos-$$p --num-samples $(PHOTOS_N) \
 			--ckpt $$(ls -td results/runs/photos-$$p-*/ | head -1)checkpoints/last.ckpt \
 			eval.reference=$(PHOTOS)/ref.npz $(ARGS) || exit 1; \
 	done

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import shlex
 import sys
@@ -47,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="sample a class grid from a trained Lightning checkpoint")
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--out", default="results/runs/samples.png", help="PNG (.gif for video models) to write")
-    add_overwrite(p, "replace a file committed to git")
+    p.add_argument("--out", help="PNG (.gif for video models) to write (default results/runs/samples/<paradigm>-"
+                                 "<ckpt stem>-<ckpt hash>-<settings hash>.png)")
+    add_overwrite(p, "replace an existing --out file (or one committed to git)")
     p.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.sampling.cfg_scale=3 seed=1")
     p.set_defaults(verb="nar_bench.run.sample")
 
@@ -99,10 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="nar-bench Lightning .ckpt or an official weights file")
     p.add_argument("--num-samples", type=int, default=50_000, help="images to sample, a multiple of the class "
                                                                    "count (default 50000)")
-    p.add_argument("--name", help="folder <output_dir>/<name>/ and MLflow run name (default eval-<paradigm>-<ckpt>)")
+    p.add_argument("--name", help="folder <output_dir>/<name>/ and MLflow run name (default eval-<paradigm>-<ckpt "
+                                  "stem>-<ckpt hash>-<settings hash>)")
     p.add_argument("--out", help="samples .npz (default <output_dir>/<name>/samples.npz; shards beside it)")
     p.add_argument("--png-dir", help="also write every sample as a PNG into this folder")
     p.add_argument("--num-classes", type=int, help="classes of an official checkpoint (default: the dataset's)")
+    add_overwrite(p, "replace a results folder or samples file holding another checkpoint's or other settings' "
+                     "evaluation (or committed files)")
     p.add_argument("overrides", nargs="*", help="e.g. eval.reference=VIRTUAL_imagenet256_labeled.npz "
                                                 "eval.sampling.cfg_scale=2.0 trainer.devices=8")
     p.set_defaults(verb="nar_bench.run.evaluate")
@@ -115,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="dataset split for a YAML source (default val)")
     p.add_argument("--num-images", type=int, help="use the first N images (default: all)")
     p.add_argument("--inception-weights", help="InceptionV3 weights file (default $NAR_BENCH_INCEPTION_WEIGHTS)")
+    add_overwrite(p, "replace an existing --out file")
     p.add_argument("overrides", nargs="*", help="dotlist overrides for a YAML source, e.g. data.num_val=2048")
     p.set_defaults(verb="nar_bench.run.reference")
 
@@ -131,6 +137,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+# verb -> its argument naming the experiment YAML that, with the overrides, is read and checked here
+# (schema, types, numeric domains) before the verb's module, and torch, Lightning and MLflow with it,
+# is imported: a typo fails in about a second, not after the imports
+CONFIG_ARGUMENT = {"train": "config", "bench": "config", "sweep": "config", "report": "config",
+                   "extract-codes": "config", "train-tokenizer": "config", "evaluate": "config",
+                   "order-gifs": "config", "reference": "source"}
+
+
+def checked_config(args: argparse.Namespace):
+    """The verb's config (``nar_bench.config.load_config``), or None for a verb without one (sample
+    checks its few overrides itself; reference from an image folder). Imports no torch."""
+    path = getattr(args, CONFIG_ARGUMENT.get(args.command, ""), None)
+    if path is None or (args.command == "reference" and Path(path).suffix not in (".yaml", ".yml")):
+        return None
+    from nar_bench.config import load_config
+
+    return load_config(path, args.overrides)
+
+
+def one_line(err: NarBenchError) -> str:
+    """The error's message on one line. A DataLoader worker re-raises an error with the worker's
+    traceback in the message: its last line is the error itself."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(err).__name__
+    return lines[-1].split(f"{NarBenchError.__module__}.{NarBenchError.__name__}: ", 1)[-1].strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -144,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     from nar_bench.tracking.lifecycle import interruptible
 
     try:
+        args.cfg = checked_config(args)  # before the verb's imports: a typo costs no torch import
         # Ctrl-C / SIGTERM in any verb: its open MLflow runs end KILLED, one line, exit 128 + signal
         with interruptible():
             if args.command == "sweep":  # checked before any training: a refused folder costs nothing
@@ -152,7 +189,13 @@ def main(argv: list[str] | None = None) -> int:
                 args.out = str(guard_output(args.out or SCRATCH_ROOT / Path(args.config).stem, args.overwrite))
             importlib.import_module(args.verb).main(args)  # imported here: --help needs no torch
     except NarBenchError as err:
-        print(f"nar-bench: error: {err}", file=sys.stderr)
+        print(f"nar-bench: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a disk that fills up or turns read-only mid-run: the place and the fix, not a traceback
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        print(f"nar-bench: error: cannot write '{err.filename}': {err.strerror}; free space or make it writable, or "
+              "write elsewhere (--out, output_dir)", file=sys.stderr)
         return 2
     return 0
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -191,7 +192,8 @@ def test_ddp_sweep_logs_one_parent_and_one_child_per_point(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     for child in children:
         assert child.data.tags[PARENT_TAG] == parent.info.run_id and child.info.status == "FINISHED"
-        assert child.data.params["cfg/trainer/devices"] == "2"
+        config = client.download_artifacts(child.info.run_id, "config.yaml", str(tmp_path))  # no varying param
+        assert yaml.safe_load(Path(config).read_text())["trainer"]["devices"] == 2
         assert {"eval/fid", "eval/class_accuracy", "val/loss", "train/loss"} <= set(child.data.metrics)
         assert len(client.get_metric_history(child.info.run_id, "train/loss")) == 4  # one point per step
         assert {"eval_samples.png", "per_class_accuracy.csv", "samples.png", "summary.csv"} <= {

@@ -54,10 +54,12 @@ def test_real_photos_tokenizer_codes_nar_and_ar_reference_and_evaluate(tmp_path,
                      f"tracking.run_name=photos-{paradigm}"]) == 0
         (ckpt,) = (tmp_path / "runs").glob(f"photos-{paradigm}-*/checkpoints/last.ckpt")
         assert main(["evaluate", demo, "--ckpt", str(ckpt), "--num-samples", "12", "--name", f"photos-{paradigm}",
-                     *codes, f"data.image_size={SIZE}", "eval.batch_size=6", "eval.shard_size=6",
+                     *codes, f"model.paradigm={paradigm}", f"data.image_size={SIZE}", "eval.batch_size=6",
+                     "eval.shard_size=6",
                      f"eval.reference={tmp_path / 'ref.npz'}",
                      f"eval.extractor_options.weights_path={random_inception_weights}", *track]) == 0
         record = json.loads((tmp_path / "runs" / f"photos-{paradigm}" / "eval.json").read_text())
+        assert record["settings"]["paradigm"] == paradigm  # recorded as the checkpoint's, not the YAML's
         with np.load(record["samples"]) as samples:
             assert samples["arr_0"].shape == (12, SIZE, SIZE, 3)
             assert np.bincount(samples["arr_1"]).tolist() == [12 // CLASSES] * CLASSES

@@ -205,7 +205,7 @@ def test_guard_refuses_files_committed_to_git():
         guard_output("results/order/order_nar.gif")
 
 
-@pytest.mark.parametrize("verb", ["sweep", "report", "bench", "order-gifs", "sample"])
+@pytest.mark.parametrize("verb", ["sweep", "report", "bench", "order-gifs", "sample", "reference"])
 def test_every_verb_refuses_a_folder_of_committed_results_before_any_work(tmp_path, capsys, verb):
     folder = committed_folder(tmp_path)
     argv = {
@@ -214,6 +214,7 @@ def test_every_verb_refuses_a_folder_of_committed_results_before_any_work(tmp_pa
         "bench": ["bench", "experiments/throughput_sweep.yaml", "--out", str(folder)],
         "order-gifs": ["order-gifs", "--out", str(folder)],
         "sample": ["sample", "--ckpt", str(tmp_path / "none.ckpt"), "--out", str(folder / "metrics.png")],
+        "reference": ["reference", str(tmp_path), "--out", str(folder / "ref.npz")],
     }[verb]
     assert main([*argv, *tracking_overrides(tmp_path, experiment=None)]
                 if verb in ("sweep", "report", "bench") else argv) == 2

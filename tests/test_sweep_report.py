@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from nar_bench.cli import main
@@ -76,11 +77,24 @@ def test_tiny_ablation_sweep_logs_parent_and_child_runs_and_report_rebuilds_its_
     children = [r for r in runs if PARENT_TAG in r.data.tags]
     assert parent.info.run_name == "ablation_heads" and parent.info.status == "FINISHED"
     assert sorted(r.info.run_name for r in children) == ["nar_dim_heads_mixed", "ntp_raster"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     for child in children:
         assert child.data.tags[PARENT_TAG] == parent.info.run_id and child.info.status == "FINISHED"
         assert child.data.tags["nar_bench.variant"] == child.info.run_name
         assert {"eval/fid", "eval/is", "eval/precision", "eval/recall", "eval/kid", "eval/class_accuracy",
                 "val/loss"} <= set(child.data.metrics)
+        # the MLflow view: params are what the points differ in, the whole config is one artifact
+        varied = {"ntp_raster": {"cfg/model/paradigm"},  # a raster model has no NAR options
+                  "nar_dim_heads_mixed": {"cfg/model/paradigm", "cfg/model/options/heads",
+                                          "cfg/model/options/overlap_head"}}
+        assert set(child.data.params) == varied[child.info.run_name], sorted(child.data.params)
+        config = yaml.safe_load(Path(client.download_artifacts(child.info.run_id, "config.yaml", str(tmp_path)))
+                                .read_text())
+        assert config["trainer"]["max_steps"] == 4 and config["model"]["paradigm"] == child.data.tags[
+            "nar_bench.paradigm"] == child.data.params["cfg/model/paradigm"]
+    # the parent carries the comparison: a metric per variant and the best variant per metric
+    assert {"fid/ntp_raster", "fid/nar_dim_heads_mixed", "class_accuracy/ntp_raster"} <= set(parent.data.metrics)
+    assert parent.data.tags["nar_bench.best.fid"] in ("ntp_raster", "nar_dim_heads_mixed")
 
     table = pd.read_csv(out / "runs.csv")
     assert table["variant"].tolist() == ["ntp_raster", "nar_dim_heads_mixed"]
@@ -94,7 +108,6 @@ def test_tiny_ablation_sweep_logs_parent_and_child_runs_and_report_rebuilds_its_
     assert f"commit: `{git_commit()}`" in (out / "summary.md").read_text() and (out / "metrics.png").stat().st_size > 0
 
     # a child killed mid-run (say, by a command's time limit) stays RUNNING in MLflow: listed, not averaged
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     killed = client.create_run(parent.info.experiment_id, run_name="ntp_raster",
                                tags={PARENT_TAG: parent.info.run_id, "nar_bench.variant": "ntp_raster"})
     client.log_metric(killed.info.run_id, "eval/fid", 999.0)

@@ -366,7 +366,7 @@ def run_throughput_sweep(cfg: DictConfig, command: str | None = None, overwrite:
 def main(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = args.cfg or load_config(args.config, args.overrides)
     if args.out:
         cfg = merge(cfg, {"bench": {"output_dir": args.out}}, source="--out")
     run_throughput_sweep(cfg, command=args.command_line, overwrite=args.overwrite, fresh=args.fresh)

@@ -15,6 +15,7 @@ centre square. Images smaller than ``data.image_size`` are an error unless
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +66,31 @@ def scan_classes(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, samples
 
 
+def unreadable(path: str) -> str | None:
+    """Why the image file at ``path`` cannot be opened (no permission, not an image), or None. Reads
+    its header only: a file truncated further in fails when loaded, naming the file too."""
+    try:
+        with Image.open(path):
+            return None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:  # PIL: SyntaxError for some broken files
+        return str(err).replace(f" {path!r}", "").replace(f" '{path}'", "")
+
+
+def check_readable(paths: list[str], folder: Path) -> None:
+    """NarBenchError naming the first unreadable image of ``paths`` (and how many there are), so a
+    bad file fails before training, not in its middle. Headers are read in threads (I/O bound)."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        problems = [(path, why) for path, why in zip(paths, pool.map(unreadable, paths, chunksize=64), strict=True)
+                    if why is not None]
+    if problems:
+        path, why = problems[0]
+        more = f" ({len(problems)} unreadable files in '{folder}')" if len(problems) > 1 else ""
+        raise NarBenchError(f"cannot read image '{path}' ({why}){more}; delete or replace the file")
+
+
 class ImageFolderDataset(Dataset):
-    """Images in [-1, 1], (3, S, S) float32, and their class labels."""
+    """Images in [-1, 1], (3, S, S) float32, and their class labels. Every listed file is checked to
+    open as an image when the dataset is made (``check_readable``)."""
 
     def __init__(self, folder: str | Path, image_size: int, upscale_small: bool = False,
                  limit: int | None = None):
@@ -75,6 +99,7 @@ class ImageFolderDataset(Dataset):
         if limit is not None and limit < len(self.samples):  # evenly spaced, so every class stays in
             keep = np.linspace(0, len(self.samples) - 1, limit).round().astype(int)
             self.samples = [self.samples[i] for i in keep]
+        check_readable([path for path, _ in self.samples], self.folder)
         self.num_classes = len(self.class_names)
 
     def __len__(self) -> int:
@@ -91,7 +116,7 @@ class ImageFolderDataset(Dataset):
                         "it, lower data.image_size, or set data.upscale_small_images=true to upscale it")
                 # RGB first, as torchvision's loader: palette / grey / CMYK files then resize alike
                 return center_crop_arr(image.convert("RGB"), self.image_size)
-        except (UnidentifiedImageError, OSError) as err:
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:  # PIL: SyntaxError for some broken files
             raise NarBenchError(f"cannot read image '{path}' ({err}); delete or replace the file") from None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -33,14 +34,16 @@ from nar_bench.evaluation.scoring import Scorer, device, scorer_for
 from nar_bench.images import save_samples
 from nar_bench.lit.data import GeneratorDataModule
 from nar_bench.lit.module import GeneratorModule
+from nar_bench.lit.run_checkpoint import checkpoint_config, module_from_checkpoint, read_run_checkpoint
 from nar_bench.lit.shard_sampling import Progress, class_balanced_labels
-from nar_bench.lit.trainer import check_inputs
+from nar_bench.lit.trainer import check_generator_inputs, check_inputs
 from nar_bench.metrics.adm_npz import atomic_path, sha256_file
 from nar_bench.metrics.registry import SPEEDS
+from nar_bench.metrics.sample_store import settings_path
 from nar_bench.tracking.lifecycle import run_end_status
 from nar_bench.tracking.mlflow import log_artifact, make_logger, unfinished_run
 from nar_bench.tracking.names import EVAL_KEY_TAG, EVAL_PREFIX, PROGRESS_PREFIX
-from nar_bench.tracking.provenance import provenance
+from nar_bench.tracking.provenance import guard_output, provenance
 from nar_bench.tracking.resume import digest
 
 GRID_FILE = "eval_samples.png"  # .gif for video (save_samples picks the format)
@@ -139,28 +142,99 @@ def evaluate(module: GeneratorModule, cfg: DictConfig, num_samples: int | None =
     return metrics
 
 
-def load_generator(cfg: DictConfig, ckpt: str | Path, num_classes: int | None = None) -> GeneratorModule:
-    """A nar-bench Lightning ``.ckpt`` (architecture from the checkpoint) or an official weights file
-    loaded into the paradigm ``cfg`` describes (as ``model.checkpoint``); ``num_classes`` defaults to
-    the configured dataset's."""
+def generator_config(cfg: DictConfig, ckpt: str | Path, num_classes: int | None = None,
+                     given: Mapping[str, str] | None = None) -> tuple[DictConfig, Mapping | None]:
+    """(the evaluation's config, the checkpoint's content) for ``ckpt``. A nar-bench Lightning
+    ``.ckpt`` fixes the model, geometry, tokenizer and classes: settings ``given`` by the user (see
+    ``config.given_keys``; None: all of ``cfg``) that contradict it are one error, the others take
+    its values. An official weights file is described by ``cfg`` (content None: read when built)."""
     path = Path(ckpt).expanduser()
+    if path.suffix == ".ckpt" or path.is_dir():
+        content = read_run_checkpoint(path, hint="pass a run's checkpoints/last.ckpt or an official weights file")
+        return checkpoint_config(cfg, content, path, given, num_classes), content
     if not path.is_file():
         raise NarBenchError(f"checkpoint '{path}' not found; pass a nar-bench .ckpt or an official weights file")
-    if path.suffix == ".ckpt":
-        return GeneratorModule.load_from_checkpoint(path, map_location="cpu")
     cfg = merge(cfg, {"model": {"checkpoint": str(path)}}, source="--ckpt")
     check_inputs(cfg)
+    check_generator_inputs(cfg)
+    return cfg, None
+
+
+def load_generator(cfg: DictConfig, ckpt: str | Path, num_classes: int | None = None,
+                   given: Mapping[str, str] | None = None) -> GeneratorModule:
+    """A nar-bench Lightning ``.ckpt`` (architecture from the checkpoint, see ``generator_config``)
+    or an official weights file loaded into the paradigm ``cfg`` describes (as ``model.checkpoint``);
+    ``num_classes`` defaults to the checkpoint's, else the configured dataset's."""
+    cfg, content = generator_config(cfg, ckpt, num_classes, given)
+    return build_generator(cfg, ckpt, content, num_classes)
+
+
+def build_generator(cfg: DictConfig, ckpt: str | Path, content: Mapping | None,
+                    num_classes: int | None = None) -> GeneratorModule:
+    if content is not None:
+        return module_from_checkpoint(content, ckpt)
     return GeneratorModule(cfg, num_classes or GeneratorDataModule(cfg.data).num_classes)
+
+
+def default_name(cfg: DictConfig, ckpt: str | Path, key: dict) -> str:
+    """``eval-<paradigm>-<checkpoint stem>-<checkpoint hash>-<settings hash>``: two checkpoints named
+    last.ckpt, or one at two CFG scales, never share a folder."""
+    return f"eval-{cfg.model.paradigm}-{Path(ckpt).stem}-{key['settings']['checkpoint_sha256'][:8]}-{digest(key)[:8]}"
+
+
+def same_samples(out: Path, key: dict) -> bool:
+    """Whether ``out`` was assembled with ``key``'s settings (an evaluation killed while scoring:
+    its samples are reused, see ``SampleStore.complete``)."""
+    try:
+        stored = json.loads(settings_path(out).read_text())
+    except (OSError, ValueError):
+        return False
+    same = all(stored.get(k) == v for k, v in key["settings"].items())
+    return same and stored.get("num_samples") == key["num_samples"]
+
+
+def check_results_folder(results: Path, out: Path, key: dict, overwrite: bool) -> None:
+    """Refuses (before the run opens) a results folder holding the evaluation of another checkpoint or
+    other settings, and a samples file that is not this evaluation's, unless ``overwrite``; an
+    unfinished evaluation with the same settings resumes from its shards."""
+    guard_output(results, overwrite)
+    guard_output(out, overwrite)
+    if overwrite:
+        return
+    record_path = results / "eval.json"
+    try:
+        record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    except (OSError, ValueError):
+        record = {}
+    same = record is not None and all(record.get(k) == v for k, v in key.items())
+    if record is not None and not same:
+        differing = [k for k in ("checkpoint_sha256", "sampling", "seed", "num_classes", "paradigm", "decode_batch")
+                     if record.get("settings", {}).get(k) != key["settings"].get(k)]
+        differing += [k for k in ("num_samples", "reference") if record.get(k) != key[k]]
+        raise NarBenchError(f"refusing to overwrite: '{results}' holds the evaluation of another checkpoint or other "
+                            f"settings (differing: {', '.join(differing) or 'unreadable eval.json'}); choose another "
+                            "--name (the default is keyed by checkpoint and settings) or pass --overwrite")
+    if out.exists() and not (same and record.get("samples") == str(out.resolve())) and not same_samples(out, key):
+        raise NarBenchError(f"refusing to overwrite: '{out}' exists and is not this evaluation's samples (no "
+                            f"{record_path} of the same checkpoint and settings); choose another --out or --name, or "
+                            "pass --overwrite")
 
 
 def evaluate_checkpoint(cfg: DictConfig, ckpt: str | Path, num_samples: int = 50_000, name: str | None = None,
                         out: str | Path | None = None, png_dir: str | Path | None = None,
-                        num_classes: int | None = None, command: str | None = None) -> dict | None:
+                        num_classes: int | None = None, command: str | None = None,
+                        given: Mapping[str, str] | None = None, overwrite: bool = False) -> dict | None:
     """Samples ``num_samples`` class-balanced images (or clips) from ``ckpt`` into an .npz (resumable
     shards), scores them (ADM's metrics against ``eval.reference`` for images, FVD for video) and
-    writes ``<output_dir>/<name>/eval.json``. Its MLflow run opens before the first sample and ends
+    writes ``<output_dir>/<name>/eval.json``. Everything is checked before the MLflow run opens: the
+    checkpoint against the config (``generator_config``; ``given``: the keys the user set), the
+    scorer's inputs, the class count and the output folder (``check_results_folder``). The run ends
     FINISHED with the record, FAILED on an error, KILLED on a signal. Returns the record on rank 0,
     None on other ranks."""
+    if num_samples < 1:
+        raise NarBenchError(f"--num-samples {num_samples}: evaluate at least one sample per class, e.g. "
+                            "--num-samples 50000")
+    cfg, content = generator_config(cfg, ckpt, num_classes, given)
     video = cfg.data.frames is not None
     if not cfg.eval.reference and not video:
         raise NarBenchError("eval.reference is not set: pass eval.reference=<ADM reference batch .npz> (e.g. "
@@ -169,29 +243,36 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt: str | Path, num_samples: int = 50
         raise NarBenchError("--png-dir writes images; this config generates video clips: drop --png-dir")
     scorer = scorer_for(cfg)
     scorer.check()
-    module = load_generator(cfg, ckpt, num_classes)
-    class_balanced_labels(num_samples, module.num_classes)  # an uneven N fails before the run opens
-    name = name or cfg.tracking.run_name or f"eval-{cfg.model.paradigm}-{Path(ckpt).stem}"
+    classes = int(content["hyper_parameters"]["num_classes"]) if content is not None else None
+    classes = classes or num_classes or GeneratorDataModule(cfg.data).num_classes
+    class_balanced_labels(num_samples, classes)  # an uneven N fails before the run opens
     ckpt_sha = sha256_file(ckpt)
-    settings = {**sample_settings(cfg, module.num_classes, checkpoint_sha256=ckpt_sha),
-                **engine_settings(module, cfg, cfg.eval.batch_size)}  # an engine that cannot run fails here
+    settings = sample_settings(cfg, classes, checkpoint_sha256=ckpt_sha)
     protocol = scorer.protocol()
-    out = Path(out) if out else Path(cfg.output_dir) / name.replace("/", "_") / "samples.npz"
-    key = digest({"settings": settings, "num_samples": num_samples, "samples": str(out.resolve()),
-                  "protocol": protocol})
-    previous = unfinished_run(cfg.tracking, EVAL_KEY_TAG, key) if rank_zero_only.rank == 0 else None
+    key = {"settings": settings, "num_samples": num_samples, "reference": protocol["reference"]}
+    name = name or cfg.tracking.run_name or default_name(cfg, ckpt, key)
+    results = Path(cfg.output_dir) / name.replace("/", "_")  # results/runs/<name> (git-ignored) by default
+    out = Path(out) if out else results / "samples.npz"
+    check_results_folder(results, out, key, overwrite)
+    if png_dir:
+        guard_output(png_dir, overwrite)
+    module = build_generator(cfg, ckpt, content, num_classes)
+    settings = {**settings, **engine_settings(module, cfg, cfg.eval.batch_size)}  # an engine that cannot run fails here
+    eval_key = digest({"settings": settings, "num_samples": num_samples, "samples": str(out.resolve()),
+                       "protocol": protocol})
+    previous = unfinished_run(cfg.tracking, EVAL_KEY_TAG, eval_key) if rank_zero_only.rank == 0 else None
     if previous is not None:
         print(f"nar-bench: continuing evaluation '{name}' in its {previous.info.status} run {previous.info.run_id}",
               flush=True)
-    logger = make_logger(cfg.tracking, name, tags={EVAL_KEY_TAG: key},
+    logger = make_logger(cfg.tracking, name, tags={EVAL_KEY_TAG: eval_key},
                          run_id=previous.info.run_id if previous is not None else None)
     try:
         logger.log_hyperparams({"num_samples": num_samples, "seed": cfg.seed, "sampling": settings["sampling"],
                                 "checkpoint": {"path": str(Path(ckpt).resolve()), "sha256": ckpt_sha},
                                 "reference": protocol["reference"], "paradigm": cfg.model.paradigm,
                                 "protocol": protocol["name"]})
-        record = _evaluate_into(module, cfg, ckpt, num_samples, name, out, png_dir, settings, protocol, scorer,
-                                logger, command)
+        record = _evaluate_into(module, cfg, ckpt, num_samples, name, results, out, png_dir, settings, protocol,
+                                scorer, logger, command)
     except BaseException as err:
         logger.end(run_end_status(err))
         raise
@@ -200,11 +281,9 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt: str | Path, num_samples: int = 50
 
 
 def _evaluate_into(module: GeneratorModule, cfg: DictConfig, ckpt: str | Path, num_samples: int, name: str,
-                   out: str | Path | None, png_dir: str | Path | None, settings: dict, protocol: dict, scorer,
+                   results: Path, out: Path, png_dir: str | Path | None, settings: dict, protocol: dict, scorer,
                    logger, command: str | None) -> dict | None:
     """Generate, score and record for :func:`evaluate_checkpoint`, inside its open MLflow run."""
-    results = Path(cfg.output_dir) / name.replace("/", "_")  # results/runs/<name> (git-ignored) by default
-    out = Path(out) if out else results / "samples.npz"
     start, speed = time.perf_counter(), {}
     path = generate_samples(module, cfg, num_samples, out, cfg.eval.batch_size, settings, png_dir,
                             progress=progress_to(logger), speed=speed)

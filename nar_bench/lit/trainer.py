@@ -17,6 +17,7 @@ from nar_bench.lit.progress import StepProgressBar
 from nar_bench.lit.resumable import StepSeeds
 from nar_bench.paradigms.model_config import check_model
 from nar_bench.tokenizers.checks import check_tokenizer_inputs
+from nar_bench.tracking.provenance import check_writable
 
 
 def uses_gpu(trainer_cfg: DictConfig) -> bool:
@@ -61,17 +62,24 @@ def make_trainer(cfg: DictConfig, logger, run_dir: Path) -> L.Trainer:
 
 
 def check_inputs(cfg: DictConfig) -> None:
-    """Fails before anything is created (no half-written runs) on missing input files."""
+    """Fails before anything is created (no half-written runs) on missing input files or an
+    ``output_dir`` that cannot be written."""
     for key, path in (("model.checkpoint", cfg.model.checkpoint), ("tokenizer.checkpoint", cfg.tokenizer.checkpoint)):
         if path and not Path(path).is_file():
             raise NarBenchError(f"{key}: file '{path}' not found; download it or point {key} at the right path")
+    check_writable(cfg.output_dir, "output_dir")
 
 
 def check_generator_inputs(cfg: DictConfig) -> None:
     """What a generator run needs, checked before any model, run or folder is created: the model
     section (paradigm, size, options), readable weights files, the tokenizer (a learned one has a
-    checkpoint or ``tokenizer.untrained=true``; data.grid_size is the grid it makes) and the geometry."""
+    checkpoint or ``tokenizer.untrained=true``; data.grid_size is the grid it makes), the geometry, and
+    a step budget (``trainer.max_steps=0`` only samples a ``model.checkpoint``)."""
     check_model(cfg.model)
+    if cfg.trainer.max_steps == 0 and not cfg.model.checkpoint and not cfg.trainer.resume:
+        raise NarBenchError("trainer.max_steps=0 trains nothing and model.checkpoint is not set, so the run would "
+                            "sample random weights: set trainer.max_steps > 0, or model.checkpoint=<weights> to "
+                            "sample them without training")
     for key, path in (("model.checkpoint", cfg.model.checkpoint), ("tokenizer.checkpoint", cfg.tokenizer.checkpoint)):
         if path and Path(path).is_file():
             check_torch_file(path, key)

@@ -261,6 +261,12 @@ def load_reference(path: str | Path) -> Reference:
         if stats["mu"].shape != (dim,) or stats["sigma"].shape != (dim, dim):
             raise NarBenchError(f"reference batch '{path}': {name} have shapes {stats['mu'].shape} / "
                                 f"{stats['sigma'].shape}, expected ({dim},) / ({dim}, {dim})")
+        bad = [key for key, array in stats.items() if not np.issubdtype(array.dtype, np.number)
+               or not np.isfinite(array).all()]
+        if bad:  # a NaN here makes every FID NaN, silently
+            raise NarBenchError(f"reference batch '{path}': {name} hold NaN or infinite values ({', '.join(bad)}); "
+                                "the file is corrupt or was built from broken features: rebuild it with "
+                                "`nar-bench reference`")
     return Reference(path, sha256_file(path), shape, fid, sfid)
 
 

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import os
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -164,7 +165,11 @@ def read_array(path: str | Path, key: str, what: str = "file") -> np.ndarray:
     with open_npz(path, what) as npz:
         if key not in npz.files:
             raise NarBenchError(f"{what} '{path}' has no '{key}' (keys: {', '.join(npz.files)})")
-        return npz[key]
+        try:
+            return npz[key]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # truncated or corrupt member
+            raise NarBenchError(f"{what} '{path}': '{key}' cannot be read ({str(err)[:120]}); the file is corrupt or "
+                                "truncated: re-create or re-download it") from None
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from nar_bench.data.codes import FORMAT, MANIFEST, codes_dtype
 from nar_bench.errors import NarBenchError
 from nar_bench.registry import DATASETS
 from nar_bench.tokenizers import build_tokenizer
+from nar_bench.tracking.provenance import check_writable
 
 SPLITS = ("train", "val")
 
@@ -39,6 +40,7 @@ def extract_codes(cfg: DictConfig, out_dir: str | Path, shard_size: int = 100_00
                             "such as imagefolder")
     if shard_size < 1:
         raise NarBenchError(f"shard_size must be positive, got {shard_size}")
+    check_writable(out_dir, "out_dir")
     if cfg.tokenizer.checkpoint and not Path(cfg.tokenizer.checkpoint).is_file():
         raise NarBenchError(f"tokenizer.checkpoint '{cfg.tokenizer.checkpoint}' not found; fix the path")
     tokenizer = build_tokenizer(cfg)
@@ -123,7 +125,7 @@ def main(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
 
     shard = {} if args.shard_size is None else {"shard_size": args.shard_size}
-    out = extract_codes(load_config(args.config, args.overrides), args.out_dir, **shard)
+    out = extract_codes(args.cfg or load_config(args.config, args.overrides), args.out_dir, **shard)
     manifest = json.loads((out / MANIFEST).read_text())
     counts = " ".join(f"{split}={entry['count']}" for split, entry in manifest["splits"].items())
     print(f"codes={out} {counts} num_tokens={manifest['num_tokens']} vocab_size={manifest['vocab_size']} "

@@ -173,27 +173,37 @@ def write_order_gifs(out_dir: str | Path = "results/runs/order",
     refused before anything is built, unless ``overwrite``."""
     from nar_bench.config import load_config
     from nar_bench.lit.data import GeneratorDataModule
+    from nar_bench.lit.run_checkpoint import module_from_checkpoint, read_run_checkpoint
     from nar_bench.tracking.provenance import guard_output, provenance, write_provenance
 
     guard_output(out_dir, overwrite)
     paradigms = list(paradigms or image_paradigms())
     prov = provenance(command, "cpu")  # before any GIF is written: the commit is the code's, not -dirty
     checkpoints = checkpoints or {}
-    for name, path in checkpoints.items():
+    for name in paradigms:
+        PARADIGMS[name]  # an unknown name is one error naming the known ones
+    for name in checkpoints:
         if name not in paradigms:
             raise NarBenchError(f"--ckpt {name}=...: '{name}' is not among --paradigms {' '.join(paradigms)}")
-        if not Path(path).is_file():
-            raise NarBenchError(f"--ckpt {name}={path}: file not found; train first (nar-bench train ...)")
-    paths, models = [], {}
+    # every model is built and checked before the first GIF is written: a bad last one leaves no half set
+    modules, models = {}, {}
     for name in paradigms:
         if name in checkpoints:
-            module = GeneratorModule.load_from_checkpoint(checkpoints[name], map_location="cpu")
+            module = module_from_checkpoint(read_run_checkpoint(checkpoints[name]), checkpoints[name])
             models[name] = f"trained: {checkpoints[name]}"
         else:
             cfg = load_config(config, [f"model.paradigm={name}", *overrides])
             torch.manual_seed(cfg.seed)
             module = GeneratorModule(cfg, GeneratorDataModule(cfg.data).num_classes)
             models[name] = f"untrained ({config}; shows the order, not image quality)"
+        if module.paradigm.codes.layout != RASTER:
+            raise NarBenchError(f"generation-order GIFs draw a raster code grid; paradigm '{name}' makes "
+                                f"{module.paradigm.codes.layout} codes: leave it out of --paradigms")
+        if not 0 <= label < module.num_classes:
+            raise NarBenchError(f"--label {label}: the {name} model has classes 0..{module.num_classes - 1}")
+        modules[name] = module
+    paths = []
+    for name, module in modules.items():
         subtitle = f"class {label} | {models[name].split(' (')[0]}"
         paths.append(order_gif(module, label, Path(out_dir) / f"order_{name}.gif", seed=module.cfg.seed,
                                subtitle=subtitle))

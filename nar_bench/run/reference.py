@@ -22,6 +22,7 @@ from nar_bench.errors import NarBenchError
 from nar_bench.images import to_uint8
 from nar_bench.metrics.adm import build_reference
 from nar_bench.registry import DATASETS
+from nar_bench.tracking.provenance import guard_output
 
 CHUNK = 64  # images per Inception batch
 
@@ -69,7 +70,24 @@ def make_reference(source: str | Path, out: str | Path, overrides: list[str] | N
     return build_reference(uint8_chunks(dataset, n), n, first.shape[1:], out, weights_path, device)
 
 
+def check_out(out: str | Path, overwrite: bool) -> Path:
+    """``out`` if a reference batch may be written there: an .npz path, not an existing file unless
+    ``overwrite`` (a reference is scored against; replacing one changes every later number), never
+    over committed files (``guard_output``)."""
+    out = Path(out)
+    if out.suffix != ".npz" or out.is_dir():
+        raise NarBenchError(f"--out '{out}': name the reference batch file with .npz, e.g. --out ref.npz")
+    if out.exists() and not overwrite:
+        raise NarBenchError(f"refusing to overwrite: '{out}' exists; choose another --out or pass --overwrite to "
+                            "replace it")
+    return guard_output(out, overwrite)
+
+
 def main(args: argparse.Namespace) -> None:
-    path = make_reference(args.source, args.out, args.overrides, args.image_size, args.split, args.num_images,
+    out = check_out(args.out, args.overwrite)
+    if args.image_size < 1 or (args.num_images is not None and args.num_images < 2):
+        raise NarBenchError(f"--image-size {args.image_size} / --num-images {args.num_images}: need an image size "
+                            ">= 1 and at least 2 images (a covariance needs 2)")
+    path = make_reference(args.source, out, args.overrides, args.image_size, args.split, args.num_images,
                           args.inception_weights)
     print(path)

@@ -11,7 +11,7 @@ from nar_bench.tracking.report import fetch_runs, runs_provenance, write_report
 
 
 def main(args: argparse.Namespace) -> None:
-    cfg = load_config(args.config, args.overrides)
+    cfg = args.cfg or load_config(args.config, args.overrides)
     out = guard_output(args.out or SCRATCH_ROOT / "report" / cfg.tracking.experiment, args.overwrite)
     selection = fetch_runs(cfg.tracking, args.parent)
     for note in selection.notes:

@@ -2,21 +2,22 @@
 
 Only what sampling reads can be overridden (``eval.sampling.*``, ``eval.samples_per_class``,
 ``seed``): the checkpoint fixes the model, tokenizer and data, so an override of those would be
-silently ignored and is refused instead, as is an unknown key."""
+silently ignored and is refused instead, as is an unknown key or a value out of its range. Those
+checks and the output guard run before torch is imported (a typo fails in a second)."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
-from nar_bench.config import ExperimentConfig, merge
+from nar_bench.config import ExperimentConfig, check_domains, merge, parse_overrides
 from nar_bench.errors import NarBenchError
-from nar_bench.images import save_labelled_grid, save_samples
-from nar_bench.nn.sampling import SamplingConfig
-from nar_bench.tracking.provenance import guard_output, provenance, provenance_line
+from nar_bench.nn.sampling_config import SamplingConfig
+from nar_bench.tracking.provenance import SCRATCH_ROOT, guard_output, provenance, provenance_line
 
 SAMPLING_KEYS = ("eval.sampling.", "eval.samples_per_class", "seed")  # what `sample` reads of the config
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -32,43 +33,58 @@ def check_overrides(overrides: list[str]) -> None:
             raise NarBenchError(f"sample ignores '{key}': the checkpoint fixes the model, tokenizer and data; only "
                                 f"{', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in SAMPLING_KEYS)}"
                                 " can be set here")
-    # unknown keys (a misspelt eval.sampling.cfg_scal) and wrong types, before the checkpoint is read
-    merge(OmegaConf.structured(ExperimentConfig), OmegaConf.from_dotlist(overrides), source="command-line overrides")
+    # unknown keys (a misspelt eval.sampling.cfg_scal), wrong types and ranges, before the checkpoint is read
+    check_domains(merge(OmegaConf.structured(ExperimentConfig), parse_overrides(overrides),
+                        source="command-line overrides"), "command-line overrides")
 
 
 def check_out(out: str | Path, overwrite: bool) -> Path:
+    """An --out the grid may be written to: an image name, not an existing file unless ``overwrite``
+    (the default name is keyed by checkpoint and settings instead), never over committed files."""
     out = Path(out)
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise NarBenchError(f"--out '{out}': name the image file with one of {', '.join(IMAGE_SUFFIXES)} "
                             "(a video model writes a .gif next to it)")
+    if out.exists() and not overwrite:
+        raise NarBenchError(f"refusing to overwrite: '{out}' exists; choose another --out, leave --out out (the "
+                            "default name is keyed by checkpoint and settings) or pass --overwrite")
     return guard_output(out, overwrite)
+
+
+def default_out(cfg, ckpt: str | Path) -> Path:
+    """``results/runs/samples/<paradigm>-<ckpt stem>-<ckpt hash>-<settings hash>.png``: one file per
+    checkpoint and sampling settings, so a second checkpoint named last.ckpt gets its own."""
+    from nar_bench.metrics.adm_npz import sha256_file
+
+    settings = {"sampling": OmegaConf.to_container(cfg.eval.sampling), "seed": cfg.seed,
+                "samples_per_class": cfg.eval.samples_per_class}
+    settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"{cfg.model.paradigm}-{Path(ckpt).stem}-{sha256_file(ckpt)[:8]}-{settings_hash}.png"
+    return guard_output(SCRATCH_ROOT / "samples" / name)
 
 
 def load_module(ckpt: str | Path):
     """The GeneratorModule of a nar-bench Lightning checkpoint; NarBenchError for anything else."""
-    from nar_bench.checkpoints import load_file
-    from nar_bench.lit.module import GeneratorModule
+    from nar_bench.lit.run_checkpoint import module_from_checkpoint, read_run_checkpoint
 
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise NarBenchError(f"checkpoint '{ckpt}' not found; train first (nar-bench train ...) or fix the path")
-    content = load_file(ckpt, download="point --ckpt at a run's checkpoints/last.ckpt")
-    if "pytorch-lightning_version" not in content or "cfg" not in content.get("hyper_parameters", {}):
-        raise NarBenchError(f"'{ckpt}' is not a nar-bench Lightning checkpoint (a plain state dict?); sample from a "
-                            "run's checkpoints/last.ckpt, or train from it with model.checkpoint=<file>")
-    return GeneratorModule.load_from_checkpoint(ckpt, map_location="cpu")
+    return module_from_checkpoint(read_run_checkpoint(ckpt), ckpt)
 
 
 def main(args: argparse.Namespace) -> None:
     check_overrides(args.overrides)
-    out = check_out(args.out, args.overwrite)
+    out = check_out(args.out, args.overwrite) if args.out else None
+    import torch
+
+    from nar_bench.images import save_labelled_grid, save_samples
+
     module = load_module(args.ckpt)
     if torch.cuda.is_available():
         module = module.cuda()
     schema = OmegaConf.structured(ExperimentConfig)  # unknown keys (a misspelt cfg_scal) are errors
     cfg = merge(schema, module.cfg, source=f"checkpoint '{args.ckpt}'")
-    cfg = merge(cfg, OmegaConf.from_dotlist(args.overrides), source="command-line overrides")
+    cfg = merge(cfg, parse_overrides(args.overrides), source="command-line overrides")
     module.cfg = cfg
+    out = out or default_out(cfg, args.ckpt)
     sampling = SamplingConfig(**cfg.eval.sampling)
     images = module.sample_grid(cfg.seed, sampling)
     if images.dim() != 4:  # video: animated GIF grid

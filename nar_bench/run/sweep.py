@@ -76,6 +76,22 @@ def training_key(cfg: DictConfig) -> str:
     return json.dumps(settings_without(cfg, ("eval", "sweep", *OUTPUT_SETTINGS)), sort_keys=True)
 
 
+def varying_params(points: list[tuple[str, DictConfig]]) -> list[str]:
+    """The flattened config settings (``cfg/model/paradigm``, as Lightning names the params) whose
+    values differ between the sweep's points: a child run logs only these as params, the rest of its
+    config is in its config.yaml (84 identical params per child hid what the sweep compares)."""
+    from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+
+    values: dict[str, list[str]] = {}
+    for _, cfg in points:
+        flat = _flatten_dict(_convert_params({"cfg": OmegaConf.to_container(cfg, resolve=True)}))
+        for key, value in flat.items():
+            if not key.startswith(("cfg/sweep/", "cfg/tracking/")):
+                values.setdefault(key, []).append(str(value))
+    # a key some points lack (a paradigm option set by one variant) varies too
+    return sorted(key for key, seen in values.items() if len(set(seen)) > 1 or len(seen) < len(points))
+
+
 def point_columns(name: str, cfg: DictConfig, grid_keys: list[str]) -> dict:
     """variant, seed and one column per grid key (short name, as in the point name)."""
     columns = {"variant": name.split("/")[0], "seed": cfg.seed}
@@ -144,6 +160,7 @@ class TrainAndEvaluate:
 
     def __init__(self, sweep_cfg: DictConfig):
         self.grid_keys = list(sweep_cfg.sweep.grid)
+        self.param_keys = varying_params(expand_sweep(sweep_cfg))  # the rest is in each child's config.yaml
         self.trained: dict[str, Trained] = {}
         self.finished: dict[str, FinishedTraining] = {}  # training_key -> training of a resumed sweep
         self.unfinished: dict[str, Run] = {}  # point key -> its KILLED / FAILED child run
@@ -192,14 +209,14 @@ class TrainAndEvaluate:
         run_id = previous.info.run_id if previous is not None else None
         if trained.run_id != run_id:
             tags = {**tags, TRAINED_IN_TAG: trained.run_id}
-        logger = make_logger(cfg.tracking, name, parent_run_id, tags=tags, run_id=run_id)
+        logger = make_logger(cfg.tracking, name, parent_run_id, tags=tags, run_id=run_id, param_keys=self.param_keys)
         logger.log_hyperparams({"cfg": OmegaConf.to_container(cfg, resolve=True),
                                 "num_classes": trained.module.num_classes})
         return trained, logger
 
     def fit(self, name: str, cfg: DictConfig, parent_run_id: str, key: str, tags: dict[str, str],
             resume: ResumePoint | None = None):
-        run = fit(cfg, name, parent_run_id, tags, resume)
+        run = fit(cfg, name, parent_run_id, tags, resume, self.param_keys)
         try:
             summary = finish_run(cfg, run.module, run.trainer, run.logger, run.run_dir, name) \
                 if rank_zero_only.rank == 0 else {}
@@ -315,7 +332,7 @@ def main(args: argparse.Namespace) -> None:
     from nar_bench.tracking.provenance import provenance
     from nar_bench.tracking.report import write_report
 
-    cfg = select_variants(load_config(args.config, args.overrides), args.only)
+    cfg = select_variants(args.cfg or load_config(args.config, args.overrides), args.only)
     name = cfg.tracking.run_name or Path(args.config).stem
     grid = [key.split(".")[-1] for key in cfg.sweep.grid]
     out = args.out or Path("results") / Path(args.config).stem

@@ -6,6 +6,7 @@ import argparse
 import copy
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +42,13 @@ class FittedRun:
 
 
 def fit(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None = None,
-        tags: dict[str, str] | None = None, resume: ResumePoint | None = None) -> FittedRun:
+        tags: dict[str, str] | None = None, resume: ResumePoint | None = None,
+        param_keys: Collection[str] | None = None) -> FittedRun:
     """Trains ``cfg`` in a new MLflow run (a child of ``parent_run_id`` if given, tagged ``tags``),
     or continues the run ``resume`` (default: the one ``trainer.resume`` names) from its checkpoint
     (from step 0 without one) up to ``trainer.max_steps``. The run stays open (the caller ends it:
-    ``logger.end()``) unless fitting raises. Every rank returns."""
+    ``logger.end()``) unless fitting raises. Every rank returns. ``param_keys``: the config settings
+    logged as params (``make_logger``; None: all)."""
     check_inputs(cfg)
     check_generator_inputs(cfg)
     if cfg.eval.after_training:
@@ -56,8 +59,10 @@ def fit(cfg: DictConfig, run_name: str | None = None, parent_run_id: str | None 
     cfg = without_resume(cfg)  # a run's params are the same whether it was resumed or not
     L.seed_everything(cfg.seed, workers=True)
     data = GeneratorDataModule(cfg.data, cfg.seed)
+    data.split("val")  # made (an image folder's files checked) before the run opens, as the training split
     module = GeneratorModule(cfg, data.num_classes)
-    logger = make_logger(cfg.tracking, run_name, parent_run_id, tags, run_id=resume.run_id if resume else None)
+    logger = make_logger(cfg.tracking, run_name, parent_run_id, tags, run_id=resume.run_id if resume else None,
+                         param_keys=param_keys)
     try:
         run_dir = run_directory(cfg, run_name, logger)
         if logger.run_id is not None:

@@ -39,7 +39,7 @@ def train_tokenizer(cfg: DictConfig, run_name: str | None = None) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"model": module.tokenizer.state_dict()}, path)
         logger.experiment.set_tag(logger.run_id, "tokenizer_checkpoint", str(path.resolve()))
-    except BaseException as err:
+    except BaseException as err:  # a failure after fit (a full disk) must not leave the run RUNNING
         logger.end(run_end_status(err))
         raise
     logger.end()  # the run stays open after fit (see RunLogger) until its weights are saved
@@ -59,6 +59,6 @@ def train_tokenizer(cfg: DictConfig, run_name: str | None = None) -> dict:
 def main(args: argparse.Namespace) -> None:
     from nar_bench.config import load_config
 
-    summary = train_tokenizer(load_config(args.config, args.overrides))
+    summary = train_tokenizer(args.cfg or load_config(args.config, args.overrides))
     if summary:
         print(" ".join(f"{k}={v}" for k, v in summary.items()))

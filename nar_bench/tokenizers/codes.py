@@ -22,6 +22,12 @@ from nar_bench.tokenizers.base import Tokenizer
 @TOKENIZERS.register("codes")
 class ManifestTokenizer:
     @classmethod
+    def recorded_data(cls, cfg: DictConfig) -> dict[str, int]:
+        """The image size and grid the codes decode to (the manifest's, not ``cfg.data``'s)."""
+        manifest = read_manifest(cfg.data.root)
+        return {"image_size": manifest["data"]["image_size"], "grid_size": manifest["data"]["grid_size"]}
+
+    @classmethod
     def from_config(cls, cfg: DictConfig) -> Tokenizer:
         manifest = read_manifest(cfg.data.root)
         recorded = manifest["tokenizer"]
@@ -33,8 +39,7 @@ class ManifestTokenizer:
         inner_cfg.tokenizer.name = recorded["name"]
         inner_cfg.tokenizer.checkpoint = cfg.tokenizer.checkpoint or recorded["checkpoint"]
         inner_cfg.tokenizer.options = recorded["options"]  # replaced, not merged: the codes fix the architecture
-        inner_cfg.data.image_size = manifest["data"]["image_size"]
-        inner_cfg.data.grid_size = manifest["data"]["grid_size"]
+        inner_cfg.data.update(cls.recorded_data(cfg))
         tokenizer = TOKENIZERS[recorded["name"]].from_config(inner_cfg)
         found = (tokenizer.vocab_size, list(tokenizer.grid))
         if found != (manifest["vocab_size"], manifest["grid"]):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from nar_bench.errors import NarBenchError
 from nar_bench.tracking.names import HOST_TAG, PID_TAG, PROCESS_START_TAG
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,12 @@ def owner_alive(tags: dict[str, str]) -> bool:
 
 
 def sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
+    """The database file of a SQLite store URI, also of SQLite's URI form ``sqlite:///file:<path>?mode=ro``
+    (a store opened read-only); None for a tracking server."""
+    if not uri.startswith(SQLITE):
+        return None
+    path = uri[len(SQLITE):]
+    return Path(path.removeprefix("file:").split("?", 1)[0]) if path.startswith("file:") else Path(path)
 
 
 @contextlib.contextmanager
@@ -64,7 +70,11 @@ def store_lock(uri: str) -> Iterator[None]:
     if path is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NarBenchError(f"cannot create the MLflow store '{path}': {err.strerror} ('{err.filename}'); set "
+                            "tracking.tracking_uri to a writable place") from None
     # no time limit: the OS drops the lock when its holder dies, so waiting ends unless the holder
     # hangs, while a limit would fail a second process on a slow or busy machine (creating a store
     # runs MLflow's ~70 schema migrations)

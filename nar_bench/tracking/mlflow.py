@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 
 from lightning.pytorch.loggers import MLFlowLogger
@@ -20,8 +20,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from nar_bench.errors import NarBenchError
 from nar_bench.tracking.lifecycle import (
     interrupted,
     mark_dead_runs_killed,
@@ -32,14 +33,17 @@ from nar_bench.tracking.lifecycle import (
 )
 from nar_bench.tracking.names import (
     COMMIT_TAG,
+    CONFIG_ARTIFACT,
     DEVICE_TAG,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
+    EXTRACTOR_TAG,
+    PARADIGM_TAG,
     PARENT_TAG,
     PID_TAG,
     SWEEP_KEY_TAG,
 )
-from nar_bench.tracking.provenance import device_description, git_commit
+from nar_bench.tracking.provenance import check_writable, device_description, git_commit
 from nar_bench.tracking.store_schema import check_store_schema
 
 log = logging.getLogger(__name__)
@@ -54,11 +58,48 @@ def tracking_uri(tracking: DictConfig) -> str:
     """Relative sqlite paths are made absolute so runs land in the same DB from any directory."""
     uri = tracking.tracking_uri
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith(("/", "file:")):
         db = Path(uri[len(prefix):]).resolve()
-        db.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise NarBenchError(f"cannot create the MLflow store '{db}': {err.strerror} ('{err.filename}'); set "
+                                "tracking.tracking_uri to a writable place") from None
         return prefix + str(db)
     return uri
+
+
+# what SQLite and the OS say when a store cannot take a write (a read-only file or folder, a full disk)
+WRITE_FAILURES = ("readonly database", "disk is full", "disk i/o error", "unable to open database", "permission denied",
+                  "read-only file system", "no space left")
+
+
+@contextlib.contextmanager
+def store_writes(uri: str) -> Iterator[None]:
+    """A store that refuses a write (read-only, full) is one NarBenchError line; MLflow's own logged
+    traceback of the database error is held back. Other MLflow errors pass unchanged."""
+    db_log = logging.getLogger("mlflow.store.db.utils")
+    level = db_log.level
+    db_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except (MlflowException, OSError) as err:
+        text = str(err).lower()
+        if not any(failure in text for failure in WRITE_FAILURES):
+            raise
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise NarBenchError(f"the MLflow store {uri} cannot be written ({first.strip()[:160]}); make it writable "
+                            "and give its disk space, or set tracking.tracking_uri to another store") from None
+    finally:
+        db_log.setLevel(level)
+
+
+def check_artifact_root(exp_location: str | None) -> None:
+    """A local artifact folder that cannot be written fails before a run opens, not at its first artifact."""
+    if exp_location and exp_location.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        check_writable(Path(unquote(urlparse(exp_location).path)), "tracking.artifact_location")
 
 
 def artifact_location(tracking: DictConfig) -> str | None:
@@ -92,16 +133,19 @@ def experiment_id(tracking: DictConfig) -> str:
     store's lock (two processes could otherwise both create it), and tagged as a model-training
     experiment if it is not tagged with a kind. On this process's first use of a store, runs left
     RUNNING by dead processes of this host are marked KILLED."""
+    check_artifact_root(artifact_location(tracking))  # before the store is made: a refused run leaves none
     c = client(tracking)
     uri = tracking_uri(tracking)
-    with store_lock(uri):
+    with store_lock(uri), store_writes(uri):
         exp = c.get_experiment_by_name(tracking.experiment)
+        if exp is not None:  # made earlier, maybe with another artifact location
+            check_artifact_root(exp.artifact_location)
         exp_id = exp.experiment_id if exp is not None else c.create_experiment(
             tracking.experiment, artifact_location=artifact_location(tracking),
             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         if exp is not None and EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older nar-bench or by hand
             c.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    mark_dead_runs_killed(c, uri)
+        mark_dead_runs_killed(c, uri)
     return exp_id
 
 
@@ -128,7 +172,11 @@ class RunLogger(MLFlowLogger):
 
     A resumed run (``make_logger(run_id=...)``) keeps its params and logs no metric at a step it
     already holds: training resumes from the last checkpoint, so the steps between it and the kill
-    run again (to the same values, see ``nar_bench.lit.resumable``) and would be logged twice."""
+    run again (to the same values, see ``nar_bench.lit.resumable``) and would be logged twice.
+
+    A run's config (the ``cfg`` hyperparameter) is logged whole as one artifact, ``config.yaml``,
+    with its paradigm and feature extractor as tags (what reports group by); as params, all of it,
+    or only ``param_keys`` (a sweep's child: the settings its points differ in)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -136,12 +184,21 @@ class RunLogger(MLFlowLogger):
         self._ended = False
         self._resumed_params: dict[str, str] | None = None  # a resumed run's params, logged when it started
         self._logged_until: dict[str, int] = {}  # a resumed run's last logged step per metric
+        self.param_keys: Collection[str] | None = None  # flattened names ("cfg/model/paradigm") logged as params
 
+    @rank_zero_only
     def log_hyperparams(self, params) -> None:
         """A resumed run keeps the params it was started with (MLflow params are immutable); new
         values of them (say, a raised trainer.max_steps) are left out with a warning."""
         from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 
+        params = _convert_params(params)
+        if isinstance(params.get("cfg"), Mapping):
+            self.log_config(params["cfg"])
+        if self.param_keys is not None:
+            params = {k: v for k, v in _flatten_dict(params).items() if k in self.param_keys}
+            if not params:
+                return None
         if self._resumed_params is None:
             return super().log_hyperparams(params)
         flat = _flatten_dict(_convert_params(params))
@@ -158,6 +215,14 @@ class RunLogger(MLFlowLogger):
             metrics = {k: v for k, v in metrics.items() if step > self._logged_until.get(k, -1)}
         if metrics:
             super().log_metrics(metrics, step)
+
+    def log_config(self, cfg: Mapping) -> None:
+        """``config.yaml`` (the resolved config) on the run, and the tags reports read from it."""
+        if self.run_id is None:
+            return
+        self.experiment.log_text(self.run_id, OmegaConf.to_yaml(OmegaConf.create(dict(cfg))), CONFIG_ARTIFACT)
+        self.experiment.set_tag(self.run_id, PARADIGM_TAG, str(cfg.get("model", {}).get("paradigm")))
+        self.experiment.set_tag(self.run_id, EXTRACTOR_TAG, str(cfg.get("eval", {}).get("extractor")))
 
     def open(self) -> RunLogger:
         """Creates (or, with ``run_id``, attaches to) the run now and starts its system metrics."""
@@ -180,9 +245,11 @@ class RunLogger(MLFlowLogger):
 
 
 def make_logger(tracking: DictConfig, run_name: str | None = None, parent_run_id: str | None = None,
-                tags: dict[str, str] | None = None, run_id: str | None = None) -> RunLogger:
+                tags: dict[str, str] | None = None, run_id: str | None = None,
+                param_keys: Collection[str] | None = None) -> RunLogger:
     """A logger on a new run (a child of ``parent_run_id`` if given), or on the existing run
-    ``run_id`` (resumed: set RUNNING again and owned by this process)."""
+    ``run_id`` (resumed: set RUNNING again and owned by this process). ``param_keys``: the only
+    flattened config settings logged as params (None: all; the whole config is in config.yaml)."""
     experiment_id(tracking)  # creates the experiment with our artifact location on first use
     tags = {**origin_tags(), **(tags or {})}
     if parent_run_id:
@@ -202,7 +269,9 @@ def make_logger(tracking: DictConfig, run_name: str | None = None, parent_run_id
         run_id=run_id,
     )
     logger._resumed_params, logger._logged_until = resumed, logged_until
-    return logger.open()
+    logger.param_keys = param_keys
+    with store_writes(tracking_uri(tracking)):
+        return logger.open()
 
 
 def reopen(c: MlflowClient, run_id: str, tags: dict[str, str]) -> Run:
@@ -215,7 +284,8 @@ def reopen(c: MlflowClient, run_id: str, tags: dict[str, str]) -> Run:
 
 def create_run(c: MlflowClient, exp_id: str, run_name: str, tags: dict[str, str] | None = None) -> Run:
     """A run opened through the client (sweep parents, benchmark points), tagged like logger runs."""
-    return c.create_run(exp_id, run_name=run_name, tags={**origin_tags(), **(tags or {})})
+    with store_writes(c.tracking_uri):
+        return c.create_run(exp_id, run_name=run_name, tags={**origin_tags(), **(tags or {})})
 
 
 def find_parent(c: MlflowClient, exp_id: str, name: str, key: str) -> Run | None:

@@ -18,17 +18,22 @@ TRAINED_IN_TAG = "nar_bench.trained_in_run"
 # of a KILLED / FAILED one continues in it
 EVAL_KEY_TAG = "nar_bench.eval_key"  # on runs that evaluate a model trained in another run
 BEST_TAG = "nar_bench.best."  # on sweep parents: BEST_TAG + metric = label of the best group
+# on runs that log a config (training, sweep points): what reports group by, without reading config.yaml
+PARADIGM_TAG, EXTRACTOR_TAG = "nar_bench.paradigm", "nar_bench.extractor"
 # MLflow's marker of a model-training experiment ("genai_development": GenAI); MLflow 3's UI sets and
 # reads it, though 3.18's picks the view from its sidebar switch instead (results/mlflow_ui/README.md)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 # --- params and metrics --------------------------------------------------------------------------
 SWEEP_POINTS_PARAM = "points"  # on sweep parents: number of points (finds a parent killed before its first child)
-PARADIGM_PARAM, EXTRACTOR_PARAM = "cfg/model/paradigm", "cfg/eval/extractor"  # flattened config params
+# flattened config params: every one on a training run, only those its sweep varies on a sweep's child
+# (runs before nar_bench.paradigm / nar_bench.extractor tags are read through these)
+PARADIGM_PARAM, EXTRACTOR_PARAM = "cfg/model/paradigm", "cfg/eval/extractor"
 EVAL_PREFIX = "eval/"  # evaluation metrics: eval/fid, eval/is, ... (and its speed records: eval/generate_img_s, ...)
 PROGRESS_PREFIX = "progress/"  # an evaluation's progress while it generates: progress/samples_done, progress/eta_s
 LOSS_METRICS = ("train/loss", "val/loss")
 
 # --- artifacts -----------------------------------------------------------------------------------
+CONFIG_ARTIFACT = "config.yaml"  # a run's resolved config, whole (a sweep's child logs few params)
 POINT_ROW = "point.json"  # a sweep point's result row, on its child run (a resumed sweep reads it back)
 TABLE_ARTIFACT = "summary_table.json"  # a sweep's summary as an MLflow table, on the parent

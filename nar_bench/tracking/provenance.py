@@ -1,5 +1,8 @@
 """Where a result came from: command, device, git commit, torch version and date, recorded in
-every results file so a table or plot can be traced back to the run that made it."""
+every results file so a table or plot can be traced back to the run that made it.
+
+torch is imported by the functions that ask it (devices, version), not here: the output guard runs
+before a verb imports torch, so a refused folder costs no start-up time."""
 
 from __future__ import annotations
 
@@ -9,15 +12,20 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from nar_bench.errors import NarBenchError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def device_name(device: torch.device | str) -> str:
     """Human-readable name of ``device``: the GPU model for CUDA, the CPU otherwise."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -43,6 +51,8 @@ def git_commit() -> str:
 
 def device_description() -> str:
     """The accelerators this process can use, e.g. '1x NVIDIA H100 80GB HBM3', or the CPU."""
+    import torch
+
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
     return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
@@ -51,6 +61,8 @@ def device_description() -> str:
 def provenance(command: str | None = None, device: torch.device | str | None = None, **extra: str) -> dict[str, str]:
     """{command, device, commit, torch, python, date, **extra}. ``command`` defaults to this
     process's argv; ``device`` (the one a result was measured on) to every accelerator it can use."""
+    import torch
+
     return {
         "command": command or " ".join(sys.argv),
         "device": device_description() if device is None else device_name(device),
@@ -111,14 +123,34 @@ def committed_results(path: str | Path) -> str | None:
     return None
 
 
+def check_writable(path: str | Path, what: str = "--out") -> None:
+    """NarBenchError unless files can be created where ``path`` (a folder or a file) will be written:
+    a probe file is created and removed in its nearest existing folder, which is what tells (also for
+    root, on a read-only file system). Nothing is left behind; ``what`` names the setting to change."""
+    path = Path(path)
+    anchor = path if path.is_dir() else path.parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise NarBenchError(f"cannot write '{path}': '{anchor}' is a file, not a folder; choose another {what}")
+    try:
+        with tempfile.TemporaryFile(dir=anchor, prefix=".nar-bench-probe-"):
+            pass
+    except OSError as err:
+        raise NarBenchError(f"cannot write '{path}': {err.strerror} in '{anchor}'; choose another {what} or make "
+                            "it writable") from None
+
+
 def guard_output(path: str | Path, overwrite: bool = False) -> Path:
     """``path`` if a verb may write there, else NarBenchError (before any work is done): a folder
     (or file) holding files committed to git, or a provenance.json of another commit, is only
-    written over with ``overwrite``. Call it first in every verb that writes results."""
+    written over with ``overwrite``; a place that cannot be written is refused. Call it first in
+    every verb that writes results."""
     reason = None if overwrite else committed_results(path)
     if reason:
         raise NarBenchError(f"refusing to overwrite: {reason}; write elsewhere (--out {SCRATCH_ROOT}/...) "
                             "or pass --overwrite to replace them")
+    check_writable(path)
     return Path(path)
 
 

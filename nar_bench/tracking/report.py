@@ -36,8 +36,10 @@ from nar_bench.tracking.names import (  # noqa: E402
     DEVICE_TAG,
     EVAL_PREFIX,
     EXTRACTOR_PARAM,
+    EXTRACTOR_TAG,
     LOSS_METRICS,
     PARADIGM_PARAM,
+    PARADIGM_TAG,
     PARENT_TAG,
     POINT_KEY_TAG,
     POINT_TAG,
@@ -50,6 +52,7 @@ from nar_bench.tracking.parent_summary import group_label  # noqa: E402
 from nar_bench.tracking.provenance import provenance_line, write_provenance  # noqa: E402
 
 USED = "used"  # summary_use value of the runs a summary averages
+PLOT_COLUMNS, PANEL_IN, PLOT_DPI = 3, (4.0, 3.6), 100  # <= 1200 px wide: legible where MLflow shows it
 EXTRACTORS = {  # eval.extractor -> what its FID / IS / KID / precision-recall are computed on
     "domain": "domain-feature metrics (synthetic-shapes classifier features, not Inception)",
     "inception": "Inception-V3 features",
@@ -149,6 +152,18 @@ def _numeric(values: pd.Series) -> pd.Series:
         return values
 
 
+def recorded(runs: pd.DataFrame, tag: str, param: str) -> pd.Series | None:
+    """A config setting of each run: its tag (runs that log config.yaml), else its flattened-config
+    param (runs before the tag, or that log every setting); None when no run has either."""
+    columns = [runs[col] for col in (f"tags.{tag}", f"params.{param}") if col in runs]
+    if not columns:
+        return None
+    values = columns[0]
+    for column in columns[1:]:
+        values = values.fillna(column)
+    return values
+
+
 def tidy_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """mlflow.search_runs columns -> (result table, grid columns): metric ``eval/fid`` -> ``fid``,
     tag ``nar_bench.point.cfg_scale`` -> grid column ``cfg_scale``, ..."""
@@ -162,8 +177,9 @@ def tidy_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     grid = sorted(col[len(f"tags.{POINT_TAG}"):] for col in runs.columns if col.startswith(f"tags.{POINT_TAG}"))
     for col in grid:
         table[col] = _numeric(tag(POINT_TAG + col))
-    if f"params.{PARADIGM_PARAM}" in runs:
-        table["paradigm"] = runs[f"params.{PARADIGM_PARAM}"]
+    paradigm = recorded(runs, PARADIGM_TAG, PARADIGM_PARAM)
+    if paradigm is not None:
+        table["paradigm"] = paradigm
     prefix = f"metrics.{EVAL_PREFIX}"
     evaluated = [col[len(prefix):] for col in runs.columns if col.startswith(prefix)]
     order = metric_names() + speed_names()  # quality metrics, then speed records, each in registry order
@@ -172,8 +188,9 @@ def tidy_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     for metric in LOSS_METRICS:
         if f"metrics.{metric}" in runs:
             table[metric.replace("/", "_")] = runs[f"metrics.{metric}"]
-    if f"params.{EXTRACTOR_PARAM}" in runs:
-        table["extractor"] = runs[f"params.{EXTRACTOR_PARAM}"]
+    extractor = recorded(runs, EXTRACTOR_TAG, EXTRACTOR_PARAM)
+    if extractor is not None:
+        table["extractor"] = extractor
     table["device"], table["commit"] = tag(DEVICE_TAG), tag(COMMIT_TAG)
     table["status"], table["start_time"] = runs["status"], runs["start_time"]
     table["point_key"], table["parent_run"] = tag(POINT_KEY_TAG), tag(PARENT_TAG)
@@ -280,12 +297,17 @@ def plot_summary(summary: pd.DataFrame, group: list[str], path: str | Path, capt
     metrics = [spec.name for spec in plotted() if f"{spec.name}_mean" in summary]
     grid = [col for col in group if col != "variant"]
     line_x = grid[0] if len(grid) == 1 and pd.api.types.is_numeric_dtype(summary[grid[0]]) else None
-    width = 4.8 * len(metrics)
-    footer = [line for part in caption.splitlines() for line in textwrap.wrap(part, int(width * 21))]
-    footer_in = 0.12 * len(footer) + 0.1 if footer else 0.0  # inches of 6 pt text
-    fig, axes = plt.subplots(1, len(metrics), figsize=(width, 4.6 + footer_in), squeeze=False)
+    # at most PLOT_COLUMNS panels a row: MLflow's artifact view and a README show the PNG about 1000 px wide
+    cols = min(PLOT_COLUMNS, len(metrics))
+    rows = -(-len(metrics) // cols)
+    width, height = PANEL_IN[0] * cols, PANEL_IN[1] * rows
+    footer = [line for part in caption.splitlines() for line in textwrap.wrap(part, int(width * 13))]
+    footer_in = 0.17 * len(footer) + 0.1 if footer else 0.0  # inches of 8 pt text
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height + footer_in), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
     several = summary["seeds"] > 1
-    for ax, metric in zip(axes[0], metrics, strict=True):
+    for ax, metric in zip(axes.flat, metrics, strict=False):
         mean, std = summary[f"{metric}_mean"], summary[f"{metric}_std"]
         if line_x:
             for variant, rows in summary.groupby("variant", sort=False):
@@ -311,13 +333,13 @@ def plot_summary(summary: pd.DataFrame, group: list[str], path: str | Path, capt
         ax.set_title(f"{METRICS[metric].label} ({METRICS[metric].direction} is better)")
         ax.grid(axis="y", alpha=0.3)
     bars = "error bars: std over the n seeds" if several.any() else "one seed per point (n=1): no error bars"
-    fig.suptitle(f"mean over distinct seeds; {bars}", fontsize="small")
-    fig.tight_layout(rect=(0, footer_in / (4.6 + footer_in), 1, 1))
+    fig.suptitle(f"mean over distinct seeds; {bars}", fontsize="medium")
+    fig.tight_layout(rect=(0, footer_in / (height + footer_in), 1, 1))
     if footer:
-        fig.text(0.01, 0.05 / (4.6 + footer_in), "\n".join(footer), fontsize=6, va="bottom", linespacing=1.3)
+        fig.text(0.01, 0.05 / (height + footer_in), "\n".join(footer), fontsize=8, va="bottom", linespacing=1.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, metadata={"Description": caption} if caption else None)
+    fig.savefig(path, dpi=PLOT_DPI, metadata={"Description": caption} if caption else None)
     plt.close(fig)
     return path
 
