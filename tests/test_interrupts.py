@@ -19,7 +19,6 @@ from tests.test_cli import TINY as TRAIN_TINY
 from tests.test_cli_data_verbs import DATA, STEPS, VQ
 from tests.test_efficiency import bench_args
 from tests.test_run_evaluate import TINY as EVAL_TINY
-from tests.test_run_evaluate import shapes_reference  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("metrics_cache")
 
