@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from nar_bench.cli import main
 from nar_bench.metrics.cache import CACHE_ENV
+from nar_bench.metrics.registry import SPEEDS
 from nar_bench.tracking.lifecycle import owner_tags
 from nar_bench.tracking.names import HOST_TAG, PARENT_TAG, PID_TAG, PROCESS_START_TAG
 from tests.conftest import finish, run_cli, start_python, tracking_overrides
@@ -332,7 +333,8 @@ KILL_IN_FIRST_EVALUATION = REPORT_WORK + """
         return reporting_write_shard(self, shard, *args)
     store_module.SampleStore.write_shard = killing_write_shard
 """
-NOT_RESULTS = ["mlflow_run_id", "trained_in_run", "generate_seconds"]  # ids and times
+# ids and times: the speed records (metrics.registry.SPEEDS) are measured, not results
+NOT_RESULTS = ["mlflow_run_id", "trained_in_run", "generate_seconds", *SPEEDS]
 
 
 def two_points(folder: Path) -> list[str]:
@@ -356,7 +358,8 @@ def uninterrupted_sweep(tmp_path_factory) -> Path:
 
 def assert_same_results(folder: Path, reference: Path) -> None:
     """Same rows as the uninterrupted sweep, and the same per-step losses, each step once."""
-    ours, theirs = (pd.read_csv(f / "results" / "runs.csv").drop(columns=NOT_RESULTS) for f in (folder, reference))
+    ours, theirs = (pd.read_csv(f / "results" / "runs.csv").drop(columns=NOT_RESULTS, errors="ignore")
+                    for f in (folder, reference))
     pd.testing.assert_frame_equal(ours, theirs)
     (client, runs), (ref_client, ref_runs) = runs_of(folder, "ablation_heads"), runs_of(reference, "ablation_heads")
     for child in split(runs)[1]:

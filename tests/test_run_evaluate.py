@@ -325,6 +325,9 @@ def test_evaluate_sigkilled_while_scoring_reuses_its_samples_and_their_features(
     assert ours["metrics"] == theirs["metrics"]
     assert one_run(tmp_path).info.status == "FINISHED"
 
-    other = run_cli([*argv, "eval.sampling.top_k=4"], REPORT)  # other settings: generated again, nothing mixed
+    # other settings in the same folder: refused without --overwrite, then generated again, nothing mixed
+    refused = run_cli([*argv, "eval.sampling.top_k=4"], REPORT)
+    assert refused.returncode == 2 and "refusing to overwrite" in refused.stderr
+    other = run_cli([*argv, "--overwrite", "eval.sampling.top_k=4"], REPORT)
     assert other.returncode == 0, other.stderr[-3000:]
     assert printed(other, "writing shard") == ["0", "1", "2", "3"] and "sample features" in printed(other, "extracting")
