@@ -27,7 +27,7 @@ from nar_bench.metrics.cache import CACHE_ENV
 from nar_bench.metrics.registry import SPEEDS
 from nar_bench.tracking.lifecycle import owner_tags
 from nar_bench.tracking.names import HOST_TAG, PARENT_TAG, PID_TAG, PROCESS_START_TAG
-from tests.conftest import finish, run_cli, start_python, tracking_overrides
+from tests.conftest import finish, run_cli, start_cli, start_python, tracking_overrides
 from tests.test_sweep_report import TINY
 
 pytestmark = pytest.mark.usefixtures("metrics_cache")
@@ -414,3 +414,72 @@ def test_sweep_point_sigkilled_while_evaluating_continues_from_its_checkpoint_an
     assert children["ntp_raster"].info.run_id == dead.info.run_id and len(children) == 2
     assert all(r.info.status == "FINISHED" for r in children.values())
     assert_same_results(tmp_path, uninterrupted_sweep)
+
+
+MEET_AT_FIRST_POINT = """
+    import pathlib, time
+    import nar_bench.run.sweep as sweep
+    call = sweep.TrainAndEvaluate.__call__
+    def meeting(self, name, cfg, parent_run_id):  # both processes are inside the sweep before either trains
+        meet = pathlib.Path(MEET)
+        (meet / str(os.getpid())).touch()
+        while len(list(meet.iterdir())) < 2:
+            time.sleep(0.05)
+        print("running point", name, flush=True)
+        return call(self, name, cfg, parent_run_id)
+    sweep.TrainAndEvaluate.__call__ = meeting
+"""
+
+
+def test_two_identical_sweeps_started_together_run_each_point_once_in_one_parent_run(tmp_path):
+    (tmp_path / "meet").mkdir()
+    hook = f"MEET = {str(tmp_path / 'meet')!r}\n{textwrap.dedent(MEET_AT_FIRST_POINT)}"
+    children = [start_cli(two_points(tmp_path), hook) for _ in range(2)]
+    done = [finish(child) for child in children]
+    assert [d.returncode for d in done] == [0, 0], [d.stderr[-3000:] for d in done]
+    ran = [printed(d, "running point") for d in done]
+    assert sorted(ran[0] + ran[1]) == ["nar_single_head", "ntp_raster"] and len(ran[0]) == len(ran[1]) == 1
+    assert sum("joining sweep" in d.stdout for d in done) == 1
+    client, runs = runs_of(tmp_path, "ablation_heads")
+    (parent,), points = split(runs)
+    assert parent.info.status == "FINISHED" and sorted(r.info.status for r in points) == ["FINISHED"] * 2
+    assert sorted(r.info.run_name for r in points) == ["nar_single_head", "ntp_raster"]  # not run twice
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+    assert not [tag for tag in client.get_run(parent.info.run_id).data.tags if tag.startswith("nar_bench.worker.")]
+    for d in done:  # each process reports the whole sweep
+        assert str(tmp_path / "results" / "summary.csv") in d.stdout
+    assert pd.read_csv(tmp_path / "results" / "runs.csv")["variant"].tolist() == ["ntp_raster", "nar_single_head"]
+
+
+DIE_IN_FIRST_TRAINING = MEET_AT_FIRST_POINT + """
+    import lightning as L
+    import nar_bench.run.train as train
+    make_trainer = train.make_trainer
+    class KillAtStep3(L.Callback):  # after the step-2 checkpoint, in the first process that trains ntp_raster
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+    def killing_make_trainer(cfg, *args):
+        trainer = make_trainer(cfg, *args)
+        marker = pathlib.Path(MEET).parent / "killed-once"
+        if cfg.model.paradigm == "ar" and not marker.exists():
+            marker.touch()
+            trainer.callbacks.append(KillAtStep3())
+        return trainer
+    train.make_trainer = killing_make_trainer
+"""
+
+
+def test_a_sweep_process_that_dies_leaves_its_points_to_the_other_which_continues_them(tmp_path):
+    (tmp_path / "meet").mkdir()
+    hook = f"MEET = {str(tmp_path / 'meet')!r}\n{textwrap.dedent(DIE_IN_FIRST_TRAINING)}"
+    done = [finish(child) for child in [start_cli(two_points(tmp_path), hook) for _ in range(2)]]
+    assert sorted(d.returncode for d in done) == [-signal.SIGKILL, 0], [d.stderr[-3000:] for d in done]
+    dead, alive = sorted(done, key=lambda d: d.returncode)
+    assert printed(dead, "running point") == ["ntp_raster"]
+    assert printed(alive, "running point") == ["nar_single_head", "ntp_raster"]
+    assert re.search(r"continuing point 'ntp_raster' in its KILLED run", alive.stdout)  # taken over, not restarted
+    _, runs = runs_of(tmp_path, "ablation_heads")
+    (parent,), points = split(runs)
+    assert parent.info.status == "FINISHED" and sorted(r.info.status for r in points) == ["FINISHED"] * 2
+    assert len(list((tmp_path / "runs").iterdir())) == 2  # the dead process's folder was continued

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from filelock import FileLock
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Run
 from omegaconf import DictConfig, OmegaConf
@@ -61,6 +62,7 @@ from nar_bench.tracking.resume import (
     sweep_key,
     unfinished_points,
 )
+from nar_bench.tracking.sharing import POLL_S, SharedSweep
 
 # (point name, point config, parent run id) -> one result row; the function opens the child run
 RunPoint = Callable[[str, DictConfig, str], dict]
@@ -279,29 +281,65 @@ def run_sweep(cfg: DictConfig, run_point: RunPoint, name: str, fresh: bool = Fal
               finish: FinishSweep | None = None) -> pd.DataFrame:
     """Expands ``cfg.sweep``, runs each point not already FINISHED in this sweep's parent run (all of
     them when ``fresh``), calls ``finish`` with the table of all points (one row each, in sweep order)
-    and returns it. A failed sweep returns nothing; its parent run ends FAILED (KILLED on a signal)."""
+    and returns it. A failed sweep returns nothing; its parent run ends FAILED (KILLED on a signal).
+
+    The same sweep started again while it runs joins it (``nar_bench.tracking.sharing``): each
+    training group runs in one process, the others wait for its rows."""
     points = expand_sweep(cfg)
     check_sweep_inputs(points)  # every point's inputs, before the first one trains
     params = {SWEEP_POINTS_PARAM: len(points), "sweep": OmegaConf.to_yaml(cfg.sweep)[:5000]}
-    with parent_run(cfg.tracking, name, params, key=sweep_key(cfg), fresh=fresh) as parent_id:
-        resumable = parent_id and not multi_process(cfg)
-        done = finished_points(cfg.tracking, parent_id) if resumable else {}
-        rows = {i: {"point": point_name, **done[point_key(point_cfg)]} for i, (point_name, point_cfg)
-                in enumerate(points) if point_key(point_cfg) in done}
-        if rows:
+    with parent_run(cfg.tracking, name, params, key=sweep_key(cfg), fresh=fresh, join=True) as parent_id:
+        shared = SharedSweep(cfg.tracking, parent_id) if parent_id and not multi_process(cfg) else None
+        rows: dict[int, dict] = {}
+
+        def read_back() -> int:
+            """Rows of points FINISHED in the parent run (earlier attempts, other processes); the
+            point runs of KILLED / FAILED attempts to continue in. Returns the number of new rows."""
+            done = finished_points(cfg.tracking, parent_id)
+            new = {i: {"point": point_name, **done[point_key(point_cfg)]} for i, (point_name, point_cfg)
+                   in enumerate(points) if i not in rows and point_key(point_cfg) in done}
+            rows.update(new)
+            if isinstance(run_point, TrainAndEvaluate):
+                run_point.reuse_finished(list(new.values()), [points[i][1] for i in new])
+                run_point.unfinished = unfinished_points(cfg.tracking, parent_id)
+            return len(new)
+
+        if shared is not None and read_back():
             print(f"nar-bench: {len(rows)} of {len(points)} points already finished in this sweep; "
                   "running the others (--fresh starts over)", flush=True)
-            if isinstance(run_point, TrainAndEvaluate):
-                run_point.reuse_finished(list(rows.values()), [points[i][1] for i in rows])
-        if resumable and isinstance(run_point, TrainAndEvaluate):
-            run_point.unfinished = unfinished_points(cfg.tracking, parent_id)
-        start, todo = time.perf_counter(), [i for i in training_groups(points) if i not in rows]
-        for done, i in enumerate(todo):
+        groups: dict[str, list[int]] = {}
+        for i in training_groups(points):
+            if i not in rows:
+                groups.setdefault(training_key(points[i][1]), []).append(i)
+        start, ran, total = time.perf_counter(), 0, sum(map(len, groups.values()))
+        pending, said = list(groups), ""
+        while pending:
             check_interrupted()  # a Ctrl-C whose KeyboardInterrupt was lost stops the sweep here
-            point_name, point_cfg = points[i]
-            if rank_zero_only.rank == 0:
-                print(point_line(done + 1, len(todo), point_name, time.perf_counter() - start), flush=True)
-            rows[i] = {"point": point_name, **run_point(point_name, point_cfg, parent_id)}
+            claims = ((key, shared.claim(key) if shared is not None else "new") for key in pending)
+            key, claim = next(((key, claim) for key, claim in claims if claim is not None), (None, None))
+            if key is None:  # every group left is running in another process: wait for its rows
+                holders = ", ".join(sorted({shared.holder(other) for other in pending}))
+                line = f"nar-bench: waiting for {len(pending)} training group(s) running in process(es) {holders}"
+                if line != said:
+                    print(line, flush=True)
+                    said = line
+                time.sleep(POLL_S)
+                read_back()
+                pending = [key for key in pending if any(i not in rows for i in groups[key])]
+                continue
+            pending.remove(key)
+            if claim == "taken over":  # its process died: continue its runs as in a resumed sweep
+                shared.mark_dead_children_killed()
+                read_back()
+            for i in groups[key]:
+                if i in rows:
+                    continue
+                point_name, point_cfg = points[i]
+                ran += 1
+                if rank_zero_only.rank == 0:
+                    print(point_line(ran, total, point_name, time.perf_counter() - start), flush=True)
+                rows[i] = {"point": point_name, **run_point(point_name, point_cfg, parent_id)}
+                check_interrupted()
         if isinstance(run_point, TrainAndEvaluate):
             run_point.release()
         check_interrupted()
@@ -342,9 +380,11 @@ def main(args: argparse.Namespace) -> None:
             return
         info = provenance(args.command_line, experiment=cfg.tracking.experiment, parent_run=parent_id,
                           extractor=cfg.eval.extractor)
-        paths = write_report(table, grid, out, info)
-        log_sweep_summary(client(cfg.tracking), parent_id, pd.read_csv(paths["summary_csv"]), ["variant", *grid],
-                          list(paths.values()))
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with FileLock(str(Path(out) / ".report.lock")):  # processes sharing the sweep write its report in turn
+            paths = write_report(table, grid, out, info)
+            log_sweep_summary(client(cfg.tracking), parent_id, pd.read_csv(paths["summary_csv"]),
+                              ["variant", *grid], list(paths.values()))
         print("\n".join(str(path) for path in paths.values()))
 
     run_sweep(cfg, TrainAndEvaluate(cfg), name, fresh=getattr(args, "fresh", False), finish=finish)

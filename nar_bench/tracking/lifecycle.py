@@ -1,7 +1,8 @@
 """Runs that end honestly: every run nar-bench opens records the host and process that own it, so a
 later start can mark the runs of a dead process (OOM-killed, SIGKILL) as KILLED instead of leaving
-them RUNNING forever; SIGINT / SIGTERM end the open runs as KILLED; the SQLite store is created once
-under a file lock, so that two sweeps started at once on a fresh store do not race on its schema.
+them RUNNING forever (a run several processes share, a sweep's parent, also names its workers);
+SIGINT / SIGTERM end the open runs as KILLED; the SQLite store is created once under a file lock,
+so that two sweeps started at once on a fresh store do not race on its schema.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from nar_bench.errors import NarBenchError
-from nar_bench.tracking.names import HOST_TAG, PID_TAG, PROCESS_START_TAG
+from nar_bench.tracking.names import HOST_TAG, PID_TAG, PROCESS_START_TAG, WORKER_TAG
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,30 @@ def owner_alive(tags: dict[str, str]) -> bool:
         return True
     started = _process_start(int(tags[PID_TAG]))
     return bool(started) and started == tags.get(PROCESS_START_TAG, started)
+
+
+def this_process() -> str:
+    """This process as one string, ``host pid start`` (what a claim or a worker tag holds)."""
+    tags = owner_tags()
+    return f"{tags[HOST_TAG]} {tags[PID_TAG]} {tags[PROCESS_START_TAG]}"
+
+
+def process_alive(process: str) -> bool:
+    """Whether the process a :func:`this_process` string names still runs (True on another host)."""
+    host, pid, start = (process.split(" ") + ["", "", ""])[:3]
+    return owner_alive({HOST_TAG: host, PID_TAG: pid, PROCESS_START_TAG: start})
+
+
+def worker_tag() -> str:
+    """The tag by which this process says it works on a run that several processes share (a sweep's
+    parent run); its value is :func:`this_process`."""
+    return f"{WORKER_TAG}{socket.gethostname()}.{os.getpid()}"
+
+
+def live_workers(tags: dict[str, str]) -> list[str]:
+    """The processes other than this one that say (worker tags) they work on a run and still run."""
+    me = this_process()
+    return [v for k, v in tags.items() if k.startswith(WORKER_TAG) and v != me and process_alive(v)]
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -97,7 +122,7 @@ def mark_dead_runs_killed(client, uri: str) -> list[str]:
                                max_results=5000)
     killed = []
     for run in stale:
-        if not owner_alive(run.data.tags):
+        if not owner_alive(run.data.tags) and not live_workers(run.data.tags):
             client.set_terminated(run.info.run_id, status="KILLED")
             killed.append(run.info.run_id)
     if killed:

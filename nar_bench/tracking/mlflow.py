@@ -25,11 +25,14 @@ from omegaconf import DictConfig, OmegaConf
 from nar_bench.errors import NarBenchError
 from nar_bench.tracking.lifecycle import (
     interrupted,
+    live_workers,
     mark_dead_runs_killed,
     owner_alive,
     owner_tags,
     run_end_status,
     store_lock,
+    this_process,
+    worker_tag,
 )
 from nar_bench.tracking.names import (
     COMMIT_TAG,
@@ -288,14 +291,15 @@ def create_run(c: MlflowClient, exp_id: str, run_name: str, tags: dict[str, str]
         return c.create_run(exp_id, run_name=run_name, tags={**origin_tags(), **(tags or {})})
 
 
-def find_parent(c: MlflowClient, exp_id: str, name: str, key: str) -> Run | None:
-    """The newest parent run named ``name`` with sweep key ``key`` that no live process holds open."""
+def find_parent(c: MlflowClient, exp_id: str, name: str, key: str, join: bool = False) -> Run | None:
+    """The newest parent run named ``name`` with sweep key ``key``; one that a live process holds
+    open only with ``join`` (else a separate parent run is started)."""
     runs = c.search_runs([exp_id], f"tags.`{SWEEP_KEY_TAG}` = '{key}' and attributes.run_name = '{name}'",
                          order_by=["attributes.start_time DESC"], max_results=50)
     for run in runs:
         if PARENT_TAG in run.data.tags:
             continue
-        if run.info.status == "RUNNING" and owner_alive(run.data.tags):
+        if not join and run.info.status == "RUNNING" and owner_alive(run.data.tags):
             log.warning("sweep '%s' is running in process %s; starting a separate parent run", name,
                         run.data.tags.get(PID_TAG))
             continue
@@ -323,24 +327,36 @@ def child_runs(tracking: DictConfig, parent_run_id: str) -> list[Run]:
                          order_by=["attributes.start_time ASC"], max_results=50000)
 
 
+def _running_elsewhere(run: Run) -> bool:
+    return run.info.status == "RUNNING" and (owner_alive(run.data.tags) or bool(live_workers(run.data.tags)))
+
+
 @contextlib.contextmanager
 def parent_run(tracking: DictConfig, name: str, params: dict | None = None, key: str | None = None,
-               fresh: bool = False) -> Iterator[str]:
+               fresh: bool = False, join: bool = False) -> Iterator[str]:
     """Opens a parent run for a sweep; yields its id. With a sweep ``key``, the newest parent of the
-    same name and key is reopened (a resumed sweep) unless ``fresh``. Ends FINISHED, FAILED if the
+    same name and key is reopened (a resumed sweep) unless ``fresh``; with ``join``, one that another
+    live process is running is shared with it (``nar_bench.tracking.sharing``): this process adds a
+    worker tag, and the run ends when its last live worker leaves. Ends FINISHED, FAILED if the
     sweep raises, KILLED if a signal stopped it. Under DDP only rank 0 opens it (other ranks yield "";
     their loggers log nothing)."""
     if rank_zero_only.rank != 0:
         yield ""
         return
     c = client(tracking)
-    exp_id = experiment_id(tracking)
-    run = None if fresh or key is None else find_parent(c, exp_id, name, key)
-    if run is not None:
-        reopen(c, run.info.run_id, origin_tags())
-        print(f"nar-bench: resuming sweep '{name}' in parent run {run.info.run_id}", flush=True)
-    else:
-        run = create_run(c, exp_id, name, tags={SWEEP_KEY_TAG: key} if key else None)
+    exp_id, uri = experiment_id(tracking), tracking_uri(tracking)
+    with store_lock(uri):  # two sweeps started at once find (or make) the same parent run
+        run = None if fresh or key is None else find_parent(c, exp_id, name, key, join)
+        if run is not None and join and _running_elsewhere(run):
+            print(f"nar-bench: joining sweep '{name}' running in parent run {run.info.run_id} (process "
+                  f"{run.data.tags.get(PID_TAG)}): points it runs are not run twice", flush=True)
+        elif run is not None:
+            reopen(c, run.info.run_id, origin_tags())
+            print(f"nar-bench: resuming sweep '{name}' in parent run {run.info.run_id}", flush=True)
+        else:
+            run = create_run(c, exp_id, name, tags={SWEEP_KEY_TAG: key} if key else None)
+        if join:
+            c.set_tag(run.info.run_id, worker_tag(), this_process())
     run_id = run.info.run_id
     for param, value in (params or {}).items():
         if param not in run.data.params:  # params are immutable; a resumed parent has them already
@@ -355,7 +371,15 @@ def parent_run(tracking: DictConfig, name: str, params: dict | None = None, key:
     finally:
         if monitor is not None:
             monitor.finish()
-        c.set_terminated(run_id, status=status)
+        with store_lock(uri):  # the last worker to leave ends the run
+            if join:
+                c.delete_tag(run_id, worker_tag())
+            others = live_workers(c.get_run(run_id).data.tags)
+            if others:
+                print(f"nar-bench: sweep '{name}' goes on in process(es) "
+                      f"{', '.join(p.split(' ')[1] for p in others)}; they end its parent run", flush=True)
+            else:
+                c.set_terminated(run_id, status=status)
 
 
 def log_artifact(logger, path: Path, subdir: str | None = None) -> None:

@@ -7,6 +7,9 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests child runs u
 COMMIT_TAG, DEVICE_TAG = "nar_bench.commit", "nar_bench.device"
 # on every run: the process that owns it (a RUNNING run whose owner is gone is marked KILLED)
 HOST_TAG, PID_TAG, PROCESS_START_TAG = "nar_bench.host", "nar_bench.pid", "nar_bench.process_start"
+# on sweep parents that several processes share: WORKER_TAG + host.pid = "host pid start" of each live
+# one; CLAIM_TAG + training-group hash = the process running that group (nar_bench.tracking.sharing)
+WORKER_TAG, CLAIM_TAG = "nar_bench.worker.", "nar_bench.claim."
 SWEEP_KEY_TAG = "nar_bench.sweep_key"  # on sweep parents: hash of the sweep's settings (finds it again to resume)
 RUN_DIR_TAG = "nar_bench.run_dir"  # on training runs: their folder (checkpoints/last.ckpt, to resume)
 # on sweep child runs; POINT_TAG + short grid key, e.g. nar_bench.point.cfg_scale
