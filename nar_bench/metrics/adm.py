@@ -18,7 +18,6 @@ full float32 (TF32 off). ``adm_protocol()`` returns these choices as data for th
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -128,8 +127,13 @@ class InceptionFeatures:
 
     def extract(self, batches: Iterable[Tensor | np.ndarray], total: int | None = None,
                 desc: str = "Inception features") -> Features:
-        """Features of every image of ``batches`` (see ``__call__``), concatenated in order."""
-        parts = [self(batch) for batch in tqdm(batches, total=total, desc=desc, leave=False, unit="batch")]
+        """Features of every image of ``batches`` (see ``__call__``), concatenated in order; the
+        progress bar counts images of ``total``."""
+        parts = []
+        with tqdm(total=total, desc=desc, leave=False, unit="image") as bar:
+            for batch in batches:
+                parts.append(self(batch))
+                bar.update(len(batch))
         if not parts:
             raise NarBenchError("no images to extract features from")
         return Features(*(torch.cat([getattr(p, name) for p in parts]) for name in ("pool", "spatial", "logits")))
@@ -289,7 +293,7 @@ def reference_pool_features(reference: Reference, extractor: InceptionFeatures, 
     if cache.is_file():
         return torch.load(cache)
     batches = iter_images(reference.path, batch_size, "reference batch")
-    pool = extractor.extract(batches, math.ceil(reference.shape[0] / batch_size), "reference features").pool
+    pool = extractor.extract(batches, reference.shape[0], "reference features").pool
     _save_pool(cache, pool)
     return pool
 
@@ -359,8 +363,8 @@ def evaluate_npz(samples_path: str | Path, reference_path: str | Path, weights_p
         features_cache = features_cache[0], f"{features_cache[1]}|{extractor.weights_path.resolve()}|{device}"
     features = _load_features(features_cache)
     if features is None:
-        features = extractor.extract(iter_images(samples_path, batch_size, "sample batch"),
-                                     math.ceil(shape[0] / batch_size), "sample features")
+        features = extractor.extract(iter_images(samples_path, batch_size, "sample batch"), shape[0],
+                                     "sample features")
         _save_features(features_cache, features)
     if timings is not None:
         timings["feature_s"] = time.perf_counter() - start
@@ -380,9 +384,11 @@ def build_reference(images: Iterable[np.ndarray], num_images: int, image_shape: 
     parts: list[Features] = []
 
     def featurised() -> Iterator[np.ndarray]:
-        for chunk in tqdm(images, desc="reference features", leave=False, unit="batch"):
-            parts.append(extractor(check_images(np.asarray(chunk), "reference images")))
-            yield chunk
+        with tqdm(total=num_images, desc="reference features", leave=False, unit="image") as bar:
+            for chunk in images:
+                parts.append(extractor(check_images(np.asarray(chunk), "reference images")))
+                bar.update(len(chunk))
+                yield chunk
 
     def stats() -> dict[str, np.ndarray]:
         fid = statistics(torch.cat([p.pool for p in parts]))

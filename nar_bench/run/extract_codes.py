@@ -85,17 +85,19 @@ def write_split(tokenizer, dataset, root: Path, split: str, data_cfg: DictConfig
         labels_buf.clear()
 
     buffered = 0
-    for images, labels in tqdm(loader, desc=f"extracting {split} codes", unit="batch"):
-        codes = tokenizer.encode(images.to(device)).flatten(1).cpu().numpy()
-        labels = labels.numpy()
-        while len(codes):  # split batches at shard boundaries so every shard but the last is full
-            take = min(len(codes), shard_size - buffered)
-            codes_buf.append(codes[:take])
-            labels_buf.append(labels[:take])
-            codes, labels, buffered = codes[take:], labels[take:], buffered + take
-            if buffered == shard_size:
-                flush()
-                buffered = 0
+    with tqdm(total=len(dataset), desc=f"extracting {split} codes", unit="image") as bar:
+        for images, labels in loader:
+            bar.update(len(images))
+            codes = tokenizer.encode(images.to(device)).flatten(1).cpu().numpy()
+            labels = labels.numpy()
+            while len(codes):  # split batches at shard boundaries so every shard but the last is full
+                take = min(len(codes), shard_size - buffered)
+                codes_buf.append(codes[:take])
+                labels_buf.append(labels[:take])
+                codes, labels, buffered = codes[take:], labels[take:], buffered + take
+                if buffered == shard_size:
+                    flush()
+                    buffered = 0
     if buffered:
         flush()
     return {"count": len(dataset), "shards": shards}

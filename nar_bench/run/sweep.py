@@ -199,7 +199,7 @@ class TrainAndEvaluate:
                 run_dir = previous.data.tags.get(RUN_DIR_TAG)
                 checkpoint = Path(run_dir) / "checkpoints" / "last.ckpt" if run_dir else None
                 resume = ResumePoint(previous.info.run_id, checkpoint if checkpoint and checkpoint.is_file() else None)
-                return self.fit(name, cfg, parent_run_id, key, tags, resume)
+                return self.fit_point(name, cfg, parent_run_id, key, tags, resume)
         if key in self.trained:
             trained = self.trained[key]
         elif key in self.finished:
@@ -207,7 +207,7 @@ class TrainAndEvaluate:
             module = GeneratorModule.load_from_checkpoint(done.checkpoint, map_location="cpu")
             trained = self.trained[key] = Trained(module, done.run_id, done.checkpoint.parent.parent, done.summary)
         else:
-            return self.fit(name, cfg, parent_run_id, key, tags)
+            return self.fit_point(name, cfg, parent_run_id, key, tags)
         run_id = previous.info.run_id if previous is not None else None
         if trained.run_id != run_id:
             tags = {**tags, TRAINED_IN_TAG: trained.run_id}
@@ -216,8 +216,9 @@ class TrainAndEvaluate:
                                 "num_classes": trained.module.num_classes})
         return trained, logger
 
-    def fit(self, name: str, cfg: DictConfig, parent_run_id: str, key: str, tags: dict[str, str],
-            resume: ResumePoint | None = None):
+    def fit_point(self, name: str, cfg: DictConfig, parent_run_id: str, key: str, tags: dict[str, str],
+                  resume: ResumePoint | None = None):
+        """Trains the point's model in its run (a new one, or ``resume``); keeps it for its group."""
         run = fit(cfg, name, parent_run_id, tags, resume, self.param_keys)
         try:
             summary = finish_run(cfg, run.module, run.trainer, run.logger, run.run_dir, name) \
@@ -315,11 +316,9 @@ def run_sweep(cfg: DictConfig, run_point: RunPoint, name: str, fresh: bool = Fal
         pending, said = list(groups), ""
         while pending:
             check_interrupted()  # a Ctrl-C whose KeyboardInterrupt was lost stops the sweep here
-            claims = ((key, shared.claim(key) if shared is not None else "new") for key in pending)
-            key, claim = next(((key, claim) for key, claim in claims if claim is not None), (None, None))
+            key, claim = shared.next_claim(pending) if shared is not None else (pending[0], "new")
             if key is None:  # every group left is running in another process: wait for its rows
-                holders = ", ".join(sorted({shared.holder(other) for other in pending}))
-                line = f"nar-bench: waiting for {len(pending)} training group(s) running in process(es) {holders}"
+                line = shared.waiting_line(pending)
                 if line != said:
                     print(line, flush=True)
                     said = line

@@ -262,7 +262,7 @@ def make_logger(tracking: DictConfig, run_name: str | None = None, parent_run_id
         c = client(tracking)
         run = reopen(c, run_id, tags)
         resumed = run.data.params
-        logged_until = {key: max(m.step for m in c.get_metric_history(run_id, key)) for key in run.data.metrics}
+        logged_until = last_steps(c, run)
     logger = RunLogger(
         experiment_name=tracking.experiment,
         run_name=run_name or tracking.run_name,
@@ -275,6 +275,16 @@ def make_logger(tracking: DictConfig, run_name: str | None = None, parent_run_id
     logger.param_keys = param_keys
     with store_writes(tracking_uri(tracking)):
         return logger.open()
+
+
+def last_steps(c: MlflowClient, run: Run) -> dict[str, int]:
+    """{metric: the largest step it was logged at} of a run. MLflow keeps each metric's value at its
+    largest step with the run (``RunData._metric_objs``, what MLflow's own system-metrics resume
+    reads), which saves reading whole histories; a client without it reads them."""
+    latest = getattr(run.data, "_metric_objs", None)
+    if latest is not None:
+        return {m.key: m.step for m in latest}
+    return {key: max(m.step for m in c.get_metric_history(run.info.run_id, key)) for key in run.data.metrics}
 
 
 def reopen(c: MlflowClient, run_id: str, tags: dict[str, str]) -> Run:
@@ -307,14 +317,12 @@ def find_parent(c: MlflowClient, exp_id: str, name: str, key: str, join: bool = 
     return None
 
 
-def unfinished_run(tracking: DictConfig, tag: str, value: str, parent_run_id: str | None = None) -> Run | None:
-    """The newest run tagged ``tag`` = ``value`` (a child of ``parent_run_id`` if given) that ended
-    KILLED or FAILED: an attempt of the same work, to continue in. Runs left RUNNING by dead
-    processes of this host are marked KILLED first (``experiment_id``)."""
+def unfinished_run(tracking: DictConfig, tag: str, value: str) -> Run | None:
+    """The newest run tagged ``tag`` = ``value`` that ended KILLED or FAILED: an attempt of the same
+    work, to continue in. Runs left RUNNING by dead processes of this host are marked KILLED first
+    (``experiment_id``)."""
     exp_id = experiment_id(tracking)
     query = f"tags.`{tag}` = '{value}' and attributes.status != 'FINISHED' and attributes.status != 'RUNNING'"
-    if parent_run_id:
-        query += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
     runs = client(tracking).search_runs([exp_id], query, order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
@@ -347,7 +355,8 @@ def parent_run(tracking: DictConfig, name: str, params: dict | None = None, key:
     exp_id, uri = experiment_id(tracking), tracking_uri(tracking)
     with store_lock(uri):  # two sweeps started at once find (or make) the same parent run
         run = None if fresh or key is None else find_parent(c, exp_id, name, key, join)
-        if run is not None and join and _running_elsewhere(run):
+        joined = run is not None and join and _running_elsewhere(run)
+        if joined:
             print(f"nar-bench: joining sweep '{name}' running in parent run {run.info.run_id} (process "
                   f"{run.data.tags.get(PID_TAG)}): points it runs are not run twice", flush=True)
         elif run is not None:
@@ -361,7 +370,8 @@ def parent_run(tracking: DictConfig, name: str, params: dict | None = None, key:
     for param, value in (params or {}).items():
         if param not in run.data.params:  # params are immutable; a resumed parent has them already
             c.log_param(run_id, param, value)
-    monitor = system_metrics(run_id, tracking_uri(tracking))
+    # the process that opened it records them; a resumed parent continues after its last step
+    monitor = None if joined else system_metrics(run_id, uri, resumed=run.info.status != "RUNNING")
     status = "FINISHED"
     try:
         yield run_id

@@ -48,10 +48,20 @@ class SharedSweep:
             self.client.set_tag(self.parent, tag, self.me)
         return "taken over" if holder else "new"
 
-    def holder(self, training_key: str) -> str:
-        """The pid of the process holding a group ('' if none)."""
-        holder = self.client.get_run(self.parent).data.tags.get(group_tag(training_key), "")
-        return holder.split(" ")[1] if holder.count(" ") >= 1 else ""
+    def next_claim(self, training_keys: list[str]) -> tuple[str | None, str | None]:
+        """(the first group of ``training_keys`` this process may run, its ``claim``), or (None, None)
+        when live processes hold them all."""
+        for key in training_keys:
+            claim = self.claim(key)
+            if claim is not None:
+                return key, claim
+        return None, None
+
+    def waiting_line(self, training_keys: list[str]) -> str:
+        """What a process says while other processes run the groups it still needs."""
+        tags = self.client.get_run(self.parent).data.tags
+        pids = sorted({tags.get(group_tag(key), "? ?").split(" ")[1] for key in training_keys})
+        return f"nar-bench: waiting for {len(training_keys)} training group(s) running in process(es) {', '.join(pids)}"
 
     def mark_dead_children_killed(self) -> None:
         """Ends the RUNNING child runs whose process is gone (a process that died while this one ran;
