@@ -194,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a disk that fills up or turns read-only mid-run: the place and the fix, not a traceback
         if err.errno not in WRITE_ERRNOS:
             raise
-        print(f"nar-bench: error: cannot write '{err.filename}': {err.strerror}; free space or make it writable, or "
-              "write elsewhere (--out, output_dir)", file=sys.stderr)
+        where = f" '{err.filename}'" if err.filename else ""
+        print(f"nar-bench: error: cannot write{where}: {err.strerror}; free space or make it writable, or write "
+              "elsewhere (--out, output_dir)", file=sys.stderr)
         return 2
     return 0
 

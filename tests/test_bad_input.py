@@ -5,6 +5,7 @@ for all (``assert_refused``)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -464,6 +465,43 @@ def test_an_image_truncated_past_its_header_is_one_line_naming_it_from_a_loader_
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
         f"nar-bench: error: cannot read image '{photos / 'b' / '3.png'}'"), err[-2000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def test_a_full_mlflow_store_is_one_line_and_leaves_no_run(tmp_path, capsys, monkeypatch):
+    """SQLite's error for a full disk, raised where MLflow creates the run (a store cannot be filled
+    on purpose in a test)."""
+    from mlflow.exceptions import MlflowException
+
+    def full(*args, **kwargs):
+        raise MlflowException("(sqlite3.OperationalError) database or disk is full")
+
+    MlflowClient(f"sqlite:///{tmp_path}/mlruns.db").search_experiments()  # the store exists; it filled up since
+    monkeypatch.setattr(MlflowClient, "create_run", full)
+    assert_refused(capsys, tmp_path, ["train", DEMO, *TINY, *tracking_overrides(tmp_path)],
+                   r"the MLflow store sqlite:///.*mlruns.db cannot be written \(\(sqlite3.OperationalError\) database "
+                   r"or disk is full\); make it writable and give its disk space")
+
+
+def test_a_disk_that_fills_up_while_sampling_is_one_line_and_the_run_ends_failed(
+        tmp_path, capsys, monkeypatch, run_ckpt, references, random_inception_weights):
+    from nar_bench.metrics.sample_store import SampleStore
+
+    def full(self, shard, images, labels):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.shard_path(shard)))
+
+    monkeypatch.setattr(SampleStore, "write_shard", full)
+    config = write(tmp_path / "eval.yaml", "eval:\n  samples_per_class: 1\n")
+    argv = evaluate_argv(tmp_path, run_ckpt, f"eval.reference={references['ref16']}", config=str(config),
+                         weights=random_inception_weights)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and re.fullmatch(
+        r"nar-bench: error: cannot write '.*samples.npz.shards/shard_00000.npz': No space left on device; free space "
+        r"or make it writable, or write elsewhere \(--out, output_dir\)", err.strip().splitlines()[-1]), err[-2000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
     assert run.info.status == "FAILED"

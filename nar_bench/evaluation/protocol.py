@@ -208,12 +208,12 @@ def check_results_folder(results: Path, out: Path, key: dict, overwrite: bool) -
         record = {}
     same = record is not None and all(record.get(k) == v for k, v in key.items())
     if record is not None and not same:
-        differing = [k for k in ("checkpoint_sha256", "sampling", "seed", "num_classes", "paradigm", "decode_batch")
-                     if record.get("settings", {}).get(k) != key["settings"].get(k)]
+        differing = [k for k in key["settings"] if record.get("settings", {}).get(k) != key["settings"][k]]
         differing += [k for k in ("num_samples", "reference") if record.get(k) != key[k]]
         raise NarBenchError(f"refusing to overwrite: '{results}' holds the evaluation of another checkpoint or other "
-                            f"settings (differing: {', '.join(differing) or 'unreadable eval.json'}); choose another "
-                            "--name (the default is keyed by checkpoint and settings) or pass --overwrite")
+                            f"settings (differing: {', '.join(differing) if record else 'its eval.json is unreadable'}"
+                            "); choose another --name (the default is keyed by checkpoint and settings) or pass "
+                            "--overwrite")
     if out.exists() and not (same and record.get("samples") == str(out.resolve())) and not same_samples(out, key):
         raise NarBenchError(f"refusing to overwrite: '{out}' exists and is not this evaluation's samples (no "
                             f"{record_path} of the same checkpoint and settings); choose another --out or --name, or "
@@ -256,7 +256,7 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt: str | Path, num_samples: int = 50
     check_results_folder(results, out, key, overwrite)
     if png_dir:
         guard_output(png_dir, overwrite)
-    module = build_generator(cfg, ckpt, content, num_classes)
+    module = build_generator(cfg, ckpt, content, classes)
     settings = {**settings, **engine_settings(module, cfg, cfg.eval.batch_size)}  # an engine that cannot run fails here
     eval_key = digest({"settings": settings, "num_samples": num_samples, "samples": str(out.resolve()),
                        "protocol": protocol})
