@@ -240,3 +240,20 @@ def test_bench_as_the_readme_shows_it_runs_eager_on_a_cpu(tmp_path, capsys):
     assert points["cuda_graph"].tolist() == [False] and points["status"].tolist() == ["ok"]
     assert "eager" in (out / "throughput.md").read_text()
     assert json.loads((out / "provenance.json").read_text())["commit"] == git_commit()
+
+
+def test_a_plot_of_many_metrics_wraps_into_rows_readable_where_mlflow_shows_it(tmp_path):
+    """Panels wrap at PLOT_COLUMNS a row, so the PNG stays about 1200 px wide (MLflow's artifact view
+    and a README scale a wider one down until its text cannot be read)."""
+    from PIL import Image
+
+    from nar_bench.metrics.registry import plotted
+    from nar_bench.tracking.report import PLOT_COLUMNS
+
+    metrics = [spec.name for spec in plotted()]
+    assert len(metrics) > PLOT_COLUMNS  # the case that used to give one row of every panel
+    table = pd.DataFrame({"variant": ["a", "b"], "seed": [0, 0], "mlflow_run_id": ["r1", "r2"],
+                          **{name: [0.5, 0.25] for name in metrics}})
+    plot = write_report(table, [], tmp_path, {"command": "test", "commit": "abc", "device": "cpu"})["plot"]
+    width, height = Image.open(plot).size
+    assert width <= 1250 and height > 2 * 360  # 100 dpi, several rows of 3.6 in panels
