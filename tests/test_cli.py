@@ -1,4 +1,6 @@
 
+import re
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -23,6 +25,10 @@ def test_train_logs_loss_curve_params_and_sample_grid_to_mlflow(tmp_path, capsys
     assert {"samples.png", "summary.csv", "summary.md", "samples"} <= artifacts
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / "samples.png").stat().st_size > 0 and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    # the final grid (16 grid columns x 1 row, 4 x 4 grid: NAR's 7 steps) says what it does before and after
+    err = capsys.readouterr().err
+    assert "final sample grid: 16 images x 7 decoding steps ..." in err
+    assert re.search(r"final sample grid: 16 images x 7 decoding steps in \d+s", err)
 
     out = tmp_path / "again.png"
     ckpt = run_dir / "checkpoints" / "last.ckpt"

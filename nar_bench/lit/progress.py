@@ -54,6 +54,13 @@ def point_line(index: int, total: int, name: str, elapsed_s: float, done: int | 
     return f"point {index}/{total}: {name} (elapsed {duration(elapsed_s)}{eta})"
 
 
+def grid_lines(images: int, steps: int) -> tuple[str, str]:
+    """What a training prints around its final sample grid, which can take minutes on a large model:
+    (before: how many images of how many decoding steps, after: the same with ``{seconds}`` to fill)."""
+    what = f"final sample grid: {images} images x {steps} decoding steps"
+    return f"{what} ...", f"{what} in {{seconds}}"
+
+
 def run_folder_line(run_dir: str | Path, run_id: str | None) -> str:
     """The line that ends a training: where its checkpoints and samples are, and its MLflow run."""
     return f"run folder: {run_dir} (checkpoints/last.ckpt, samples.png); MLflow run {run_id or '-'}"

@@ -21,7 +21,7 @@ from nar_bench.evaluation import check_eval_inputs, evaluate
 from nar_bench.images import save_samples
 from nar_bench.lit.data import GeneratorDataModule
 from nar_bench.lit.module import GeneratorModule
-from nar_bench.lit.progress import run_folder_line
+from nar_bench.lit.progress import duration, grid_lines, run_folder_line
 from nar_bench.lit.trainer import check_generator_inputs, check_inputs, make_trainer, run_directory, uses_gpu
 from nar_bench.nn.transformer import count_parameters
 from nar_bench.tracking.lifecycle import run_end_status, sqlite_path
@@ -147,11 +147,14 @@ def finish_run(cfg: DictConfig, module: GeneratorModule, trainer: L.Trainer, log
     """Final sample grid (timed) and a one-row summary table, written and logged as artifacts."""
     if uses_gpu(cfg.trainer):  # Lightning's teardown hands the model back on the CPU
         module = module.cuda()
+    before, after = grid_lines(len(module.sample_grid_labels()), module.paradigm.num_steps)
+    print(before, file=sys.stderr, flush=True)
     start = time.perf_counter()
     images = module.sample_grid(cfg.seed)
     if module.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    print(after.format(seconds=duration(seconds)), file=sys.stderr, flush=True)
     metrics = trainer.callback_metrics
     if not metrics and logger.run_id is not None:  # resumed at its last step: nothing ran, the run has them
         metrics = logger.experiment.get_run(logger.run_id).data.metrics
