@@ -99,6 +99,7 @@ class ShardSampler(L.LightningModule):
     def on_predict_end(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
     def predict_step(self, batch: Tensor, batch_idx: int) -> None:
         for shard in batch.tolist():
@@ -164,7 +165,10 @@ def sample_to_store(trainer: L.Trainer, module: L.LightningModule, store: Sample
                                engine, dtype, items, progress)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        trainer.predict(sampler, DataLoader(items, batch_size=1), return_predictions=False)
+        try:
+            trainer.predict(sampler, DataLoader(items, batch_size=1), return_predictions=False)
+        finally:  # a failure's one line starts on its own line, not after the bar
+            sampler.on_predict_end()
     if trainer.world_size > 1:
         trainer.strategy.barrier("shards written")
     if not trainer.is_global_zero:
