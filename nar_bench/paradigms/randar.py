@@ -38,6 +38,7 @@ decode path (``compiled_decoding`` False) either.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -105,7 +106,8 @@ def parallel_view_mask(counts: list[int], cls_token_num: int) -> Tensor:
     interleaved part (what the KV cache holds); readout r_t (query t as its step reads it) sees the
     condition, every q/x of earlier steps and the readouts of its own step up to itself."""
     n, c = sum(counts), cls_token_num
-    start = torch.repeat_interleave(torch.tensor([0, *counts[:-1]]).cumsum(0), torch.tensor(counts))  # (N,)
+    firsts = itertools.accumulate(counts[:-1], initial=0)
+    start = torch.tensor([first for first, count in zip(firsts, counts, strict=True) for _ in range(count)])
     mask = torch.zeros(c + 3 * n, c + 3 * n, dtype=torch.bool)
     mask[: c + 2 * n, : c + 2 * n] = visibility_mask(torch.arange(2 * n), c)
     t = torch.arange(n)
@@ -159,7 +161,7 @@ class RandAR(SequenceParadigm):
     fixed_schedule = False  # the released order is a fresh random permutation per sample and call
     compiled_decoding = False  # causal chunks over re-fed cache rows: no fused step (module docstring)
     compile_decoding = Paradigm.compile_decoding
-    tiny_overrides = ("model.options.steps=6",)  # 4 x 4 grid: 1, 1, 2, 3, 4, 5 tokens
+    tiny_overrides = ("model.options.steps=6",)  # 4 x 4 grid: 1, 2, 2, 3, 4, 4 tokens
 
     def __init__(self, model: TransformerConfig, codes: CodeSpace, options: RandAROptions | None = None):
         opts = options if options is not None else self.Options()
@@ -168,7 +170,7 @@ class RandAR(SequenceParadigm):
         counts = randar_step_counts(codes.num_tokens, opts.steps)  # fails before the backbone is built
         super().__init__(model, codes, opts)
         self.counts = counts
-        self.starts = [0, *torch.tensor(counts).cumsum(0).tolist()]  # decode-order index of each step's first token
+        self.starts = list(itertools.accumulate(counts, initial=0))  # decode index of each step's first token
         self.pos_instruct_embeddings = nn.Parameter(torch.randn(1, model.dim) * 0.02)  # official init
         self.register_buffer("parallel_mask", parallel_view_mask(counts, model.cls_token_num), persistent=False)
         self._orders: Tensor | None = None  # (B, N) decode order of the latest generate
