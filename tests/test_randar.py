@@ -293,3 +293,13 @@ def test_built_from_the_tiny_config_and_trains_in_the_lightning_module():
     tokens, labels = torch.randint(0, module.tokenizer.vocab_size, (4, 16)), torch.arange(4)
     module.paradigm.loss(tokens, labels).backward()
     assert all(p.grad is not None for p in module.paradigm.parameters())
+
+
+def test_a_randar_file_loaded_as_raster_ar_is_named_as_randar():
+    from nar_bench.paradigms.raster_ar import RasterAR
+
+    state = random_official_state(tiny((4, 4)), seed=2)
+    ar = RasterAR(*on_grid(tiny((4, 4)).model_cfg, (4, 4)))
+    with pytest.raises(NarBenchError, match=r"unexpected keys \(1\): pos_instruct_embeddings.*"
+                                            r"looks like a RandAR GPT .*use model\.paradigm=randar"):
+        load_official(ar, state)
