@@ -6,8 +6,9 @@ Tiny models, CPU, fp32.
 Official code read (ziqipang/RandAR, via its forks in the reference index): ``RandAR/model/randar_gpt.py``
 (``RandARTransformer.forward_train``, ``get_position_instruction_tokens``, ``generate``,
 ``batch_apply_rotary_emb``), ``RandAR/model/utils.py`` (``calculate_num_query_tokens_for_parallel_decoding``,
-``interleave_tokens``) and ``RandAR/model/llamagen_gpt.py`` (``precompute_freqs_cis_2d``, RMSNorm,
-FeedForward, LabelEmbedder)."""
+``interleave_tokens``); the LlamaGen pieces ``randar_gpt.py`` imports from its ``llamagen_gpt.py``
+(``precompute_freqs_cis_2d``, RMSNorm, FeedForward, LabelEmbedder) as LlamaGen's ``gpt.py`` copies in the
+index state them."""
 
 from __future__ import annotations
 

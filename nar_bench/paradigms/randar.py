@@ -24,8 +24,9 @@ goes. Read from the official ``RandAR/model/randar_gpt.py`` (``RandARTransformer
   see the tokens sampled in its own step (``parallel_logits`` is that view as one teacher-forced
   forward, the decoding contract's reference).
 - CFG: ``RandARTransformer.generate`` guides every step with scale ``start + (end - start) * a / N``
-  (a = tokens decoded before the step), from ``cfg_scales=(start, end)``; the released sampling
-  scripts pass ``--cfg-scales 1.0,<scale>``: a ramp from no guidance to the scale. ``cfg_ramp=True``
+  (a = tokens decoded before the step), from ``cfg_scales=(start, end)``; the sampling scripts seen
+  (``sample_c2i.py`` runs in RandAR forks) pass ``--cfg-scales 1.0,<scale>``: a ramp from no guidance
+  to the scale. ``cfg_ramp=True``
   is that (end = ``eval.sampling.cfg_scale``), False a constant scale (start = end). Its sampler has
   no cfg_interval.
 
