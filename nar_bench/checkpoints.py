@@ -306,6 +306,8 @@ def describe_checkpoint(state: Mapping[str, Tensor]) -> str:
     elif PAR_TRANSITION_KEY in state:
         kind = (f"a PAR GPT ({state[PAR_TRANSITION_KEY].shape[0] + 1} regions: use model.paradigm=par "
                 f"model.options.regions={state[PAR_TRANSITION_KEY].shape[0] + 1})")
+    elif "pos_instruct_embeddings" in state:
+        kind = "a RandAR GPT (position instruction embedding: use model.paradigm=randar)"
     else:
         kind = "a LlamaGen GPT (no vertical head)"
     size = size_name(dim, n_layers)
