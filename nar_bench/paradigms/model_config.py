@@ -53,8 +53,8 @@ def paradigm_options(model: DictConfig) -> Any:
             owners = [name for name in owners if _accepts(PARADIGMS[name].Options, key, value)] or owners
             raise NarBenchError(
                 f"model.options.{key}={value} is an option of paradigm {' / '.join(owners)}, not of "
-                f"'{model.paradigm}' (its options: {valid}); set model.paradigm={owners[0]} to decode with it, "
-                f"or drop model.options.{key}") from None
+                f"'{model.paradigm}': set model.paradigm={owners[0]} to use it, or drop model.options.{key}; "
+                f"valid options: {valid}") from None
         raise NarBenchError(
             f"bad key 'model.options.{key}' for paradigm '{model.paradigm}': "
             f"{str(err).splitlines()[0]}; valid options: {valid}"
