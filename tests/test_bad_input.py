@@ -117,6 +117,27 @@ def test_a_bad_override(tmp_path, capsys, override, message):
     assert_refused(capsys, tmp_path, ["train", DEMO, *TINY, *tracking_overrides(tmp_path), override], message)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["model.paradigm=ar", "model.options.order=spiral"],
+     r"model.options.order='spiral' is not an order of paradigm 'ar'; choose one of: raster, zipar$"),
+    (["model.paradigm=maskgit", "model.options.order=random"],
+     r"model.options.order='random' is not an order of paradigm 'maskgit'; choose one of: confidence, halton$"),
+    (["model.paradigm=ar", "model.options.order=zipar", "model.options.zipar_window=5"],
+     r"model.options.zipar_window=5 cannot be realised on rows of 4 tokens: it must be between 1 and 4"),
+    (["model.paradigm=ar", "model.options.order=zipar", "model.options.zipar_window=0"],
+     r"model.options.zipar_window=0 cannot be realised"),
+    (["model.paradigm=nar", "model.options.order=zipar"],
+     r"model.options.order=zipar is an option of paradigm ar, not of 'nar': set model.paradigm=ar"),
+    (["model.paradigm=maskgit", "model.options.zipar_window=2"],
+     r"model.options.zipar_window=2 is an option of paradigm ar, not of 'maskgit'"),
+    (["model.paradigm=nar", "model.options.order=halton"], r"set model.paradigm=maskgit"),
+])
+def test_a_decoding_order_that_cannot_be_used(tmp_path, capsys, overrides, message):
+    """Issue #31: an order name that does not exist lists the valid ones, a ZipAR window the grid's rows
+    cannot realise names the range, an order option on a paradigm without it names the paradigm that has it."""
+    assert_refused(capsys, tmp_path, ["train", DEMO, *TINY, *tracking_overrides(tmp_path), *overrides], message)
+
+
 # --- sweeps: every point is checked before the first one trains ---------------------------------------
 @pytest.mark.parametrize("yaml_text, overrides, message", [
     ("sweep:\n  variants:\n    - {name: a, overrides: [model.paradigm=ar]}\n"

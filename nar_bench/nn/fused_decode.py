@@ -106,10 +106,11 @@ def per_row_freqs(freqs: Tensor, b: int, n: int) -> Tensor:
 
 
 def sdpa_decode_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, start: int,
-                          n: int, freqs: Tensor | None = None) -> Tensor:
+                          n: int, freqs: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
     """Reference path: q, k, v (B*n, H, D) -> (B*n, H*D); rotates q and k by ``freqs`` (n, D/2, 2) or
     (B, n, D/2, 2) when given (``rope_rows``), writes k/v into the caches (B, H, S, D) at
-    [start, start + n) and attends over [0, start + n) with SDPA."""
+    [start, start + n) and attends over [0, start + n) with SDPA, under ``mask`` (n, start + n) bool
+    (True = may attend) when given."""
     b, end = q.shape[0] // n, start + n
     q, k, v = (t.to(k_cache.dtype) for t in (q, k, v))
     if freqs is not None:
@@ -118,7 +119,7 @@ def sdpa_decode_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_ca
     q, k, v = (t.view(b, n, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
     k_cache[:, :, start:end] = k
     v_cache[:, :, start:end] = v
-    out = F.scaled_dot_product_attention(q, k_cache[:, :, :end], v_cache[:, :, :end])
+    out = F.scaled_dot_product_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask)
     return out.transpose(1, 2).reshape(b * n, -1)
 
 
@@ -242,14 +243,19 @@ def triton_decode_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, start: int, n: int,
-                     backend: str = "auto", freqs: Tensor | None = None) -> Tensor:
+                     backend: str = "auto", freqs: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
     """RoPE on q and k (with ``freqs``) + cache write + attention over the filled prefix; returns the
     cache dtype. ``backend``: "triton" (CUDA), "sdpa", or
     "auto": Triton when available on the tensors' device and the head dim is a power of two.
 
     Also for one token per step (raster AR): SDPA picks cuDNN there, which reads the cache a little
     faster at large batches but builds a plan for every new (rows, prefix length) shape, hundreds
-    of them per batch size for AR's 256 steps, which dominated a sweep's setup."""
+    of them per batch size for AR's 256 steps, which dominated a sweep's setup.
+
+    ``mask`` (n, start + n) bool, a step that may not see the whole prefix (ZipAR): always SDPA, as the
+    Triton kernel reads the prefix unmasked."""
+    if mask is not None:
+        return sdpa_decode_attention(q, k, v, k_cache, v_cache, start, n, freqs, mask)
     if backend == "auto":
         d = q.shape[-1]
         fits = triton is not None and q.is_cuda and d >= 16 and d & (d - 1) == 0
@@ -271,15 +277,17 @@ class FusedDecode:
         self.attention_inputs = torch.compile(attention_inputs) if compile else attention_inputs
         self.block_outputs = torch.compile(block_outputs) if compile else block_outputs
 
-    def __call__(self, block: nn.Module, x: Tensor, freqs: Tensor, cache_start: int) -> Tensor:
-        """x (B, n, dim), freqs (n, D/2, 2) or (B, n, D/2, 2) -> the block's output (B, n, dim)."""
+    def __call__(self, block: nn.Module, x: Tensor, freqs: Tensor, cache_start: int,
+                 mask: Tensor | None = None) -> Tensor:
+        """x (B, n, dim), freqs (n, D/2, 2) or (B, n, D/2, 2) -> the block's output (B, n, dim);
+        ``mask`` (n, cache_start + n) bool: what each fed row may attend to (None: the whole prefix)."""
         b, n, dim = x.shape
         rows = x.reshape(b * n, dim)
         if self.compile:  # only the row count varies
             mark_varying((rows, 0))
         q, k, v = self.attention_projections(block, rows)
         cache = block.attention.kv_cache
-        out = decode_attention(q, k, v, cache.k, cache.v, cache_start, n, self.attention, freqs).to(x.dtype)
+        out = decode_attention(q, k, v, cache.k, cache.v, cache_start, n, self.attention, freqs, mask).to(x.dtype)
         if self.compile:
             mark_varying((out, 0))
         return self.block_outputs(block, rows, out, stacked_w13(block)).view(b, n, dim)

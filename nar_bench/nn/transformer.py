@@ -216,12 +216,13 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, freqs: Tensor | None, mask: Tensor | None = None,
                 cache_start: int | None = None) -> Tensor:
-        # the fused step rotates with RoPE and treats the fed rows as one step; absolute-position
-        # models, masked forwards and the causal multi-token prefill (cache_start 0) take the eager path
+        # the fused step rotates with RoPE and treats the fed rows as one step (under ``mask``, if a
+        # cached step has one: ZipAR); absolute-position models, uncached masked forwards and the
+        # causal multi-token prefill (cache_start 0) take the eager path
         fusable = freqs is not None and cache_start is not None and (cache_start > 0 or x.shape[1] == 1)
         if self.fused_decode is not None and not self.training and freqs is not None:
             if fusable:
-                return self.fused_decode(self, x, freqs, cache_start)
+                return self.fused_decode(self, x, freqs, cache_start, mask)
             if cache_start is None and mask is None:  # bidirectional whole sequence (MaskGIT decoding)
                 return self.fused_decode.whole_sequence(self, x, freqs)
         h = x + self.attention(self.attention_norm(x), freqs, mask, cache_start)

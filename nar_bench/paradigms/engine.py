@@ -22,8 +22,9 @@ class SequenceParadigm(Paradigm):
     """Paradigm on the shared LLaMA backbone whose decoding feeds one group of tokens per step.
 
     The training sequence is [condition, tokens in raster order] under ``train_mask``. Decoding
-    fills a static KV cache in schedule order, so each step attends to the filled prefix without a
-    mask. Subclasses define the schedule, the mask, ``forward`` and ``step_logits`` (how hidden
+    fills a static KV cache in schedule order (``step_feeds``), so each step attends to the filled
+    prefix without a mask (ZipAR, whose steps may not see all of it, passes a per-step mask in
+    ``feed``). Subclasses define the schedule, the mask, ``forward`` and ``step_logits`` (how hidden
     states become logits for their targets).
     """
 
@@ -89,6 +90,19 @@ class SequenceParadigm(Paradigm):
         enable_fused_decode(self, compile=True, attention=attention)
         return True
 
+    def step_feeds(self) -> list[tuple[Tensor, Tensor]]:
+        """Per decoding step but the last, what is fed after it: (sources, slots), each (m,): the raster
+        indices whose decoded tokens are fed, and the raster positions (rotary rows) they are fed at.
+        By default the step's own tokens at their own positions (``schedule()``); ZipAR also feeds a
+        copy of an earlier token at another slot (``paradigms.zipar``)."""
+        return [(idx, idx) for idx in self.schedule()[:-1]]
+
+    def cache_length(self) -> int:
+        """KV-cache rows a generation fills: the condition plus every input ``step_feeds`` plans, and at
+        least cls + N (the room ``decode_inputs`` may use for extra inputs, PAR's transition tokens)."""
+        planned = sum(len(src) for src, _ in self.step_feeds())
+        return self.model_cfg.cls_token_num + max(self.num_tokens, planned)
+
     def device_schedule(self, device: torch.device) -> list[Tensor]:
         """The schedule's index tensors on ``device``, copied once: the decode loop then does no
         host-to-device copies (required to capture it in a CUDA graph)."""
@@ -98,12 +112,21 @@ class SequenceParadigm(Paradigm):
             self._device_schedule = cached
         return cached
 
+    def device_feeds(self, device: torch.device) -> list[tuple[Tensor, Tensor]]:
+        """``step_feeds`` on ``device``, copied once (as ``device_schedule``)."""
+        cached = getattr(self, "_device_feeds", None)
+        if cached is None or (cached and cached[0][0].device != device):
+            cached = [(src.to(device), slots.to(device)) for src, slots in self.step_feeds()]
+            self._device_feeds = cached
+        return cached
+
     @torch.inference_mode()
     def generate(self, labels: Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
         with eval_mode(self):
             cls_n, steps = self.model_cfg.cls_token_num, self.device_schedule(labels.device)
+            feeds = self.device_feeds(labels.device)
             cond = with_null_class(labels, self.model_cfg.num_classes) if sampling.uses_cfg else labels
-            setup_kv_caches(self, cond.shape[0], cls_n + self.num_tokens, self.cache_dtype())
+            setup_kv_caches(self, cond.shape[0], self.cache_length(), self.cache_dtype())
 
             fed = self.feed(*self.prefill_inputs(cond), cache_start=0)
             out = labels.new_empty(labels.shape[0], self.num_tokens)
@@ -113,8 +136,9 @@ class SequenceParadigm(Paradigm):
                 new = sample_step(self.step_logits(s, fed), sampling, guided[s], generator)
                 out[:, idx] = new
                 if s + 1 < len(steps):
-                    fed_tokens = new.repeat(2, 1) if sampling.uses_cfg else new
-                    x, rope = self.decode_inputs(s, fed_tokens, idx)
+                    src, slots = feeds[s]
+                    fed_tokens = out[:, src].repeat(2, 1) if sampling.uses_cfg else out[:, src]
+                    x, rope = self.decode_inputs(s, fed_tokens, slots)
                     fed = self.feed(x, rope, cache_start=pos)
                     pos += x.shape[1]
         return out.view(labels.shape[0], *self.grid)

@@ -24,6 +24,20 @@ masked again. Every step commits at least one
 token and the last commits all that remain (``masked_counts``). The head runs on the masked
 positions only, as only their logits are used.
 
+Halton order (``Options.order="halton"``; Besnier et al., "Halton Scheduler for Masked Generative Image
+Transformer", ICLR 2025; read from valeoai/Maskgit-pytorch ``Sampler/halton_sampler.py``): the positions a
+step commits are the next ones of a fixed 2D Halton sequence over the grid instead of the most confident
+ones. Matched: the sequence (``halton_order``: radical inverses from index 1, base 2 for the row and base 3
+for the column, float32 points times the side floored, each cell at its first occurrence: the official
+``build_halton_mask``), one order shared by every sample (the official default ``randomize=False``) and the
+values sampled from the model at the committed positions (no confidence and no Gumbel noise:
+``choice_temperature`` plays no part). Not matched, so that the order is the one swept axis: how many cells
+a step commits is MaskGIT's mask schedule above (the official sampler unmasks the first
+max(s+1, floor(N (1 - arccos((s+1)/T) / (pi/2)))) points by step s), token values follow the shared
+sampling (the official one multiplies logits by a linearly interpolated softmax temperature and guides as
+(1+w) c - w u), each token is committed once (the official loop re-samples every already unmasked cell at
+every step), and the sequence runs until every cell appears (the official one stops at 10,000 points).
+
 Contract for a data-dependent order: *how many* tokens each step commits is fixed (``step_counts``,
 ``num_steps`` = ``Options.steps``, so step counts and the throughput sweep need no special case);
 *which* tokens is decided while decoding, so there is no fixed list of raster indices and
@@ -57,6 +71,7 @@ from nar_bench.registry import PARADIGMS
 from nar_bench.tokenizers.base import CodeSpace
 
 SCHEDULES = ("cosine", "linear")
+ORDERS = ("confidence", "halton")
 
 
 @dataclass
@@ -66,8 +81,13 @@ class MaskGITOptions:
     # scale of the Gumbel noise on the confidence before annealing: step s gets it times (1 - (s+1)/T),
     # so step 0 already has 4.5 (1 - 1/T) (3.94 at T = 8) and the last step none, as MaskGIT's sampler
     choice_temperature: float = 4.5
+    # which masked positions a step commits: confidence (MaskGIT) | halton (a fixed 2D Halton order)
+    order: str = "confidence"
 
     def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise NarBenchError(f"model.options.order='{self.order}' is not an order of paradigm 'maskgit'; "
+                                f"choose one of: {', '.join(ORDERS)}")
         if self.schedule not in SCHEDULES:
             raise NarBenchError(f"model.options.schedule='{self.schedule}' is not valid; "
                                 f"choose one of: {', '.join(SCHEDULES)}")
@@ -100,6 +120,40 @@ def masked_counts(num_tokens: int, steps: int, schedule: str) -> list[int]:
         remaining = max(steps - 1 - s, min(remaining - 1, target))
         counts.append(remaining)
     return counts
+
+
+def halton_points(count: int, base: int) -> list[float]:
+    """The first ``count`` points of the Halton (radical-inverse) sequence in ``base``, from index 1:
+    1/2, 1/4, 3/4, 1/8, .. in base 2; 1/3, 2/3, 1/9, 4/9, .. in base 3."""
+    points = []
+    for i in range(1, count + 1):
+        value, scale = 0, 1
+        while i:
+            i, digit = divmod(i, base)
+            scale *= base
+            value = value * base + digit
+        points.append(value / scale)
+    return points
+
+
+def halton_order(grid: tuple[int, ...]) -> Tensor:
+    """(N,) raster indices of an H x W grid in 2D Halton order: point i is (floor(H x_i), floor(W y_i)),
+    x in base 2 (row), y in base 3 (column), each cell at its first occurrence; as the official
+    ``HaltonSampler.build_halton_mask`` (float32 points times the side, floored; duplicates dropped in
+    order), except that the sequence runs until every cell appears (the official one stops at 10,000
+    points)."""
+    if len(grid) != 2:
+        raise NarBenchError(f"model.options.order=halton orders a 2D grid; got grid {tuple(grid)}; "
+                            "use model.options.order=confidence")
+    h, w = grid
+    order: dict[int, None] = {}
+    count = 0
+    while len(order) < h * w:
+        count = max(4 * h * w, 2 * count)
+        rows = torch.floor(torch.tensor(halton_points(count, 2), dtype=torch.float32) * h).long()
+        cols = torch.floor(torch.tensor(halton_points(count, 3), dtype=torch.float32) * w).long()
+        order = dict.fromkeys((rows * w + cols).tolist())
+    return torch.tensor(list(order))
 
 
 def gumbel_noise(like: Tensor, generator: torch.Generator | RowNoise | None = None) -> Tensor:
@@ -138,10 +192,12 @@ class MaskGIT(Paradigm):
         super().__init__(model, codes, options)
         opt = self.options
         self.masked_after = masked_counts(self.num_tokens, opt.steps, opt.schedule)  # fails before building
+        order = halton_order(self.grid) if opt.order == "halton" else None
         self.backbone = Transformer(model)
         self.mask_embedding = nn.Parameter(torch.randn(model.dim) * 0.02)  # LlamaGen's init std
         rope = condition_rope(rope_table(grid_coords(self.grid), model.head_dim, model.rope_base), model.cls_token_num)
         self.register_buffer("rope", rope, persistent=False)  # (cls + N, head_dim/2, 2), raster order
+        self.register_buffer("halton", order, persistent=False)  # (N,) raster indices, or None
         self._token_steps: Tensor | None = None  # (B, N) recorded by the latest generate
 
     # --- schedule -------------------------------------------------------------------------------
@@ -251,17 +307,21 @@ class MaskGIT(Paradigm):
         cond = with_null_class(labels, self.model_cfg.num_classes) if sampling.uses_cfg else labels
         tokens = labels.new_zeros(b, n)  # committed codes; a placeholder 0 where still masked
         masked = torch.ones(b, n, dtype=torch.bool, device=device)
-        pending = torch.arange(n, device=device).expand(b, n)  # (B, m) raster indices still masked
+        # (B, m) raster indices still masked; under the Halton order in that order, so a step commits its first ones
+        pending = (torch.arange(n, device=device) if self.halton is None else self.halton).expand(b, n)
         token_steps = labels.new_full((b, n), -1)
         guided = self.guided_steps(sampling)
         for s, (keep, temperature) in enumerate(zip(self.step_counts(), self.choice_temperatures(), strict=True)):
             state = DecodeState(tokens, masked, cond, pending)
             logits = guided_logits(self.step_logits(s, state), sampling, guided[s])  # (B, m, V)
             ids = sample(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)  # (B, m)
-            confidence = sampled_log_prob(logits, ids)
-            if temperature > 0:
-                confidence = confidence + temperature * gumbel_noise(confidence, generator)
-            order = confidence.argsort(dim=1, descending=True)
+            if self.halton is None:
+                confidence = sampled_log_prob(logits, ids)
+                if temperature > 0:
+                    confidence = confidence + temperature * gumbel_noise(confidence, generator)
+                order = confidence.argsort(dim=1, descending=True)
+            else:
+                order = torch.arange(pending.shape[1], device=device).expand(b, -1)
             chosen, positions = order[:, :keep], pending.gather(1, order[:, :keep])
             tokens.scatter_(1, positions, ids.gather(1, chosen))
             masked.scatter_(1, positions, False)

@@ -44,12 +44,31 @@ def paradigm_options(model: DictConfig) -> Any:
     try:
         merged = OmegaConf.merge(schema, model.options)
     except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "")
         valid = ", ".join(f.name for f in fields(options_cls)) or "(none)"
+        owners = [name for name, cls in sorted(PARADIGMS.items())
+                  if cls.Options is not options_cls and key in {f.name for f in fields(cls.Options)}]
+        if owners and key not in {f.name for f in fields(options_cls)}:
+            value = OmegaConf.select(model, f"options.{key}")
+            owners = [name for name in owners if _accepts(PARADIGMS[name].Options, key, value)] or owners
+            raise NarBenchError(
+                f"model.options.{key}={value} is an option of paradigm {' / '.join(owners)}, not of "
+                f"'{model.paradigm}': set model.paradigm={owners[0]} to use it, or drop model.options.{key}; "
+                f"valid options: {valid}") from None
         raise NarBenchError(
-            f"bad key 'model.options.{getattr(err, 'full_key', '')}' for paradigm '{model.paradigm}': "
+            f"bad key 'model.options.{key}' for paradigm '{model.paradigm}': "
             f"{str(err).splitlines()[0]}; valid options: {valid}"
         ) from None
     return OmegaConf.to_object(merged)
+
+
+def _accepts(options_cls: type, key: str, value: Any) -> bool:
+    """Whether ``options_cls`` takes ``key=value`` (ZipAR's order=zipar: the ar paradigm's, not maskgit's)."""
+    try:
+        options_cls(**{key: value})
+    except (NarBenchError, TypeError, ValueError):
+        return False
+    return True
 
 
 def check_model(model: DictConfig) -> None:
