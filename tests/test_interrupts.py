@@ -11,6 +11,7 @@ import subprocess
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -122,7 +123,14 @@ def test_evaluate_interrupted_mid_shard_ends_killed_with_nothing_half_written(
     signalled(argv, AT_SECOND_SHARD, signal.SIGTERM)
     assert statuses(tmp_path) == {"tiny": "KILLED"}
     folder = tmp_path / "runs" / "tiny"
-    assert sorted(p.name for p in folder.rglob("*.npz")) == ["shard_00000.npz"] and not (folder / "eval.json").exists()
+    # the signal arrives while shard 1 is written on the writer thread: that write is finished (it is
+    # atomic), then the run stops: two whole shards, no partial file, no samples.npz, no eval.json
+    shards = sorted(folder.rglob("*.npz"))
+    assert [p.name for p in shards] == ["shard_00000.npz", "shard_00001.npz"] and not (folder / "eval.json").exists()
+    for k, path in enumerate(shards):
+        with np.load(path) as npz:
+            assert npz["index"].tolist() == list(range(8 * k, 8 * k + 8)) and npz["arr_0"].shape[0] == 8
+    assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_bench_interrupted_ends_its_parent_killed(tmp_path):

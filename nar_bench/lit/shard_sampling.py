@@ -12,8 +12,10 @@ kernel sees the same shapes whichever rank generates a shard.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -62,6 +64,9 @@ class ShardSampler(L.LightningModule):
         self.items, self.progress = items, progress
         self.generation: GenerationEngine | None = None
         self.write_s, self.done = 0.0, 0
+        # one shard is written (zip CRC, disk) on a thread while the GPU makes the next
+        self.writer: ThreadPoolExecutor | None = None
+        self.writing: Future | None = None
         self.bar: tqdm | None = None
         self.start = 0.0
 
@@ -97,20 +102,41 @@ class ShardSampler(L.LightningModule):
                         disable=not self.trainer.is_global_zero, dynamic_ncols=True)
 
     def on_predict_end(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        """Waits for the last shard's write (raising its error), then closes the bar; also called
+        when predict fails, where the write in flight is waited for and its error dropped."""
+        try:
+            self.wait_for_write()
+        finally:
+            if self.writer is not None:
+                self.writer.shutdown(wait=True)
+                self.writer = None
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    def wait_for_write(self) -> None:
+        """Blocks until the shard in flight is written; the time blocked counts as ``write_s`` (the
+        writing that generation did not hide)."""
+        if self.writing is not None:
+            clock = time.perf_counter()
+            writing, self.writing = self.writing, None
+            writing.result()
+            self.write_s += time.perf_counter() - clock
+
+    def write(self, shard: int, images: np.ndarray, labels: np.ndarray) -> None:
+        self.store.write_shard(shard, images, labels)
+        if self.png_dir is not None and images.ndim == 4:
+            write_pngs(images, labels, self.png_dir, start=self.store.indices(shard).start)
 
     def predict_step(self, batch: Tensor, batch_idx: int) -> None:
         for shard in batch.tolist():
             if shard < 0:  # padding: a rank with no shard of its own
                 continue
             images, labels = self.shard_images(shard)
-            clock = time.perf_counter()
-            self.store.write_shard(shard, images, labels)
-            if self.png_dir is not None and images.ndim == 4:
-                write_pngs(images, labels, self.png_dir, start=self.store.indices(shard).start)
-            self.write_s += time.perf_counter() - clock
+            self.wait_for_write()
+            if self.writer is None:
+                self.writer = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
+            self.writing = self.writer.submit(self.write, shard, images, labels)
             self.done += len(labels)
             if self.bar is not None:
                 self.bar.update(len(labels))
@@ -167,8 +193,10 @@ def sample_to_store(trainer: L.Trainer, module: L.LightningModule, store: Sample
             torch.cuda.reset_peak_memory_stats()
         try:
             trainer.predict(sampler, DataLoader(items, batch_size=1), return_predictions=False)
-        finally:  # a failure's one line starts on its own line, not after the bar
-            sampler.on_predict_end()
+        except BaseException:  # the shard in flight is finished, and the one error line starts on its own line
+            with contextlib.suppress(Exception):
+                sampler.on_predict_end()
+            raise
     if trainer.world_size > 1:
         trainer.strategy.barrier("shards written")
     if not trainer.is_global_zero:

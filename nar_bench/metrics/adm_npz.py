@@ -90,7 +90,7 @@ def write_npz(path: str | Path, arrays: Mapping[str, np.ndarray] | Callable[[], 
                     chunk = check_samples(np.asarray(chunk))
                     if chunk.shape[1:] != tuple(image_shape):
                         raise NarBenchError(f"image chunk of shape {chunk.shape[1:]} in a file of {image_shape} images")
-                    f.write(np.ascontiguousarray(chunk).tobytes())
+                    f.write(np.ascontiguousarray(chunk).data)  # the array's buffer, not a copy of it
                     written += len(chunk)
             if written != num_images:
                 raise NarBenchError(f"wrote {written} images into a file declared to hold {num_images}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -108,11 +109,19 @@ class SampleStore:
         index = np.asarray(self.indices(shard), dtype=np.int64)
         return write_npz(self.shard_path(shard), {IMAGES_KEY: images, LABELS_KEY: np.asarray(labels), "index": index})
 
-    def _load(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
+    def _load(self, shard: int, images: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+        """(images, or None without ``images``: only the small arrays are read; labels) of a shard."""
         with np.load(self.shard_path(shard)) as npz:
             if not np.array_equal(npz["index"], np.asarray(self.indices(shard))):
                 raise NarBenchError(f"{self.shard_path(shard)} holds other sample indices than shard {shard}")
-            return npz[IMAGES_KEY], npz[LABELS_KEY]
+            return npz[IMAGES_KEY] if images else None, npz[LABELS_KEY]
+
+    def image_shape(self) -> tuple[int, ...]:
+        """(H, W, 3) or (T, H, W, 3) of the stored samples, from shard 0's .npy header."""
+        with zipfile.ZipFile(self.shard_path(0)) as zf, zf.open(f"{IMAGES_KEY}.npy") as f:
+            fmt = np.lib.format
+            read_header = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
+            return tuple(read_header(f)[0][1:])
 
     def assemble(self, keep_shards: bool = False) -> Path:
         """Streams every shard into ``out`` (arr_0 images, arr_1 labels), atomically, and writes its
@@ -121,10 +130,9 @@ class SampleStore:
         if missing:
             more = "..." if len(missing) > 5 else ""
             raise NarBenchError(f"cannot assemble '{self.out}': shards {missing[:5]}{more} are not written yet")
-        first, _ = self._load(0)
-        labels = np.concatenate([self._load(k)[1] for k in range(self.num_shards)])
+        labels = np.concatenate([self._load(k, images=False)[1] for k in range(self.num_shards)])
         write_npz(self.out, {LABELS_KEY: labels}, images=(self._load(k)[0] for k in range(self.num_shards)),
-                  num_images=self.num_samples, image_shape=first.shape[1:])
+                  num_images=self.num_samples, image_shape=self.image_shape())
         with atomic_path(self.settings_path) as tmp:  # after the file: settings beside it mean it is complete
             tmp.write_text(json.dumps(self.settings, indent=1, sort_keys=True))
         if not keep_shards:
