@@ -120,11 +120,16 @@ def lpd_group_sizes(num_tokens: int, steps: int) -> list[int]:
     return table[steps]
 
 
+def step_of_index(counts: list[int]) -> Tensor:
+    """(N,) step of each decode index (built from Python ints: works on the meta device too)."""
+    return torch.tensor([s for s, count in enumerate(counts) for _ in range(count)], dtype=torch.long)
+
+
 def group_mask(counts: list[int]) -> Tensor:
     """(S, S) bool training mask, S = 1 + (N - counts[-1]) + N, over ``[class, context tokens, queries]``
     (``models/mask.py``): context sees its own and earlier groups, a query group the class, the tokens
     of earlier groups and itself."""
-    step = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))  # group of each decode index
+    step = step_of_index(counts)
     context = torch.cat([torch.zeros(1, dtype=torch.long), step[: -counts[-1]] + 1])  # class: 0, group k: k + 1
     queries = step
     ctx_rows = context[None, :] <= context[:, None]
@@ -187,7 +192,7 @@ class LPD(Paradigm):
         self.head = nn.Linear(dim, model.vocab_size, bias=False)
         self.reset_parameters()
         self.register_buffer("mask", group_mask(counts), persistent=False)
-        blocks = torch.repeat_interleave(torch.arange(len(counts) + 1), torch.tensor([1, *counts]))
+        blocks = torch.cat([torch.zeros(1, dtype=torch.long), step_of_index(counts) + 1])
         self.register_buffer("cache_blocks", blocks, persistent=False)  # block of each KV-cache row
         self._train_masks: dict[tuple[int, ...], Tensor] = {}
         self._orders: Tensor | None = None  # (B, N) decode order of the latest generate

@@ -113,7 +113,7 @@ def locality_orders(grid: tuple[int, int], counts: list[int], noise: Tensor, rep
     order[:, 0], decoded[batch, first] = first, True
     done = counts[0]
     for s, size in enumerate(counts[1:], start=1):
-        score = proximity_scores(decoded.view(b, h, w)).view(b, n)
+        score = proximity_scores(decoded.view(b, h, w)).view(b, n).masked_fill(decoded, -1.0)  # decoded: last
         by_noise = noise[:, s].argsort(1)
         rank_to_cell = by_noise.gather(1, (-score.gather(1, by_noise)).argsort(dim=1, stable=True))
         rank = rank_to_cell.argsort(1)  # (B, N) rank of each cell
@@ -121,6 +121,7 @@ def locality_orders(grid: tuple[int, int], counts: list[int], noise: Tensor, rep
         taken = torch.zeros(b, size, dtype=torch.long, device=device)  # this step's cells, in the order taken
         count = torch.zeros(b, dtype=torch.long, device=device)
         blocked = torch.zeros(b, n, dtype=torch.bool, device=device)  # within ``repulsion`` of a taken cell
+        chosen = torch.zeros(b, n, dtype=torch.bool, device=device)
         for k in range(int(near.sum(1).max())):  # 1. proximity-based selection
             cell = rank_to_cell[:, k]
             take = near[batch, cell] & ~blocked[batch, cell] & (count < size)
@@ -129,10 +130,9 @@ def locality_orders(grid: tuple[int, int], counts: list[int], noise: Tensor, rep
                     break
                 continue
             taken[batch[take], count[take]] = cell[take]
+            chosen[batch[take], cell[take]] = True
             blocked[take] |= chebyshev[cell[take]] <= repulsion
             count += take.long()
-        chosen = torch.zeros(b, n, dtype=torch.bool, device=device)
-        chosen.scatter_(1, taken, count[:, None] > torch.arange(size, device=device)[None])
         rest = ~decoded & ~chosen  # 2. low-dependency selection
         rest_rank = rank + n * near.long()  # the skipped near cells after the far ones
         few = rest.sum(1) <= size - count
