@@ -365,3 +365,15 @@ def test_module_names_match_the_official_blocks():
     block = model.blocks[0]
     assert isinstance(block.norm1, nn.LayerNorm) and block.norm1.eps == 1e-6 and block.attn.qkv.bias is not None
     assert model.head.bias is None and block.mlp.fc1.out_features == 4 * 32
+
+
+def test_an_lpd_file_is_named_as_lpd_when_it_does_not_fit():
+    from nar_bench.paradigms.raster_ar import RasterAR
+
+    state = random_official_state(tiny((4, 4)), seed=2)
+    lpd_file = r"looks like an LPD model \(position queries: use model\.paradigm=lpd\) of model\.size=custom "
+    with pytest.raises(NarBenchError, match=lpd_file + r".*dim 32, 2 layers, vocab 16, 4 classes, 4x4 tokens"):
+        load_official(RasterAR(*on_grid(tiny().model_cfg, (4, 4))), state)
+    with pytest.raises(NarBenchError, match=r"shape \(file vs config\): pos_embed \(1, 17, 32\) vs \(1, 65, 32\).*"
+                                            r"looks like an LPD model .*4x4 tokens"):
+        load_official(tiny((8, 8)), state)
