@@ -14,6 +14,7 @@ One reader (``read_checkpoint``: safe load, wrapper unwrapping) and one strict l
 from __future__ import annotations
 
 import argparse
+import math
 import pickle
 import re
 from collections.abc import Callable, Mapping
@@ -283,6 +284,14 @@ def describe_model(model: nn.Module) -> str:
 
 def describe_checkpoint(state: Mapping[str, Tensor]) -> str:
     """Architecture inferred from an official state dict, e.g. 'a NAR GPT ... model.size=B (dim 768, ...)'."""
+    if "mask_token" in state and "token_emb.weight" in state:  # LPD (MAR-style decoder): before VAR's class_emb
+        vocab, dim = state["token_emb.weight"].shape
+        depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+        side = math.isqrt(state["pos_embed"].shape[1] - 1) if "pos_embed" in state else "?"
+        classes = state["class_emb.weight"].shape[0] if "class_emb.weight" in state else "?"
+        size = size_name(dim, depth) or "custom (no MODEL_SIZES entry)"
+        return (f"an LPD model (position queries: use model.paradigm=lpd) of model.size={size} (dim {dim}, "
+                f"{depth} layers, vocab {vocab}, {classes} classes, {side}x{side} tokens)")
     if "class_emb.weight" in state:  # VAR: width 64 * depth, class table with a null row
         classes, width = state["class_emb.weight"].shape
         depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})

@@ -55,6 +55,7 @@ from nar_bench.nn.sampling import SamplingConfig, sample_step, with_null_class
 from nar_bench.nn.transformer import Attention, TransformerConfig, apply_rope, setup_kv_caches
 from nar_bench.paradigms.base import Paradigm, visibility_mask
 from nar_bench.paradigms.engine import SequenceParadigm
+from nar_bench.paradigms.orders import order_token_steps, random_orders
 from nar_bench.registry import PARADIGMS
 from nar_bench.tokenizers.base import CodeSpace
 
@@ -115,17 +116,6 @@ def parallel_view_mask(counts: list[int], cls_token_num: int) -> Tensor:
     mask[c + 2 * n :, : c + 2 * n] = torch.arange(c + 2 * n)[None, :] < (c + 2 * start)[:, None]
     mask[c + 2 * n :, c + 2 * n :] = (t[None, :] >= start[:, None]) & (t[None, :] <= t[:, None])
     return mask
-
-
-def random_orders(batch: int, num_tokens: int, device: torch.device,
-                  generator: torch.Generator | RowNoise | None = None) -> Tensor:
-    """(B, N) independent uniform permutations (argsort of uniforms), from ``generator``'s stream
-    (a ``RowNoise``: per sample, independent of the batch)."""
-    if isinstance(generator, RowNoise):
-        noise = generator.uniform((batch, num_tokens))
-    else:
-        noise = torch.rand(batch, num_tokens, device=device, generator=generator)
-    return noise.argsort(dim=1)
 
 
 @contextlib.contextmanager
@@ -216,10 +206,7 @@ class RandAR(SequenceParadigm):
                 raise NarBenchError("randar records its random decoding order in generate(); "
                                     "call it before token_steps()")
             return super().token_steps(sample)
-        step_of_position = torch.repeat_interleave(torch.arange(self.num_steps), torch.tensor(self.counts))
-        steps = torch.empty(self.num_tokens, dtype=torch.long)
-        steps[self._orders[sample].cpu()] = step_of_position
-        return steps
+        return order_token_steps(self._orders[sample], self.counts)
 
     def train_mask(self) -> Tensor:
         """Causal over ``[condition, q_0, x_0, .., q_{N-1}, x_{N-1}]``."""

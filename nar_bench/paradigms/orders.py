@@ -1,0 +1,153 @@
+"""Decoding orders over a 2D token grid, shared by the any-order paradigms (RandAR, LPD): the
+order is a (B, N) tensor whose row lists, per sample, the raster index decoded at each decode
+position; a step schedule (tokens per step) cuts it into steps.
+
+- ``random_orders``: independent uniform permutations (RandAR's and LPD's training and sampling).
+- ``halton_order``: the cells in the order a 2D Halton sequence (bases 2 and 3) first visits them,
+  a deterministic low-discrepancy order (each prefix spread evenly over the grid).
+- ``locality_orders``: LPD's locality-aware order scheduler (``nar_bench.paradigms.lpd``).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nar_bench.nn.noise import RowNoise
+
+
+def uniform_noise(shape: tuple[int, ...], device: torch.device,
+                  generator: torch.Generator | RowNoise | None = None) -> Tensor:
+    """(B, ...) uniforms from ``generator``'s stream (a ``RowNoise``: per sample, independent of the batch)."""
+    if isinstance(generator, RowNoise):
+        return generator.uniform((shape[0], math.prod(shape[1:]))).view(shape)
+    return torch.rand(shape, device=device, generator=generator)
+
+
+def random_orders(batch: int, num_tokens: int, device: torch.device,
+                  generator: torch.Generator | RowNoise | None = None) -> Tensor:
+    """(B, N) independent uniform permutations (argsort of uniforms)."""
+    return uniform_noise((batch, num_tokens), device, generator).argsort(dim=1)
+
+
+def order_token_steps(order: Tensor, counts: list[int]) -> Tensor:
+    """(N,) decoding step of each raster cell, for one sample's ``order`` (N,) cut into steps of ``counts``."""
+    step_of_position = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    steps = torch.empty(order.shape[0], dtype=torch.long)
+    steps[order.cpu()] = step_of_position
+    return steps
+
+
+def radical_inverse(i: int, base: int) -> float:
+    """The van der Corput value of ``i`` in ``base`` (digits mirrored behind the point)."""
+    value, scale = 0.0, 1.0 / base
+    while i:
+        i, digit = divmod(i, base)
+        value += digit * scale
+        scale /= base
+    return value
+
+
+@functools.lru_cache(maxsize=16)
+def _halton_order(grid: tuple[int, int]) -> tuple[int, ...]:
+    h, w = grid
+    seen: dict[int, None] = {}
+    for i in itertools.count(1):
+        cell = int(radical_inverse(i, 2) * h) * w + int(radical_inverse(i, 3) * w)
+        seen.setdefault(cell)
+        if len(seen) == h * w:
+            return tuple(seen)
+    raise AssertionError("unreachable")
+
+
+def halton_order(grid: tuple[int, int]) -> Tensor:
+    """(N,) raster indices in the order the 2D Halton sequence (row: base 2, column: base 3) first
+    lands in each cell of the H x W grid."""
+    return torch.tensor(_halton_order(tuple(grid)))
+
+
+# Cells around a cell: orthogonal neighbours count 1 / distance = 1 towards LPD's proximity score,
+# diagonal ones 1 / sqrt(2); held as two integer counts so equal scores compare equal exactly.
+_ORTHOGONAL = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+_DIAGONAL = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 1.0]])
+
+
+def proximity_scores(decoded: Tensor) -> Tensor:
+    """(B, H, W) bool decoded cells -> (B, H, W) float64 score of each cell: the sum of 1 / distance
+    to the decoded cells among its 8 neighbours (LPD's ``proximity_score``)."""
+    x = decoded[:, None].float()
+    orthogonal = F.conv2d(x, _ORTHOGONAL.to(x.device)[None, None], padding=1)[:, 0].round().double()
+    diagonal = F.conv2d(x, _DIAGONAL.to(x.device)[None, None], padding=1)[:, 0].round().double()
+    return orthogonal + diagonal / math.sqrt(2.0)
+
+
+def locality_orders(grid: tuple[int, int], counts: list[int], noise: Tensor, repulsion: int,
+                    proximity: float = 1.0) -> Tensor:
+    """LPD's locality-aware order (``orders/lpd_order.py``, ``lpd_order_schedule``), batched:
+    (B, N) raster indices in decode order, steps of ``counts`` (the first step one token).
+
+    noise: (B, T, N) uniforms, T = len(counts): row 0 picks the first cell (argmax), row s ranks the
+    cells of step s among equal proximity scores (the official random shuffle before its stable sort).
+    Each later step ranks the undecoded cells by proximity score (descending), then:
+    1. walks the cells scoring >= ``proximity`` in rank order and takes each one whose Chebyshev
+       distance to every cell taken in this step exceeds ``repulsion``, until the step is full;
+    2. fills the rest of the step by farthest point sampling from the cells taken in this step over
+       the remaining cells (those scoring < ``proximity`` first, then the skipped ones, each in rank
+       order; ties go to the earlier one), or takes all of them when they are too few.
+    """
+    h, w = grid
+    b, n = noise.shape[0], h * w
+    device = noise.device
+    rows, cols = torch.arange(n, device=device) // w, torch.arange(n, device=device) % w
+    chebyshev = torch.maximum((rows[:, None] - rows[None]).abs(), (cols[:, None] - cols[None]).abs())  # (N, N)
+    squared = (rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2
+    batch = torch.arange(b, device=device)
+    decoded = torch.zeros(b, n, dtype=torch.bool, device=device)
+    order = torch.empty(b, n, dtype=torch.long, device=device)
+    first = noise[:, 0].argmax(1)
+    order[:, 0], decoded[batch, first] = first, True
+    done = counts[0]
+    for s, size in enumerate(counts[1:], start=1):
+        score = proximity_scores(decoded.view(b, h, w)).view(b, n).masked_fill(decoded, -1.0)  # decoded: last
+        by_noise = noise[:, s].argsort(1)
+        rank_to_cell = by_noise.gather(1, (-score.gather(1, by_noise)).argsort(dim=1, stable=True))
+        rank = rank_to_cell.argsort(1)  # (B, N) rank of each cell
+        near = (score >= proximity) & ~decoded
+        taken = torch.zeros(b, size, dtype=torch.long, device=device)  # this step's cells, in the order taken
+        count = torch.zeros(b, dtype=torch.long, device=device)
+        blocked = torch.zeros(b, n, dtype=torch.bool, device=device)  # within ``repulsion`` of a taken cell
+        chosen = torch.zeros(b, n, dtype=torch.bool, device=device)
+        for k in range(int(near.sum(1).max())):  # 1. proximity-based selection
+            cell = rank_to_cell[:, k]
+            take = near[batch, cell] & ~blocked[batch, cell] & (count < size)
+            if not take.any():
+                if (count == size).all():
+                    break
+                continue
+            taken[batch[take], count[take]] = cell[take]
+            chosen[batch[take], cell[take]] = True
+            blocked[take] |= chebyshev[cell[take]] <= repulsion
+            count += take.long()
+        rest = ~decoded & ~chosen  # 2. low-dependency selection
+        rest_rank = rank + n * near.long()  # the skipped near cells after the far ones
+        few = rest.sum(1) <= size - count
+        nearest = torch.where(chosen.any(1, keepdim=True), torch.where(
+            chosen[:, None, :], squared[None], torch.iinfo(torch.long).max).amin(-1), 0)  # (B, N) to the step's cells
+        for _ in range(int((size - count).max())):
+            need = count < size
+            key = torch.where(rest, nearest * (2 * n + 1) + (2 * n - rest_rank), -1)  # farthest, then earliest
+            key = torch.where(few[:, None], torch.where(rest, 2 * n - rest_rank, -1), key)  # too few: all in rank order
+            cell = key.argmax(1)
+            taken[batch[need], count[need]] = cell[need]
+            rest[batch[need], cell[need]] = False
+            nearest = torch.where(need[:, None], torch.minimum(nearest, squared[cell]), nearest)
+            count += need.long()
+        order[:, done : done + size] = taken
+        decoded.scatter_(1, taken, True)
+        done += size
+    return order
