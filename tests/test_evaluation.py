@@ -109,3 +109,20 @@ def test_a_sweep_scored_against_an_adm_reference_reports_sfid(tmp_path, shapes_r
     (parent,) = [r for r in client.search_runs([client.get_experiment_by_name("ablation_heads").experiment_id])
                  if "mlflow.parentRunId" not in r.data.tags]
     assert "sfid/ntp_raster" in parent.data.metrics and parent.data.tags["nar_bench.best.sfid"] == "ntp_raster"
+
+
+def test_the_sample_grid_is_the_evaluations_first_samples_through_the_same_engine(tmp_path):
+    """`nar-bench sample`'s grid (GridSampler) and an evaluation's samples come from one engine: with
+    at most 16 classes the grid's sample i is the evaluation's sample i (CPU, fp32: bit-identical)."""
+    import torch
+
+    from nar_bench.evaluation.samples import engine_grid, first_samples, generate_samples, sample_settings
+    from tests.test_run_evaluate import CLASSES, tiny_module
+
+    cfg, module = tiny_module("eval.samples_per_class=2")
+    grid = engine_grid(module, cfg)
+    assert grid.shape[0] == 2 * CLASSES and grid.dtype == torch.uint8
+    path = generate_samples(module, cfg, 4 * CLASSES, tmp_path / "samples.npz", cfg.eval.batch_size,
+                            sample_settings(cfg, CLASSES))
+    assert torch.equal(grid, first_samples(path, len(grid)))
+    assert not torch.equal(grid[:CLASSES], grid[CLASSES:])  # the second row has its own noise, not a copy

@@ -11,13 +11,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from nar_bench.lit.shard_sampling import Progress, sample_to_store
 from nar_bench.lit.trainer import resolve_precision, uses_gpu
 from nar_bench.metrics.adm_npz import iter_samples
 from nar_bench.metrics.sample_store import SampleStore
 from nar_bench.nn.sampling import SamplingConfig
-from nar_bench.paradigms.generation import PRECISION_DTYPES, resolve_engine
+from nar_bench.paradigms.generation import PRECISION_DTYPES, GenerationEngine, resolve_engine
 from nar_bench.tracking.provenance import device_name
 
 
@@ -63,6 +64,34 @@ def generate_samples(module: L.LightningModule, cfg: DictConfig, num_samples: in
     return sample_to_store(sampling_trainer(cfg), module, store, SamplingConfig(**cfg.eval.sampling), cfg.seed,
                            module.num_classes, batch_size, cfg.eval.decode_batch, png_dir, engine=engine["engine"],
                            dtype=engine["dtype"], progress=progress, speed=speed)
+
+
+class GridSampler(L.LightningModule):
+    """Predict-only: a GeneratorModule's sample grid (``sample_grid_labels()``) through the
+    evaluation's engine (``eval.engine`` resolved on cfg.trainer's device and precision): sample i
+    has label i % grid columns and noise from (cfg.seed, i), generated as one micro-batch of the
+    grid. With at most 16 classes its labels are the evaluation's, so the grid shows the evaluation's
+    first samples (bit-identical where the engine is batch-invariant: the eager engine in fp32)."""
+
+    def __init__(self, module: L.LightningModule, cfg: DictConfig):
+        super().__init__()
+        self.module, self.cfg = module, cfg
+
+    @torch.inference_mode()
+    def predict_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        module, cfg = self.module, self.cfg
+        count = len(module.sample_grid_labels())
+        engine = engine_settings(module, cfg, count)
+        generation = GenerationEngine.for_evaluation(
+            module.paradigm, module.tokenizer, SamplingConfig(**cfg.eval.sampling), count,
+            min(count, cfg.eval.decode_batch), engine["engine"], engine["dtype"])
+        return generation.decode(generation.sample_codes(0, count, cfg.seed, module.grid_columns)).cpu()
+
+
+def engine_grid(module: L.LightningModule, cfg: DictConfig) -> Tensor:
+    """uint8 images (n, 3, [T,] H, W) of ``GridSampler`` on one device of cfg.trainer's kind."""
+    (images,) = sampling_trainer(cfg).predict(GridSampler(module, cfg), DataLoader([0]))
+    return images
 
 
 def first_samples(path: Path, count: int) -> Tensor:

@@ -75,18 +75,20 @@ def main(args: argparse.Namespace) -> None:
     out = check_out(args.out, args.overwrite) if args.out else None
     import torch
 
+    from nar_bench.evaluation.samples import engine_grid
     from nar_bench.images import save_labelled_grid, save_samples
 
     module = load_module(args.ckpt)
-    if torch.cuda.is_available():
-        module = module.cuda()
     schema = OmegaConf.structured(ExperimentConfig)  # unknown keys (a misspelt cfg_scal) are errors
     cfg = merge(schema, module.cfg, source=f"checkpoint '{args.ckpt}'")
     cfg = merge(cfg, parse_overrides(args.overrides), source="command-line overrides")
+    # one device of this machine (a GPU if there is one), whatever the training ran on
+    cfg.trainer.update(accelerator="gpu" if torch.cuda.is_available() else "cpu", devices=1, num_nodes=1,
+                       strategy="auto")
     module.cfg = cfg
     out = out or default_out(cfg, args.ckpt)
     sampling = SamplingConfig(**cfg.eval.sampling)
-    images = module.sample_grid(cfg.seed, sampling)
+    images = engine_grid(module, cfg)  # the evaluation's engine: its first samples with <= 16 classes
     if images.dim() != 4:  # video: animated GIF grid
         print(save_samples(images, out, nrow=module.grid_columns))
         return
