@@ -324,6 +324,9 @@ def test_evaluate_sigkilled_while_scoring_reuses_its_samples_and_their_features(
     ours, theirs = (json.loads((f / "eval.json").read_text()) for f in (folder, whole / "runs" / "tiny"))
     assert ours["metrics"] == theirs["metrics"]
     assert one_run(tmp_path).info.status == "FINISHED"
+    # nothing was generated or extracted: no rate is made up for them
+    assert "feature_img_s" in theirs["speed"] and "feature_img_s" not in ours["speed"]
+    assert "generate_img_s" not in ours["speed"]
 
     # other settings in the same folder: refused without --overwrite, then generated again, nothing mixed
     refused = run_cli([*argv, "eval.sampling.top_k=4"], REPORT)

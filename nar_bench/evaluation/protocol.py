@@ -99,8 +99,11 @@ def score_timed(scorer: Scorer, path: Path, num_samples: int, generate_seconds: 
     start = time.perf_counter()
     metrics, per_class = scorer.score(path)
     score_s = time.perf_counter() - start
+    # the samples' feature extraction, timed apart by the scorer (0: read from the cache, no rate),
+    # else the whole scoring
+    feature_s = scorer.feature_seconds if scorer.feature_seconds is not None else score_s
     speed = {**speed, "score_s": score_s, "wall_s": generate_seconds + score_s,
-             "feature_img_s": num_samples / (scorer.feature_seconds or score_s)}
+             "feature_img_s": num_samples / feature_s if feature_s > 0 else None}
     return metrics, per_class, {key: float(speed[key]) for key in SPEEDS if speed.get(key) is not None}
 
 

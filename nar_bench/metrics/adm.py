@@ -350,7 +350,7 @@ def evaluate_npz(samples_path: str | Path, reference_path: str | Path, weights_p
                  features_cache: tuple[Path, str] | None = None) -> dict[str, float]:
     """ADM's evaluator on two .npz files: fid, sfid, is, is_std, precision, recall (see
     ``adm_metrics``) and num_samples; ``timings`` (if given) gets ``feature_s``, the seconds the
-    samples' features took (reading the file included; ~0 when cached). ``features_cache`` (file,
+    samples' features took (reading the file included; 0 when read from the cache). ``features_cache`` (file,
     key of the samples): the samples' features are read from that file when it holds them for that
     key, the same weights file and device, else computed and kept there, so a run killed while
     scoring extracts them once."""
@@ -362,12 +362,13 @@ def evaluate_npz(samples_path: str | Path, reference_path: str | Path, weights_p
     if features_cache is not None:  # valid for these samples, these weights, this device
         features_cache = features_cache[0], f"{features_cache[1]}|{extractor.weights_path.resolve()}|{device}"
     features = _load_features(features_cache)
-    if features is None:
+    extracted = features is None
+    if extracted:
         features = extractor.extract(iter_images(samples_path, batch_size, "sample batch"), shape[0],
                                      "sample features")
         _save_features(features_cache, features)
-    if timings is not None:
-        timings["feature_s"] = time.perf_counter() - start
+    if timings is not None:  # 0 when the features came from the cache: no extraction to time
+        timings["feature_s"] = time.perf_counter() - start if extracted else 0.0
     ref_pool = reference_pool_features(reference, extractor, batch_size, cache_dir) if "pr" in metrics else None
     return {**adm_metrics(features, reference, ref_pool, metrics, half_distances, device),
             "num_samples": float(shape[0])}
