@@ -73,6 +73,13 @@ def test_fast_bf16_decodes_are_as_close_to_fp32_as_eager_bf16_on_gpu(name):
         fast_err = (FastDecoder(fast_tok, chunk=4, compile=compile)(codes).float() - ref).abs()
         assert fast_err.max() <= 2 * eager_err.max() and fast_err.mean() <= 2 * eager_err.mean(), compile
     assert any(m.fused for m in fast_tok.modules() if isinstance(m, GroupNorm))  # the Triton path was on
+    # the evaluation's decoder: compiled with the Triton norms inside, one CUDA graph per chunk shape
+    graphed = FastDecoder(copy.deepcopy(tok), chunk=4, compile=True, autotune=False, fused_norms=True, graph=True)
+    graphed_err = (graphed(codes).float() - ref).abs()
+    assert graphed_err.max() <= 2 * eager_err.max() and graphed_err.mean() <= 2 * eager_err.mean()
+    assert sorted(graphed.graphs) == [(2, codes.shape[1]), (4, codes.shape[1])]  # chunks 4, 4 and 1 (as 2)
+    uncaptured = FastDecoder(copy.deepcopy(tok), chunk=4, compile=True, autotune=False, fused_norms=True)
+    assert torch.equal(graphed(codes), uncaptured(codes))  # a replay runs the captured kernels: same bytes
 
 
 def test_sub_pixel_upsample_is_the_same_function_and_keeps_the_state_dict():
@@ -90,3 +97,16 @@ def test_sub_pixel_upsample_is_the_same_function_and_keeps_the_state_dict():
     assert up.phase_weight.shape == (4 * 6, 6, 2, 2)  # 4 taps per output instead of 9
     up.to(dtype=torch.bfloat16, memory_format=torch.channels_last)  # the folded weights follow the cast
     assert up.phase_weight.dtype == torch.bfloat16 and up.phase_weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_folded_weights_do_not_depend_on_the_callers_autocast():
+    """A Trainer's bf16-mixed predict wraps the evaluation engine's construction in autocast; the folded
+    (summed) upsampling weights must still be fp32 sums rounded once, as outside it (this made shards
+    generated under a Trainer differ from the same shards generated without one)."""
+    torch.manual_seed(0)
+    plain, under_autocast = Upsample2x(6), Upsample2x(6)
+    under_autocast.load_state_dict(plain.state_dict())
+    plain.fold_phases()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast.fold_phases()
+    assert torch.equal(plain.phase_weight, under_autocast.phase_weight)

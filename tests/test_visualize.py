@@ -112,13 +112,18 @@ def test_module_order_gif_is_logged_to_mlflow(tmp_path):
 
 
 def test_write_order_gifs_defaults_to_every_image_paradigm(tmp_path):
-    paths = write_order_gifs(tmp_path, overrides=["model.size=tiny", "model.n_layers=1", "data.image_size=16",
-                                                  "data.grid_size=4"])
-    assert [p.name for p in paths] == [f"order_{name}.gif" for name in image_paradigms()]
     defaults = set(image_paradigms())
-    assert {"ar", "nar", "par", "maskgit"} <= defaults and not {"var", "nar_video"} & defaults
+    assert {"ar", "nar", "par", "maskgit", "randar", "lpd"} <= defaults and not {"var", "nar_video"} & defaults
+    tiny = ["model.size=tiny", "model.n_layers=1", "data.image_size=16", "data.grid_size=4"]
+    fixed = [name for name in image_paradigms() if name not in ("randar", "lpd")]
+    paths = write_order_gifs(tmp_path / "fixed", fixed, overrides=tiny)
+    assert [p.name for p in paths] == [f"order_{name}.gif" for name in fixed]
+    # the any-order paradigms' released step counts (88, 20) need 16x16 tokens: their tiny step counts here
+    for name, steps in (("randar", 6), ("lpd", 8)):
+        paths += write_order_gifs(tmp_path / name, [name], overrides=[*tiny, f"model.options.steps={steps}"])
     frames = {p.name: Image.open(p).n_frames for p in paths}
-    assert [frames[f"order_{name}.gif"] for name in ("ar", "nar", "par", "maskgit")] == [16, 7, 7, 8]
+    assert [frames[f"order_{name}.gif"] for name in ("ar", "nar", "par", "maskgit", "randar", "lpd")] == [
+        16, 7, 7, 8, 6, 8]
 
 
 def test_order_gifs_verb_writes_one_gif_per_paradigm(tmp_path, capsys):

@@ -83,7 +83,9 @@ class Upsample2x(nn.Module):
         before casting to bf16, so they are rounded once."""
         w = self.conv.weight.detach()
         taps = _PHASE_TAPS.to(w.device)
-        phase_w = torch.einsum("ary,oiyx,bsx->aboirs", taps, w.float(), taps)  # (2, 2, out, in, 2, 2)
+        # fp32 whatever the caller's autocast (a Trainer's bf16-mixed would round the sums to bf16 first)
+        with torch.autocast(w.device.type, enabled=False):
+            phase_w = torch.einsum("ary,oiyx,bsx->aboirs", taps, w.float(), taps)  # (2, 2, out, in, 2, 2)
         self.phase_weight = phase_w.flatten(0, 2).to(w.dtype)  # (4 * out, in, 2, 2), phase-major
         self.phase_bias = self.conv.bias.detach().repeat(4)
 

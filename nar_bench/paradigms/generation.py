@@ -148,16 +148,20 @@ class GenerationEngine:
         from nar_bench.nn.fast_vae_decode import FastDecoder
 
         start, compiled = time.perf_counter(), compile_seconds()
-        # ordinary tensors (as the bench's), not inference tensors, whatever mode the caller is in
-        with torch.inference_mode(False), torch.no_grad():
+        device = next(paradigm.parameters()).device
+        # ordinary tensors (as the bench's), not inference tensors, whatever mode the caller is in; and
+        # no autocast: the copies (and the decoder's folded weights) must not depend on the caller's
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
             model, generation_tokenizer = copy.deepcopy((paradigm, tokenizer))  # VAR's next scale: this copy
             model.requires_grad_(False).to(dtype=DTYPES[dtype])
             generation_tokenizer.requires_grad_(False)
             release_decode_state(model)  # the copied KV caches: the first generation allocates its own
             if not model.compile_decoding():
                 raise NarBenchError(f"paradigm '{paradigm.name}' declares compiled_decoding but compiled nothing")
+            # compiled with the Triton norms inside, one CUDA graph per chunk; cuDNN's heuristic (not
+            # timed) choice of convolutions, the same in every process (results/evaluate_speed)
             decoder = FastDecoder(copy.deepcopy(tokenizer).requires_grad_(False), DTYPES[dtype], chunk=decode_batch,
-                                  compile=False, autotune=False)
+                                  compile=True, autotune=False, fused_norms=True, graph=True)
         out = cls(model, sampling, batch_size, graph=True, decode=decoder, decode_batch=decode_batch,
                   engine=engine, dtype=dtype)
         out.stats.setup_s, out.stats.compile_s = time.perf_counter() - start, compile_seconds() - compiled

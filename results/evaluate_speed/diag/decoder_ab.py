@@ -1,0 +1,105 @@
+"""VQ-16 decode at 256 px on the GPU: img/s of FastDecoder variants (eager Triton norms / Inductor,
+chunk 64 / 128, cuDNN heuristic / autotuned, with and without a CUDA graph per chunk), bytes of the
+graphed variants against their eager form, and a kernel-kind profile of the fastest.
+    python results/evaluate_speed/diag/decoder_ab.py OUT_DIR          # every variant (first call)
+    python results/evaluate_speed/diag/decoder_ab.py OUT_DIR eval     # the evaluation's decoder, +fold
+(The first call ran an earlier form of this file whose CUDA graph was a class here; FastDecoder(graph=True)
+is that class moved into the library.)
+"""
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from nar_bench.config import load_config  # noqa: E402
+from nar_bench.nn.conv_blocks import Upsample2x  # noqa: E402
+from nar_bench.nn.fast_vae_decode import FastDecoder  # noqa: E402
+from nar_bench.tokenizers import build_tokenizer  # noqa: E402
+
+OUT = Path(sys.argv[1])
+OUT.mkdir(parents=True, exist_ok=True)
+N = 256
+
+
+def timed(fn, codes, reps=3):
+    for _ in range(2):
+        fn(codes)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn(codes)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return N / sorted(times)[len(times) // 2]
+
+
+def main():
+    cfg = load_config(None, ["data.image_size=256", "data.grid_size=16", "tokenizer.name=vq",
+                             "tokenizer.options.preset=vq_ds16", "tokenizer.untrained=true"])
+    torch.manual_seed(0)
+    base = build_tokenizer(cfg).cuda().eval()
+    codes = torch.randint(0, base.code_space.vocab_size, (N, 256), device="cuda")
+    rows, outputs, fns = [], {}, {}
+
+    def variant(name, chunk, compile, autotune, graph, fused_compiled=False, fold=False):
+        torch.cuda.empty_cache()
+        tok = copy.deepcopy(base).requires_grad_(False)
+        if fold:
+            for m in tok.modules():
+                if isinstance(m, Upsample2x):
+                    m.fold_phases()
+        dec = FastDecoder(tok, torch.bfloat16, chunk=chunk, compile=compile, autotune=autotune,
+                          fused_norms=fused_compiled or not compile, graph=graph)
+        fn = dec
+        try:
+            with torch.inference_mode():
+                img_s = timed(fn, codes)
+                outputs[name] = fn(codes[:chunk]).float().cpu()
+            row = {"variant": name, "chunk": chunk, "compile": compile, "autotune": autotune, "graph": graph,
+                   "fused_norms_compiled": fused_compiled, "img_s": round(img_s, 1)}
+        except Exception as err:  # noqa: BLE001 - a variant that cannot run is a row, not the end
+            row = {"variant": name, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+        rows.append(row)
+        fns[name] = fn
+        print(json.dumps(row), flush=True)
+        (OUT / "decoder_ab.jsonl").open("a").write(json.dumps(row) + "\n")
+        return fn
+
+    if len(sys.argv) > 2 and sys.argv[2] == "eval":  # the evaluation's decoder as built, and with the fold
+        variant("eval_decoder_c64", 64, True, False, True, fused_compiled=True)
+        variant("eval_decoder_c64_fold", 64, True, False, True, fused_compiled=True, fold=True)
+        return
+    variant("eager_triton_c64", 64, False, False, False)
+    variant("eager_triton_c128", 128, False, False, False)
+    variant("eager_triton_c64_autotune", 64, False, True, False)
+    variant("eager_triton_c64_graph", 64, False, False, True)
+    variant("eager_triton_c128_graph", 128, False, False, True)
+    variant("inductor_c64", 64, True, False, False)
+    variant("inductor_c64_graph", 64, True, False, True)
+    variant("inductor_fusednorm_c64_graph", 64, True, False, True, fused_compiled=True)
+    variant("inductor_fusednorm_c128_graph", 128, True, False, True, fused_compiled=True)
+    for a, b in [("eager_triton_c64", "eager_triton_c64_graph"), ("inductor_c64", "inductor_c64_graph")]:
+        if a in outputs and b in outputs:
+            diff = (outputs[a] - outputs[b]).abs().max().item()
+            line = f"bytes {a} vs {b}: {'identical' if diff == 0 else f'DIFFER max {diff}'}"
+            print(line, flush=True)
+            (OUT / "decoder_ab.jsonl").open("a").write(json.dumps({"compare": line}) + "\n")
+    # profile the fastest runnable variant
+    best = max((r for r in rows if "img_s" in r), key=lambda r: r["img_s"])
+    print("fastest:", best["variant"], flush=True)
+    from torch.profiler import ProfilerActivity, profile
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fns[best["variant"]](codes)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+    (OUT / "decoder_profile.txt").write_text(f"{best['variant']}\n{table}")
+    print(table, flush=True)
+
+
+if __name__ == "__main__":
+    main()

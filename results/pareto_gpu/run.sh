@@ -1,0 +1,23 @@
+#!/bin/bash
+# One GPU call of results/pareto_gpu: `nar-bench sweep experiments/pareto_gpu.yaml` for one seed into an
+# MLflow store that a previous call's seed was written to (carried in .gpu_store/mlruns.db, ignored by
+# git), then the report over every run of the experiment. Run from the repository root:
+#   bash results/pareto_gpu/run.sh SEED
+# It writes to $OUT: mlruns.db (carry it to the next seed's call as .gpu_store/mlruns.db), log.txt and
+# report.tar.gz (the report folder: summary.*, quality_vs_speed.*, metrics.png, runs.csv, provenance).
+SEED=${1:?seed}
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && echo /tmp/site > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/zz_carried.pth"
+fi
+export PYTHONUNBUFFERED=1 NAR_BENCH_COMMIT=${NAR_BENCH_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+R=${OUT:-results/runs/pareto_gpu}; S=/tmp/pareto_store; mkdir -p "$R" "$S"
+[ -f .gpu_store/mlruns.db ] && cp .gpu_store/mlruns.db "$S/mlruns.db"
+T=("tracking.tracking_uri=sqlite:///$S/mlruns.db" "tracking.artifact_location=$S/art" "output_dir=$S/runs")
+nar() { python3 -m nar_bench.cli "$@"; }
+start=$SECONDS
+nar sweep experiments/pareto_gpu.yaml "sweep.seeds=[$SEED]" --out "$S/seed$SEED" "${T[@]}" 2>&1 | tee "$R/log.txt" | grep -v "it/s\]" | tail -40
+echo "sweep seed $SEED: exit ${PIPESTATUS[0]}, $((SECONDS - start)) s" | tee -a "$R/log.txt"
+nar report experiments/pareto_gpu.yaml --parent all --out "$S/report" "${T[@]}" 2>&1 | tail -5 | tee -a "$R/log.txt"
+cp "$S/mlruns.db" "$R/mlruns.db"
+tar czf "$R/report.tar.gz" -C "$S" report
