@@ -154,6 +154,8 @@ class DecodeState(NamedTuple):
 class MaskGIT(Paradigm):
     Options = MaskGITOptions
     fixed_schedule = False  # confidence decides which tokens each step commits
+    # training masks follow ``schedule`` (``training_mask``), never the step count, order or temperature
+    decode_options = ("order", "steps", "choice_temperature")
     compiled_decoding = True
 
     def __init__(self, model: TransformerConfig, codes: CodeSpace, options: MaskGITOptions | None = None):
