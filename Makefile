@@ -3,7 +3,7 @@
 #   make test    run the test suite (with its 15 slowest tests)
 #   make test-under-load   make test while 2 x cores busy processes compete (a shared machine); pass/fail + time
 #   make throughput-sweep   paradigm x size x batch size throughput sweep (GPU; eager on CPU) -> results/runs/throughput/
-#   make order-gifs  results/runs/order/order_{ar,nar,par,maskgit}.gif: generation order, one GIF frame per decoding step
+#   make order-gifs  results/runs/order/order_{ar,lpd,maskgit,nar,par,randar}.gif: generation order, one GIF frame per decoding step
 #                    (tiny random models; ARGS="--ckpt nar=path/last.ckpt ..." for trained ones)
 #   make ablation-heads   paper Tables 4/5 (heads, overlap head) as one MLflow sweep -> results/runs/ablation_heads/
 #   make cfg-sweep        FID/IS/accuracy vs CFG scale per paradigm -> results/runs/cfg_sweep/

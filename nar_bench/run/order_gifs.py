@@ -7,7 +7,7 @@ Video grids (T, H, W) show the T frames in a row in each panel, the panels stack
 paradigm's ``token_steps()``: its ``schedule()`` for fixed orders (ar, par, nar, nar_video), the order
 the sampled image was decoded in for MaskGIT (data dependent).
 
-    nar-bench order-gifs                     # results/runs/order/order_{ar,nar,par,maskgit}.gif, untrained models
+    nar-bench order-gifs                     # results/runs/order/order_<paradigm>.gif, untrained models
     nar-bench order-gifs --ckpt nar=results/runs/<run>/checkpoints/last.ckpt
 
 A folder holding committed GIFs (results/order) is only written with ``--overwrite``; the caption of
