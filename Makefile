@@ -3,10 +3,11 @@
 #   make test    run the test suite (with its 15 slowest tests)
 #   make test-under-load   make test while 2 x cores busy processes compete (a shared machine); pass/fail + time
 #   make throughput-sweep   paradigm x size x batch size throughput sweep (GPU; eager on CPU) -> results/runs/throughput/
-#   make order-gifs  results/runs/order/order_{ar,nar,par,maskgit}.gif: generation order, one GIF frame per decoding step
+#   make order-gifs  results/runs/order/order_{ar,lpd,maskgit,nar,par,randar}.gif: generation order, one GIF frame per decoding step
 #                    (tiny random models; ARGS="--ckpt nar=path/last.ckpt ..." for trained ones)
 #   make ablation-heads   paper Tables 4/5 (heads, overlap head) as one MLflow sweep -> results/runs/ablation_heads/
 #   make cfg-sweep        FID/IS/accuracy vs CFG scale per paradigm -> results/runs/cfg_sweep/
+#   make ablation-order   one RandAR decoded in 5 orders x 3 step counts + AR plain / ZipAR (GPU) -> results/runs/ablation_order/
 #   make report CONFIG=experiments/ablation_heads.yaml   tables + plot of the newest FINISHED sweep, from MLflow
 #   make evaluate CKPT=<run .ckpt | official file> REF=<ADM reference .npz> [CONFIG=...] [ARGS="--num-samples 50000 ..."]
 #                 paper-comparable FID / sFID / IS / precision / recall -> results/runs/<name>/eval.json + MLflow
@@ -26,7 +27,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= experiments/demo.yaml
 ARGS   ?=
 
-.PHONY: setup demo train test test-under-load lint throughput-sweep order-gifs mlflow-ui clean ablation-heads cfg-sweep \
+.PHONY: setup demo train test test-under-load lint throughput-sweep order-gifs mlflow-ui clean ablation-heads cfg-sweep ablation-order \
 	report evaluate reference real-photos-demo
 
 $(STAMP): pyproject.toml
@@ -52,6 +53,9 @@ ablation-heads: $(STAMP)
 
 cfg-sweep: $(STAMP)
 	$(BIN)/nar-bench sweep experiments/cfg_sweep.yaml $(ARGS)
+
+ablation-order: $(STAMP)
+	$(BIN)/nar-bench sweep experiments/ablation_order.yaml $(ARGS)
 
 report: $(STAMP)
 	$(BIN)/nar-bench report $(CONFIG) $(ARGS)

@@ -133,7 +133,9 @@ class TrackingConfig:
 @dataclass
 class SweepConfig:
     """Runs = variants x grid x seeds. A variant is a named list of dotlist overrides; ``grid``
-    maps a config key to the values to try (cartesian product)."""
+    maps a config key to the values to try (cartesian product). A variant with a ``grid`` of its own
+    (some keys of ``grid``, or {}) crosses that one instead: e.g. a step-count grid only for the
+    variants whose paradigm has a step count."""
 
     variants: list[dict[str, Any]] = field(default_factory=list)
     grid: dict[str, list[Any]] = field(default_factory=dict)
@@ -478,11 +480,11 @@ def expand_sweep(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     sweep = cfg.sweep
     check_variants(sweep.variants)
     variants = list(sweep.variants) or [{"name": "base", "overrides": []}]
-    grid_keys = list(sweep.grid)
-    grid_points = list(itertools.product(*(sweep.grid[k] for k in grid_keys))) or [()]
     seeds = list(sweep.seeds) or [cfg.seed]
     runs = []
-    for variant, point, seed in itertools.product(variants, grid_points, seeds):
+    points = [(variant, list(grid), point) for variant in variants
+              for grid in [variant.get("grid", sweep.grid)] for point in itertools.product(*grid.values())]
+    for (variant, grid_keys, point), seed in itertools.product(points, seeds):
         overrides = list(variant.get("overrides", [])) + [f"{k}={v}" for k, v in zip(grid_keys, point, strict=True)]
         source = f"sweep variant '{variant.get('name')}'"
         run_cfg = merge(copy.deepcopy(cfg), parse_overrides(overrides + [f"seed={seed}"], source), source=source)

@@ -130,7 +130,21 @@ def test_a_bad_override(tmp_path, capsys, override, message):
      r"model.options.order=zipar is an option of paradigm ar, not of 'nar': set model.paradigm=ar"),
     (["model.paradigm=maskgit", "model.options.zipar_window=2"],
      r"model.options.zipar_window=2 is an option of paradigm ar, not of 'maskgit'"),
-    (["model.paradigm=nar", "model.options.order=halton"], r"set model.paradigm=maskgit"),
+    (["model.paradigm=nar", "model.options.order=halton"],
+     r"an option of paradigm lpd / maskgit / randar, not of 'nar'"),
+    (["model.paradigm=randar", "model.options.order=spiral"],
+     r"model.options.order='spiral' is not valid; choose one of: raster, diagonal, random, halton, locality, "
+     r"permutation \(permutation: "),
+    (["model.paradigm=lpd", "model.options.order=spiral"],
+     r"model.options.order='spiral' is not valid; choose one of: raster, diagonal, random, halton, locality$"),
+    (["model.paradigm=randar", "model.options.steps=17"],
+     r"model.options.steps=17 cannot be realised by RandAR's schedule on 16 tokens: choose 2..16"),
+    (["model.paradigm=lpd", "model.options.steps=12"],
+     r"model.options.steps=12 cannot be realised by LPD's step table on 16 tokens: choose one of 8, 16"),
+    (["model.paradigm=randar", "model.options.order=zipar"],
+     r"model.options.order='zipar' is not valid; choose one of: raster, diagonal"),
+    (["model.paradigm=lpd", "model.options.zipar_window=4"],
+     r"model.options.zipar_window=4 is an option of paradigm ar, not of 'lpd'"),
 ])
 def test_a_decoding_order_that_cannot_be_used(tmp_path, capsys, overrides, message):
     """Issue #31: an order name that does not exist lists the valid ones, a ZipAR window the grid's rows
@@ -266,6 +280,9 @@ def evaluate_argv(tmp_path, ckpt, *extra: str, config: str = DEMO, weights: Path
     (["model.size=tiny", *GEOMETRY, "--num-classes", "10"], r"records 16 classes, but the config says --num-classes "
                                                             r"10; .*pass --num-classes 16"),
     (["model.size=tiny", *GEOMETRY, "model.options.heads=single"], r"records model.options.heads=dimension"),
+    # NAR has no decode-only option: every option of its checkpoint is fixed
+    (["model.size=tiny", *GEOMETRY, "model.options.overlap_head=vertical"],
+     r"records model.options.overlap_head=mixed, but the config says model.options.overlap_head=vertical"),
 ])
 def test_evaluate_a_checkpoint_with_a_config_that_contradicts_it(tmp_path, capsys, run_ckpt, references, extra,
                                                                  message):

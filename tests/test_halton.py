@@ -10,7 +10,8 @@ import torch
 from nar_bench.errors import NarBenchError
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.paradigms.contract import decode_forward_gap
-from nar_bench.paradigms.maskgit import MaskGITOptions, halton_order, halton_points, masked_counts
+from nar_bench.paradigms.maskgit import MaskGITOptions, masked_counts
+from nar_bench.paradigms.orders import halton_order, halton_points
 from tests.test_maskgit import CFG, NO_CFG, make_maskgit
 
 # 4 x 4 by hand from the official construction: rows floor(4 x) of 1/2, 1/4, 3/4, 1/8, 5/8, 3/8, 7/8, 1/16

@@ -81,8 +81,8 @@ def test_16x16_decodes_in_20_steps_every_token_exactly_once():
 
 
 @pytest.mark.parametrize("options, match", [
-    (dict(order="diagonal"), r"model\.options\.order='diagonal' is not valid; choose one of: locality, random, "
-                             r"raster, halton"),
+    (dict(order="zigzag"), r"model\.options\.order='zigzag' is not valid; choose one of: raster, diagonal, random, "
+                           r"halton, locality$"),
     (dict(steps=20), r"model\.options\.steps=20 cannot be realised by LPD's step table on 16 tokens: choose one "
                      r"of 8, 16 \(released: 20 on 16x16\)"),
     (dict(steps=0), r"model\.options\.steps=0 cannot be realised .* choose one of 8, 16"),
@@ -114,7 +114,7 @@ def test_fixed_orders_have_a_schedule_locality_and_random_have_none():
             tiny(order=order).schedule()
 
 
-@pytest.mark.parametrize("order", ["locality", "random", "raster", "halton"])
+@pytest.mark.parametrize("order", ["locality", "random", "raster", "halton", "diagonal"])
 @pytest.mark.parametrize("steps", [16, 8])
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0], ids=["cfg_off", "cfg_on"])
 def test_cached_decoding_equals_teacher_forced_forward(order, steps, cfg_scale):

@@ -95,8 +95,8 @@ def test_16x16_decodes_in_256_or_88_steps_every_token_exactly_once():
 
 
 @pytest.mark.parametrize("options, match", [
-    (dict(order="diagonal"),
-     r"model\.options\.order='diagonal' is not valid; choose one of: random, raster, permutation"),
+    (dict(order="zigzag"), r"model\.options\.order='zigzag' is not valid; choose one of: raster, diagonal, random, "
+                           r"halton, locality, permutation \(permutation: the fixed order drawn from"),
     (dict(steps=1), r"model\.options\.steps=1 cannot be realised .* on 16 tokens: choose 2\.\.16"),
     (dict(steps=17), r"model\.options\.steps=17 cannot be realised .* choose 2\.\.16"),
     (dict(steps=88), r"model\.options\.steps=88 cannot be realised .* choose 2\.\.16"),
@@ -123,7 +123,7 @@ def test_fixed_orders_have_a_schedule_random_has_none():
         tiny().schedule()
 
 
-@pytest.mark.parametrize("order", ["random", "raster", "permutation"])
+@pytest.mark.parametrize("order", ["random", "raster", "permutation", "diagonal", "halton", "locality"])
 @pytest.mark.parametrize("steps", [16, 6, 2])
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0], ids=["cfg_off", "cfg_on"])
 def test_cached_decoding_equals_teacher_forced_forward(order, steps, cfg_scale):
@@ -304,3 +304,25 @@ def test_a_randar_file_loaded_as_raster_ar_is_named_as_randar():
     with pytest.raises(NarBenchError, match=r"unexpected keys \(1\): pos_instruct_embeddings.*"
                                             r"looks like a RandAR GPT .*use model\.paradigm=randar"):
         load_official(ar, state)
+
+
+def test_training_draws_random_orders_whatever_order_it_decodes():
+    """``order`` is decode-only: the training loss of one weight set is the same under every order
+    (same random orders drawn from the same seed), so one checkpoint decodes in all of them."""
+    tokens, labels = torch.randint(0, VOCAB, (3, 16)), torch.tensor([0, 1, 2])
+    losses = []
+    for order in ("raster", "diagonal", "halton", "locality"):
+        model = tiny(order=order)
+        torch.manual_seed(7)
+        losses.append(model.loss(tokens, labels))
+    assert all(torch.equal(loss, losses[0]) for loss in losses)
+    assert "order" in RandAR.decode_options and "steps" in RandAR.decode_options
+
+
+def test_shared_fixed_orders_and_locality_decode_every_token_once():
+    diagonal = torch.cat(tiny(order="diagonal").schedule())
+    assert diagonal.tolist() == [0, 1, 4, 2, 5, 8, 3, 6, 9, 12, 7, 10, 13, 11, 14, 15]  # anti-diagonals i + j
+    model = tiny(order="locality")
+    model.generate(torch.tensor([0, 1]), SamplingConfig(cfg_scale=1.0), torch.Generator().manual_seed(0))
+    for sample in range(2):
+        assert torch.bincount(model.token_steps(sample), minlength=6).tolist() == model.step_counts()

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from nar_bench.cli import main
 from nar_bench.config import expand_sweep, load_config
 from nar_bench.run.sweep import training_key
-from nar_bench.tracking.names import PARENT_TAG
+from nar_bench.tracking.names import PARENT_TAG, TRAINED_IN_TAG
 from nar_bench.tracking.provenance import device_description, git_commit
 from tests.conftest import tracking_overrides
 
@@ -178,3 +178,50 @@ def test_compare_runs_notebook_is_valid_and_calls_the_report_functions():
     for cell in code:
         ast.parse("".join(cell["source"]))
     assert all(f"report.{fn}(" in source for fn in ("fetch_runs", "summarize", "plot_summary"))
+
+
+ORDER_TINY = ["model.size=tiny", "model.dim=null", "model.n_layers=1", "model.n_heads=null", "data.image_size=32",
+              "data.grid_size=8", "data.num_workers=0", "trainer.precision=auto", "trainer.accelerator=cpu",
+              "sweep.seeds=[0]", "sweep.grid={model.options.steps: [64, 16]}", *TINY[2:]]
+ORDERS = ("raster", "diagonal", "random", "halton", "locality")
+
+
+def test_ablation_order_config_trains_each_model_once_per_seed():
+    runs = expand_sweep(load_config("experiments/ablation_order.yaml"))
+    randar = [name for name, cfg in runs if cfg.model.paradigm == "randar"]
+    assert randar == [f"randar_{o}/steps={s}/seed={seed}" for o in ORDERS for s in (256, 88, 32) for seed in (0, 1)]
+    assert [name for name, cfg in runs if cfg.model.paradigm == "ar"] == [
+        f"ar_{v}/seed={seed}" for v in ("raster", "zipar8", "zipar4") for seed in (0, 1)]
+    keys = {(cfg.model.paradigm, cfg.seed): set() for _, cfg in runs}
+    for _, cfg in runs:
+        keys[cfg.model.paradigm, cfg.seed].add(training_key(cfg))
+    assert all(len(k) == 1 for k in keys.values()) and len(set.union(*keys.values())) == 4
+
+
+def test_tiny_ablation_order_sweep_trains_one_model_per_group_and_evaluates_every_order_and_step_count(tmp_path):
+    """experiments/ablation_order.yaml at tiny size (8x8 tokens, so ZipAR's windows 8 and 4 fit a row):
+    one RandAR training and one AR training; a row per order x steps point and per AR decoding."""
+    out = tmp_path / "results"
+    argv = ["sweep", "experiments/ablation_order.yaml", "--out", str(out), *ORDER_TINY,
+            *tracking_overrides(tmp_path, experiment=None)]
+    assert main(argv) == 0
+
+    children = [r for r in experiment_runs(tmp_path, "ablation_order") if PARENT_TAG in r.data.tags]
+    trainings = {r.info.run_id: r for r in children if TRAINED_IN_TAG not in r.data.tags}
+    assert sorted(r.data.tags["nar_bench.variant"] for r in trainings.values()) == ["ar_raster", "randar_raster"]
+    for child in children:  # every other point evaluates the weights its paradigm's one training made
+        trained_in = trainings[child.data.tags.get(TRAINED_IN_TAG, child.info.run_id)]
+        assert trained_in.data.tags["nar_bench.variant"].split("_")[0] == child.data.tags["nar_bench.variant"].split(
+            "_")[0]
+        assert {"eval/fid", "eval/is", "eval/precision", "eval/recall", "eval/generate_img_s"} <= set(
+            child.data.metrics)
+
+    table = pd.read_csv(out / "runs.csv")
+    randar = table[table["paradigm"] == "randar"]
+    assert sorted(zip(randar["variant"], randar["steps"], strict=True)) == sorted(
+        (f"randar_{o}", s) for o in ORDERS for s in (64, 16))
+    assert (randar["steps_per_image"] == randar["steps"]).all()
+    ar = table[table["paradigm"] == "ar"].set_index("variant")
+    assert ar["steps_per_image"].to_dict() == {"ar_raster": 64, "ar_zipar8": 64, "ar_zipar4": 40}  # 2W + (H-2) window
+    assert len(table) == 13 and table["trained_in_run"].nunique() == 2
+    assert (out / "quality_vs_steps.png").is_file() and (out / "quality_vs_speed.png").is_file()

@@ -40,6 +40,7 @@ from nar_bench.lit.trainer import check_generator_inputs, check_inputs
 from nar_bench.metrics.adm_npz import atomic_path, sha256_file
 from nar_bench.metrics.registry import SPEEDS
 from nar_bench.metrics.sample_store import settings_path
+from nar_bench.paradigms.model_config import decode_settings
 from nar_bench.tracking.lifecycle import run_end_status
 from nar_bench.tracking.mlflow import log_artifact, make_logger, unfinished_run
 from nar_bench.tracking.names import EVAL_KEY_TAG, EVAL_PREFIX, PROGRESS_PREFIX
@@ -131,7 +132,8 @@ def evaluate(module: GeneratorModule, cfg: DictConfig, num_samples: int | None =
         folder = Path(out_dir or tmp)
         start, speed = time.perf_counter(), {}
         path = generate_samples(module, cfg, num_samples, folder / "samples.npz", batch_size or cfg.eval.batch_size,
-                                sample_settings(cfg, module.num_classes, weights_sha256=weights_sha256(module)),
+                                sample_settings(cfg, module.num_classes, weights_sha256=weights_sha256(module),
+                                                **decoding_settings(cfg)),
                                 progress=progress_to(logger), speed=speed)
         if path is None:
             return {}
@@ -172,10 +174,18 @@ def load_generator(cfg: DictConfig, ckpt: str | Path, num_classes: int | None = 
     return build_generator(cfg, ckpt, content, num_classes)
 
 
+def decoding_settings(cfg: DictConfig) -> dict:
+    """{"decode_options": {...}}: the values of the paradigm's decode-only options (defaults filled
+    in), recorded with the samples, so one checkpoint decoded in two orders gets two keyed folders;
+    {} for a paradigm without any (its keys stay as before)."""
+    options = decode_settings(cfg.model)
+    return {"decode_options": options} if options else {}
+
+
 def build_generator(cfg: DictConfig, ckpt: str | Path, content: Mapping | None,
                     num_classes: int | None = None) -> GeneratorModule:
     if content is not None:
-        return module_from_checkpoint(content, ckpt)
+        return module_from_checkpoint(content, ckpt, cfg.model.options)
     return GeneratorModule(cfg, num_classes or GeneratorDataModule(cfg.data).num_classes)
 
 
@@ -250,7 +260,7 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt: str | Path, num_samples: int = 50
     classes = classes or num_classes or GeneratorDataModule(cfg.data).num_classes
     class_balanced_labels(num_samples, classes)  # an uneven N fails before the run opens
     ckpt_sha = sha256_file(ckpt)
-    settings = sample_settings(cfg, classes, checkpoint_sha256=ckpt_sha)
+    settings = sample_settings(cfg, classes, checkpoint_sha256=ckpt_sha, **decoding_settings(cfg))
     protocol = scorer.protocol()
     key = {"settings": settings, "num_samples": num_samples, "reference": protocol["reference"]}
     name = name or cfg.tracking.run_name or default_name(cfg, ckpt, key)

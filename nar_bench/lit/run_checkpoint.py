@@ -2,7 +2,9 @@
 what it records: the model (paradigm, size, dims, options), the image and token geometry, the
 tokenizer and the class count. A config that says otherwise is refused in one line naming each
 setting and the checkpoint's value; settings the config leaves at the schema's defaults take the
-checkpoint's values (so an evaluation records what was really sampled).
+checkpoint's values (so an evaluation records what was really sampled). The exception: the
+paradigm's decode-only options (``Paradigm.decode_options``, e.g. ``model.options.order=zipar`` on an
+``ar`` run) change how the same weights decode, so a value the config gives overrides the checkpoint's.
 
 ``read_run_checkpoint`` checks the file (one line for a truncated file, a plain state dict or
 another program's Lightning checkpoint), ``checkpoint_config`` reconciles a config with it and
@@ -22,7 +24,7 @@ from nar_bench.config import ExperimentConfig, merge
 from nar_bench.errors import NarBenchError
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.paradigms.model_config import paradigm_options
-from nar_bench.registry import TOKENIZERS
+from nar_bench.registry import PARADIGMS, TOKENIZERS
 
 # settings a run's checkpoint fixes; a section (options) is compared key by key
 RECORDED = ("model.paradigm", "model.size", "model.dim", "model.n_layers", "model.n_heads", "model.options",
@@ -76,14 +78,23 @@ def _recorded_value(recorded: DictConfig, key: str) -> Any:
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
+def decode_option_keys(paradigm: str) -> set[str]:
+    """``model.options.<key>`` of the paradigm's decode-only options."""
+    cls = PARADIGMS.get(paradigm) if paradigm in PARADIGMS else None
+    return {f"model.options.{key}" for key in getattr(cls, "decode_options", ())}
+
+
 def checkpoint_config(cfg: DictConfig, content: Mapping, path: str | Path, given: Mapping[str, str] | None = None,
                       num_classes: int | None = None) -> DictConfig:
     """``cfg`` with the checkpoint's values of ``RECORDED``. ``given`` maps the keys the user set
     (YAML file or overrides, see ``config.given_keys``) to where they were set; one that contradicts
     the checkpoint (or a ``num_classes`` other than its) is a NarBenchError listing all of them with
-    the checkpoint's values. ``given`` None compares every recorded setting of ``cfg``."""
+    the checkpoint's values. ``given`` None compares every recorded setting of ``cfg``. A decode-only
+    option of the checkpoint's paradigm that the config sets is not a contradiction: its value wins
+    (and is checked against the paradigm's options)."""
     recorded, fixed_by_tokenizer = recorded_config(content, path)
-    said = []
+    decode_keys = decode_option_keys(recorded.model.paradigm)
+    said, decoding = [], {}
     for section in RECORDED:
         for key in dict.fromkeys([*_leaves(cfg, section), *_leaves(recorded, section)]):
             if (given is not None and key not in given) or key in fixed_by_tokenizer:  # a setting nothing reads
@@ -91,6 +102,9 @@ def checkpoint_config(cfg: DictConfig, content: Mapping, path: str | Path, given
             value = OmegaConf.select(cfg, key, default=None)
             value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             if (given is not None or value is not None) and value != _recorded_value(recorded, key):
+                if key in decode_keys and value is not None:
+                    decoding[key] = value
+                    continue
                 said.append((key, value, given[key] if given is not None else "the config"))
     ckpt_classes = int(content["hyper_parameters"]["num_classes"])
     if said or (num_classes is not None and num_classes != ckpt_classes):
@@ -100,18 +114,32 @@ def checkpoint_config(cfg: DictConfig, content: Mapping, path: str | Path, given
             theirs.append(f"{ckpt_classes} classes")
             ours.append(f"--num-classes {num_classes}")
         fix = " ".join(t for t in theirs if "=" in t) or f"--num-classes {ckpt_classes}"
+        free = sorted(k.rsplit(".", 1)[1] for k in decode_keys)
+        decode_note = (f" (of model.options only {', '.join(free)} may differ: they only change decoding)"
+                       if free and any(key.startswith("model.options.") for key, _, _ in said) else "")
         raise NarBenchError(f"checkpoint '{path}' records {', '.join(theirs)}, but the config says {', '.join(ours)}; "
-                            f"the checkpoint fixes these: pass {fix} to match it")
+                            f"the checkpoint fixes these: pass {fix} to match it{decode_note}")
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))
     for key in RECORDED:
         OmegaConf.update(cfg, key, OmegaConf.select(recorded, key, default=None), merge=False)
-    return merge(OmegaConf.structured(ExperimentConfig), cfg, source=f"checkpoint '{path}'")
+    for key, value in decoding.items():  # decode-only options the config sets: decode the weights that way
+        OmegaConf.update(cfg, key, value, merge=False)
+    cfg = merge(OmegaConf.structured(ExperimentConfig), cfg, source=f"checkpoint '{path}'")
+    if decoding:
+        paradigm_options(cfg.model)  # e.g. an order the checkpoint's paradigm does not have: one line
+    return cfg
 
 
-def module_from_checkpoint(content: Mapping, path: str | Path) -> GeneratorModule:
-    """The GeneratorModule the checkpoint ``content`` (``read_run_checkpoint``) holds, on the CPU."""
+def module_from_checkpoint(content: Mapping, path: str | Path, options: Mapping | None = None) -> GeneratorModule:
+    """The GeneratorModule the checkpoint ``content`` (``read_run_checkpoint``) holds, on the CPU;
+    ``options``: its ``model.options`` as ``checkpoint_config`` reconciled them (decode-only ones the
+    config set), else the checkpoint's."""
     hparams = content["hyper_parameters"]
-    module = GeneratorModule(hparams["cfg"], int(hparams["num_classes"]), load_initial_weights=False)
+    cfg = hparams["cfg"]
+    if options is not None:
+        options = OmegaConf.to_container(options) if OmegaConf.is_config(options) else dict(options)
+        cfg = {**cfg, "model": {**cfg["model"], "options": options}}
+    module = GeneratorModule(cfg, int(hparams["num_classes"]), load_initial_weights=False)
     try:
         module.load_state_dict(content["state_dict"])
     except RuntimeError as err:  # keys or shapes of another version of the model

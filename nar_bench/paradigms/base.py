@@ -12,7 +12,8 @@ A paradigm whose positions are chosen while decoding (MaskGIT) has no such list:
 Everything else the library and the tests need to know about a paradigm is declared on its class,
 once: its capability flags (``code_layout``, ``video``, ``fixed_schedule``, ``flex_attention_training``,
 ``compiled_decoding``),
-its released training recipe (``default_dropouts``), its official checkpoint layout
+which of its options only change decoding (``decode_options``), its released training recipe
+(``default_dropouts``), its official checkpoint layout
 (``official_layout``) and its test kit (``tiny_overrides``, read by ``tiny_config`` / ``tiny``: a
 model that builds in milliseconds on a CPU). Its decode loop calls ``step_logits`` once per step, which is what the
 decoding contract (``nar_bench.paradigms.contract``) checks against ``forward``. Adding a paradigm
@@ -60,6 +61,10 @@ class Paradigm(nn.Module, ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
+    # The ``Options`` fields that only change decoding, never the trained weights: a run's checkpoint
+    # decodes with other values of them (``nar-bench evaluate --ckpt``), and sweep points that differ
+    # only in them (and eval.*) share one training. Declared after checking that training ignores them.
+    decode_options: ClassVar[tuple[str, ...]] = ()
     # Training dropouts of the paradigm's released recipe, used where model.*_dropout is null:
     # LlamaGen's GPT (and NAR, PAR on it) trains with 0.1 on tokens, residuals, FFN and labels.
     default_dropouts: ClassVar[dict[str, float]] = {

@@ -28,10 +28,11 @@ Read from the official mit-han-lab/lpd: ``models/lpd.py`` (``LPD.forward``, ``fo
   8, 12, 16, 20, 24, 32, 64, 128 or 256 steps (20 released), 32x32 in 48 (released) or 1024. Other
   token counts (tiny test grids) take the 16x16 table rescaled (first step one token, the remaining
   cumulative fractions rounded, every step at least one token) and one token a step.
-- Orders: ``locality`` = ``lpd_order_schedule`` (proximity threshold 1, ``repulsion`` 2 as the
-  released 256-px orders files, ``nar_bench.paradigms.orders.locality_orders``), drawn per sample as
-  the official pre-generated orders files are; ``random`` (``--order random``); ``raster`` and
-  ``halton`` are fixed orders added for the order sweep (issue #31), not in the official code.
+- Orders (the shared vocabulary of ``nar_bench.paradigms.orders``): ``locality`` =
+  ``lpd_order_schedule`` (proximity threshold 1, ``repulsion`` 2 as the released 256-px orders files,
+  ``nar_bench.paradigms.orders.locality_orders``), drawn per sample as
+  the official pre-generated orders files are; ``random`` (``--order random``); ``raster``, ``diagonal``
+  and ``halton`` are fixed orders added for the order sweep (issue #31), not in the official code.
 - CFG (``cfg_schedule="linear"``, every released script): token t of the decode order (t from 0) is
   guided with 1 + (cfg - 1) * t / N, a per-token ramp inside each step; ``cfg_ramp=False`` is the
   official ``constant``. The null class is ``fake_latent``; training drops labels with p = 0.1.
@@ -54,18 +55,12 @@ from nar_bench.nn.noise import RowNoise
 from nar_bench.nn.sampling import SamplingConfig, sample_step, with_null_class
 from nar_bench.nn.transformer import TransformerConfig, drop_labels, setup_kv_caches
 from nar_bench.nn.vit import LAYER_NORM_EPS, ViTBlock
+from nar_bench.paradigms import orders as decoding_orders
 from nar_bench.paradigms.base import Paradigm
-from nar_bench.paradigms.orders import (
-    halton_order,
-    locality_orders,
-    order_token_steps,
-    random_orders,
-    uniform_noise,
-)
+from nar_bench.paradigms.orders import check_order, order_token_steps, random_orders
 from nar_bench.registry import PARADIGMS
 from nar_bench.tokenizers.base import CodeSpace
 
-ORDERS = ("locality", "random", "raster", "halton")
 RELEASED_STEPS = 20  # scripts/eval/lpd_*_res256_steps20.sh
 RELEASED_REPULSION = 2  # orders/run_lpd_order.sh: res256_steps{20,32}_repulsion2.json (512 px: 4)
 
@@ -142,15 +137,14 @@ def group_mask(counts: list[int]) -> Tensor:
 @dataclass
 class LPDOptions:
     # locality: LPD's scheduler, a fresh order per sample and call (the released sampling) | random |
-    # raster | halton (fixed orders: the same for every sample)
+    # raster | diagonal | halton (fixed orders: the same for every sample), see paradigms.orders
     order: str = "locality"
     steps: int = RELEASED_STEPS  # an entry of LPD's step table (16x16: 8, 12, 16, 20, 24, 32, 64, 128, 256)
     repulsion: int = RELEASED_REPULSION  # locality: cells taken in one step are more than this apart (Chebyshev)
     cfg_ramp: bool = True  # guidance 1 -> cfg_scale over the decode position of each token (cfg_schedule=linear)
 
     def __post_init__(self) -> None:
-        if self.order not in ORDERS:
-            raise NarBenchError(f"model.options.order='{self.order}' is not valid; choose one of: {', '.join(ORDERS)}")
+        check_order(self.order)
         if self.repulsion < 0:
             raise NarBenchError(f"model.options.repulsion={self.repulsion} is not valid; choose a distance >= 0 "
                                 f"(released: {RELEASED_REPULSION})")
@@ -169,6 +163,8 @@ class LPD(Paradigm):
         download="download e.g. lpd_l_256.pth from mit-han-lab/lpd_l_256 on Hugging Face and point "
                  "model.checkpoint at it")
     fixed_schedule = False  # the released order is drawn per sample and call
+    # training draws random orders and a schedule of the whole step table whatever these say
+    decode_options = ("order", "steps", "repulsion", "cfg_ramp")
     tiny_overrides = ("model.options.steps=8",)  # 4 x 4 grid: 1, 1, 1, 2, 3, 2, 3, 3 tokens
 
     def __init__(self, model: TransformerConfig, codes: CodeSpace, options: LPDOptions | None = None):
@@ -222,22 +218,13 @@ class LPD(Paradigm):
 
     def fixed_order(self) -> Tensor | None:
         """(N,) raster index decoded at each decode position for the fixed orders; None otherwise."""
-        if self.options.order == "raster":
-            return torch.arange(self.num_tokens)
-        if self.options.order == "halton":
-            return halton_order(self.grid)
-        return None
+        return decoding_orders.fixed_order(self.options.order, self.grid)
 
     def decode_orders(self, batch: int, device: torch.device,
                       generator: torch.Generator | RowNoise | None = None) -> Tensor:
         """(B, N) raster index of each decode position, per sample."""
-        order = self.fixed_order()
-        if order is not None:
-            return order.to(device).expand(batch, -1)
-        if self.options.order == "random":
-            return random_orders(batch, self.num_tokens, device, generator)
-        noise = uniform_noise((batch, self.num_steps, self.num_tokens), device, generator)
-        return locality_orders(self.grid, self.counts, noise.cpu(), self.options.repulsion).to(device)
+        return decoding_orders.decode_orders(self.options.order, self.grid, self.counts, batch, device, generator,
+                                             self.options.repulsion)
 
     def schedule(self) -> list[Tensor]:
         order = self.fixed_order()

@@ -27,10 +27,11 @@ positions only, as only their logits are used.
 Halton order (``Options.order="halton"``; Besnier et al., "Halton Scheduler for Masked Generative Image
 Transformer", ICLR 2025; read from valeoai/Maskgit-pytorch ``Sampler/halton_sampler.py``): the positions a
 step commits are the next ones of a fixed 2D Halton sequence over the grid instead of the most confident
-ones. Matched: the sequence (``halton_order``: radical inverses from index 1, base 2 for the row and base 3
-for the column, float32 points times the side floored, each cell at its first occurrence: the official
-``build_halton_mask``), one order shared by every sample (the official default ``randomize=False``) and the
-values sampled from the model at the committed positions (no confidence and no Gumbel noise:
+ones. Matched: the sequence (``orders.halton_order``, shared with randar and lpd: radical inverses from
+index 1, base 2 for the row and base 3 for the column, float32 points times the side floored, each cell
+at its first occurrence: the official ``build_halton_mask``), one order shared by every sample (the
+official default ``randomize=False``) and the values sampled from the model at the committed positions
+(no confidence and no Gumbel noise:
 ``choice_temperature`` plays no part). Not matched, so that the order is the one swept axis: how many cells
 a step commits is MaskGIT's mask schedule above (the official sampler unmasks the first
 max(s+1, floor(N (1 - arccos((s+1)/T) / (pi/2)))) points by step s), token values follow the shared
@@ -67,6 +68,7 @@ from nar_bench.nn.noise import RowNoise
 from nar_bench.nn.sampling import SamplingConfig, guided_logits, sample, with_null_class
 from nar_bench.nn.transformer import Transformer, TransformerConfig, condition_rope, rope_table
 from nar_bench.paradigms.base import Paradigm, grid_coords
+from nar_bench.paradigms.orders import halton_order
 from nar_bench.registry import PARADIGMS
 from nar_bench.tokenizers.base import CodeSpace
 
@@ -122,40 +124,6 @@ def masked_counts(num_tokens: int, steps: int, schedule: str) -> list[int]:
     return counts
 
 
-def halton_points(count: int, base: int) -> list[float]:
-    """The first ``count`` points of the Halton (radical-inverse) sequence in ``base``, from index 1:
-    1/2, 1/4, 3/4, 1/8, .. in base 2; 1/3, 2/3, 1/9, 4/9, .. in base 3."""
-    points = []
-    for i in range(1, count + 1):
-        value, scale = 0, 1
-        while i:
-            i, digit = divmod(i, base)
-            scale *= base
-            value = value * base + digit
-        points.append(value / scale)
-    return points
-
-
-def halton_order(grid: tuple[int, ...]) -> Tensor:
-    """(N,) raster indices of an H x W grid in 2D Halton order: point i is (floor(H x_i), floor(W y_i)),
-    x in base 2 (row), y in base 3 (column), each cell at its first occurrence; as the official
-    ``HaltonSampler.build_halton_mask`` (float32 points times the side, floored; duplicates dropped in
-    order), except that the sequence runs until every cell appears (the official one stops at 10,000
-    points)."""
-    if len(grid) != 2:
-        raise NarBenchError(f"model.options.order=halton orders a 2D grid; got grid {tuple(grid)}; "
-                            "use model.options.order=confidence")
-    h, w = grid
-    order: dict[int, None] = {}
-    count = 0
-    while len(order) < h * w:
-        count = max(4 * h * w, 2 * count)
-        rows = torch.floor(torch.tensor(halton_points(count, 2), dtype=torch.float32) * h).long()
-        cols = torch.floor(torch.tensor(halton_points(count, 3), dtype=torch.float32) * w).long()
-        order = dict.fromkeys((rows * w + cols).tolist())
-    return torch.tensor(list(order))
-
-
 def gumbel_noise(like: Tensor, generator: torch.Generator | RowNoise | None = None) -> Tensor:
     """Standard Gumbel samples (float32, shaped like ``like`` (B, ...)) as -log(Exp(1)), drawn with
     ``generator`` as every other decoding draw (``nn/sampling.py``; a RowNoise: per-sample seeds)."""
@@ -186,6 +154,8 @@ class DecodeState(NamedTuple):
 class MaskGIT(Paradigm):
     Options = MaskGITOptions
     fixed_schedule = False  # confidence decides which tokens each step commits
+    # training masks follow ``schedule`` (``training_mask``), never the step count, order or temperature
+    decode_options = ("order", "steps", "choice_temperature")
     compiled_decoding = True
 
     def __init__(self, model: TransformerConfig, codes: CodeSpace, options: MaskGITOptions | None = None):

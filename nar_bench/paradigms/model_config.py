@@ -62,6 +62,16 @@ def paradigm_options(model: DictConfig) -> Any:
     return OmegaConf.to_object(merged)
 
 
+def decode_settings(model: DictConfig) -> dict[str, Any]:
+    """{option: value} of the paradigm's decode-only options (``Paradigm.decode_options``), defaults
+    filled in; {} for a paradigm without any."""
+    keys = PARADIGMS[model.paradigm].decode_options
+    if not keys:
+        return {}
+    options = paradigm_options(model)
+    return {key: getattr(options, key) for key in keys}
+
+
 def _accepts(options_cls: type, key: str, value: Any) -> bool:
     """Whether ``options_cls`` takes ``key=value`` (ZipAR's order=zipar: the ar paradigm's, not maskgit's)."""
     try:

@@ -1,23 +1,31 @@
-"""Decoding orders over a 2D token grid, shared by the any-order paradigms (RandAR, LPD): the
-order is a (B, N) tensor whose row lists, per sample, the raster index decoded at each decode
-position; a step schedule (tokens per step) cuts it into steps.
+"""Decoding orders over a 2D token grid, shared by the any-order paradigms (RandAR, LPD; MaskGIT's
+Halton order): the order is a (B, N) tensor whose row lists, per sample, the raster index decoded at
+each decode position; a step schedule (tokens per step) cuts it into steps.
 
-- ``random_orders``: independent uniform permutations (RandAR's and LPD's training and sampling).
-- ``halton_order``: the cells in the order a 2D Halton sequence (bases 2 and 3) first visits them,
-  a deterministic low-discrepancy order (each prefix spread evenly over the grid).
-- ``locality_orders``: LPD's locality-aware order scheduler (``nar_bench.paradigms.lpd``).
+One vocabulary, ``ORDERS`` (``model.options.order`` of randar and lpd), each order defined once here:
+
+- ``raster``: row by row (``raster_order``).
+- ``diagonal``: NAR's order, by Manhattan distance i + j from the top-left corner, raster within a
+  diagonal (``diagonal_order``).
+- ``halton``: the cells in the order a 2D Halton sequence (bases 2 and 3) first visits them, a
+  deterministic low-discrepancy order (``halton_order``; MaskGIT's Halton order too).
+- ``random``: independent uniform permutations per sample (``random_orders``: RandAR's and LPD's
+  training and sampling).
+- ``locality``: LPD's locality-aware order scheduler (``locality_orders``), per sample.
+
+The first three are fixed (the same for every sample: ``fixed_order``); ``decode_orders`` draws any of them.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nar_bench.errors import NarBenchError
 from nar_bench.nn.noise import RowNoise
 
 
@@ -43,32 +51,93 @@ def order_token_steps(order: Tensor, counts: list[int]) -> Tensor:
     return steps
 
 
-def radical_inverse(i: int, base: int) -> float:
-    """The van der Corput value of ``i`` in ``base`` (digits mirrored behind the point)."""
-    value, scale = 0.0, 1.0 / base
-    while i:
-        i, digit = divmod(i, base)
-        value += digit * scale
-        scale /= base
-    return value
+def halton_points(count: int, base: int) -> list[float]:
+    """The first ``count`` points of the Halton (radical-inverse) sequence in ``base``, from index 1:
+    1/2, 1/4, 3/4, 1/8, .. in base 2; 1/3, 2/3, 1/9, 4/9, .. in base 3."""
+    points = []
+    for i in range(1, count + 1):
+        value, scale = 0, 1
+        while i:
+            i, digit = divmod(i, base)
+            scale *= base
+            value = value * base + digit
+        points.append(value / scale)
+    return points
 
 
 @functools.lru_cache(maxsize=16)
 def _halton_order(grid: tuple[int, int]) -> tuple[int, ...]:
     h, w = grid
-    seen: dict[int, None] = {}
-    for i in itertools.count(1):
-        cell = int(radical_inverse(i, 2) * h) * w + int(radical_inverse(i, 3) * w)
-        seen.setdefault(cell)
-        if len(seen) == h * w:
-            return tuple(seen)
-    raise AssertionError("unreachable")
+    order: dict[int, None] = {}
+    count = 0
+    while len(order) < h * w:
+        count = max(4 * h * w, 2 * count)
+        rows = torch.floor(torch.tensor(halton_points(count, 2), dtype=torch.float32) * h).long()
+        cols = torch.floor(torch.tensor(halton_points(count, 3), dtype=torch.float32) * w).long()
+        order = dict.fromkeys((rows * w + cols).tolist())
+    return tuple(order)
 
 
-def halton_order(grid: tuple[int, int]) -> Tensor:
-    """(N,) raster indices in the order the 2D Halton sequence (row: base 2, column: base 3) first
-    lands in each cell of the H x W grid."""
+def halton_order(grid: tuple[int, ...]) -> Tensor:
+    """(N,) raster indices of an H x W grid in 2D Halton order: point i is (floor(H x_i), floor(W y_i)),
+    x in base 2 (row), y in base 3 (column), each cell at its first occurrence; as the official
+    ``HaltonSampler.build_halton_mask`` of valeoai/Maskgit-pytorch (float32 points times the side,
+    floored; duplicates dropped in order), except that the sequence runs until every cell appears (the
+    official one stops at 10,000 points)."""
+    check_2d("halton", grid)
     return torch.tensor(_halton_order(tuple(grid)))
+
+
+def raster_order(grid: tuple[int, ...]) -> Tensor:
+    """(N,) raster indices in raster order (row by row)."""
+    return torch.arange(math.prod(grid))
+
+
+def diagonal_order(grid: tuple[int, ...]) -> Tensor:
+    """(N,) raster indices of an H x W grid by anti-diagonal i + j (NAR's order: Manhattan distance
+    from the top-left corner), raster order within a diagonal."""
+    check_2d("diagonal", grid)
+    h, w = grid
+    index = torch.arange(h * w)
+    return (index // w + index % w).mul(h * w).add(index).argsort()
+
+
+FIXED_ORDERS = {"raster": raster_order, "diagonal": diagonal_order, "halton": halton_order}
+ORDERS = ("raster", "diagonal", "random", "halton", "locality")  # model.options.order of randar and lpd
+
+
+def check_2d(order: str, grid: tuple[int, ...]) -> None:
+    if len(grid) != 2:
+        raise NarBenchError(f"model.options.order={order} orders a 2D grid; got grid {tuple(grid)}; "
+                            "choose another model.options.order")
+
+
+def check_order(order: str, valid: tuple[str, ...] = ORDERS, note: str = "") -> None:
+    """One NarBenchError line naming the valid orders when ``order`` is not one of ``valid``."""
+    if order not in valid:
+        raise NarBenchError(f"model.options.order='{order}' is not valid; choose one of: {', '.join(valid)}{note}")
+
+
+def fixed_order(order: str, grid: tuple[int, ...]) -> Tensor | None:
+    """(N,) raster index decoded at each decode position for a fixed order (the same for every
+    sample); None for the per-sample ones (random, locality)."""
+    build = FIXED_ORDERS.get(order)
+    return None if build is None else build(grid)
+
+
+def decode_orders(order: str, grid: tuple[int, int], counts: list[int], batch: int, device: torch.device,
+                  generator: torch.Generator | RowNoise | None = None, repulsion: int = 2) -> Tensor:
+    """(B, N) raster index of each decode position, per sample, for ``order`` of ``ORDERS`` decoded in
+    steps of ``counts`` (locality needs them; its first step one token)."""
+    fixed = fixed_order(order, grid)
+    if fixed is not None:
+        return fixed.to(device).expand(batch, -1)
+    n = math.prod(grid)
+    if order == "random":
+        return random_orders(batch, n, device, generator)
+    check_order(order)
+    noise = uniform_noise((batch, len(counts), n), device, generator)
+    return locality_orders(grid, counts, noise.cpu(), repulsion).to(device)
 
 
 # Cells around a cell: orthogonal neighbours count 1 / distance = 1 towards LPD's proximity score,

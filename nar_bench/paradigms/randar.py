@@ -53,30 +53,34 @@ from nar_bench.nn.modes import eval_mode
 from nar_bench.nn.noise import RowNoise
 from nar_bench.nn.sampling import SamplingConfig, sample_step, with_null_class
 from nar_bench.nn.transformer import Attention, TransformerConfig, apply_rope, setup_kv_caches
+from nar_bench.paradigms import orders as decoding_orders
 from nar_bench.paradigms.base import Paradigm, visibility_mask
 from nar_bench.paradigms.engine import SequenceParadigm
-from nar_bench.paradigms.orders import order_token_steps, random_orders
+from nar_bench.paradigms.orders import check_order, order_token_steps, random_orders
 from nar_bench.registry import PARADIGMS
 from nar_bench.tokenizers.base import CodeSpace
 
-ORDERS = ("random", "raster", "permutation")
+ORDERS = (*decoding_orders.ORDERS, "permutation")  # the shared vocabulary (paradigms.orders) + one seeded permutation
 RELEASED_STEPS = 88  # the released num_inference_steps (configs/randar/*.yaml) on 16 x 16 tokens
 INSTRUCTION_KEY = "pos_instruct_embeddings"
 
 
 @dataclass
 class RandAROptions:
-    # random: a fresh permutation per sample and call (RandAR's training and sampling) | raster |
+    # The decoding order (training always draws a fresh random permutation per sample, as RandAR
+    # trains, so every order decodes the same weights): random (RandAR's sampling) | raster | diagonal |
+    # halton | locality (LPD's scheduler over RandAR's step counts, ``repulsion``), see paradigms.orders |
     # permutation: one fixed permutation of the grid, drawn from ``order_seed``, shared by every sample
     order: str = "random"
     order_seed: int = 0
     steps: int = RELEASED_STEPS  # decoding steps: N = one token a step, 2..N-1 parallel (cosine rule)
     cfg_ramp: bool = True  # guidance scale 1 -> cfg_scale over the decoded fraction (released scripts)
+    repulsion: int = 2  # locality: cells taken in one step are more than this apart (LPD's released 2)
 
     def __post_init__(self) -> None:
-        if self.order not in ORDERS:
-            raise NarBenchError(f"model.options.order='{self.order}' is not valid; choose one of: {', '.join(ORDERS)} "
-                                "(permutation: the fixed order drawn from model.options.order_seed)")
+        check_order(self.order, ORDERS, " (permutation: the fixed order drawn from model.options.order_seed)")
+        if self.repulsion < 0:
+            raise NarBenchError(f"model.options.repulsion={self.repulsion} is not valid; choose a distance >= 0")
 
 
 def randar_step_counts(num_tokens: int, steps: int) -> list[int]:
@@ -150,6 +154,7 @@ class RandAR(SequenceParadigm):
                  "ziqipang/RandAR on Hugging Face, re-save its state dict with torch.save, and point "
                  "model.checkpoint at the .pt file")
     fixed_schedule = False  # the released order is a fresh random permutation per sample and call
+    decode_options = ("order", "order_seed", "steps", "cfg_ramp", "repulsion")  # training: random orders, 2N mask
     compiled_decoding = False  # causal chunks over re-fed cache rows: no fused step (module docstring)
     compile_decoding = Paradigm.compile_decoding
     tiny_overrides = ("model.options.steps=6",)  # 4 x 4 grid: 1, 2, 2, 3, 4, 4 tokens
@@ -176,28 +181,27 @@ class RandAR(SequenceParadigm):
         return list(self.counts)
 
     def fixed_order(self) -> Tensor | None:
-        """(N,) raster index decoded at each decode position for the fixed orders; None for random."""
-        n = self.num_tokens
-        if self.options.order == "raster":
-            return torch.arange(n)
+        """(N,) raster index decoded at each decode position for the fixed orders; None for random and
+        locality (drawn per sample)."""
         if self.options.order == "permutation":
-            return torch.randperm(n, generator=torch.Generator().manual_seed(self.options.order_seed))
-        return None
+            return torch.randperm(self.num_tokens, generator=torch.Generator().manual_seed(self.options.order_seed))
+        return decoding_orders.fixed_order(self.options.order, self.grid)
 
     def decode_orders(self, batch: int, device: torch.device,
                       generator: torch.Generator | RowNoise | None = None) -> Tensor:
         """(B, N) raster index of each decode position, per sample."""
         order = self.fixed_order()
-        if order is None:
-            return random_orders(batch, self.num_tokens, device, generator)
-        return order.to(device).expand(batch, -1)
+        if order is not None:
+            return order.to(device).expand(batch, -1)
+        return decoding_orders.decode_orders(self.options.order, self.grid, self.counts, batch, device, generator,
+                                             self.options.repulsion)
 
     def schedule(self) -> list[Tensor]:
         order = self.fixed_order()
         if order is None:
-            raise NarBenchError("randar with model.options.order=random draws a new order per sample in every generate "
-                                "call: it has no fixed raster schedule; step_counts() gives how many tokens each step "
-                                "decodes, token_steps() when the latest generate decoded which")
+            raise NarBenchError(f"randar with model.options.order={self.options.order} draws a new order per sample in "
+                                "every generate call: it has no fixed raster schedule; step_counts() gives how many "
+                                "tokens each step decodes, token_steps() when the latest generate decoded which")
         return list(order.split(self.counts))
 
     def token_steps(self, sample: int = 0) -> Tensor:
@@ -260,9 +264,9 @@ class RandAR(SequenceParadigm):
         return logits.gather(1, orders.argsort(1)[..., None].expand(-1, -1, logits.shape[-1]))
 
     def forward(self, tokens: Tensor, labels: Tensor) -> Tensor:
-        """Teacher-forced logits (B, N, V) under a fresh random order per sample (``order=random``, as
-        RandAR trains) or the fixed order."""
-        return self.ordered_forward(tokens, labels, self.decode_orders(tokens.shape[0], tokens.device))
+        """Teacher-forced logits (B, N, V) under a fresh random order per sample, as RandAR trains
+        whatever order it decodes in (so ``order`` is decode-only: one checkpoint, every order)."""
+        return self.ordered_forward(tokens, labels, random_orders(tokens.shape[0], self.num_tokens, tokens.device))
 
     def recorded_orders(self, batch: int) -> Tensor:
         if self._orders is None:

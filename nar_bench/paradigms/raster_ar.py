@@ -42,6 +42,7 @@ class RasterAROptions:
 @PARADIGMS.register("ar")
 class RasterAR(SequenceParadigm):
     Options = RasterAROptions
+    decode_options = ("order", "zipar_window")  # ``loss`` is the raster objective whatever the order
     official_layout = Layout(llamagen_key_map)  # LlamaGen's c2i_*.pt
 
     def __init__(self, model: TransformerConfig, codes: CodeSpace, options: RasterAROptions | None = None):

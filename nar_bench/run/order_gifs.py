@@ -5,9 +5,9 @@ highlighted (earlier ones dark, later ones light), and the partial image so far 
 decoded by the tokenizer with not-yet-decoded tokens filled by code 0, their cells greyed out).
 Video grids (T, H, W) show the T frames in a row in each panel, the panels stacked. The order is the
 paradigm's ``token_steps()``: its ``schedule()`` for fixed orders (ar, par, nar, nar_video), the order
-the sampled image was decoded in for MaskGIT (data dependent).
+the sampled image was decoded in for MaskGIT (data dependent) and RandAR / LPD (per-sample orders).
 
-    nar-bench order-gifs                     # results/runs/order/order_{ar,nar,par,maskgit}.gif, untrained models
+    nar-bench order-gifs                     # results/runs/order/order_<paradigm>.gif, untrained models
     nar-bench order-gifs --ckpt nar=results/runs/<run>/checkpoints/last.ckpt
 
 A folder holding committed GIFs (results/order) is only written with ``--overwrite``; the caption of

@@ -1,11 +1,13 @@
 """``nar-bench sweep``: every point of a config's sweep under one MLflow parent run, each point =
 train + evaluate in its own MLflow child run.
 
-Points whose configs differ only in ``eval.*`` (e.g. a CFG-scale grid) share one training: CFG is a
-sampling-time setting, so retraining per scale would only add training noise and cost. The first
-such point trains in its child run; the others evaluate the same in-memory model in their own child
-runs, tagged with the id of the run that trained it. Points run grouped by training, and only the
-model of the current group is kept in memory.
+Points whose configs differ only in ``eval.*`` (e.g. a CFG-scale grid) or in the paradigm's
+decode-only options (``Paradigm.decode_options``: e.g. a decoding order or step count) share one
+training: those are sampling-time settings, so retraining per value would only add training noise
+and cost. The first such point trains in its child run; the others evaluate the same in-memory
+weights (rebuilt with their own decode options) in their own child runs, tagged with the id of the
+run that trained it. Points run grouped by training, and only the model of the current group is
+kept in memory.
 
 Sweeps resume: re-running the same command (same config, overrides and ``--only``: the same sweep
 key) reopens the parent run, keeps the points whose child run FINISHED with the same point key
@@ -40,6 +42,7 @@ from nar_bench.evaluation import evaluate
 from nar_bench.lit.module import GeneratorModule
 from nar_bench.lit.progress import point_line
 from nar_bench.lit.trainer import check_sweep_inputs, uses_gpu
+from nar_bench.registry import PARADIGMS
 from nar_bench.run.train import ResumePoint, finish_run, fit
 from nar_bench.tracking.lifecycle import check_interrupted, run_end_status
 from nar_bench.tracking.mlflow import client, make_logger, parent_run
@@ -74,8 +77,20 @@ SUMMARY_COLUMNS = ("paradigm", "size", "params_M", "steps_per_image", "train_ste
 
 
 def training_key(cfg: DictConfig) -> str:
-    """Everything that determines the trained weights: the config without eval / tracking / output."""
-    return json.dumps(settings_without(cfg, ("eval", "sweep", *OUTPUT_SETTINGS)), sort_keys=True)
+    """Everything that determines the trained weights: the config without eval / tracking / output
+    and without the paradigm's decode-only options."""
+    decode = tuple(f"model.options.{key}" for key in PARADIGMS[cfg.model.paradigm].decode_options)
+    return json.dumps(settings_without(cfg, ("eval", "sweep", *OUTPUT_SETTINGS, *decode)), sort_keys=True)
+
+
+def decoding_module(module: GeneratorModule, cfg: DictConfig) -> GeneratorModule:
+    """``module`` itself when it decodes with ``cfg``'s model options, else the same weights in a
+    module built from ``cfg`` (a point of the training group with other decode-only options)."""
+    if OmegaConf.to_container(module.cfg.model.options) == OmegaConf.to_container(cfg.model.options):
+        return module
+    decoder = GeneratorModule(cfg, module.num_classes, load_initial_weights=False)
+    decoder.load_state_dict(module.state_dict())
+    return decoder.to(module.device)
 
 
 def varying_params(points: list[tuple[str, DictConfig]]) -> list[str]:
@@ -242,12 +257,14 @@ class TrainAndEvaluate:
                                      previous)
         columns = point_columns(name, cfg, self.grid_keys)
         try:
-            metrics = evaluate(trained.module, cfg, logger=logger,
-                               out_dir=trained.run_dir / "eval" / name.replace("/", "_"))
-            trained.module.trainer = None  # evaluation's predict Trainer holds the gathered samples
+            module = decoding_module(trained.module, cfg)
+            metrics = evaluate(module, cfg, logger=logger, out_dir=trained.run_dir / "eval" / name.replace("/", "_"))
+            module.trainer = trained.module.trainer = None  # evaluation's predict Trainer holds the gathered samples
             row = {}
             if rank_zero:
-                row = {**columns, **{k: trained.summary.get(k) for k in SUMMARY_COLUMNS}, **metrics,
+                # the steps this point decoded in (its decode options), not those of the training's config
+                summary = {**trained.summary, "steps_per_image": module.paradigm.num_steps}
+                row = {**columns, **{k: summary.get(k) for k in SUMMARY_COLUMNS}, **metrics,
                        "mlflow_run_id": logger.run_id, "trained_in_run": trained.run_id}
                 self.record(logger, {**row, "run_dir": str(trained.run_dir)})
         except BaseException as err:

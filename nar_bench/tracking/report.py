@@ -11,6 +11,9 @@ When the runs carry speed records (``metrics.registry.SPEEDS``: every evaluation
 ``quality_vs_speed`` tables each group's mean quality next to its mean speed, and
 ``plot_quality_vs_speed`` draws the first quality metric against generate img/s, one labelled
 marker per group, the Pareto front (no other group both faster and better) joined by a line.
+When the points decoded in different step counts (``steps_per_image``, a sweep's rows),
+``plot_quality_vs_steps`` draws the first quality metric against it, one line per variant (e.g. FID
+against steps per decoding order).
 The notebook (notebooks/compare_runs.ipynb) calls the same functions.
 """
 
@@ -219,10 +222,10 @@ def summary_use(table: pd.DataFrame, grid: list[str]) -> pd.Series:
         use[unfinished] = "left out: " + table.loc[unfinished, "status"].fillna("status unknown").astype(str)
     group = ["variant", *grid]
     seed = table["seed"] if "seed" in table else pd.Series(float("nan"), index=table.index)
-    point = table[group].astype(str).agg("|".join, axis=1) + "|seed=" + seed.astype(str)
+    point = table[group].map(str).agg("|".join, axis=1) + "|seed=" + seed.astype(str)
     if "point_key" in table:
         point = table["point_key"].where(table["point_key"].notna(), point).astype(str)
-    group_seed = table[group].astype(str).agg("|".join, axis=1) + "|seed=" + seed.astype(str)
+    group_seed = table[group].map(str).agg("|".join, axis=1) + "|seed=" + seed.astype(str)
     kept_point: dict[str, str] = {}
     kept_seed: dict[str, str] = {}
     for label in _latest_first(table):
@@ -451,6 +454,38 @@ def plot_quality_vs_speed(speed: pd.DataFrame, path: str | Path, caption: str = 
     return path
 
 
+def plot_quality_vs_steps(table: pd.DataFrame, group: list[str], path: str | Path, caption: str = "") -> Path | None:
+    """The first plotted quality metric against ``steps_per_image`` (the decoding steps of each
+    point), means over the runs :func:`summary_use` keeps, one line per variant; None unless the
+    table records more than one step count and a plotted metric."""
+    x = "steps_per_image"
+    runs = used_runs(table, [col for col in group if col != "variant"])
+    metric = next((spec.name for spec in plotted() if spec.name in runs and runs[spec.name].notna().any()), None)
+    if x not in runs or metric is None or pd.to_numeric(runs[x], errors="coerce").nunique() < 2:
+        return None
+    runs = runs.assign(**{x: pd.to_numeric(runs[x], errors="coerce")})
+    means = runs.groupby(group, sort=False, dropna=False)[[x, metric]].mean().reset_index()
+    footer = [line for part in caption.splitlines() for line in textwrap.wrap(part, 110)]
+    footer_in = 0.12 * len(footer) + 0.1 if footer else 0.0
+    fig, ax = plt.subplots(figsize=(6.4, 4.8 + footer_in))
+    for variant, rows in means.groupby("variant", sort=False):
+        rows = rows.sort_values(x)
+        ax.plot(rows[x], rows[metric], marker="o", label=str(variant))
+    spec = METRICS[metric]
+    ax.set_xlabel("decoding steps per image")
+    ax.set_ylabel(f"{spec.label} ({spec.direction} is better)")
+    ax.set_title(f"{spec.label} vs decoding steps (mean over seeds)", fontsize="small")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small")
+    fig.tight_layout(rect=(0, footer_in / (4.8 + footer_in), 1, 1))
+    if footer:
+        fig.text(0.01, 0.05 / (4.8 + footer_in), "\n".join(footer), fontsize=6, va="bottom", linespacing=1.3)
+    path = Path(path)
+    fig.savefig(path, dpi=120, metadata={"Description": caption} if caption else None)
+    plt.close(fig)
+    return path
+
+
 def write_report(table: pd.DataFrame, grid: list[str], out_dir: str | Path, info: dict[str, str]) -> dict[str, Path]:
     """Writes runs.csv/.md (one row per run, ``summary_use`` saying whether the summary uses it),
     summary.csv/.md (mean ± std over distinct seeds per variant and ``grid`` columns, FINISHED runs
@@ -477,5 +512,8 @@ def write_report(table: pd.DataFrame, grid: list[str], out_dir: str | Path, info
         pareto = plot_quality_vs_speed(speed, out / "quality_vs_speed.png", caption)
         if pareto is not None:
             paths["pareto"] = pareto
+    steps = plot_quality_vs_steps(table, group, out / "quality_vs_steps.png", caption)
+    if steps is not None:
+        paths["steps_plot"] = steps
     write_provenance(out, info)
     return paths
