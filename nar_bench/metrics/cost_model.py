@@ -75,10 +75,16 @@ class CostCounter(TorchDispatchMode):
         out = func(*args, **kwargs)
         if formula is not None:
             self.flops += formula(*args, **kwargs, out_val=out)
+            # an attention mask without the query's batch dims (one (L, S) mask for every row) is
+            # read once per call, like a weight: it does not grow with the batch
+            masks = set()
+            if "scaled_dot_product" in str(func):
+                masks = {id(t) for t in tree_flatten((args[3:], kwargs))[0]
+                         if isinstance(t, Tensor) and t.dim() < args[0].dim()}
             for t in tree_flatten((args, kwargs, out))[0]:
                 if isinstance(t, Tensor) and t.dim() > 0:
                     nbytes = t.numel() * t.element_size()
-                    if t.untyped_storage().data_ptr() in self.fixed_storages:
+                    if t.untyped_storage().data_ptr() in self.fixed_storages or id(t) in masks:
                         self.fixed_bytes += nbytes
                     else:
                         self.bytes += nbytes

@@ -140,19 +140,20 @@ def decode_orders(order: str, grid: tuple[int, int], counts: list[int], batch: i
     return locality_orders(grid, counts, noise.cpu(), repulsion).to(device)
 
 
-# Cells around a cell: orthogonal neighbours count 1 / distance = 1 towards LPD's proximity score,
-# diagonal ones 1 / sqrt(2); held as two integer counts so equal scores compare equal exactly.
-_ORTHOGONAL = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
-_DIAGONAL = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 1.0]])
-
-
 def proximity_scores(decoded: Tensor) -> Tensor:
     """(B, H, W) bool decoded cells -> (B, H, W) float64 score of each cell: the sum of 1 / distance
-    to the decoded cells among its 8 neighbours (LPD's ``proximity_score``)."""
-    x = decoded[:, None].float()
-    orthogonal = F.conv2d(x, _ORTHOGONAL.to(x.device)[None, None], padding=1)[:, 0].round().double()
-    diagonal = F.conv2d(x, _DIAGONAL.to(x.device)[None, None], padding=1)[:, 0].round().double()
-    return orthogonal + diagonal / math.sqrt(2.0)
+    to the decoded cells among its 8 neighbours (LPD's ``proximity_score``). Orthogonal neighbours
+    count 1, diagonal ones 1 / sqrt(2); held as two integer counts (shifted sums, exact) so equal
+    scores compare equal exactly."""
+    x = F.pad(decoded.long(), (1, 1, 1, 1))  # (B, H + 2, W + 2)
+    h, w = decoded.shape[1:]
+
+    def at(dy: int, dx: int) -> Tensor:
+        return x[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+
+    orthogonal = at(-1, 0) + at(1, 0) + at(0, -1) + at(0, 1)
+    diagonal = at(-1, -1) + at(-1, 1) + at(1, -1) + at(1, 1)
+    return orthogonal.double() + diagonal.double() / math.sqrt(2.0)
 
 
 def locality_orders(grid: tuple[int, int], counts: list[int], noise: Tensor, repulsion: int,
