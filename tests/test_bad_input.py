@@ -181,11 +181,14 @@ def test_a_bench_with_a_zero_batch_size_or_an_unwritable_out(tmp_path, capsys):
 
 
 # --- I/O faults -------------------------------------------------------------------------------------
-def test_a_read_only_mlflow_store_is_one_line_and_leaves_no_run(tmp_path, capsys):
+def test_a_read_only_mlflow_store_is_one_line_and_leaves_no_run(tmp_path, capsys, monkeypatch):
     db = tmp_path / "mlruns.db"
     MlflowClient(f"sqlite:///{db}").search_experiments()  # an existing store, then opened read-only by SQLite
     read_only = f"tracking.tracking_uri=sqlite:///file:{db}?mode=ro&uri=true"
-    argv = ["train", DEMO, *TINY, *tracking_overrides(tmp_path), read_only]
+    # MLflow makes the "parent folder" of SQLite's URI form relative to the working directory
+    # (file:/tmp/...): in tmp_path, not in the checkout
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", str(ROOT / DEMO), *TINY, *tracking_overrides(tmp_path), read_only]
     assert_refused(capsys, tmp_path, argv, r"the MLflow store sqlite:///file:.*mlruns.db\?mode=ro&uri=true cannot "
                                            r"be written \(.*attempt to write a readonly database\); make it writable")
 
