@@ -1,11 +1,12 @@
 #!/bin/bash
-# One GPU call of results/pareto_gpu: `nar-bench sweep experiments/pareto_gpu.yaml` for one seed into an
-# MLflow store that a previous call's seed was written to (carried in .gpu_store/mlruns.db, ignored by
-# git), then the report over every run of the experiment. Run from the repository root:
-#   bash results/pareto_gpu/run.sh SEED
+# The GPU call of results/pareto_gpu: `nar-bench sweep experiments/pareto_gpu.yaml` for the seeds given
+# (default 0,1) into an MLflow store (a previous call's, if carried in .gpu_store/mlruns.db, ignored by
+# git), stopped after SWEEP_TIMEOUT seconds if set (a re-run resumes it), then the report over every
+# FINISHED run of the experiment. Run from the repository root:
+#   SWEEP_TIMEOUT=280 bash results/pareto_gpu/run.sh 0,1
 # It writes to $OUT: mlruns.db (carry it to the next seed's call as .gpu_store/mlruns.db), log.txt and
 # report.tar.gz (the report folder: summary.*, quality_vs_speed.*, metrics.png, runs.csv, provenance).
-SEED=${1:?seed}
+SEEDS=${1:-0,1}
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && echo /tmp/site > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/zz_carried.pth"
@@ -16,8 +17,9 @@ R=${OUT:-results/runs/pareto_gpu}; S=/tmp/pareto_store; mkdir -p "$R" "$S"
 T=("tracking.tracking_uri=sqlite:///$S/mlruns.db" "tracking.artifact_location=$S/art" "output_dir=$S/runs")
 nar() { python3 -m nar_bench.cli "$@"; }
 start=$SECONDS
-nar sweep experiments/pareto_gpu.yaml "sweep.seeds=[$SEED]" --out "$S/seed$SEED" "${T[@]}" 2>&1 | tee "$R/log.txt" | grep -v "it/s\]" | tail -40
-echo "sweep seed $SEED: exit ${PIPESTATUS[0]}, $((SECONDS - start)) s" | tee -a "$R/log.txt"
+timeout "${SWEEP_TIMEOUT:-0}" python3 -m nar_bench.cli sweep experiments/pareto_gpu.yaml "sweep.seeds=[$SEEDS]" --out "$S/sweep" \
+  "${T[@]}" 2>&1 | tee "$R/log.txt" | grep -E "^point|error|Error" | tail -30
+echo "sweep seeds $SEEDS: exit ${PIPESTATUS[0]}, $((SECONDS - start)) s" | tee -a "$R/log.txt"
 nar report experiments/pareto_gpu.yaml --parent all --out "$S/report" "${T[@]}" 2>&1 | tail -5 | tee -a "$R/log.txt"
 cp "$S/mlruns.db" "$R/mlruns.db"
 tar czf "$R/report.tar.gz" -C "$S" report
