@@ -73,6 +73,8 @@ def test_fast_bf16_decodes_are_as_close_to_fp32_as_eager_bf16_on_gpu(name):
         fast_err = (FastDecoder(fast_tok, chunk=4, compile=compile)(codes).float() - ref).abs()
         assert fast_err.max() <= 2 * eager_err.max() and fast_err.mean() <= 2 * eager_err.mean(), compile
     assert any(m.fused for m in fast_tok.modules() if isinstance(m, GroupNorm))  # the Triton path was on
+    if name != "vq":  # only VQ-16 is decoded graphed by the evaluation (Tokenizer.graphed_decode)
+        return
     # the evaluation's decoder: compiled with the Triton norms inside, one CUDA graph per chunk shape
     graphed = FastDecoder(copy.deepcopy(tok), chunk=4, compile=True, autotune=False, fused_norms=True, graph=True)
     graphed_err = (graphed(codes).float() - ref).abs()

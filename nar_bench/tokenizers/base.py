@@ -58,6 +58,9 @@ class Tokenizer(nn.Module, ABC):
     grid: tuple[int, ...]
     learned: bool = False  # its codes come from trained weights (tokenizer.checkpoint), e.g. vq, msvq
     official_layout: Layout | None = None  # how a released checkpoint maps onto it (nar_bench.checkpoints)
+    # The evaluation engine decodes it compiled with the Triton norms inside and replayed as one CUDA
+    # graph per chunk (measured and tested for VQ-16 only: results/evaluate_speed/diag); else eager.
+    graphed_decode: bool = False
 
     @classmethod
     def config_grid(cls, cfg: Any) -> tuple[int, ...] | None:

@@ -98,6 +98,7 @@ class VectorQuantizer(nn.Module):
 class VQTokenizer(Tokenizer):
     """Images in [-1, 1] (B, 3, H, W) <-> codes (B, h*w), h = H / downsample, raster order."""
 
+    graphed_decode = True
     official_layout = Layout(optional=("quantize.codebook_used",),  # a usage log, not a weight
                              tokenizer_fix=f"{TOKENIZER_FIX} (preset vq_ds16 for vq_ds16_c2i.pt)",
                              download="download LlamaGen's VQ-16 tokenizer vq_ds16_c2i.pt (Hugging Face, "
