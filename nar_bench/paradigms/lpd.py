@@ -55,9 +55,8 @@ from nar_bench.nn.noise import RowNoise
 from nar_bench.nn.sampling import SamplingConfig, sample_step, with_null_class
 from nar_bench.nn.transformer import TransformerConfig, drop_labels, setup_kv_caches
 from nar_bench.nn.vit import LAYER_NORM_EPS, ViTBlock
-from nar_bench.paradigms import orders as decoding_orders
 from nar_bench.paradigms.base import Paradigm
-from nar_bench.paradigms.orders import check_order, order_token_steps, random_orders
+from nar_bench.paradigms.orders import AnyOrderDecoding, check_order, random_orders
 from nar_bench.registry import PARADIGMS
 from nar_bench.tokenizers.base import CodeSpace
 
@@ -151,7 +150,7 @@ class LPDOptions:
 
 
 @PARADIGMS.register("lpd")
-class LPD(Paradigm):
+class LPD(AnyOrderDecoding, Paradigm):
     Options = LPDOptions
     # main.py: --attn_dropout / --proj_dropout 0.1 (attention dropout unused by fused attention), --label_drop_prob 0.1
     default_dropouts = {"token_dropout": 0.0, "resid_dropout": 0.1, "ffn_dropout": 0.1, "class_dropout": 0.1}
@@ -211,35 +210,6 @@ class LPD(Paradigm):
     @property
     def num_steps(self) -> int:
         return len(self.counts)
-
-    def step_counts(self) -> list[int]:
-        """Tokens decoded at each step, the same for every sample and order."""
-        return list(self.counts)
-
-    def fixed_order(self) -> Tensor | None:
-        """(N,) raster index decoded at each decode position for the fixed orders; None otherwise."""
-        return decoding_orders.fixed_order(self.options.order, self.grid)
-
-    def decode_orders(self, batch: int, device: torch.device,
-                      generator: torch.Generator | RowNoise | None = None) -> Tensor:
-        """(B, N) raster index of each decode position, per sample."""
-        return decoding_orders.decode_orders(self.options.order, self.grid, self.counts, batch, device, generator,
-                                             self.options.repulsion)
-
-    def schedule(self) -> list[Tensor]:
-        order = self.fixed_order()
-        if order is None:
-            raise NarBenchError(f"lpd with model.options.order={self.options.order} draws a new order per sample in "
-                                "every generate call: it has no fixed raster schedule; step_counts() gives how many "
-                                "tokens each step decodes, token_steps() when the latest generate decoded which")
-        return list(order.split(self.counts))
-
-    def token_steps(self, sample: int = 0) -> Tensor:
-        if self._orders is None:
-            if self.fixed_order() is None:
-                raise NarBenchError("lpd records its decoding order in generate(); call it before token_steps()")
-            return super().token_steps(sample)
-        return order_token_steps(self._orders[sample], self.counts)
 
     def train_mask(self) -> Tensor:
         """The training mask of the decoding schedule (``group_mask``)."""

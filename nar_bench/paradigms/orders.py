@@ -221,3 +221,44 @@ def locality_orders(grid: tuple[int, int], counts: list[int], noise: Tensor, rep
         decoded.scatter_(1, taken, True)
         done += size
     return order
+
+
+class AnyOrderDecoding:
+    """The order side that the any-order paradigms (randar, lpd) share, mixed in before their
+    ``Paradigm`` base: ``options.order`` (and ``options.repulsion``) over ``ORDERS``, ``counts``
+    tokens per step, and ``_orders`` (B, N), the orders their latest ``generate`` drew."""
+
+    def step_counts(self) -> list[int]:
+        """Tokens decoded at each step, the same for every sample and order."""
+        return list(self.counts)
+
+    def fixed_order(self) -> Tensor | None:
+        """(N,) raster index decoded at each decode position for the fixed orders; None for the orders
+        drawn per sample (random, locality)."""
+        return fixed_order(self.options.order, self.grid)
+
+    def decode_orders(self, batch: int, device: torch.device,
+                      generator: torch.Generator | RowNoise | None = None) -> Tensor:
+        """(B, N) raster index of each decode position, per sample."""
+        order = self.fixed_order()
+        if order is not None:
+            return order.to(device).expand(batch, -1)
+        return decode_orders(self.options.order, self.grid, self.counts, batch, device, generator,
+                             self.options.repulsion)
+
+    def schedule(self) -> list[Tensor]:
+        order = self.fixed_order()
+        if order is None:
+            raise NarBenchError(f"{self.name} with model.options.order={self.options.order} draws a new order per "
+                                "sample in every generate call: it has no fixed raster schedule; step_counts() gives "
+                                "how many tokens each step decodes, token_steps() when the latest generate decoded "
+                                "which")
+        return list(order.split(self.counts))
+
+    def token_steps(self, sample: int = 0) -> Tensor:
+        if self._orders is None:
+            if self.fixed_order() is None:
+                raise NarBenchError(f"{self.name} records its decoding order in generate(); call it before "
+                                    "token_steps()")
+            return super().token_steps(sample)
+        return order_token_steps(self._orders[sample], self.counts)

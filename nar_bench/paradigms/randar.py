@@ -56,7 +56,7 @@ from nar_bench.nn.transformer import Attention, TransformerConfig, apply_rope, s
 from nar_bench.paradigms import orders as decoding_orders
 from nar_bench.paradigms.base import Paradigm, visibility_mask
 from nar_bench.paradigms.engine import SequenceParadigm
-from nar_bench.paradigms.orders import check_order, order_token_steps, random_orders
+from nar_bench.paradigms.orders import AnyOrderDecoding, check_order, random_orders
 from nar_bench.registry import PARADIGMS
 from nar_bench.tokenizers.base import CodeSpace
 
@@ -144,7 +144,7 @@ def randar_key_map(model: nn.Module) -> dict[str, str]:
 
 
 @PARADIGMS.register("randar")
-class RandAR(SequenceParadigm):
+class RandAR(AnyOrderDecoding, SequenceParadigm):
     Options = RandAROptions
     official_layout = Layout(
         randar_key_map,
@@ -176,41 +176,12 @@ class RandAR(SequenceParadigm):
     def num_steps(self) -> int:
         return len(self.counts)
 
-    def step_counts(self) -> list[int]:
-        """Tokens decoded at each step, the same for every sample and order."""
-        return list(self.counts)
-
     def fixed_order(self) -> Tensor | None:
         """(N,) raster index decoded at each decode position for the fixed orders; None for random and
         locality (drawn per sample)."""
         if self.options.order == "permutation":
             return torch.randperm(self.num_tokens, generator=torch.Generator().manual_seed(self.options.order_seed))
         return decoding_orders.fixed_order(self.options.order, self.grid)
-
-    def decode_orders(self, batch: int, device: torch.device,
-                      generator: torch.Generator | RowNoise | None = None) -> Tensor:
-        """(B, N) raster index of each decode position, per sample."""
-        order = self.fixed_order()
-        if order is not None:
-            return order.to(device).expand(batch, -1)
-        return decoding_orders.decode_orders(self.options.order, self.grid, self.counts, batch, device, generator,
-                                             self.options.repulsion)
-
-    def schedule(self) -> list[Tensor]:
-        order = self.fixed_order()
-        if order is None:
-            raise NarBenchError(f"randar with model.options.order={self.options.order} draws a new order per sample in "
-                                "every generate call: it has no fixed raster schedule; step_counts() gives how many "
-                                "tokens each step decodes, token_steps() when the latest generate decoded which")
-        return list(order.split(self.counts))
-
-    def token_steps(self, sample: int = 0) -> Tensor:
-        if self._orders is None:
-            if self.fixed_order() is None:
-                raise NarBenchError("randar records its random decoding order in generate(); "
-                                    "call it before token_steps()")
-            return super().token_steps(sample)
-        return order_token_steps(self._orders[sample], self.counts)
 
     def train_mask(self) -> Tensor:
         """Causal over ``[condition, q_0, x_0, .., q_{N-1}, x_{N-1}]``."""
