@@ -423,15 +423,38 @@ def quality_vs_speed(table: pd.DataFrame, group: list[str]) -> pd.DataFrame | No
     return out
 
 
+def captioned_figure(caption: str) -> tuple[plt.Figure, plt.Axes, list[str]]:
+    """A 6.4 x 4.8 in plot with room below it for ``caption`` wrapped to 110 characters a line:
+    (figure, axes, the caption's lines) for :func:`save_captioned`."""
+    footer = [line for part in caption.splitlines() for line in textwrap.wrap(part, 110)]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8 + footer_height(footer)))
+    return fig, ax, footer
+
+
+def footer_height(footer: list[str]) -> float:
+    return 0.12 * len(footer) + 0.1 if footer else 0.0
+
+
+def save_captioned(fig: plt.Figure, footer: list[str], path: str | Path, caption: str) -> Path:
+    """Lays out ``fig`` above its caption lines ``footer``, saves it as ``path`` (the caption also in
+    the PNG's metadata) and closes it."""
+    footer_in = footer_height(footer)
+    fig.tight_layout(rect=(0, footer_in / (4.8 + footer_in), 1, 1))
+    if footer:
+        fig.text(0.01, 0.05 / (4.8 + footer_in), "\n".join(footer), fontsize=6, va="bottom", linespacing=1.3)
+    path = Path(path)
+    fig.savefig(path, dpi=120, metadata={"Description": caption} if caption else None)
+    plt.close(fig)
+    return path
+
+
 def plot_quality_vs_speed(speed: pd.DataFrame, path: str | Path, caption: str = "") -> Path | None:
     """The first plotted quality metric of ``speed`` (:func:`quality_vs_speed`) against generate
     img/s: one labelled marker per group, the Pareto front as a line; None without a metric."""
     metric = next((spec.name for spec in plotted() if spec.name in speed and speed[spec.name].notna().any()), None)
     if metric is None:
         return None
-    footer = [line for part in caption.splitlines() for line in textwrap.wrap(part, 110)]
-    footer_in = 0.12 * len(footer) + 0.1 if footer else 0.0
-    fig, ax = plt.subplots(figsize=(6.4, 4.8 + footer_in))
+    fig, ax, footer = captioned_figure(caption)
     front = speed[speed["pareto"]].sort_values(SPEED_AXIS)
     ax.plot(front[SPEED_AXIS], front[metric], color="tab:orange", lw=1, zorder=1, label="Pareto front")
     ax.scatter(speed[SPEED_AXIS], speed[metric], color="tab:blue", zorder=2)
@@ -445,13 +468,7 @@ def plot_quality_vs_speed(speed: pd.DataFrame, path: str | Path, caption: str = 
     ax.set_title(f"{spec.label} vs {axis.label} throughput (mean over seeds)", fontsize="small")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.tight_layout(rect=(0, footer_in / (4.8 + footer_in), 1, 1))
-    if footer:
-        fig.text(0.01, 0.05 / (4.8 + footer_in), "\n".join(footer), fontsize=6, va="bottom", linespacing=1.3)
-    path = Path(path)
-    fig.savefig(path, dpi=120, metadata={"Description": caption} if caption else None)
-    plt.close(fig)
-    return path
+    return save_captioned(fig, footer, path, caption)
 
 
 def plot_quality_vs_steps(table: pd.DataFrame, group: list[str], path: str | Path, caption: str = "") -> Path | None:
@@ -465,9 +482,7 @@ def plot_quality_vs_steps(table: pd.DataFrame, group: list[str], path: str | Pat
         return None
     runs = runs.assign(**{x: pd.to_numeric(runs[x], errors="coerce")})
     means = runs.groupby(group, sort=False, dropna=False)[[x, metric]].mean().reset_index()
-    footer = [line for part in caption.splitlines() for line in textwrap.wrap(part, 110)]
-    footer_in = 0.12 * len(footer) + 0.1 if footer else 0.0
-    fig, ax = plt.subplots(figsize=(6.4, 4.8 + footer_in))
+    fig, ax, footer = captioned_figure(caption)
     for variant, rows in means.groupby("variant", sort=False):
         rows = rows.sort_values(x)
         ax.plot(rows[x], rows[metric], marker="o", label=str(variant))
@@ -477,13 +492,7 @@ def plot_quality_vs_steps(table: pd.DataFrame, group: list[str], path: str | Pat
     ax.set_title(f"{spec.label} vs decoding steps (mean over seeds)", fontsize="small")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="x-small")
-    fig.tight_layout(rect=(0, footer_in / (4.8 + footer_in), 1, 1))
-    if footer:
-        fig.text(0.01, 0.05 / (4.8 + footer_in), "\n".join(footer), fontsize=6, va="bottom", linespacing=1.3)
-    path = Path(path)
-    fig.savefig(path, dpi=120, metadata={"Description": caption} if caption else None)
-    plt.close(fig)
-    return path
+    return save_captioned(fig, footer, path, caption)
 
 
 def write_report(table: pd.DataFrame, grid: list[str], out_dir: str | Path, info: dict[str, str]) -> dict[str, Path]:
