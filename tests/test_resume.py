@@ -248,6 +248,28 @@ def test_resume_without_a_run_to_resume_is_one_clear_error(tmp_path, capsys):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns.db").exists()
 
 
+def test_a_process_that_exited_but_is_not_reaped_yet_is_not_alive():
+    """A SIGKILLed sweep stays a zombie until its parent reaps it (a test's, a launcher's); the other
+    sweep waiting for its points must see it as dead, or both wait forever (found by the load run:
+    the waiting sweep's parent reaped the dead one only after the waiting one finished)."""
+    import psutil
+
+    from nar_bench.tracking.lifecycle import owner_alive, process_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        tags = owner_tags() | {PID_TAG: str(child.pid)}
+        tags[PROCESS_START_TAG] = f"{psutil.Process(child.pid).create_time():.2f}"
+        assert owner_alive(tags) and process_alive(f"{tags[HOST_TAG]} {child.pid} {tags[PROCESS_START_TAG]}")
+        child.stdin.close()  # it exits; nobody reaps it yet
+        stat = Path(f"/proc/{child.pid}/stat")
+        while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            pass
+        assert not owner_alive(tags) and not process_alive(f"{tags[HOST_TAG]} {child.pid} {tags[PROCESS_START_TAG]}")
+    finally:
+        child.wait()
+
+
 def test_running_run_of_a_dead_process_is_marked_killed_at_the_next_start(tmp_path):
     from nar_bench.config import load_config
     from nar_bench.tracking.mlflow import experiment_id

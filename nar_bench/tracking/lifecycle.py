@@ -30,12 +30,14 @@ _swept: set[str] = set()  # stores whose stale runs this process has already mar
 
 
 def _process_start(pid: int) -> str:
-    """When process ``pid`` started (seconds since the epoch, as text), '' if it does not exist; with
-    the pid it names one process (a pid is reused after its process ends)."""
+    """When process ``pid`` started (seconds since the epoch, as text), '' if it does not exist or has
+    exited (a zombie its parent has not reaped yet: a SIGKILLed sweep must not look alive to the other
+    sweep waiting for its points); with the pid it names one process (a pid is reused after its process ends)."""
     import psutil
 
     try:
-        return f"{psutil.Process(pid).create_time():.2f}"
+        process = psutil.Process(pid)
+        return "" if process.status() == psutil.STATUS_ZOMBIE else f"{process.create_time():.2f}"
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return ""
 
