@@ -16,7 +16,7 @@ R=${OUT:-results/runs/evaluate_speed}; mkdir -p "$R"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$R/gpu.txt" 2>/dev/null
 if [ "${1:-}" = "--tests" ]; then
   start=$SECONDS
-  timeout 570 python3 -m pytest -v -m cuda -p no:cacheprovider --tb=short --durations=15 \
+  timeout "${TEST_TIMEOUT:-570}" python3 -m pytest -v -m cuda -p no:cacheprovider --tb=short --durations=15 \
     tests/test_generation_engine.py tests/test_run_evaluate.py tests/test_efficiency.py tests/test_noise.py \
     tests/test_fast_vae_decode.py tests/test_fused_decode.py > "$R/cudatests.txt" 2>&1
   echo "cuda tests, exit $? ($((SECONDS - start)) s): $(tail -1 "$R/cudatests.txt")"
