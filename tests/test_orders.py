@@ -8,9 +8,11 @@ import torch
 
 from nar_bench.errors import NarBenchError
 from nar_bench.paradigms import maskgit
-from nar_bench.paradigms.lpd import LPDOptions
+from nar_bench.nn.transformer import TransformerConfig
+from nar_bench.paradigms.lpd import LPD, LPDOptions
 from nar_bench.paradigms.orders import ORDERS, check_order, decode_orders, diagonal_order, fixed_order, halton_order
-from nar_bench.paradigms.randar import RandAROptions
+from nar_bench.paradigms.randar import RandAR, RandAROptions
+from nar_bench.tokenizers.base import CodeSpace
 
 
 @pytest.mark.parametrize("grid", [(4, 4), (3, 5), (16, 16)])
@@ -50,3 +52,11 @@ def test_an_unknown_order_lists_the_valid_ones_in_one_line():
         check_order("spiral")
     with pytest.raises(NarBenchError, match="orders a 2D grid"):
         diagonal_order((2, 4, 4))
+
+
+@pytest.mark.parametrize("paradigm", [RandAR, LPD])
+def test_any_order_paradigms_refuse_a_grid_that_is_not_2d_before_building(paradigm):
+    model = TransformerConfig(dim=32, n_layers=1, n_heads=2, vocab_size=8, num_classes=4)
+    with pytest.raises(NarBenchError, match=rf"^paradigm '{paradigm.name}' decodes 2D token grids \(H, W\); got grid "
+                                            r"\(2, 4, 4\)$"):
+        paradigm(model, CodeSpace(vocab_size=8, grid=(2, 4, 4)))

@@ -168,8 +168,7 @@ class LPD(AnyOrderDecoding, Paradigm):
 
     def __init__(self, model: TransformerConfig, codes: CodeSpace, options: LPDOptions | None = None):
         opts = options if options is not None else self.Options()
-        if len(codes.grid) != 2:
-            raise NarBenchError(f"paradigm 'lpd' decodes 2D token grids (H, W); got grid {tuple(codes.grid)}")
+        self.require_2d_grid(codes)
         counts = lpd_group_sizes(codes.num_tokens, opts.steps)  # fails before the model is built
         super().__init__(model, codes, opts)
         n, dim = codes.num_tokens, model.dim

@@ -228,6 +228,12 @@ class AnyOrderDecoding:
     ``Paradigm`` base: ``options.order`` (and ``options.repulsion``) over ``ORDERS``, ``counts``
     tokens per step, and ``_orders`` (B, N), the orders their latest ``generate`` drew."""
 
+    @classmethod
+    def require_2d_grid(cls, codes) -> None:
+        """Every order here is over an (H, W) grid; called before the backbone is built."""
+        if len(codes.grid) != 2:
+            raise NarBenchError(f"paradigm '{cls.name}' decodes 2D token grids (H, W); got grid {tuple(codes.grid)}")
+
     def step_counts(self) -> list[int]:
         """Tokens decoded at each step, the same for every sample and order."""
         return list(self.counts)

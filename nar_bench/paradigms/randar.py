@@ -161,8 +161,7 @@ class RandAR(AnyOrderDecoding, SequenceParadigm):
 
     def __init__(self, model: TransformerConfig, codes: CodeSpace, options: RandAROptions | None = None):
         opts = options if options is not None else self.Options()
-        if len(codes.grid) != 2:
-            raise NarBenchError(f"paradigm 'randar' decodes 2D token grids (H, W); got grid {tuple(codes.grid)}")
+        self.require_2d_grid(codes)
         counts = randar_step_counts(codes.num_tokens, opts.steps)  # fails before the backbone is built
         super().__init__(model, codes, opts)
         self.counts = counts
