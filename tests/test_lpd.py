@@ -264,16 +264,6 @@ def test_lpd_l_has_the_released_337m_parameters():
     assert round(count_parameters(model) / 1e6) == 337
 
 
-def test_built_from_the_tiny_config_and_trains_in_the_lightning_module():
-    from nar_bench.lit.module import GeneratorModule
-
-    module = GeneratorModule(LPD.tiny_config("eval.samples_per_class=1"), num_classes=5)
-    assert type(module.paradigm) is LPD and module.paradigm.num_steps == 8
-    tokens, labels = torch.randint(0, module.tokenizer.vocab_size, (4, 16)), torch.arange(4)
-    module.paradigm.loss(tokens, labels).backward()
-    assert all(p.grad is not None for p in module.paradigm.parameters())
-
-
 # --- official checkpoint layout -----------------------------------------------------------------------------
 def official_forward_decoder(sd: dict[str, Tensor], tokens: Tensor, labels: Tensor, orders: Tensor,
                              group_sizes: list[int], n_head: int) -> Tensor:

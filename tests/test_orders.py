@@ -1,5 +1,5 @@
 """The shared decoding-order vocabulary (``nar_bench.paradigms.orders``): each order defined once,
-the same names on randar and lpd, MaskGIT's Halton order the same function."""
+the same names on randar and lpd, MaskGIT's Halton order the same function; what the any-order paradigms share."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from nar_bench.errors import NarBenchError
-from nar_bench.paradigms import maskgit
 from nar_bench.nn.transformer import TransformerConfig
+from nar_bench.paradigms import maskgit
 from nar_bench.paradigms.lpd import LPD, LPDOptions
 from nar_bench.paradigms.orders import ORDERS, check_order, decode_orders, diagonal_order, fixed_order, halton_order
 from nar_bench.paradigms.randar import RandAR, RandAROptions
@@ -60,3 +60,15 @@ def test_any_order_paradigms_refuse_a_grid_that_is_not_2d_before_building(paradi
     with pytest.raises(NarBenchError, match=rf"^paradigm '{paradigm.name}' decodes 2D token grids \(H, W\); got grid "
                                             r"\(2, 4, 4\)$"):
         paradigm(model, CodeSpace(vocab_size=8, grid=(2, 4, 4)))
+
+
+@pytest.mark.parametrize("paradigm", [RandAR, LPD])
+def test_any_order_paradigms_build_from_their_tiny_config_and_train_in_the_lightning_module(paradigm):
+    from nar_bench.lit.module import GeneratorModule
+
+    module = GeneratorModule(paradigm.tiny_config("eval.samples_per_class=1"), num_classes=5)
+    assert type(module.paradigm) is paradigm
+    assert f"model.options.steps={module.paradigm.num_steps}" in paradigm.tiny_overrides
+    tokens, labels = torch.randint(0, module.tokenizer.vocab_size, (4, 16)), torch.arange(4)
+    module.paradigm.loss(tokens, labels).backward()
+    assert all(p.grad is not None for p in module.paradigm.parameters())

@@ -286,16 +286,6 @@ def test_official_checkpoint_mismatches_name_the_keys(tmp_path):
         load_official(model, tmp_path / "llamagen.pt")
 
 
-def test_built_from_the_tiny_config_and_trains_in_the_lightning_module():
-    from nar_bench.lit.module import GeneratorModule
-
-    module = GeneratorModule(RandAR.tiny_config("eval.samples_per_class=1"), num_classes=5)
-    assert type(module.paradigm) is RandAR and module.paradigm.num_steps == 6
-    tokens, labels = torch.randint(0, module.tokenizer.vocab_size, (4, 16)), torch.arange(4)
-    module.paradigm.loss(tokens, labels).backward()
-    assert all(p.grad is not None for p in module.paradigm.parameters())
-
-
 def test_a_randar_file_loaded_as_raster_ar_is_named_as_randar():
     from nar_bench.paradigms.raster_ar import RasterAR
 
