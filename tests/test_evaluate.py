@@ -28,7 +28,7 @@ TINY = ["model.size=tiny", "data.image_size=16", "data.grid_size=4", "trainer.ac
         "eval.extractor_options.steps=20", "eval.extractor_options.width=8"]
 # the metrics, the record keys and every speed record but GPU memory (a CPU run)
 METRIC_KEYS = {"fid", "is", "is_std", "kid", "kid_std", "precision", "recall", "f_score", "class_accuracy",
-               "num_samples", "generate_seconds", *(set(SPEEDS) - {"peak_mem_gb"})}
+               "num_samples", "generate_seconds", "steps_per_image", *(set(SPEEDS) - {"peak_mem_gb"})}
 
 
 pytestmark = pytest.mark.usefixtures("metrics_cache")
@@ -68,6 +68,7 @@ def test_evaluate_returns_metrics_and_logs_them_with_artifacts_to_mlflow(tmp_pat
 
     assert set(metrics) == METRIC_KEYS
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert metrics["steps_per_image"] == module.paradigm.num_steps  # the decoding steps it ran, logged too
     assert metrics["num_samples"] == 32 and 0 <= metrics["class_accuracy"] <= 1 and metrics["fid"] > 0
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     run = client.get_run(logger.run_id)

@@ -162,6 +162,7 @@ def test_evaluate_verb_scores_an_official_weights_file_and_records_everything(
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
     run = client.get_run(record["mlflow_run_id"])
     assert run.data.metrics["eval/fid"] == pytest.approx(record["metrics"]["fid"])
+    assert record["steps_per_image"] == module.paradigm.num_steps == run.data.metrics["eval/steps_per_image"]
     assert run.data.params["num_samples"] == "16" and record["checkpoint"]["sha256"] in str(run.data.params)
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"eval_samples.png", "eval.json"}
     assert run.info.status == "FINISHED"  # not left RUNNING for the next start to mark KILLED
@@ -183,7 +184,7 @@ def test_the_sweep_evaluation_scores_the_same_shards_with_adm_metrics_given_a_re
                               f"eval.extractor_options.weights_path={random_inception_weights}")
     metrics = evaluate(module, cfg, num_samples=32, batch_size=16, out_dir=tmp_path)
     assert set(metrics) == {"fid", "sfid", "is", "is_std", "precision", "recall", "num_samples", "generate_seconds",
-                            *CPU_SPEED}
+                            "steps_per_image", *CPU_SPEED}
     assert np.array_equal(read(tmp_path / "samples.npz")[0], read(uninterrupted)[0])  # same samples as the verb's
     assert (tmp_path / "eval_samples.png").is_file()
 

@@ -139,7 +139,8 @@ def evaluate(module: GeneratorModule, cfg: DictConfig, num_samples: int | None =
             return {}
         seconds = time.perf_counter() - start
         metrics, per_class, speed = score_timed(scorer, path, num_samples, seconds, speed)
-        metrics.update(num_samples=float(num_samples), generate_seconds=seconds, **speed)
+        metrics.update(num_samples=float(num_samples), generate_seconds=seconds,
+                       steps_per_image=float(module.paradigm.num_steps), **speed)
         grid = first_samples(path, min(module.num_classes, 16) * grid_rows(cfg, module.num_classes, num_samples))
         write_artifacts(grid, per_class, folder, module.num_classes, logger)
     if logger is not None:
@@ -306,14 +307,16 @@ def _evaluate_into(module: GeneratorModule, cfg: DictConfig, ckpt: str | Path, n
     metrics, per_class, speed = score_timed(scorer, path, num_samples, seconds, speed)
     record = {
         "name": name, "metrics": metrics, "num_samples": num_samples, "seed": cfg.seed,
-        "sampling": settings["sampling"], "settings": settings, "generate_seconds": seconds, "speed": speed,
+        "sampling": settings["sampling"], "settings": settings, "generate_seconds": seconds,
+        "steps_per_image": module.paradigm.num_steps, "speed": speed,
         "checkpoint": {"path": str(Path(ckpt).resolve()), "sha256": settings["checkpoint_sha256"]},
         "protocol": protocol, "reference": protocol["reference"],
         "samples": str(path.resolve()),
         "provenance": provenance(command, device(cfg)),
         "mlflow_run_id": logger.run_id,
     }
-    logger.log_metrics({EVAL_PREFIX + key: value for key, value in {**metrics, **speed}.items()})
+    logged = {**metrics, **speed, "steps_per_image": record["steps_per_image"]}
+    logger.log_metrics({EVAL_PREFIX + key: value for key, value in logged.items()})
     results.mkdir(parents=True, exist_ok=True)
     grid = first_samples(path, min(module.num_classes, 16) * grid_rows(cfg, module.num_classes, num_samples))
     write_artifacts(grid, per_class, results, module.num_classes, logger)

@@ -66,7 +66,7 @@ register_metric("class_accuracy", "class accuracy", "higher", ("classes",), ("cl
 register_metric("fvd", "FVD", "lower", ("video",), ("features", "reference_stats"))
 
 # What an evaluation records next to its metrics (not metrics: no direction, never summarised).
-RECORD_KEYS = ("num_samples", "generate_seconds")
+RECORD_KEYS = ("num_samples", "generate_seconds", "steps_per_image")  # steps: the decoding steps it ran
 
 
 @dataclass(frozen=True)
