@@ -71,12 +71,10 @@ class FastDecoder:
             if part.shape[0] == 1:
                 part = part.expand(2, *part.shape[1:])
             part = part.contiguous()
-            if self.graph and part.is_cuda:
-                images = self.chunk_graph(part)(part)
-            else:
-                if self.compiled:
-                    torch._dynamo.mark_dynamic(part, 0)
-                images = self.decode_chunk(part)
+            # Compiled, every chunk shape (the full chunk, the remainder) gets its own static-shape
+            # kernels, graphed or not: a dynamic-batch compile picks other kernels that round differently,
+            # so a replay equals the uncaptured decode only if both are compiled for the same shape.
+            images = self.chunk_graph(part)(part) if self.graph and part.is_cuda else self.decode_chunk(part)
             if out is None:
                 out = images.new_empty(n, *images.shape[1:])
             out[start : start + self.chunk] = images[: min(self.chunk, n - start)]
