@@ -180,6 +180,13 @@ def test_runs_with_speed_records_get_a_quality_vs_throughput_table_and_a_pareto_
     assert Image.open(paths["pareto"]).size[0] > 0 and paths["speed_md"].read_text().count("\n") == 6
 
 
+
+def test_a_variant_that_crosses_no_grid_is_labelled_by_its_name_alone():
+    from nar_bench.tracking.parent_summary import group_label
+
+    rows = pd.DataFrame({"variant": ["randar", "ar_zipar8"], "steps": pd.Series([88, None], dtype=object)})
+    assert [group_label(row, ["variant", "steps"]) for _, row in rows.iterrows()] == ["randar/steps_88", "ar_zipar8"]
+
 # --- committed results are never overwritten by accident ------------------------------------------
 def committed_folder(tmp_path: Path) -> Path:
     """A results folder from another commit: a provenance.json naming it, and a result file."""

@@ -19,8 +19,9 @@ from nar_bench.tracking.names import BEST_TAG, TABLE_ARTIFACT
 
 
 def group_label(row: pd.Series, group: list[str]) -> str:
-    """``variant[/key_value...]`` with only the characters MLflow allows in metric names."""
-    parts = [str(row[group[0]]), *(f"{key}_{row[key]}" for key in group[1:])]
+    """``variant[/key_value...]`` with only the characters MLflow allows in metric names; a key the
+    variant does not set (a variant that crosses no grid: NaN / None) is left out."""
+    parts = [str(row[group[0]]), *(f"{key}_{row[key]}" for key in group[1:] if not pd.isna(row[key]))]
     return re.sub(r"[^\w.\- /]", "_", "/".join(parts))
 
 
