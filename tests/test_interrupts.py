@@ -176,3 +176,34 @@ def test_errors_end_runs_failed(tmp_path):
     done = run_cli([*TRAIN, *tracking_overrides(tmp_path)], failing)
     assert done.returncode == 1 and "RuntimeError: a bug in a training step" in done.stderr
     assert statuses(tmp_path) == {"nar-tiny": "FAILED"}
+
+
+def test_a_signal_inside_a_store_write_stops_the_work_after_that_write(tmp_path):
+    """Raised inside an MLflow write, the KeyboardInterrupt could leave its connection holding SQLite's
+    write lock (a busy machine's load run: ending the runs KILLED then failed on "database is locked");
+    it is raised once the write is done. Here the signal arrives while SQLAlchemy executes the write."""
+    import os
+
+    from sqlalchemy import event
+
+    from nar_bench.tracking.lifecycle import interruptible
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns.db")
+    run_id = client.create_run(client.create_experiment("interrupts")).info.run_id
+    sent = []
+
+    def signal_inside_the_write(conn, cursor, statement, *args):
+        if statement.startswith("INSERT INTO tags") and not sent:
+            sent.append(statement)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    event.listen(client._tracking_client.store.engine, "before_cursor_execute", signal_inside_the_write)
+    with pytest.raises(SystemExit) as exit_:
+        with interruptible():
+            client.set_tag(run_id, "written", "yes")
+            while True:  # the work the signal stops (the hang guard ends the test if it never comes)
+                signal.pause()
+    assert exit_.value.code == 128 + signal.SIGTERM and sent
+    assert client.get_run(run_id).data.tags["written"] == "yes"  # the write the signal landed in completed
+    client.set_terminated(run_id, status="KILLED")  # and holds no lock
+    assert client.get_run(run_id).info.status == "KILLED"

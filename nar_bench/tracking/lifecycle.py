@@ -153,9 +153,43 @@ def run_end_status(error: BaseException | None) -> str:
     return "KILLED" if interrupted() or isinstance(error, KeyboardInterrupt) else "FAILED"
 
 
+# Code a KeyboardInterrupt must not land in: raised inside a store write, it can leave that write's
+# connection holding SQLite's write lock, so that ending the runs as KILLED then fails on "database is
+# locked" (seen on a busy machine: the signal reached the main thread while it logged progress).
+STORE_WRITERS = ("sqlalchemy", "sqlite3", "mlflow.store")
+
+
+def _is_store(frame) -> bool:
+    return frame.f_globals.get("__name__", "").startswith(STORE_WRITERS)
+
+
+def _in_store_write(frame) -> bool:
+    while frame is not None:
+        if _is_store(frame):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _interrupt_after_store_write(signum: int) -> None:
+    """Raises the KeyboardInterrupt as the outermost store frame on this thread's stack returns (an
+    exception raised by a profile function comes out of the frame it watches): the interrupt lands
+    right after the write, at the same point of the work on any machine."""
+
+    def on_return(frame, event, arg) -> None:
+        if event == "return" and _is_store(frame) and not _in_store_write(frame.f_back):
+            sys.setprofile(None)
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    sys.setprofile(on_return)
+
+
 def _raise_interrupt(signum: int, frame) -> None:
     if not _interrupted:
         _interrupted.append(signum)
+    if _in_store_write(frame):
+        _interrupt_after_store_write(signum)
+        return
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
