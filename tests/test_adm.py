@@ -12,6 +12,7 @@ from nar_bench.errors import NarBenchError
 from nar_bench.metrics.adm import (
     SPATIAL_DIM,
     InceptionFeatures,
+    StreamedFeatures,
     build_reference,
     evaluate_npz,
     frechet_distance,
@@ -21,6 +22,7 @@ from nar_bench.metrics.adm import (
 )
 from nar_bench.metrics.adm_npz import images_header, iter_images, write_npz
 from nar_bench.metrics.fidelity import INCEPTION_WEIGHTS_ENV, torch_fidelity
+from nar_bench.metrics.sample_store import SampleStore
 from nar_bench.nn.modes import tf32_disabled
 
 N_REF, N_SAMPLES, SIZE = 12, 10, 32
@@ -164,6 +166,34 @@ def test_fid_from_the_reference_file_equals_torch_fidelity_on_the_images(photos,
     assert ours["precision"] == direct[torch_fidelity.KEY_METRIC_PRECISION]
     assert ours["recall"] == direct[torch_fidelity.KEY_METRIC_RECALL]
     assert ours["num_samples"] == N_SAMPLES
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_features_streamed_while_the_shards_are_assembled_are_the_written_files(device, photos, reference,
+                                                                              random_inception_weights, tmp_path):
+    """Shards of 3 images, Inception batches of 4 (a batch spans two shards), one batch waiting at
+    most: the streamed features (extracted on a worker thread) are bit-identical to reading the
+    assembled file back in batches of 4 (the same images in the same batches through the same
+    network on the same device), and so are the metrics."""
+    samples = photos[N_REF:]
+    store = SampleStore(tmp_path / "samples.npz", len(samples), 3, {})
+    store.open()
+    for shard in range(store.num_shards):
+        indices = list(store.indices(shard))
+        store.write_shard(shard, samples[indices], np.zeros(len(indices), np.int64))
+    streamed, seen = StreamedFeatures(random_inception_weights, device, batch_size=4, pending=1), []
+    path = store.assemble(observe=lambda images: (seen.append(len(images)), streamed.add(images)))
+    features = streamed.result()
+    streamed.close()
+    assert seen == [3, 3, 3, 1] and streamed.seconds > 0
+    direct = InceptionFeatures(random_inception_weights, device).extract(iter_images(path, 4))
+    assert all(torch.equal(getattr(features, k), getattr(direct, k)) for k in ("pool", "spatial", "logits"))
+    read = evaluate_npz(path, reference, random_inception_weights, batch_size=4, device=device)
+    assert evaluate_npz(path, load_reference(reference), random_inception_weights, batch_size=4, device=device,
+                        features=features) == read
+    idle = StreamedFeatures(random_inception_weights, device, batch_size=4)
+    assert idle.result() is None and idle.extractor is None  # an observer that saw nothing loads nothing
+    idle.close()
 
 
 def test_frechet_distance_is_zero_for_equal_statistics_and_grows_with_a_shift():

@@ -234,18 +234,23 @@ REPORT = """
     import nar_bench.metrics.adm as adm
     import nar_bench.tracking.mlflow as mlflow_module
     write_shard, extract = store_module.SampleStore.write_shard, adm.InceptionFeatures.extract
-    reopen = mlflow_module.reopen
+    add_streamed, reopen = adm.StreamedFeatures.add, mlflow_module.reopen
     def reporting_write_shard(self, shard, *args):
         print("writing shard", shard, flush=True)
         return write_shard(self, shard, *args)
     def reporting_extract(self, batches, total=None, desc="Inception features"):
         print("extracting", desc, flush=True)
         return extract(self, batches, total, desc)
+    def reporting_add_streamed(self, images):  # the samples' features, extracted while they are assembled
+        if self.count == 0:
+            print("extracting", "sample features", flush=True)
+        return add_streamed(self, images)
     def reporting_reopen(c, run_id, tags):
         print("reopening", run_id, c.get_run(run_id).info.status, flush=True)
         return reopen(c, run_id, tags)
     store_module.SampleStore.write_shard = reporting_write_shard
     adm.InceptionFeatures.extract = reporting_extract
+    adm.StreamedFeatures.add = reporting_add_streamed
     mlflow_module.reopen = reporting_reopen
 """
 KILL_AT_SECOND_SHARD = REPORT + """

@@ -108,6 +108,22 @@ def score_timed(scorer: Scorer, path: Path, num_samples: int, generate_seconds: 
     return metrics, per_class, {key: float(speed[key]) for key in SPEEDS if speed.get(key) is not None}
 
 
+def generate_and_score(module: GeneratorModule, cfg: DictConfig, scorer: Scorer, num_samples: int, out: Path,
+                       batch_size: int, settings: dict, png_dir: str | Path | None = None, logger=None,
+                       ) -> tuple[Path, float, dict[str, float], pd.DataFrame | None, dict[str, float]] | None:
+    """(samples file, seconds to generate it, metrics, per-class table, speed records) of
+    ``generate_samples`` then ``score_timed``; the scorer observes the samples as they are assembled
+    (``Scorer.streaming``). None on ranks other than 0."""
+    start, speed = time.perf_counter(), {}
+    with scorer.streaming() as observe:
+        path = generate_samples(module, cfg, num_samples, out, batch_size, settings, png_dir,
+                                progress=progress_to(logger), speed=speed, observe=observe)
+        if path is None:
+            return None
+        seconds = time.perf_counter() - start
+        return path, seconds, *score_timed(scorer, path, num_samples, seconds, speed)
+
+
 def speed_line(speed: dict[str, float]) -> str:
     """E.g. "generate 1890 img/s, decode 1210 img/s, ..., wall time 42.1 s"."""
     return ", ".join(f"{SPEEDS[key].label} {value:.4g} {SPEEDS[key].unit}" for key, value in speed.items())
@@ -130,15 +146,13 @@ def evaluate(module: GeneratorModule, cfg: DictConfig, num_samples: int | None =
     scorer.check()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out_dir or tmp)
-        start, speed = time.perf_counter(), {}
-        path = generate_samples(module, cfg, num_samples, folder / "samples.npz", batch_size or cfg.eval.batch_size,
-                                sample_settings(cfg, module.num_classes, weights_sha256=weights_sha256(module),
-                                                **decoding_settings(cfg)),
-                                progress=progress_to(logger), speed=speed)
-        if path is None:
+        settings = sample_settings(cfg, module.num_classes, weights_sha256=weights_sha256(module),
+                                   **decoding_settings(cfg))
+        done = generate_and_score(module, cfg, scorer, num_samples, folder / "samples.npz",
+                                  batch_size or cfg.eval.batch_size, settings, logger=logger)
+        if done is None:
             return {}
-        seconds = time.perf_counter() - start
-        metrics, per_class, speed = score_timed(scorer, path, num_samples, seconds, speed)
+        path, seconds, metrics, per_class, speed = done
         metrics.update(num_samples=float(num_samples), generate_seconds=seconds,
                        steps_per_image=float(module.paradigm.num_steps), **speed)
         grid = first_samples(path, min(module.num_classes, 16) * grid_rows(cfg, module.num_classes, num_samples))
@@ -298,13 +312,10 @@ def _evaluate_into(module: GeneratorModule, cfg: DictConfig, ckpt: str | Path, n
                    results: Path, out: Path, png_dir: str | Path | None, settings: dict, protocol: dict, scorer,
                    logger, command: str | None) -> dict | None:
     """Generate, score and record for :func:`evaluate_checkpoint`, inside its open MLflow run."""
-    start, speed = time.perf_counter(), {}
-    path = generate_samples(module, cfg, num_samples, out, cfg.eval.batch_size, settings, png_dir,
-                            progress=progress_to(logger), speed=speed)
-    if path is None:
+    done = generate_and_score(module, cfg, scorer, num_samples, out, cfg.eval.batch_size, settings, png_dir, logger)
+    if done is None:
         return None
-    seconds = time.perf_counter() - start
-    metrics, per_class, speed = score_timed(scorer, path, num_samples, seconds, speed)
+    path, seconds, metrics, per_class, speed = done
     record = {
         "name": name, "metrics": metrics, "num_samples": num_samples, "seed": cfg.seed,
         "sampling": settings["sampling"], "settings": settings, "generate_seconds": seconds,

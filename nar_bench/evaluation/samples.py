@@ -4,6 +4,7 @@ engine ``eval.engine`` resolves to (``nar_bench.paradigms.generation``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -54,16 +55,17 @@ def sampling_trainer(cfg: DictConfig) -> L.Trainer:
 
 def generate_samples(module: L.LightningModule, cfg: DictConfig, num_samples: int, out: Path, batch_size: int,
                      settings: dict, png_dir: str | Path | None = None, progress: Progress | None = None,
-                     speed: dict[str, float] | None = None) -> Path | None:
+                     speed: dict[str, float] | None = None,
+                     observe: Callable[[np.ndarray], None] | None = None) -> Path | None:
     """Class-balanced samples (label i % num_classes, noise from (cfg.seed, i)) of a GeneratorModule
     into the ADM .npz ``out`` via resumable shards; the path on rank 0, None on other ranks.
     ``settings`` plus ``engine_settings`` are what the shards are stored with. ``progress`` /
-    ``speed``: see ``sample_to_store``. Call on every rank under DDP."""
+    ``speed`` / ``observe``: see ``sample_to_store``. Call on every rank under DDP."""
     engine = engine_settings(module, cfg, batch_size)
     store = SampleStore(out, num_samples, cfg.eval.shard_size, {**settings, **engine})
     return sample_to_store(sampling_trainer(cfg), module, store, SamplingConfig(**cfg.eval.sampling), cfg.seed,
                            module.num_classes, batch_size, cfg.eval.decode_batch, png_dir, engine=engine["engine"],
-                           dtype=engine["dtype"], progress=progress, speed=speed)
+                           dtype=engine["dtype"], progress=progress, speed=speed, observe=observe)
 
 
 class GridSampler(L.LightningModule):

@@ -14,8 +14,10 @@ Every scorer returns only names the metric registry knows (``nar_bench.metrics.r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from nar_bench.metrics import DomainClassifierSpec, class_consistency, domain_cl
 from nar_bench.metrics.adm import (
     InceptionFeatures,
     Reference,
+    StreamedFeatures,
     adm_protocol,
     check_same_size,
     evaluate_npz,
@@ -97,8 +100,16 @@ class Scorer(ABC):
         check_reported(metrics, type(self).__name__)
         return metrics, per_class
 
+    @contextlib.contextmanager
+    def streaming(self) -> Iterator[Callable[[np.ndarray], None] | None]:
+        """Around generating and scoring one sample file: an observer for its images as they are
+        assembled (``SampleStore.assemble``), or None where the scorer reads the file."""
+        yield None
+
 
 class ADMScorer(Scorer):
+    streamed: StreamedFeatures | None = None  # inside ``streaming``
+
     def check(self) -> None:
         if self.cfg.data.frames is not None:
             raise NarBenchError("eval.reference is an ADM batch of images, but this config generates video "
@@ -116,11 +127,25 @@ class ADMScorer(Scorer):
     def weights(self) -> str | None:
         return self.cfg.eval.extractor_options.get("weights_path")
 
+    @contextlib.contextmanager
+    def streaming(self) -> Iterator[Callable[[np.ndarray], None]]:
+        """The samples' Inception features are extracted on a worker thread as the shards are
+        assembled into the file (``StreamedFeatures``): the assembly's disk writes and the feature
+        extraction overlap, and the file is not read again. Features equal the file's."""
+        self.streamed = StreamedFeatures(self.weights, device(self.cfg), self.cfg.eval.batch_size)
+        try:
+            yield self.streamed.add
+        finally:
+            self.streamed.close()
+            self.streamed = None
+
     def metrics(self, samples: Path) -> tuple[dict[str, float], None]:
         timings: dict[str, float] = {}
-        metrics = evaluate_npz(samples, self.cfg.eval.reference, self.weights, batch_size=self.cfg.eval.batch_size,
-                               device=device(self.cfg), timings=timings, features_cache=self.features_cache(samples))
-        self.feature_seconds = timings["feature_s"]
+        streamed = self.streamed.result() if self.streamed is not None else None
+        metrics = evaluate_npz(samples, self.reference, self.weights, batch_size=self.cfg.eval.batch_size,
+                               device=device(self.cfg), timings=timings, features_cache=self.features_cache(samples),
+                               features=streamed)
+        self.feature_seconds = self.streamed.seconds if streamed is not None else timings["feature_s"]
         return metrics, None
 
     def features_cache(self, samples: Path) -> tuple[Path, str] | None:

@@ -169,12 +169,14 @@ def sample_to_store(trainer: L.Trainer, module: L.LightningModule, store: Sample
                     seed: int, num_classes: int, batch_size: int, decode_batch: int = 32,
                     png_dir: str | Path | None = None, keep_shards: bool = False, engine: str = "eager",
                     dtype: str | None = None, progress: Progress | None = None,
-                    speed: dict[str, float] | None = None) -> Path | None:
+                    speed: dict[str, float] | None = None,
+                    observe: Callable[[np.ndarray], None] | None = None) -> Path | None:
     """Generates every missing shard of ``store`` on ``trainer``'s devices and assembles the final
     .npz on rank 0 (returns its path there, None on other ranks). A final file assembled with the
     same settings is taken as it is. Call on every rank under DDP. ``speed``, when given, receives
     this process's ``ShardSampler.speed()`` (assembling counted in write_s); nothing when every shard
-    was already written."""
+    was already written. ``observe``: see ``SampleStore.assemble`` (not called when the final file
+    was already complete)."""
     class_balanced_labels(store.num_samples, num_classes)  # fail before any work on an uneven N
     if store.complete():
         if not trainer.is_global_zero:
@@ -202,7 +204,7 @@ def sample_to_store(trainer: L.Trainer, module: L.LightningModule, store: Sample
     if not trainer.is_global_zero:
         return None
     clock = time.perf_counter()
-    path = store.assemble(keep_shards)
+    path = store.assemble(keep_shards, observe)
     if speed is not None and sampler is not None:
         speed.update(sampler.speed())
         speed["write_s"] += time.perf_counter() - clock

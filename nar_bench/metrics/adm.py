@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +139,66 @@ class InceptionFeatures:
         if not parts:
             raise NarBenchError("no images to extract features from")
         return Features(*(torch.cat([getattr(p, name) for p in parts]) for name in ("pool", "spatial", "logits")))
+
+
+class StreamedFeatures:
+    """Inception features of images handed over chunk by chunk (``add``: (n, H, W, 3) uint8, in
+    file order), extracted on a worker thread while the caller goes on: ``SampleStore.assemble``
+    writes each shard into the .npz while its features are computed. Chunks are re-cut into the
+    batches ``iter_images(file, batch_size)`` reads, so ``result()`` equals the features
+    ``evaluate_npz`` would extract from the written file. At most ``pending`` batches wait for the
+    worker (memory stays bounded); ``seconds`` is the worker's busy time. The extractor is built at
+    the first chunk, so an observer that sees no images costs nothing."""
+
+    def __init__(self, weights_path: str | Path | None, device: str | torch.device, batch_size: int,
+                 pending: int = 4):
+        self.weights_path, self.device, self.batch_size, self.pending = weights_path, device, batch_size, pending
+        self.extractor: InceptionFeatures | None = None
+        self.buffer: np.ndarray | None = None  # the images of a batch not yet whole
+        self.jobs: deque[Future] = deque()
+        self.parts: list[Features] = []
+        self.count, self.seconds = 0, 0.0
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="inception-features")
+
+    def add(self, images: np.ndarray) -> None:
+        if self.extractor is None:
+            self.extractor = InceptionFeatures(self.weights_path, self.device)
+        self.count += len(images)
+        if self.buffer is not None:  # a copy only where chunks do not split into whole batches
+            images, self.buffer = np.concatenate([self.buffer, images]), None
+        whole = len(images) - len(images) % self.batch_size
+        for start in range(0, whole, self.batch_size):
+            self._submit(images[start : start + self.batch_size])
+        if whole < len(images):
+            self.buffer = images[whole:]
+
+    def _submit(self, batch: np.ndarray) -> None:
+        while len(self.jobs) >= self.pending:
+            self.parts.append(self.jobs.popleft().result())
+        self.jobs.append(self.worker.submit(self._extract, batch))
+
+    def _extract(self, batch: np.ndarray) -> Features:
+        start = time.perf_counter()
+        features = self.extractor(batch)
+        self.seconds += time.perf_counter() - start
+        return features
+
+    def result(self) -> Features | None:
+        """The features of every image added (None if none was), once the worker is done."""
+        if self.buffer is not None:
+            self._submit(self.buffer)
+            self.buffer = None
+        self.parts.extend(job.result() for job in self.jobs)
+        self.jobs.clear()
+        if not self.parts:
+            return None
+        return Features(*(torch.cat([getattr(p, name) for p in self.parts]) for name in ("pool", "spatial", "logits")))
+
+    def close(self) -> None:
+        """Drops the batches not started and waits for the one running (after an error, say)."""
+        for job in self.jobs:
+            job.cancel()
+        self.worker.shutdown(wait=True)
 
 
 def statistics(features: Tensor) -> dict[str, np.ndarray]:
@@ -343,32 +405,39 @@ def check_same_size(samples_shape: tuple[int, ...], reference: Reference) -> Non
                             "against a reference of the same resolution (or build one with `nar-bench reference`)")
 
 
-def evaluate_npz(samples_path: str | Path, reference_path: str | Path, weights_path: str | Path | None = None,
+def evaluate_npz(samples_path: str | Path, reference: str | Path | Reference, weights_path: str | Path | None = None,
                  batch_size: int = 64, device: str | torch.device = "cpu", metrics: Sequence[str] = ADM_METRICS,
                  half_distances: bool = True, cache_dir: str | Path | None = None,
-                 timings: dict[str, float] | None = None,
-                 features_cache: tuple[Path, str] | None = None) -> dict[str, float]:
-    """ADM's evaluator on two .npz files: fid, sfid, is, is_std, precision, recall (see
-    ``adm_metrics``) and num_samples; ``timings`` (if given) gets ``feature_s``, the seconds the
-    samples' features took (reading the file included; 0 when read from the cache). ``features_cache`` (file,
-    key of the samples): the samples' features are read from that file when it holds them for that
-    key, the same weights file and device, else computed and kept there, so a run killed while
-    scoring extracts them once."""
-    reference = load_reference(reference_path)
+                 timings: dict[str, float] | None = None, features_cache: tuple[Path, str] | None = None,
+                 features: Features | None = None) -> dict[str, float]:
+    """ADM's evaluator on two .npz files (the reference as a path or as loaded by ``load_reference``):
+    fid, sfid, is, is_std, precision, recall (see ``adm_metrics``) and num_samples. ``timings`` (if
+    given) gets ``feature_s``, the seconds the samples' features took (reading the file included; 0
+    when read from the cache). ``features_cache`` (file, key of the samples): the samples' features
+    are read from that file when it holds them for that key, the same weights file and device, else
+    computed and kept there, so a run killed while scoring extracts them once. ``features``: the
+    samples' features already extracted (``StreamedFeatures`` of the images written into the file),
+    used and kept in ``features_cache`` instead of reading the file; no ``feature_s`` then."""
+    reference = reference if isinstance(reference, Reference) else load_reference(reference)
     shape = images_header(samples_path, "sample batch")
     check_same_size(shape, reference)
     extractor = InceptionFeatures(weights_path, device, cache_dir)
     start = time.perf_counter()
     if features_cache is not None:  # valid for these samples, these weights, this device
         features_cache = features_cache[0], f"{features_cache[1]}|{extractor.weights_path.resolve()}|{device}"
-    features = _load_features(features_cache)
-    extracted = features is None
-    if extracted:
-        features = extractor.extract(iter_images(samples_path, batch_size, "sample batch"), shape[0],
-                                     "sample features")
+    if features is not None:
+        if len(features) != shape[0]:
+            raise ValueError(f"{len(features)} features given for the {shape[0]} images of '{samples_path}'")
         _save_features(features_cache, features)
-    if timings is not None:  # 0 when the features came from the cache: no extraction to time
-        timings["feature_s"] = time.perf_counter() - start if extracted else 0.0
+    else:
+        features = _load_features(features_cache)
+        extracted = features is None
+        if extracted:
+            features = extractor.extract(iter_images(samples_path, batch_size, "sample batch"), shape[0],
+                                         "sample features")
+            _save_features(features_cache, features)
+        if timings is not None:  # 0 when the features came from the cache: no extraction to time
+            timings["feature_s"] = time.perf_counter() - start if extracted else 0.0
     ref_pool = reference_pool_features(reference, extractor, batch_size, cache_dir) if "pr" in metrics else None
     return {**adm_metrics(features, reference, ref_pool, metrics, half_distances, device),
             "num_samples": float(shape[0])}

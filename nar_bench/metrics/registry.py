@@ -92,15 +92,17 @@ def register_speed(name: str, label: str, unit: str, direction: Direction) -> Sp
 # steady-state seconds of their phase (setup excluded); on several devices, rank 0's own.
 register_speed("generate_img_s", "generate", "img/s", "higher")
 register_speed("decode_img_s", "decode", "img/s", "higher")
-register_speed("feature_img_s", "features", "img/s", "higher")  # the samples' features (ADM), else the scoring
+# the samples' features (ADM: the extraction's own seconds, overlapped with assembling the .npz), else the scoring
+register_speed("feature_img_s", "features", "img/s", "higher")
 register_speed("latency_s", "latency per batch", "s", "lower")  # median seconds of one micro-batch's generation
 register_speed("peak_mem_gb", "peak GPU memory", "GiB", "lower")  # while generating (GPU only)
 register_speed("setup_s", "setup", "s", "lower")  # engine copies, compilation, warm-up, graph capture
 register_speed("compile_s", "compile", "s", "lower")  # torch.compile's part of setup_s
 register_speed("generate_s", "generate time", "s", "lower")
 register_speed("decode_s", "decode time", "s", "lower")
-register_speed("write_s", "write time", "s", "lower")  # shards (+ PNGs) and the final .npz
-register_speed("score_s", "score time", "s", "lower")  # features + metrics
+# shards (+ PNGs) and the final .npz (ADM: with the features extracted meanwhile)
+register_speed("write_s", "write time", "s", "lower")
+register_speed("score_s", "score time", "s", "lower")  # features (unless extracted while writing) + metrics
 register_speed("wall_s", "wall time", "s", "lower")  # the whole evaluation: generate_seconds + score_s
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -123,16 +123,25 @@ class SampleStore:
             read_header = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
             return tuple(read_header(f)[0][1:])
 
-    def assemble(self, keep_shards: bool = False) -> Path:
+    def assemble(self, keep_shards: bool = False, observe: Callable[[np.ndarray], None] | None = None) -> Path:
         """Streams every shard into ``out`` (arr_0 images, arr_1 labels), atomically, and writes its
-        settings beside it; then removes the shard folder unless ``keep_shards``."""
+        settings beside it; then removes the shard folder unless ``keep_shards``. ``observe`` (if
+        given) sees each shard's images, in file order, before they are written (a scorer extracts
+        their features meanwhile instead of reading the file again)."""
         missing = self.pending()
         if missing:
             more = "..." if len(missing) > 5 else ""
             raise NarBenchError(f"cannot assemble '{self.out}': shards {missing[:5]}{more} are not written yet")
         labels = np.concatenate([self._load(k, images=False)[1] for k in range(self.num_shards)])
-        write_npz(self.out, {LABELS_KEY: labels}, images=(self._load(k)[0] for k in range(self.num_shards)),
-                  num_images=self.num_samples, image_shape=self.image_shape())
+        def images() -> Iterator[np.ndarray]:
+            for k in range(self.num_shards):
+                shard = self._load(k)[0]
+                if observe is not None:
+                    observe(shard)
+                yield shard
+
+        write_npz(self.out, {LABELS_KEY: labels}, images=images(), num_images=self.num_samples,
+                  image_shape=self.image_shape())
         with atomic_path(self.settings_path) as tmp:  # after the file: settings beside it mean it is complete
             tmp.write_text(json.dumps(self.settings, indent=1, sort_keys=True))
         if not keep_shards:

@@ -158,7 +158,9 @@ def evaluate_model(name: str, args: argparse.Namespace, out: Path, reference: Pa
     append_row(out, row)
     log(f"{name}: evaluate_checkpoint {command_s:.1f} s = load/record {other_s:.1f} s + setup {speed['setup_s']:.1f} "
         f"(compile {speed['compile_s']:.1f}) + generate {speed['generate_s']:.1f} + decode {speed['decode_s']:.1f} + "
-        f"write {speed['write_s']:.1f} + score {speed['score_s']:.1f} s (+ the rest: transfers, bookkeeping)")
+        f"write {speed['write_s']:.1f} + score {speed['score_s']:.1f} s (+ the rest: transfers, bookkeeping); the "
+        f"samples' features took {args.num_samples / speed['feature_img_s']:.1f} s, extracted while the .npz was "
+        "written (ADM scorer) or within score")
     log(f"{name}: {speed_line(speed)}")
     ckpt.unlink()
     shutil.copy(Path(record["samples"]).with_name("eval.json"), out / f"eval_{name}.json")
@@ -176,7 +178,7 @@ def bench_rows(args: argparse.Namespace, out: Path, reference: Path, weights: Pa
     cuda = not args.smoke
     device = "cuda" if cuda else "cpu"
     module.tokenizer.to(device).eval()
-    for decode in (False, True):
+    for decode in (False, True)[: 1 if args.bench_tokens_only else 2]:
         decode_fn = inference_decoder(module.tokenizer, "bf16", compile=cuda) if decode else None
         result = measure_generation(module.paradigm, args.batch_size, SamplingConfig(**cfg.eval.sampling),
                                     dtype="bf16" if cuda else "fp32", warmup=1, repeats=3, decode_fn=decode_fn,
@@ -201,6 +203,7 @@ def main() -> None:
     parser.add_argument("--decode-batch", type=int, default=64)  # the bench decoder's chunk
     parser.add_argument("--reference-size", type=int, default=10_000)
     parser.add_argument("--no-bench", action="store_true", help="skip the bench protocol's NAR-B rows")
+    parser.add_argument("--bench-tokens-only", action="store_true", help="skip the bench row with the VQ-16 decode")
     parser.add_argument("--smoke", action="store_true", help="tiny models on a CPU (N, reference, batch small)")
     args = parser.parse_args()
     args.classes = SMOKE_CLASSES if args.smoke else CLASSES
