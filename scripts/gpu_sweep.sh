@@ -7,11 +7,7 @@
 # It writes to $OUT: mlruns.db (carry it to the next call as .gpu_store/mlruns.db), log.txt and
 # report.tar.gz (the report folder: summary.*, quality_vs_speed.*, metrics.png, runs.csv, provenance).
 EXPERIMENT=${1:?usage: gpu_sweep.sh EXPERIMENT.yaml [SEEDS]}; SEEDS=${2:-0,1}
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && echo /tmp/site > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/zz_carried.pth"
-fi
-export PYTHONUNBUFFERED=1 NAR_BENCH_COMMIT=${NAR_BENCH_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+source scripts/device_env.sh
 NAME=$(basename "$EXPERIMENT" .yaml); R=${OUT:-results/runs/$NAME}; S=/tmp/${NAME}_store; mkdir -p "$R" "$S"
 [ -f .gpu_store/mlruns.db ] && cp .gpu_store/mlruns.db "$S/mlruns.db"
 T=("tracking.tracking_uri=sqlite:///$S/mlruns.db" "tracking.artifact_location=$S/art" "output_dir=$S/runs")

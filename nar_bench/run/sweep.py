@@ -262,9 +262,9 @@ class TrainAndEvaluate:
             module.trainer = trained.module.trainer = None  # evaluation's predict Trainer holds the gathered samples
             row = {}
             if rank_zero:
-                # the steps this point decoded in (its decode options), not those of the training's config
-                summary = {**trained.summary, "steps_per_image": module.paradigm.num_steps}
-                row = {**columns, **{k: summary.get(k) for k in SUMMARY_COLUMNS}, **metrics,
+                # metrics last: their steps_per_image is what this point decoded in (its decode options),
+                # not the training summary's
+                row = {**columns, **{k: trained.summary.get(k) for k in SUMMARY_COLUMNS}, **metrics,
                        "mlflow_run_id": logger.run_id, "trained_in_run": trained.run_id}
                 self.record(logger, {**row, "run_dir": str(trained.run_dir)})
         except BaseException as err:

@@ -7,12 +7,7 @@
 # results/runs/evaluate_speed); checkpoints, reference and samples to /tmp/evaluate_speed_work.
 # CPU smoke run of the same script (tiny models, seconds of work, minutes on a busy CPU):
 #   python results/evaluate_speed/evaluate_speed.py results/runs/evaluate_speed_smoke --smoke
-if [ -d .whl ]; then
-  # a .pth file, not PYTHONPATH: the tests' child processes set PYTHONPATH themselves
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && echo /tmp/site > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/zz_carried.pth"
-fi
-export PYTHONUNBUFFERED=1 NAR_BENCH_COMMIT=${NAR_BENCH_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+source scripts/device_env.sh
 R=${OUT:-results/runs/evaluate_speed}; mkdir -p "$R"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$R/gpu.txt" 2>/dev/null
 if [ "${1:-}" = "--tests" ]; then
