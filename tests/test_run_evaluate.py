@@ -242,7 +242,7 @@ REPORT = """
         print("extracting", desc, flush=True)
         return extract(self, batches, total, desc)
     def reporting_add_streamed(self, images):  # the samples' features, extracted while they are assembled
-        if self.count == 0:
+        if self.extractor is None:  # the first chunk
             print("extracting", "sample features", flush=True)
         return add_streamed(self, images)
     def reporting_reopen(c, run_id, tags):

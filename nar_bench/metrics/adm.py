@@ -85,6 +85,11 @@ class Features:
     def __len__(self) -> int:
         return len(self.pool)
 
+    @staticmethod
+    def cat(parts: Sequence[Features]) -> Features:
+        """The features of consecutive image batches, in order."""
+        return Features(*(torch.cat([getattr(p, name) for p in parts]) for name in ("pool", "spatial", "logits")))
+
 
 class InceptionFeatures:
     """torch-fidelity's ``inception-v3-compat`` from a local weights file, plus a hook for ADM's
@@ -138,7 +143,7 @@ class InceptionFeatures:
                 bar.update(len(batch))
         if not parts:
             raise NarBenchError("no images to extract features from")
-        return Features(*(torch.cat([getattr(p, name) for p in parts]) for name in ("pool", "spatial", "logits")))
+        return Features.cat(parts)
 
 
 class StreamedFeatures:
@@ -157,13 +162,12 @@ class StreamedFeatures:
         self.buffer: np.ndarray | None = None  # the images of a batch not yet whole
         self.jobs: deque[Future] = deque()
         self.parts: list[Features] = []
-        self.count, self.seconds = 0, 0.0
+        self.seconds = 0.0
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="inception-features")
 
     def add(self, images: np.ndarray) -> None:
         if self.extractor is None:
             self.extractor = InceptionFeatures(self.weights_path, self.device)
-        self.count += len(images)
         if self.buffer is not None:  # a copy only where chunks do not split into whole batches
             images, self.buffer = np.concatenate([self.buffer, images]), None
         whole = len(images) - len(images) % self.batch_size
@@ -192,7 +196,7 @@ class StreamedFeatures:
         self.jobs.clear()
         if not self.parts:
             return None
-        return Features(*(torch.cat([getattr(p, name) for p in self.parts]) for name in ("pool", "spatial", "logits")))
+        return Features.cat(self.parts)
 
     def close(self) -> None:
         """Drops the batches not started and waits for the one running (after an error, say)."""

@@ -133,6 +133,7 @@ class SampleStore:
             more = "..." if len(missing) > 5 else ""
             raise NarBenchError(f"cannot assemble '{self.out}': shards {missing[:5]}{more} are not written yet")
         labels = np.concatenate([self._load(k, images=False)[1] for k in range(self.num_shards)])
+
         def images() -> Iterator[np.ndarray]:
             for k in range(self.num_shards):
                 shard = self._load(k)[0]
