@@ -144,7 +144,7 @@ class ADMScorer(Scorer):
         streamed = self.streamed.result() if self.streamed is not None else None
         metrics = evaluate_npz(samples, self.reference, self.weights, batch_size=self.cfg.eval.batch_size,
                                device=device(self.cfg), timings=timings, features_cache=self.features_cache(samples),
-                               features=streamed)
+                               features=streamed, extractor=self.streamed.extractor if streamed is not None else None)
         self.feature_seconds = self.streamed.seconds if streamed is not None else timings["feature_s"]
         return metrics, None
 

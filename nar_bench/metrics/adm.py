@@ -413,7 +413,7 @@ def evaluate_npz(samples_path: str | Path, reference: str | Path | Reference, we
                  batch_size: int = 64, device: str | torch.device = "cpu", metrics: Sequence[str] = ADM_METRICS,
                  half_distances: bool = True, cache_dir: str | Path | None = None,
                  timings: dict[str, float] | None = None, features_cache: tuple[Path, str] | None = None,
-                 features: Features | None = None) -> dict[str, float]:
+                 features: Features | None = None, extractor: InceptionFeatures | None = None) -> dict[str, float]:
     """ADM's evaluator on two .npz files (the reference as a path or as loaded by ``load_reference``):
     fid, sfid, is, is_std, precision, recall (see ``adm_metrics``) and num_samples. ``timings`` (if
     given) gets ``feature_s``, the seconds the samples' features took (reading the file included; 0
@@ -421,11 +421,12 @@ def evaluate_npz(samples_path: str | Path, reference: str | Path | Reference, we
     are read from that file when it holds them for that key, the same weights file and device, else
     computed and kept there, so a run killed while scoring extracts them once. ``features``: the
     samples' features already extracted (``StreamedFeatures`` of the images written into the file),
-    used and kept in ``features_cache`` instead of reading the file; no ``feature_s`` then."""
+    used and kept in ``features_cache`` instead of reading the file; no ``feature_s`` then.
+    ``extractor``: the network already loaded from ``weights_path`` on ``device`` (else it is loaded)."""
     reference = reference if isinstance(reference, Reference) else load_reference(reference)
     shape = images_header(samples_path, "sample batch")
     check_same_size(shape, reference)
-    extractor = InceptionFeatures(weights_path, device, cache_dir)
+    extractor = extractor or InceptionFeatures(weights_path, device, cache_dir)
     start = time.perf_counter()
     if features_cache is not None:  # valid for these samples, these weights, this device
         features_cache = features_cache[0], f"{features_cache[1]}|{extractor.weights_path.resolve()}|{device}"
