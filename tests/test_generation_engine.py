@@ -6,6 +6,7 @@ assigned to processes in bf16, and a run killed mid-shard resumes to the same by
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import textwrap
@@ -112,6 +113,27 @@ def test_the_graph_engine_samples_the_eager_engines_tokens_in_fp32(paradigm):
         assert graph.graphed is not None and graph.stats.setup_s > 0 and graph.stats.rows == 24
     assert next(model.parameters()).dtype == torch.float32 and all(  # the model itself is untouched
         getattr(m, "fused_decode", None) is None for m in model.modules())
+
+
+@pytest.mark.cuda
+def test_the_decoders_compilation_is_setup_and_compile_time_not_decode_time():
+    """decode img/s is the steady state: the graph engine's first decode compiles and captures the
+    VQ decoder for its chunk shape inside setup, and every second torch.compile spends in it is
+    reported as compile."""
+    from nar_bench.paradigms.generation import compile_seconds
+
+    model, tokenizer = PARADIGMS["nar"].tiny("tokenizer.name=vq", "data.image_size=64", num_classes=16, std=0.3)
+    with torch.inference_mode():
+        engine = GenerationEngine.for_evaluation(model.cuda(), tokenizer.cuda(), SAMPLING, 8, 8, "graph", "bf16")
+        codes = engine.sample_codes(0, 20, seed=3, num_classes=16)
+        stats, compiled = copy.deepcopy(engine.stats), compile_seconds()
+        images = engine.decode(codes)
+        assert compile_seconds() > compiled  # the decoder was compiled in this first decode
+        assert engine.stats.compile_s - stats.compile_s == pytest.approx(compile_seconds() - compiled, rel=1e-9)
+        assert engine.stats.setup_s - stats.setup_s > engine.stats.compile_s - stats.compile_s
+        again = compile_seconds()
+        assert torch.equal(engine.decode(codes), images) and compile_seconds() == again  # compiled once
+    assert images.shape == (20, 3, 64, 64) and engine.stats.decoded == 40
 
 
 GPU_CONFIG = ["model.size=small", "model.paradigm=nar", "data.image_size=64", "data.grid_size=16",
