@@ -12,6 +12,7 @@ import signal
 import textwrap
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -94,6 +95,19 @@ def test_codes_are_decoded_in_chunks_of_exactly_decode_batch():
     assert torch.equal(images[4:], engine.decode(codes[4:]))  # padding never changes the kept images
     speed = engine.stats.speed()
     assert speed["decode_img_s"] > 0 and speed["generate_img_s"] > 0 and speed["setup_s"] == 0
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_images_decoded_to_the_host_are_the_decoded_images_in_adm_layout(device):
+    """decode_to_host (what the shards are written from; from a GPU copied chunk by chunk while the
+    next chunk decodes) gives decode's images exactly, as (n, H, W, 3), and counts the same decode."""
+    model, tokenizer = PARADIGMS["nar"].tiny(num_classes=16, std=0.3)
+    engine = GenerationEngine(model.to(device), SAMPLING, 4, decode=tokenizer.to(device).decode, decode_batch=4)
+    codes = engine.sample_codes(0, 10, seed=0, num_classes=16)  # chunks of 4, 4 and 2 (padded)
+    host = engine.decode_to_host(codes)
+    assert isinstance(host, np.ndarray) and host.shape == (10, 16, 16, 3) and host.dtype == np.uint8
+    assert np.array_equal(host, engine.decode(codes).permute(0, 2, 3, 1).cpu().numpy())
+    assert engine.stats.decoded == 20
 
 
 # --- the graph engine (GPU) -------------------------------------------------------------------------

@@ -83,10 +83,9 @@ class ShardSampler(L.LightningModule):
         stored frames first, (n, T, H, W, 3)."""
         indices = self.store.indices(shard)
         engine = self.generation_engine()
-        images = engine.decode(engine.sample_codes(indices.start, len(indices), self.seed, self.num_classes))
+        images = engine.decode_to_host(engine.sample_codes(indices.start, len(indices), self.seed, self.num_classes))
         labels = torch.arange(indices.start, indices.stop) % self.num_classes
-        channels_last = (0, 2, 3, 1) if images.dim() == 4 else (0, 2, 3, 4, 1)  # (n, 3, [T,] H, W)
-        return images.permute(*channels_last).cpu().numpy(), labels.numpy()
+        return images, labels.numpy()
 
     def my_samples(self) -> int:
         """Samples of the shards this process will generate (Lightning's unrepeated predict sampler
