@@ -96,10 +96,11 @@ register_speed("decode_img_s", "decode", "img/s", "higher")
 register_speed("feature_img_s", "features", "img/s", "higher")
 register_speed("latency_s", "latency per batch", "s", "lower")  # median seconds of one micro-batch's generation
 register_speed("peak_mem_gb", "peak GPU memory", "GiB", "lower")  # while generating (GPU only)
-register_speed("setup_s", "setup", "s", "lower")  # engine copies, compilation, warm-up, graph capture
+# engine copies, compilation, warm-up, graph capture (the generation's and the decoder's)
+register_speed("setup_s", "setup", "s", "lower")
 register_speed("compile_s", "compile", "s", "lower")  # torch.compile's part of setup_s
 register_speed("generate_s", "generate time", "s", "lower")
-register_speed("decode_s", "decode time", "s", "lower")
+register_speed("decode_s", "decode time", "s", "lower")  # with the copy to the host it overlaps (GPU)
 # shards (+ PNGs) and the final .npz (ADM: with the features extracted meanwhile)
 register_speed("write_s", "write time", "s", "lower")
 register_speed("score_s", "score time", "s", "lower")  # features (unless extracted while writing) + metrics

@@ -151,14 +151,17 @@ def evaluate_model(name: str, args: argparse.Namespace, out: Path, reference: Pa
     command_s = time.perf_counter() - start
     speed = record["speed"]
     other_s = command_s - speed["wall_s"]  # loading the checkpoint, hashing it, MLflow, the sample grid
+    # within wall_s but in no phase: the Trainer's predict set-up and loop, bookkeeping between shards
+    rest_s = speed["wall_s"] - sum(speed[k] for k in ("setup_s", "generate_s", "decode_s", "write_s", "score_s"))
     row = {"model": name, "num_samples": args.num_samples, "command_s": command_s, "load_and_record_s": other_s,
+           "rest_s": rest_s,
            **{k: record["settings"][k] for k in ("engine", "dtype", "batch_size", "decode_batch", "device")},
            **speed, **{f"quality_{k}": v for k, v in record["metrics"].items()},
            "commit": git_commit(), "torch": torch.__version__}
     append_row(out, row)
     log(f"{name}: evaluate_checkpoint {command_s:.1f} s = load/record {other_s:.1f} s + setup {speed['setup_s']:.1f} "
         f"(compile {speed['compile_s']:.1f}) + generate {speed['generate_s']:.1f} + decode {speed['decode_s']:.1f} + "
-        f"write {speed['write_s']:.1f} + score {speed['score_s']:.1f} s (+ the rest: transfers, bookkeeping); the "
+        f"write {speed['write_s']:.1f} + score {speed['score_s']:.1f} + the rest {rest_s:.1f} s; the "
         f"samples' features took {args.num_samples / speed['feature_img_s']:.1f} s, extracted while the .npz was "
         "written (ADM scorer) or within score")
     log(f"{name}: {speed_line(speed)}")
