@@ -76,42 +76,12 @@ def test_fast_bf16_decodes_are_as_close_to_fp32_as_eager_bf16_on_gpu(name):
     if name != "vq":  # only VQ-16 is decoded graphed by the evaluation (Tokenizer.graphed_decode)
         return
     # the evaluation's decoder: compiled with the Triton norms inside, one CUDA graph per chunk shape
-    graphed = FastDecoder(copy.deepcopy(tok), chunk=4, compile=True, autotune=False, triton_kernels=True, graph=True)
+    graphed = FastDecoder(copy.deepcopy(tok), chunk=4, compile=True, autotune=False, fused_norms=True, graph=True)
     graphed_err = (graphed(codes).float() - ref).abs()
     assert graphed_err.max() <= 2 * eager_err.max() and graphed_err.mean() <= 2 * eager_err.mean()
     assert sorted(graphed.graphs) == [(2, codes.shape[1]), (4, codes.shape[1])]  # chunks 4, 4 and 1 (as 2)
-    uncaptured = FastDecoder(copy.deepcopy(tok), chunk=4, compile=True, autotune=False, triton_kernels=True)
+    uncaptured = FastDecoder(copy.deepcopy(tok), chunk=4, compile=True, autotune=False, fused_norms=True)
     assert torch.equal(graphed(codes), uncaptured(codes))  # a replay runs the captured kernels: same bytes
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(2, 6, 5, 7), (3, 128, 16, 16), (2, 160, 3, 9), (4, 512, 32, 32)])
-def test_triton_nearest_upsample_is_interpolate_bit_for_bit(shape, dtype):
-    """A copy kernel: the values of F.interpolate exactly, for any channel count (a power of two or
-    not), odd and non-square sizes, a channels_last or NCHW input; the output is channels_last."""
-    torch.manual_seed(0)
-    x = torch.randn(shape, device="cuda").to(dtype)
-    ref = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
-    for layout in (torch.channels_last, torch.contiguous_format):
-        out = torch.ops.nar_bench.nearest_upsample2x_nhwc(x.contiguous(memory_format=layout))
-        assert torch.equal(out, ref) and out.is_contiguous(memory_format=torch.channels_last)
-
-
-@pytest.mark.cuda
-def test_triton_upsampling_leaves_the_compiled_decoders_images_unchanged():
-    """The evaluation's decoder (compiled, Triton kernels, CUDA graphs) gives the same bytes with the
-    Triton upsampling as with Inductor's: the kernel copies the same values into the same layout, so
-    the convolution after it is handed the same input (and samples from before it stay valid)."""
-    tok = tiny_tokenizer("vq", 64).cuda()
-    codes = torch.randint(tok.vocab_size, (9, 16), device="cuda")
-    decoders = [FastDecoder(copy.deepcopy(tok), chunk=4, compile=True, autotune=False, triton_kernels=True, graph=True)
-                for _ in range(2)]
-    upsamplers = [[m for m in d.tokenizer.modules() if isinstance(m, Upsample2x)] for d in decoders]
-    assert upsamplers[0] and all(m.fused for m in upsamplers[0])
-    for m in upsamplers[1]:
-        m.fused = False  # Inductor's upsampling
-    assert torch.equal(decoders[0](codes), decoders[1](codes))
 
 
 def test_sub_pixel_upsample_is_the_same_function_and_keeps_the_state_dict():

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nar_bench.nn import nearest_upsample  # noqa: F401 - registers torch.ops.nar_bench.nearest_upsample2x_nhwc
-from nar_bench.nn.group_norm import GroupNorm, runs_fused
+from nar_bench.nn.group_norm import GroupNorm
 
 
 class ConvSettings(Protocol):
@@ -68,14 +67,9 @@ _PHASE_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]],
 
 
 class Upsample2x(nn.Module):
-    """Nearest 2x upsampling then a 3x3 conv; ``fused`` (set by the fast decoder, inference only)
-    upsamples CUDA channels_last inputs with the Triton copy kernel of ``nar_bench.nn.nearest_upsample``
-    (the same values), ``fold_phases`` switches to the sub-pixel form (another rounding)."""
-
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-        self.fused = False
         # the sub-pixel form's weights (fold_phases): buffers, so .to() moves and casts them, but
         # not persistent ones, so the state dict stays the checkpoint's
         self.register_buffer("phase_weight", None, persistent=False)
@@ -97,8 +91,6 @@ class Upsample2x(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.phase_weight is None:
-            if self.fused and runs_fused(x):
-                return self.conv(torch.ops.nar_bench.nearest_upsample2x_nhwc(x))
             return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
         b, _, h, w = x.shape
         # y[:, a, b', c, i + a, j + b'] is output pixel (2i + a, 2j + b'): with padding 1 the 2x2

@@ -13,13 +13,10 @@ process decoded them), in one of two forms:
   (+ SiLU) runs the Triton channels_last kernels of ``nar_bench.nn.group_norm`` (eager GroupNorm
   copies channels_last activations to NCHW and back), and every nearest-upsample + conv runs in
   its sub-pixel form (``Upsample2x.fold_phases``: 4/9 of the multiply-adds). They make the
-  uncompiled VAR VAE decode faster (measured: results/throughput_decoder/README.md).
-
-``triton_kernels`` (default: ``not compile``) runs every GroupNorm and nearest upsampling on CUDA
-channels_last inputs through the Triton kernels (``nar_bench.nn.group_norm``,
-``nar_bench.nn.nearest_upsample``), compiled or not; the evaluation's compiled decoder has them
-inside its graph, since Inductor's own forms of both read channels_last rows a few bytes at a time
-(measured: results/evaluate_speed/diag/README.md).
+  uncompiled VAR VAE decode faster; under torch.compile they made the VQ-16 decode slower, since
+  the opaque norm op stops Inductor fusing the bias and residual adds into its own norm kernels
+  (both measured: results/throughput_decoder/README.md, which also holds the later norm-op A/B
+  not yet adopted here).
 
 Batches are decoded in chunks of at most ``chunk`` images, so memory stays bounded whatever the
 batch (no OOM at large batches); the chunk's batch dim is the graph's one dynamic dim, so one graph
@@ -40,16 +37,16 @@ class FastDecoder:
     passed to ``tokenizer.decode`` flattened to (B, L), which it reads in its configured layout."""
 
     def __init__(self, tokenizer: nn.Module, dtype: torch.dtype = torch.bfloat16, chunk: int = 64,
-                 compile: bool = True, autotune: bool = True, triton_kernels: bool | None = None,
+                 compile: bool = True, autotune: bool = True, fused_norms: bool | None = None,
                  graph: bool = False):
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1; got {chunk}")
-        triton_kernels = not compile if triton_kernels is None else triton_kernels
+        fused_norms = not compile if fused_norms is None else fused_norms
         for module in tokenizer.modules():
             if isinstance(module, Upsample2x) and not compile:
                 module.fold_phases()  # from the weights as loaded, before the cast: rounded once
-            if isinstance(module, (GroupNorm, Upsample2x)):
-                module.fused = triton_kernels
+            if isinstance(module, GroupNorm):
+                module.fused = fused_norms
         tokenizer.to(dtype=dtype, memory_format=torch.channels_last).eval()
         self.tokenizer, self.chunk, self.compiled, self.autotune = tokenizer, chunk, compile, autotune
         self.decode_chunk = torch.compile(tokenizer.decode, dynamic=False) if compile else tokenizer.decode

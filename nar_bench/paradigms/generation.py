@@ -161,11 +161,10 @@ class GenerationEngine:
             if not model.compile_decoding():
                 raise NarBenchError(f"paradigm '{paradigm.name}' declares compiled_decoding but compiled nothing")
             # cuDNN's heuristic (not timed) choice of convolutions: the same in every process; VQ-16
-            # compiled with the Triton norms and upsampling inside and one CUDA graph per chunk
-            # (Tokenizer.graphed_decode)
+            # compiled with the Triton norms inside and one CUDA graph per chunk (Tokenizer.graphed_decode)
             graphed = getattr(tokenizer, "graphed_decode", False)
             decoder = FastDecoder(copy.deepcopy(tokenizer).requires_grad_(False), DTYPES[dtype], chunk=decode_batch,
-                                  compile=graphed, autotune=False, triton_kernels=True, graph=graphed)
+                                  compile=graphed, autotune=False, fused_norms=True, graph=graphed)
         out = cls(model, sampling, batch_size, graph=True, decode=decoder, decode_batch=decode_batch,
                   engine=engine, dtype=dtype)
         out.stats.setup_s, out.stats.compile_s = time.perf_counter() - start, compile_seconds() - compiled

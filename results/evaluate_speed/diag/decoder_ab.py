@@ -3,7 +3,6 @@ chunk 64 / 128, cuDNN heuristic / autotuned, with and without a CUDA graph per c
 graphed variants against their eager form, and a kernel-kind profile of the fastest.
     python results/evaluate_speed/diag/decoder_ab.py OUT_DIR          # every variant (first call)
     python results/evaluate_speed/diag/decoder_ab.py OUT_DIR eval     # the evaluation's decoder, +fold
-    python results/evaluate_speed/diag/decoder_ab.py OUT_DIR upsample # it with Triton / Inductor upsampling
 (The first call ran an earlier form of this file whose CUDA graph was a class here; FastDecoder(graph=True)
 is that class moved into the library.)
 """
@@ -47,7 +46,7 @@ def main():
     codes = torch.randint(0, base.code_space.vocab_size, (N, 256), device="cuda")
     rows, outputs, fns = [], {}, {}
 
-    def variant(name, chunk, compile, autotune, graph, fused_compiled=False, fold=False, inductor_upsample=False):
+    def variant(name, chunk, compile, autotune, graph, fused_compiled=False, fold=False):
         torch.cuda.empty_cache()
         tok = copy.deepcopy(base).requires_grad_(False)
         if fold:
@@ -55,15 +54,12 @@ def main():
                 if isinstance(m, Upsample2x):
                     m.fold_phases()
         dec = FastDecoder(tok, torch.bfloat16, chunk=chunk, compile=compile, autotune=autotune,
-                          triton_kernels=fused_compiled or not compile, graph=graph)
-        for m in tok.modules():
-            if isinstance(m, Upsample2x) and inductor_upsample:
-                m.fused = False
+                          fused_norms=fused_compiled or not compile, graph=graph)
         fn = dec
         try:
             with torch.inference_mode():
                 img_s = timed(fn, codes)
-                outputs[name] = fn(codes).float().cpu()
+                outputs[name] = fn(codes[:chunk]).float().cpu()
             row = {"variant": name, "chunk": chunk, "compile": compile, "autotune": autotune, "graph": graph,
                    "fused_norms_compiled": fused_compiled, "img_s": round(img_s, 1)}
         except Exception as err:  # noqa: BLE001 - a variant that cannot run is a row, not the end
@@ -74,15 +70,6 @@ def main():
         (OUT / "decoder_ab.jsonl").open("a").write(json.dumps(row) + "\n")
         return fn
 
-    if len(sys.argv) > 2 and sys.argv[2] == "upsample":  # the evaluation's decoder, upsampling A/B
-        variant("eval_decoder_c64_triton_upsample", 64, True, False, True, fused_compiled=True)
-        variant("eval_decoder_c64_inductor_upsample", 64, True, False, True, fused_compiled=True,
-                inductor_upsample=True)
-        variant("eval_decoder_c64_triton_upsample_again", 64, True, False, True, fused_compiled=True)
-        compare(OUT, outputs, [("eval_decoder_c64_triton_upsample", "eval_decoder_c64_inductor_upsample")])
-        for name in ("eval_decoder_c64_triton_upsample", "eval_decoder_c64_inductor_upsample"):
-            profiled(OUT, name, fns[name], codes)
-        return
     if len(sys.argv) > 2 and sys.argv[2] == "eval":  # the evaluation's decoder as built, and with the fold
         variant("eval_decoder_c64", 64, True, False, True, fused_compiled=True)
         variant("eval_decoder_c64_fold", 64, True, False, True, fused_compiled=True, fold=True)
@@ -96,30 +83,21 @@ def main():
     variant("inductor_c64_graph", 64, True, False, True)
     variant("inductor_fusednorm_c64_graph", 64, True, False, True, fused_compiled=True)
     variant("inductor_fusednorm_c128_graph", 128, True, False, True, fused_compiled=True)
-    compare(OUT, outputs, [("eager_triton_c64", "eager_triton_c64_graph"), ("inductor_c64", "inductor_c64_graph")])
-    best = max((r for r in rows if "img_s" in r), key=lambda r: r["img_s"])
-    print("fastest:", best["variant"], flush=True)
-    profiled(OUT, best["variant"], fns[best["variant"]], codes, "decoder_profile.txt")
-
-
-def compare(out, outputs, pairs):
-    """Whether two variants decoded the same codes to the same bytes (all N images)."""
-    for a, b in pairs:
+    for a, b in [("eager_triton_c64", "eager_triton_c64_graph"), ("inductor_c64", "inductor_c64_graph")]:
         if a in outputs and b in outputs:
             diff = (outputs[a] - outputs[b]).abs().max().item()
             line = f"bytes {a} vs {b}: {'identical' if diff == 0 else f'DIFFER max {diff}'}"
             print(line, flush=True)
-            (out / "decoder_ab.jsonl").open("a").write(json.dumps({"compare": line}) + "\n")
-
-
-def profiled(out, name, fn, codes, file=None):
-    """CUDA kernel times of one decode of the N codes, the 25 costliest kernels."""
+            (OUT / "decoder_ab.jsonl").open("a").write(json.dumps({"compare": line}) + "\n")
+    # profile the fastest runnable variant
+    best = max((r for r in rows if "img_s" in r), key=lambda r: r["img_s"])
+    print("fastest:", best["variant"], flush=True)
     from torch.profiler import ProfilerActivity, profile
     with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn(codes)
+        fns[best["variant"]](codes)
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
-    (out / (file or f"profile_{name}.txt")).write_text(f"{name}\n{table}")
+    (OUT / "decoder_profile.txt").write_text(f"{best['variant']}\n{table}")
     print(table, flush=True)
 
 
