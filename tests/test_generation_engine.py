@@ -137,6 +137,9 @@ def test_the_decoders_compilation_is_setup_and_compile_time_not_decode_time():
     from nar_bench.paradigms.generation import compile_seconds
 
     model, tokenizer = PARADIGMS["nar"].tiny("tokenizer.name=vq", "data.image_size=64", num_classes=16, std=0.3)
+    # a decoder of this shape compiled by an earlier test would be reused (Dynamo guards on the modules'
+    # structure, not their identity): start from an empty compile cache, as a fresh process does
+    torch._dynamo.reset()
     with torch.inference_mode():
         engine = GenerationEngine.for_evaluation(model.cuda(), tokenizer.cuda(), SAMPLING, 8, 8, "graph", "bf16")
         codes = engine.sample_codes(0, 20, seed=3, num_classes=16)
