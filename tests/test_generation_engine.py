@@ -137,8 +137,10 @@ def test_the_decoders_compilation_is_setup_and_compile_time_not_decode_time():
     from nar_bench.paradigms.generation import compile_seconds
 
     model, tokenizer = PARADIGMS["nar"].tiny("tokenizer.name=vq", "data.image_size=64", num_classes=16, std=0.3)
-    # a decoder of this shape compiled by an earlier test would be reused (Dynamo guards on the modules'
-    # structure, not their identity): start from an empty compile cache, as a fresh process does
+    # start from an empty compile cache, as a fresh process does: Dynamo reuses a decoder of this shape
+    # that an earlier test compiled (it guards on the modules' structure, not their identity), and past
+    # its recompile limit (8 entries for VQTokenizer.decode, which test_fast_vae_decode compiles for
+    # several shapes and settings) it runs the function uncompiled
     torch._dynamo.reset()
     with torch.inference_mode():
         engine = GenerationEngine.for_evaluation(model.cuda(), tokenizer.cuda(), SAMPLING, 8, 8, "graph", "bf16")
