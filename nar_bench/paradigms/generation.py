@@ -186,12 +186,8 @@ class GenerationEngine:
             return
         if self.device.type != "cuda":
             raise NarBenchError("the graph engine needs the paradigm on a CUDA device; use the eager engine on a CPU")
-        start, compiled = time.perf_counter(), compile_seconds()
-        with torch.autocast("cuda", enabled=False):
+        with self._timed_setup(self.device):
             self.graphed = capture_generation(self.paradigm, self.batch_size, self.sampling, self.warm)
-        _sync(self.device)
-        self.stats.setup_s += time.perf_counter() - start
-        self.stats.compile_s += compile_seconds() - compiled
 
     def prepare_decoder(self, codes: Tensor) -> None:
         """Graph engine: compiles and captures the decoder for its one chunk shape (``decode_batch``
@@ -199,13 +195,20 @@ class GenerationEngine:
         decode img/s is the decoder's steady state."""
         if self.decoder_ready:
             return
-        start, compiled = time.perf_counter(), compile_seconds()
-        with torch.autocast(codes.device.type, enabled=False):
+        with self._timed_setup(codes.device):
             self.decode_fn(codes[:1].expand(self.decode_batch, *codes.shape[1:]))
-        _sync(codes.device)
+        self.decoder_ready = True
+
+    @contextlib.contextmanager
+    def _timed_setup(self, device: torch.device) -> Iterator[None]:
+        """Times the work inside (autocast off, to the device's last kernel) as setup, and the
+        seconds torch.compile spent in it as compile."""
+        start, compiled = time.perf_counter(), compile_seconds()
+        with torch.autocast(device.type, enabled=False):
+            yield
+        _sync(device)
         self.stats.setup_s += time.perf_counter() - start
         self.stats.compile_s += compile_seconds() - compiled
-        self.decoder_ready = True
 
     def batch_codes(self, labels: Tensor, keys: Tensor) -> Tensor:
         """Codes of one batch: labels (batch_size,) and RowNoise keys (batch_size,) on the device."""
