@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nar_bench.config import load_config
-from nar_bench.nn.conv_blocks import Upsample2x
+from nar_bench.nn.conv_blocks import ConvDecoder, ResnetBlock, Upsample2x
 from nar_bench.nn.fast_vae_decode import FastDecoder
 from nar_bench.nn.group_norm import GroupNorm
 from nar_bench.tokenizers import build_tokenizer
@@ -46,6 +46,29 @@ def test_chunked_decode_equals_one_batch_decode(name):
     # machine saw 1.1e-5 there).
     atol = 2 * 2**-24 * math.sqrt(sum(lengths)) * ref.abs().max().item()
     torch.testing.assert_close(out, ref, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("name", ["vq", "msvq"])
+def test_deferred_biases_leave_the_decoder_the_same_function(name):
+    """Every res block's conv1, the decoder's conv_in and each upsampling conv lose their bias to the
+    layers that read their output, and the decode is the same up to fp32 rounding (tolerance as in
+    test_chunked_decode_equals_one_batch_decode). A second call changes nothing."""
+    tok = tiny_tokenizer(name)
+    codes = torch.randint(tok.vocab_size, (3, tok.encode(torch.zeros(1, 3, 16, 16)).shape[1]))
+    decoder = next(m for m in tok.modules() if isinstance(m, ConvDecoder))
+    with torch.no_grad(), reduction_lengths(tok) as lengths:
+        ref = tok.decode(codes)
+        decoder.defer_biases()
+        once = tok.decode(codes)
+        decoder.defer_biases()
+        twice = tok.decode(codes)
+    handed = [conv for conv, _ in decoder.bias_handoffs()]
+    handed += [m.conv1 for m in decoder.modules() if isinstance(m, ResnetBlock)]
+    assert len(handed) > 3 and all(conv.bias is None for conv in handed)
+    assert any(m.bias is not None for m in decoder.modules() if isinstance(m, torch.nn.Conv2d))  # not every bias
+    atol = 2**-24 * math.sqrt(sum(lengths[: len(lengths) // 3])) * ref.abs().max().item()  # of one decode
+    torch.testing.assert_close(once, ref, rtol=0, atol=2 * atol)
+    assert torch.equal(twice, once)
 
 
 @pytest.mark.cuda

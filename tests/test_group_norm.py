@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nar_bench.nn.group_norm import GroupNorm, merge_group_moments
+from nar_bench.nn.group_norm import GroupNorm, affine_from_moments, merge_group_moments
 
 
 def test_group_norm_is_nn_group_norm_plus_optional_silu_with_the_same_state_dict():
@@ -49,21 +49,57 @@ def test_merged_per_program_moments_give_the_group_statistics(rows_per_program):
     torch.testing.assert_close(var.double(), grouped.var(-1, unbiased=False), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("with_input_bias", [False, True])
+def test_scale_and_shift_from_the_moments_normalise_the_input_plus_its_bias(with_input_bias):
+    """x * scale + shift (what the apply kernel computes) is GroupNorm(x + input_bias) when the moments
+    are x's own: the fused norm adds a convolution's deferred bias without a pass over x."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 12, 5, 7) * 0.3
+    input_bias = torch.randn(12) * 100 if with_input_bias else None
+    weight, bias = torch.randn(12), torch.randn(12)
+    mean, m2, counts = moments_reference(x, 8)
+    scale, shift = affine_from_moments(mean, m2, counts, 4, 1e-6, weight, bias, input_bias)
+    assert scale.shape == shift.shape == (2, 12) and scale.dtype == shift.dtype == torch.float32
+    out = x * scale[:, :, None, None] + shift[:, :, None, None]
+    inputs = x.double() + (0 if input_bias is None else input_bias.double()[:, None, None])
+    expected = F.group_norm(inputs, 4, weight.double(), bias.double(), 1e-6)
+    # fp32: the channel means (up to |input| ~ 100) are off by a few units of their last place, the
+    # output by that over the group's std, times the weight; 4 such units (50 seeds: at most 1.7)
+    scale_of_inputs = inputs.abs().max() / inputs.view(2, 4, -1).std(-1, unbiased=False).min()
+    atol = 4 * 2**-24 * weight.abs().max().item() * scale_of_inputs.item()
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=atol)
+
+
+def test_a_norm_given_an_input_bias_normalises_the_input_plus_the_bias():
+    torch.manual_seed(2)
+    x, input_bias = torch.randn(2, 8, 3, 3), torch.randn(8)
+    norm = GroupNorm(4, 8, silu=True)
+    expected = norm(x + input_bias[:, None, None])
+    keys = list(norm.state_dict())
+    norm.take_input_bias(input_bias[:5].new_zeros(8))  # taking two biases adds them
+    norm.take_input_bias(input_bias)
+    assert list(norm.state_dict()) == keys  # checkpoints load and save as before
+    torch.testing.assert_close(norm(x), expected)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("shape,groups", [((64, 128, 256, 256), 32), ((3, 160, 17, 9), 32), ((2, 512, 16, 16), 32),
                                           ((5, 640, 1, 1), 32)])
 @pytest.mark.parametrize("silu", [False, True])
-def test_triton_channels_last_group_norm_matches_pytorch_on_gpu(shape, groups, silu):
+@pytest.mark.parametrize("input_bias", [False, True])
+def test_triton_channels_last_group_norm_matches_pytorch_on_gpu(shape, groups, silu, input_bias):
     """bf16 in and out: each output within one bf16 rounding of the fp32 result (the kernels keep
     fp32 until the single rounding; PyTorch's bf16 GroupNorm + SiLU rounds twice); also as one op
-    inside a compiled graph."""
+    inside a compiled graph; also with a deferred input bias (normalising x + bias, x as passed)."""
     torch.manual_seed(0)
     x = (torch.randn(shape, device="cuda") * 2 + torch.randn(1, shape[1], 1, 1, device="cuda") * 4)
     x = x.bfloat16().contiguous(memory_format=torch.channels_last)
     norm = GroupNorm(groups, shape[1], eps=1e-6, silu=silu).cuda()
     torch.nn.init.normal_(norm.weight)
     torch.nn.init.normal_(norm.bias)
-    norm.bfloat16()  # the reference uses the same bf16-rounded weight and bias, in fp32
+    if input_bias:
+        norm.take_input_bias(torch.randn(shape[1], device="cuda") * 4)
+    norm.bfloat16()  # the reference uses the same bf16-rounded weight and biases, in fp32
     with torch.no_grad():
         exact = copy.deepcopy(norm).float()(x.float())
         norm.fused = True

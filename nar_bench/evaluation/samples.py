@@ -18,6 +18,7 @@ from nar_bench.lit.shard_sampling import Progress, sample_to_store
 from nar_bench.lit.trainer import resolve_precision, uses_gpu
 from nar_bench.metrics.adm_npz import iter_samples
 from nar_bench.metrics.sample_store import SampleStore
+from nar_bench.nn import fast_vae_decode
 from nar_bench.nn.sampling import SamplingConfig
 from nar_bench.paradigms.generation import PRECISION_DTYPES, GenerationEngine, resolve_engine
 from nar_bench.tracking.provenance import device_name
@@ -34,14 +35,15 @@ def sample_settings(cfg: DictConfig, num_classes: int, **extra) -> dict:
 def engine_settings(module: L.LightningModule, cfg: DictConfig, batch_size: int) -> dict:
     """The engine ``eval.engine`` resolves to for ``module``'s paradigm on cfg.trainer's devices, its
     dtype (graph: bf16 | fp32 weights; eager: the Trainer's precision), the micro-batch and decode
-    batch sizes and the device model: with these, shards are bit-identical however the work is
-    split (the invariance rule of ``nar_bench.paradigms.generation``). Raises on an engine that
-    cannot run here."""
+    batch sizes, the device model and (graph) the fast decoder's version: with these, shards are
+    bit-identical however the work is split (the invariance rule of ``nar_bench.paradigms.generation``).
+    Raises on an engine that cannot run here."""
     cuda, precision = uses_gpu(cfg.trainer), resolve_precision(cfg.trainer)
     engine = resolve_engine(cfg.eval.engine, type(module.paradigm), cuda, precision)
+    graph = {"decoder_version": fast_vae_decode.VERSION} if engine == "graph" else {}
     return {"engine": engine, "dtype": PRECISION_DTYPES[precision] if engine == "graph" else precision,
             "batch_size": batch_size, "decode_batch": cfg.eval.decode_batch,
-            "device": device_name(torch.device("cuda" if cuda else "cpu"))}
+            "device": device_name(torch.device("cuda" if cuda else "cpu")), **graph}
 
 
 def sampling_trainer(cfg: DictConfig) -> L.Trainer:

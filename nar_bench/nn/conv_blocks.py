@@ -49,6 +49,52 @@ class ResnetBlock(nn.Module):
         h = self.conv2(self.dropout(self.norm2(h)))
         return self.nin_shortcut(x) + h
 
+    def defer_conv1_bias(self) -> None:
+        """norm2 adds conv1's bias as it reads conv1's output (see ``ConvDecoder.defer_biases``)."""
+        bias = pop_bias(self.conv1)
+        if bias is not None:
+            self.norm2.take_input_bias(bias)
+
+    def take_input_bias(self, bias: Tensor) -> None:
+        """From now on the input arrives without ``bias`` (C_in,) added: norm1 adds it, and the shortcut
+        too (a 1x1 conv's bias gains W @ bias; an identity shortcut's sum gains it through conv2's bias)."""
+        self.norm1.take_input_bias(bias)
+        target = self.nin_shortcut if isinstance(self.nin_shortcut, nn.Conv2d) else self.conv2
+        with torch.no_grad(), torch.autocast(bias.device.type, enabled=False):
+            if target is self.nin_shortcut:  # summed in fp32 and rounded once, as Upsample2x.fold_phases
+                bias = self.nin_shortcut.weight.flatten(1).float() @ bias.float()
+            target.bias.copy_(target.bias.float() + bias.float())
+
+
+def pop_bias(conv: nn.Conv2d) -> Tensor | None:
+    """Removes ``conv``'s bias (its output then lacks it) and returns it (None if it had none)."""
+    bias = conv.bias
+    conv.bias = None
+    return None if bias is None else bias.detach()
+
+
+class ConvDecoder(nn.Module):
+    """A decoder of these blocks that knows which convolutions feed a res block and nothing else."""
+
+    def bias_handoffs(self) -> list[tuple[nn.Conv2d, ResnetBlock]]:
+        """(conv, res block) pairs, in run order: the block is the only reader of the conv's output."""
+        raise NotImplementedError
+
+    def defer_biases(self) -> None:
+        """Inference only, the same function: each convolution whose output only a GroupNorm or a res
+        block reads (conv1 -> norm2 in every res block; ``bias_handoffs``) leaves its bias to its reader,
+        which adds it where it reads (the fused norm in its statistics and shift, the shortcut in its
+        bias). Compiled, this saves a read and a write of each such output: Inductor adds a
+        convolution's bias in a separate kernel, fused only into later pointwise work, and the norm
+        op is opaque to it. Idempotent."""
+        for conv, block in self.bias_handoffs():
+            bias = pop_bias(conv)
+            if bias is not None:
+                block.take_input_bias(bias)
+        for block in self.modules():
+            if isinstance(block, ResnetBlock):
+                block.defer_conv1_bias()
+
 
 class Downsample2x(nn.Module):
     def __init__(self, channels: int):
@@ -70,10 +116,9 @@ class Upsample2x(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-        # the sub-pixel form's weights (fold_phases): buffers, so .to() moves and casts them, but
-        # not persistent ones, so the state dict stays the checkpoint's
+        # the sub-pixel form's weight (fold_phases): a buffer, so .to() moves and casts it, but not
+        # a persistent one, so the state dict stays the checkpoint's
         self.register_buffer("phase_weight", None, persistent=False)
-        self.register_buffer("phase_bias", None, persistent=False)
 
     def fold_phases(self) -> None:
         """Switches to the sub-pixel form of the same function (for inference): one 2x2 conv of
@@ -87,7 +132,6 @@ class Upsample2x(nn.Module):
         with torch.autocast(w.device.type, enabled=False):
             phase_w = torch.einsum("ary,oiyx,bsx->aboirs", taps, w.float(), taps)  # (2, 2, out, in, 2, 2)
         self.phase_weight = phase_w.flatten(0, 2).to(w.dtype)  # (4 * out, in, 2, 2), phase-major
-        self.phase_bias = self.conv.bias.detach().repeat(4)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.phase_weight is None:
@@ -95,7 +139,9 @@ class Upsample2x(nn.Module):
         b, _, h, w = x.shape
         # y[:, a, b', c, i + a, j + b'] is output pixel (2i + a, 2j + b'): with padding 1 the 2x2
         # window over input rows (i - 1 + a, i + a) lands on row i + a
-        y = F.conv2d(x, self.phase_weight, self.phase_bias, padding=1).unflatten(1, (2, 2, -1))
+        # the bias read here, not folded: ConvDecoder.defer_biases may take it away after the fold
+        bias = None if self.conv.bias is None else self.conv.bias.repeat(4)
+        y = F.conv2d(x, self.phase_weight, bias, padding=1).unflatten(1, (2, 2, -1))
         rows = [torch.stack([y[:, a, c, :, a : a + h, c : c + w] for c in (0, 1)], dim=-1) for a in (0, 1)]
         out = torch.stack(rows, dim=-3)  # (B, C, h, 2, w, 2)
         return out.reshape(b, -1, 2 * h, 2 * w).contiguous(memory_format=torch.channels_last)

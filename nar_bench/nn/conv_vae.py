@@ -9,11 +9,12 @@ CPU tokenizer and the official ch=160 layout.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nar_bench.nn.conv_blocks import Downsample2x, ResnetBlock, Upsample2x, group_norm, run_level
+from nar_bench.nn.conv_blocks import ConvDecoder, Downsample2x, ResnetBlock, Upsample2x, group_norm, run_level
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Encoder(nn.Module):
         return self.conv_out(self.norm_out(h))
 
 
-class Decoder(nn.Module):
+class Decoder(ConvDecoder):
     """(B, z_channels, h, w) -> (B, 3, h * downsample, w * downsample), unclamped."""
 
     def __init__(self, cfg: ConvVAEConfig):
@@ -122,4 +123,9 @@ class Decoder(nn.Module):
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(self.norm_out(h))
+
+    def bias_handoffs(self) -> list[tuple[nn.Conv2d, ResnetBlock]]:
+        levels = list(reversed(self.up))  # run order
+        return [(self.conv_in, self.mid.block_1)] + [(level.upsample.conv, after.block[0])
+                                                      for level, after in pairwise(levels)]
 

@@ -4,23 +4,25 @@
 activations channels_last (cuDNN's tensor-core layout), the cuDNN convolutions autotuned
 (``cudnn.benchmark`` inside the call; ``autotune=False`` keeps cuDNN's heuristic choice, which
 unlike a timed one is the same in every process: evaluation's shards must not depend on which
-process decoded them), in one of two forms:
+process decoded them), in these forms:
 
-- ``compile=True``: compiled by torch.compile with static shapes except the batch. Inductor fuses
-  each GroupNorm + SiLU with the convolution's bias and the residual add around it into Triton
-  kernels, which is where eager spends its time.
-- ``compile=False``: eager, with two inference-only forms of the same functions: every GroupNorm
-  (+ SiLU) runs the Triton channels_last kernels of ``nar_bench.nn.group_norm`` (eager GroupNorm
-  copies channels_last activations to NCHW and back), and every nearest-upsample + conv runs in
-  its sub-pixel form (``Upsample2x.fold_phases``: 4/9 of the multiply-adds). They make the
-  uncompiled VAR VAE decode faster; under torch.compile they made the VQ-16 decode slower, since
-  the opaque norm op stops Inductor fusing the bias and residual adds into its own norm kernels
-  (both measured: results/throughput_decoder/README.md, which also holds the later norm-op A/B
-  not yet adopted here).
+- ``compile=True``: compiled by torch.compile, with static kernels for each chunk shape. Alone
+  (the bench's decoder), Inductor fuses each GroupNorm + SiLU with the convolution's bias and the
+  residual add around it into its own Triton kernels.
+- ``fused_norms`` (default: ``not compile``): every GroupNorm (+ SiLU) runs the Triton
+  channels_last kernels of ``nar_bench.nn.group_norm`` (eager GroupNorm copies channels_last
+  activations to NCHW and back; Inductor's reductions read a group's channels strided by the row).
+  Compiled with them inside and one CUDA graph per chunk (``graph=True``) is the evaluation's VQ-16
+  decoder, the fastest measured (results/evaluate_speed/diag/README.md). With them, every
+  convolution whose output only a norm or a res block reads leaves its bias to that reader
+  (``ConvDecoder.defer_biases``): the same function, rounded differently (the bias is added in
+  fp32 where it is read instead of being rounded into the convolution's output first).
+- ``compile=False``: eager; every nearest-upsample + conv also runs in its sub-pixel form
+  (``Upsample2x.fold_phases``: 4/9 of the multiply-adds), which makes the uncompiled VAR VAE decode
+  faster (results/throughput_decoder/README.md).
 
 Batches are decoded in chunks of at most ``chunk`` images, so memory stays bounded whatever the
-batch (no OOM at large batches); the chunk's batch dim is the graph's one dynamic dim, so one graph
-serves every batch size (a chunk of one image is padded to two, since size 1 would specialise).
+batch (no OOM at large batches); a chunk of one image is padded to two (size 1 would specialise).
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from nar_bench.nn.conv_blocks import Upsample2x
+from nar_bench.nn.conv_blocks import ConvDecoder, Upsample2x
 from nar_bench.nn.group_norm import GroupNorm
+
+# The version of the fast decoder's arithmetic, raised by every change that alters its bytes (2: the
+# deferred biases). The graph engine's shards record it, so a resumed run refuses to mix two versions.
+VERSION = 2
 
 
 class FastDecoder:
@@ -42,6 +48,10 @@ class FastDecoder:
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1; got {chunk}")
         fused_norms = not compile if fused_norms is None else fused_norms
+        if fused_norms:  # the fused norms add the biases they are handed without another pass
+            for module in tokenizer.modules():
+                if isinstance(module, ConvDecoder):
+                    module.defer_biases()
         for module in tokenizer.modules():
             if isinstance(module, Upsample2x) and not compile:
                 module.fold_phases()  # from the weights as loaded, before the cast: rounded once

@@ -13,6 +13,10 @@ kernels instead:
 2. apply: y = x * scale + shift (then SiLU), with one scale and shift per (image, channel) from
    the group statistics, merged over programs and the group's channels the same way in fp32.
 
+``input_bias`` (per channel, set by ``take_input_bias``): the norm's input is x + input_bias, with
+x the tensor passed in; the fused path adds it to the statistics and to the affine shift instead of
+to x, so the convolution before the norm need not write its output a second time to add its bias.
+
 Why: a group's channels are 4 of the 128..512 in each pixel row, so GroupNorm's own reduction
 (eager, or as torch.compile writes it) reads them 8 bytes at a time, strided by the row; in the
 compiled VQ-16 decoder those reductions were about half of the decode time (measured profiles:
@@ -43,10 +47,20 @@ class GroupNorm(nn.GroupNorm):
         super().__init__(num_groups, num_channels, eps=eps, affine=affine)
         self.silu = silu
         self.fused = False
+        # a buffer, so .to() casts it with the weights; not persistent: the state dict stays the checkpoint's
+        self.register_buffer("input_bias", None, persistent=False)
+
+    def take_input_bias(self, bias: Tensor) -> None:
+        """From now on the input arrives without ``bias`` (C,) added: the norm adds it (inference only)."""
+        bias = bias.detach()
+        self.input_bias = bias.clone() if self.input_bias is None else self.input_bias + bias
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fused and self.affine and runs_fused(x):
-            return torch.ops.nar_bench.group_norm_nhwc(x, self.weight, self.bias, self.num_groups, self.eps, self.silu)
+            return torch.ops.nar_bench.group_norm_nhwc(x, self.weight, self.bias, self.num_groups, self.eps, self.silu,
+                                                       self.input_bias)
+        if self.input_bias is not None:
+            x = x + self.input_bias.view(-1, *[1] * (x.dim() - 2))
         y = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return F.silu(y) if self.silu else y
 
@@ -71,6 +85,23 @@ def merge_group_moments(mean: Tensor, m2: Tensor, counts: Tensor, groups: int) -
     group_mean = (mean * n).sum((1, 3)) / total
     spread = (n * (mean - group_mean[:, None, :, None]).square()).sum((1, 3))
     return group_mean, (m2.sum((1, 3)) + spread) / total
+
+
+def affine_from_moments(mean: Tensor, m2: Tensor, counts: Tensor, groups: int, eps: float, weight: Tensor,
+                        bias: Tensor, input_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-(image, channel) fp32 ``scale`` and ``shift`` (B, C) with GroupNorm(x + input_bias) = x * scale
+    + shift, from x's per-program moments (``merge_group_moments``' arguments). A per-channel input bias
+    moves each channel's mean and leaves the deviations within a channel as they are."""
+    c = mean.shape[-1]
+    if input_bias is not None:
+        mean = mean + input_bias.float()
+    group_mean, var = merge_group_moments(mean, m2, counts, groups)
+    rstd = torch.rsqrt(var + eps).repeat_interleave(c // groups, 1)  # (B, C)
+    scale = rstd * weight.float()
+    offset = group_mean.repeat_interleave(c // groups, 1)
+    if input_bias is not None:  # x is read without it
+        offset = offset - input_bias.float()
+    return scale, bias.float() - offset * scale
 
 
 def tile_rows(channels: int) -> tuple[int, int]:
@@ -134,7 +165,8 @@ if triton is not None:
         tl.store(Out + offs, y.to(Out.dtype.element_ty), mask=mask)
 
     @torch.library.custom_op("nar_bench::group_norm_nhwc", mutates_args=())
-    def group_norm_nhwc(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, silu: bool) -> Tensor:
+    def group_norm_nhwc(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, silu: bool,
+                        input_bias: Tensor | None = None) -> Tensor:
         # the kernels index pixel rows of C channels: whatever layout a compiled graph hands in
         x = x.contiguous(memory_format=torch.channels_last)
         b, c, h, w = x.shape
@@ -146,15 +178,13 @@ if triton is not None:
         _group_norm_moments_kernel[(b, runs)](x, mean, m2, hw, c, rows_per_program, BLOCK_HW=moments_hw,
                                               BLOCK_C=block_c, num_warps=warps)
         counts = (hw - torch.arange(runs, device=x.device) * rows_per_program).clamp(max=rows_per_program)
-        group_mean, var = merge_group_moments(mean, m2, counts, groups)
-        rstd = torch.rsqrt(var + eps).repeat_interleave(c // groups, 1)  # (B, C)
-        scale = rstd * weight.float()
-        shift = bias.float() - group_mean.repeat_interleave(c // groups, 1) * scale
+        scale, shift = affine_from_moments(mean, m2, counts, groups, eps, weight, bias, input_bias)
         out = torch.empty_like(x, memory_format=torch.channels_last)
         _group_norm_apply_kernel[(b, triton.cdiv(hw, block_hw))](x, scale.contiguous(), shift.contiguous(), out, hw,
                                                                  c, BLOCK_HW=block_hw, BLOCK_C=block_c, SILU=silu)
         return out
 
     @group_norm_nhwc.register_fake
-    def _(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, silu: bool) -> Tensor:
+    def _(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float, silu: bool,
+          input_bias: Tensor | None = None) -> Tensor:
         return torch.empty_like(x, memory_format=torch.channels_last)

@@ -3,20 +3,23 @@ chunk 64 / 128, cuDNN heuristic / autotuned, with and without a CUDA graph per c
 graphed variants against their eager form, and a kernel-kind profile of the fastest.
     python results/evaluate_speed/diag/decoder_ab.py OUT_DIR          # every variant (first call)
     python results/evaluate_speed/diag/decoder_ab.py OUT_DIR eval     # the evaluation's decoder, +fold
+    python results/evaluate_speed/diag/decoder_ab.py OUT_DIR biases   # ... with and without deferred biases
 (The first call ran an earlier form of this file whose CUDA graph was a class here; FastDecoder(graph=True)
 is that class moved into the library.)
 """
+import contextlib
 import copy
 import json
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from nar_bench.config import load_config  # noqa: E402
-from nar_bench.nn.conv_blocks import Upsample2x  # noqa: E402
+from nar_bench.nn.conv_blocks import ConvDecoder, Upsample2x  # noqa: E402
 from nar_bench.nn.fast_vae_decode import FastDecoder  # noqa: E402
 from nar_bench.tokenizers import build_tokenizer  # noqa: E402
 
@@ -46,15 +49,18 @@ def main():
     codes = torch.randint(0, base.code_space.vocab_size, (N, 256), device="cuda")
     rows, outputs, fns = [], {}, {}
 
-    def variant(name, chunk, compile, autotune, graph, fused_compiled=False, fold=False):
+    def variant(name, chunk, compile, autotune, graph, fused_compiled=False, fold=False, keep_biases=False):
         torch.cuda.empty_cache()
         tok = copy.deepcopy(base).requires_grad_(False)
         if fold:
             for m in tok.modules():
                 if isinstance(m, Upsample2x):
                     m.fold_phases()
-        dec = FastDecoder(tok, torch.bfloat16, chunk=chunk, compile=compile, autotune=autotune,
-                          fused_norms=fused_compiled or not compile, graph=graph)
+        # keep_biases: the decoder as before ConvDecoder.defer_biases (every convolution adds its own bias)
+        kept = mock.patch.object(ConvDecoder, "defer_biases", lambda self: None)
+        with kept if keep_biases else contextlib.nullcontext():
+            dec = FastDecoder(tok, torch.bfloat16, chunk=chunk, compile=compile, autotune=autotune,
+                              fused_norms=fused_compiled or not compile, graph=graph)
         fn = dec
         try:
             with torch.inference_mode():
@@ -70,6 +76,28 @@ def main():
         (OUT / "decoder_ab.jsonl").open("a").write(json.dumps(row) + "\n")
         return fn
 
+    def profiled(name):
+        from torch.profiler import ProfilerActivity, profile
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fns[name](codes)
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
+        (OUT / f"profile_{name}.txt").write_text(f"{name}\n{table}")
+
+    if len(sys.argv) > 2 and sys.argv[2] == "biases":  # the evaluation's decoder: biases deferred or kept
+        for name, extra in [("eval_decoder_c64_kept_biases", {"keep_biases": True}), ("eval_decoder_c64", {}),
+                            ("eval_decoder_c64_kept_biases_again", {"keep_biases": True}),
+                            ("eval_decoder_c64_again", {}), ("eval_decoder_c64_fold", {"fold": True})]:
+            variant(name, 64, True, False, True, fused_compiled=True, **extra)
+        for name in ("eval_decoder_c64_kept_biases", "eval_decoder_c64", "eval_decoder_c64_fold"):
+            if name in outputs:
+                diff = (outputs[name] - outputs["eval_decoder_c64_kept_biases"]).abs()
+                line = {"compare": f"{name} vs eval_decoder_c64_kept_biases", "max": diff.max().item(),
+                        "mean": diff.mean().item()}
+                print(json.dumps(line), flush=True)
+                (OUT / "decoder_ab.jsonl").open("a").write(json.dumps(line) + "\n")
+                profiled(name)
+        return
     if len(sys.argv) > 2 and sys.argv[2] == "eval":  # the evaluation's decoder as built, and with the fold
         variant("eval_decoder_c64", 64, True, False, True, fused_compiled=True)
         variant("eval_decoder_c64_fold", 64, True, False, True, fused_compiled=True, fold=True)
