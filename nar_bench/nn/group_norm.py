@@ -2,7 +2,7 @@
 
 ``GroupNorm`` is ``nn.GroupNorm`` (same parameters and state dict) that can also apply the SiLU
 which every use but the attention block's follows it with. With ``fused = True`` (set by the fast
-decoder, inference only: the kernels have no backward) a CUDA channels_last input runs two Triton
+decoder, inference only: the kernels have no backward) a CUDA channels_last input runs three Triton
 kernels instead:
 
 1. moments: each program reads whole pixel rows (all C channels, contiguous in channels_last) of a
@@ -10,8 +10,10 @@ kernels instead:
    their squares; one reduction at the end gives each channel's mean and sum of squared
    deviations. Shifting by a sample of the same channel keeps E[d^2] - E[d]^2 free of the
    cancellation a far-from-zero channel mean would cause;
-2. apply: y = x * scale + shift (then SiLU), with one scale and shift per (image, channel) from
-   the group statistics, merged over programs and the group's channels the same way in fp32.
+2. affine: one program per (image, group) merges the programs' moments over the group's channels
+   the same way in fp32 (Chan's parallel variance) into one scale and shift per (image, channel);
+   one launch, where the same merge in torch ops took ~30 tiny kernels per norm;
+3. apply: y = x * scale + shift (then SiLU).
 
 ``input_bias`` (per channel, set by ``take_input_bias``): the norm's input is x + input_bias, with
 x the tensor passed in; the fused path adds it to the statistics and to the affine shift instead of
@@ -73,37 +75,6 @@ def runs_fused(x: Tensor) -> bool:
     return triton is not None and x.is_cuda and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def merge_group_moments(mean: Tensor, m2: Tensor, counts: Tensor, groups: int) -> tuple[Tensor, Tensor]:
-    """Per-program, per-channel moments -> per-group mean and biased variance, in fp32.
-
-    mean, m2 (B, P, C): each program's per-channel mean and sum of squared deviations over its
-    ``counts[p]`` pixels (P,). Returns (mean, var), each (B, groups)."""
-    b, p, c = mean.shape
-    mean, m2 = mean.view(b, p, groups, c // groups), m2.view(b, p, groups, c // groups)
-    n = counts.to(mean.dtype).view(1, p, 1, 1)
-    total = n.sum() * (c // groups)
-    group_mean = (mean * n).sum((1, 3)) / total
-    spread = (n * (mean - group_mean[:, None, :, None]).square()).sum((1, 3))
-    return group_mean, (m2.sum((1, 3)) + spread) / total
-
-
-def affine_from_moments(mean: Tensor, m2: Tensor, counts: Tensor, groups: int, eps: float, weight: Tensor,
-                        bias: Tensor, input_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Per-(image, channel) fp32 ``scale`` and ``shift`` (B, C) with GroupNorm(x + input_bias) = x * scale
-    + shift, from x's per-program moments (``merge_group_moments``' arguments). A per-channel input bias
-    moves each channel's mean and leaves the deviations within a channel as they are."""
-    c = mean.shape[-1]
-    if input_bias is not None:
-        mean = mean + input_bias.float()
-    group_mean, var = merge_group_moments(mean, m2, counts, groups)
-    rstd = torch.rsqrt(var + eps).repeat_interleave(c // groups, 1)  # (B, C)
-    scale = rstd * weight.float()
-    offset = group_mean.repeat_interleave(c // groups, 1)
-    if input_bias is not None:  # x is read without it
-        offset = offset - input_bias.float()
-    return scale, bias.float() - offset * scale
-
-
 def tile_rows(channels: int) -> tuple[int, int]:
     """(BLOCK_C, BLOCK_HW): all channels of a pixel row in one tile, ~4K elements per tile."""
     block_c = triton.next_power_of_2(channels)
@@ -149,6 +120,45 @@ if triton is not None:
         tl.store(M2 + out, tl.maximum(tl.sum(sum_d2, 0) - s1 * s1 / n, 0.0), mask=c_ok)
 
     @triton.jit
+    def _group_norm_affine_kernel(Mean, M2, Weight, Bias, InputBias, Scale, Shift, HW, C, CPG, runs, rows_per_program,
+                                  eps, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, HAS_INPUT_BIAS: tl.constexpr):
+        b, g = tl.program_id(0), tl.program_id(1)
+        offs_p, offs_k = tl.arange(0, BLOCK_P), tl.arange(0, BLOCK_K)
+        p_ok, k_ok = offs_p < runs, offs_k < CPG
+        ok = p_ok[:, None] & k_ok[None, :]
+        channels = g * CPG + offs_k
+        at = (b * runs + offs_p)[:, None] * C + channels[None, :]
+        mean = tl.load(Mean + at, mask=ok, other=0.0)
+        m2 = tl.load(M2 + at, mask=ok, other=0.0)
+        n = tl.where(p_ok, tl.minimum(rows_per_program, HW - offs_p * rows_per_program), 0).to(tl.float32)
+        if HAS_INPUT_BIAS:  # moves each channel's mean; the deviations within a channel stay x's
+            input_bias = tl.load(InputBias + channels, mask=k_ok, other=0.0).to(tl.float32)
+            mean = mean + input_bias[None, :]
+        total = (HW * CPG).to(tl.float32)
+        group_mean = tl.sum(tl.sum(mean * n[:, None], 1), 0) / total
+        deviation = tl.where(ok, mean - group_mean, 0.0)
+        var = (tl.sum(tl.sum(m2, 1), 0) + tl.sum(tl.sum(deviation * deviation * n[:, None], 1), 0)) / total
+        scale = tl.load(Weight + channels, mask=k_ok, other=0.0).to(tl.float32) / tl.sqrt(var + eps)
+        offset = group_mean - input_bias if HAS_INPUT_BIAS else group_mean  # x is read without the input bias
+        shift = tl.load(Bias + channels, mask=k_ok, other=0.0).to(tl.float32) - offset * scale
+        tl.store(Scale + b * C + channels, scale, mask=k_ok)
+        tl.store(Shift + b * C + channels, shift, mask=k_ok)
+
+    def group_affine(mean: Tensor, m2: Tensor, pixels: int, rows_per_program: int, weight: Tensor, bias: Tensor,
+                     input_bias: Tensor | None, groups: int, eps: float) -> tuple[Tensor, Tensor]:
+        """fp32 ``scale`` and ``shift`` (B, C) with GroupNorm(x + input_bias) = x * scale + shift, from x's
+        per-program moments ``mean``, ``m2`` (B, P, C): each program's per-channel mean and sum of squared
+        deviations over its run of ``rows_per_program`` of the image's ``pixels`` (the last run shorter)."""
+        b, runs, c = mean.shape
+        scale = torch.empty(b, c, device=mean.device, dtype=torch.float32)
+        shift = torch.empty_like(scale)
+        _group_norm_affine_kernel[(b, groups)](
+            mean, m2, weight, bias, weight if input_bias is None else input_bias, scale, shift, pixels, c,
+            c // groups, runs, rows_per_program, eps, BLOCK_P=triton.next_power_of_2(runs),
+            BLOCK_K=triton.next_power_of_2(c // groups), HAS_INPUT_BIAS=input_bias is not None)
+        return scale, shift
+
+    @triton.jit
     def _group_norm_apply_kernel(X, Scale, Shift, Out, HW, C, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
                       SILU: tl.constexpr):
         b, blk = tl.program_id(0), tl.program_id(1)
@@ -177,11 +187,10 @@ if triton is not None:
         m2 = torch.empty_like(mean)
         _group_norm_moments_kernel[(b, runs)](x, mean, m2, hw, c, rows_per_program, BLOCK_HW=moments_hw,
                                               BLOCK_C=block_c, num_warps=warps)
-        counts = (hw - torch.arange(runs, device=x.device) * rows_per_program).clamp(max=rows_per_program)
-        scale, shift = affine_from_moments(mean, m2, counts, groups, eps, weight, bias, input_bias)
+        scale, shift = group_affine(mean, m2, hw, rows_per_program, weight, bias, input_bias, groups, eps)
         out = torch.empty_like(x, memory_format=torch.channels_last)
-        _group_norm_apply_kernel[(b, triton.cdiv(hw, block_hw))](x, scale.contiguous(), shift.contiguous(), out, hw,
-                                                                 c, BLOCK_HW=block_hw, BLOCK_C=block_c, SILU=silu)
+        _group_norm_apply_kernel[(b, triton.cdiv(hw, block_hw))](x, scale, shift, out, hw, c, BLOCK_HW=block_hw,
+                                                                 BLOCK_C=block_c, SILU=silu)
         return out
 
     @group_norm_nhwc.register_fake

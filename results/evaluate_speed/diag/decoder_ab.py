@@ -3,7 +3,8 @@ chunk 64 / 128, cuDNN heuristic / autotuned, with and without a CUDA graph per c
 graphed variants against their eager form, and a kernel-kind profile of the fastest.
     python results/evaluate_speed/diag/decoder_ab.py OUT_DIR          # every variant (first call)
     python results/evaluate_speed/diag/decoder_ab.py OUT_DIR eval     # the evaluation's decoder, +fold
-    python results/evaluate_speed/diag/decoder_ab.py OUT_DIR biases   # ... with and without deferred biases
+    python results/evaluate_speed/diag/decoder_ab.py OUT_DIR biases   # ... as before / after the deferred
+                                                                      # biases and the affine kernel
 (The first call ran an earlier form of this file whose CUDA graph was a class here; FastDecoder(graph=True)
 is that class moved into the library.)
 """
@@ -19,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from nar_bench.config import load_config  # noqa: E402
+from nar_bench.nn import group_norm  # noqa: E402
 from nar_bench.nn.conv_blocks import ConvDecoder, Upsample2x  # noqa: E402
 from nar_bench.nn.fast_vae_decode import FastDecoder  # noqa: E402
 from nar_bench.tokenizers import build_tokenizer  # noqa: E402
@@ -26,6 +28,26 @@ from nar_bench.tokenizers import build_tokenizer  # noqa: E402
 OUT = Path(sys.argv[1])
 OUT.mkdir(parents=True, exist_ok=True)
 N = 256
+
+
+def torch_group_affine(mean, m2, pixels, rows_per_program, weight, bias, input_bias, groups, eps):
+    """``group_norm.group_affine`` as it was before the affine kernel (torch ops, ~30 small kernels per
+    norm; commit aab373d), for the A/B."""
+    b, p, c = mean.shape
+    counts = (pixels - torch.arange(p, device=mean.device) * rows_per_program).clamp(max=rows_per_program)
+    if input_bias is not None:
+        mean = mean + input_bias.float()
+    mean, m2 = mean.view(b, p, groups, c // groups), m2.view(b, p, groups, c // groups)
+    n = counts.to(mean.dtype).view(1, p, 1, 1)
+    total = n.sum() * (c // groups)
+    group_mean = (mean * n).sum((1, 3)) / total
+    spread = (n * (mean - group_mean[:, None, :, None]).square()).sum((1, 3))
+    var = (m2.sum((1, 3)) + spread) / total
+    scale = torch.rsqrt(var + eps).repeat_interleave(c // groups, 1) * weight.float()
+    offset = group_mean.repeat_interleave(c // groups, 1)
+    if input_bias is not None:
+        offset = offset - input_bias.float()
+    return scale, bias.float() - offset * scale
 
 
 def timed(fn, codes, reps=3):
@@ -49,8 +71,17 @@ def main():
     codes = torch.randint(0, base.code_space.vocab_size, (N, 256), device="cuda")
     rows, outputs, fns = [], {}, {}
 
-    def variant(name, chunk, compile, autotune, graph, fused_compiled=False, fold=False, keep_biases=False):
+    def variant(name, chunk, compile, autotune, graph, fused_compiled=False, fold=False, keep_biases=False,
+                torch_merge=False):
+        # torch_merge: the norms' merge as torch ops (before the affine kernel); its kernels are
+        # captured into the variant's CUDA graphs while it is patched in, i.e. during the timing's warm-up
+        merge = mock.patch.object(group_norm, "group_affine", torch_group_affine)
+        with merge if torch_merge else contextlib.nullcontext():
+            return timed_variant(name, chunk, compile, autotune, graph, fused_compiled, fold, keep_biases)
+
+    def timed_variant(name, chunk, compile, autotune, graph, fused_compiled, fold, keep_biases):
         torch.cuda.empty_cache()
+        torch._dynamo.reset()  # each variant compiles its own decode (no reuse, no recompile limit)
         tok = copy.deepcopy(base).requires_grad_(False)
         if fold:
             for m in tok.modules():
@@ -85,15 +116,17 @@ def main():
         (OUT / f"profile_{name}.txt").write_text(f"{name}\n{table}")
 
     if len(sys.argv) > 2 and sys.argv[2] == "biases":  # the evaluation's decoder: biases deferred or kept
-        for name, extra in [("eval_decoder_c64_kept_biases", {"keep_biases": True}), ("eval_decoder_c64", {}),
-                            ("eval_decoder_c64_kept_biases_again", {"keep_biases": True}),
+        before = "eval_decoder_c64_kept_biases_torch_merge"  # the decoder of commit b924681
+        for name, extra in [(before, {"keep_biases": True, "torch_merge": True}),
+                            ("eval_decoder_c64_torch_merge", {"torch_merge": True}),  # aab373d
+                            ("eval_decoder_c64", {}),  # deferred biases and the affine kernel
+                            (before + "_again", {"keep_biases": True, "torch_merge": True}),
                             ("eval_decoder_c64_again", {}), ("eval_decoder_c64_fold", {"fold": True})]:
             variant(name, 64, True, False, True, fused_compiled=True, **extra)
-        for name in ("eval_decoder_c64_kept_biases", "eval_decoder_c64", "eval_decoder_c64_fold"):
+        for name in (before, "eval_decoder_c64_torch_merge", "eval_decoder_c64", "eval_decoder_c64_fold"):
             if name in outputs:
-                diff = (outputs[name] - outputs["eval_decoder_c64_kept_biases"]).abs()
-                line = {"compare": f"{name} vs eval_decoder_c64_kept_biases", "max": diff.max().item(),
-                        "mean": diff.mean().item()}
+                diff = (outputs[name] - outputs[before]).abs()
+                line = {"compare": f"{name} vs {before}", "max": diff.max().item(), "mean": diff.mean().item()}
                 print(json.dumps(line), flush=True)
                 (OUT / "decoder_ab.jsonl").open("a").write(json.dumps(line) + "\n")
                 profiled(name)
