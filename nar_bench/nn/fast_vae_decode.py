@@ -34,7 +34,8 @@ from nar_bench.nn.conv_blocks import ConvDecoder, Upsample2x
 from nar_bench.nn.group_norm import GroupNorm
 
 # The version of the fast decoder's arithmetic, raised by every change that alters its bytes (2: the
-# deferred biases). The graph engine's shards record it, so a resumed run refuses to mix two versions.
+# deferred biases and the norms' affine kernel). The graph engine's shards record it, so a resumed run
+# refuses to mix images of two versions.
 VERSION = 2
 
 
