@@ -25,8 +25,9 @@ def tiny_tokenizer(name: str, image_size: int = 16):
 def test_chunked_decode_equals_one_batch_decode(name):
     """The same function up to fp32 rounding. The two decodes round differently: the fast one runs
     its convolutions channels_last (other oneDNN kernels, so another summation order), upsamples in
-    the sub-pixel form (a 2x2 conv with folded weights instead of a 3x3 one over repeated pixels)
-    and sees other batch shapes (chunks of 2, 2 and 1 instead of 5)."""
+    the sub-pixel form (a 2x2 conv with folded weights instead of a 3x3 one over repeated pixels),
+    adds deferred biases where they are read and sees other batch shapes (chunks of 2, 2 and 1
+    instead of 5)."""
     tok = tiny_tokenizer(name)
     codes = torch.randint(tok.vocab_size, (5, tok.encode(torch.zeros(1, 3, 16, 16)).shape[1]))
     with torch.no_grad(), reduction_lengths(tok) as lengths:

@@ -128,4 +128,3 @@ class Decoder(ConvDecoder):
         levels = list(reversed(self.up))  # run order
         return [(self.conv_in, self.mid.block_1)] + [(level.upsample.conv, after.block[0])
                                                       for level, after in pairwise(levels)]
-

@@ -152,7 +152,7 @@ if triton is not None:
         b, runs, c = mean.shape
         scale = torch.empty(b, c, device=mean.device, dtype=torch.float32)
         shift = torch.empty_like(scale)
-        _group_norm_affine_kernel[(b, groups)](
+        _group_norm_affine_kernel[(b, groups)](  # without an input bias, weight stands in (never loaded)
             mean, m2, weight, bias, weight if input_bias is None else input_bias, scale, shift, pixels, c,
             c // groups, runs, rows_per_program, eps, BLOCK_P=triton.next_power_of_2(runs),
             BLOCK_K=triton.next_power_of_2(c // groups), HAS_INPUT_BIAS=input_bias is not None)
