@@ -23,8 +23,9 @@ filled up with the sample indices that follow (generated, then dropped), and dec
 exactly ``decode_batch`` codes from the shard's first, the last chunk padded with copies of its
 first code. Every kernel therefore sees the same shapes, and each sample the same row, whichever
 process generates its shard, and no row depends on another row's values: shards are bit-identical
-for any number of devices and any assignment of shards to them, given the settings
-(``GenerationEngine.settings``: engine, dtype, batch_size, decode_batch) and the device model.
+for any number of devices and any assignment of shards to them, given the settings recorded with
+them (``nar_bench.evaluation.samples.engine_settings``: engine, dtype, batch_size, decode_batch, the
+device model and the graph engine's decoder version).
 """
 
 from __future__ import annotations
@@ -173,12 +174,6 @@ class GenerationEngine:
     @property
     def device(self) -> torch.device:
         return next(self.paradigm.parameters()).device
-
-    @property
-    def settings(self) -> dict:
-        """What decides the samples besides the model, sampling and seed (recorded with them)."""
-        return {"engine": self.engine, "dtype": self.dtype, "batch_size": self.batch_size,
-                "decode_batch": self.decode_batch}
 
     def prepare(self) -> None:
         """Captures the graph of this batch size (graph engine; once), timed as setup."""
