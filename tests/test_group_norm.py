@@ -59,8 +59,8 @@ def test_scale_and_shift_from_per_program_moments_normalise_the_input_plus_its_b
     inputs = x.double() + (0 if input_bias is None else input_bias.double()[:, None, None])
     expected = F.group_norm(inputs, groups, weight.double(), bias.double(), 1e-6)
     # fp32: the merged means (inputs up to ~|x + input_bias|) are off by a few units of their last
-    # place, the output by that over the group's std, times the weight; 4 such units (the same merge
-    # in torch ops, 50 seeds on CPU: at most 1.9 of them)
+    # place, the output by that over the group's std, times the weight; 4 such units (this kernel under
+    # Triton's interpreter on a CPU, these cases with 5 seeds each: at most 0.87 of them)
     scale_of_inputs = inputs.abs().max() / inputs.view(3, groups, -1).std(-1, unbiased=False).min()
     atol = 4 * 2**-24 * weight.abs().max().item() * scale_of_inputs.item()
     torch.testing.assert_close(out, expected, rtol=0, atol=atol)
@@ -72,7 +72,7 @@ def test_a_norm_given_an_input_bias_normalises_the_input_plus_the_bias():
     norm = GroupNorm(4, 8, silu=True)
     expected = norm(x + input_bias[:, None, None])
     keys = list(norm.state_dict())
-    norm.take_input_bias(input_bias[:5].new_zeros(8))  # taking two biases adds them
+    norm.take_input_bias(torch.zeros(8))  # taking two biases adds them
     norm.take_input_bias(input_bias)
     assert list(norm.state_dict()) == keys  # checkpoints load and save as before
     torch.testing.assert_close(norm(x), expected)
