@@ -35,6 +35,27 @@ def moments_reference(x: Tensor, rows_per_program: int) -> tuple[Tensor, Tensor,
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("rows_per_program", [1, 7, 16, 100])
+def test_merged_per_program_moments_give_the_group_statistics(rows_per_program):
+    """The affine kernel's merge of the per-program, per-channel (mean, sum of squared deviations)
+    over programs and the group's channels gives the two-pass mean and biased variance, also for
+    channels with a mean far from zero (where E[x^2] - E[x]^2 would cancel). Read back from its
+    scale = 1 / sqrt(var) and shift = -mean * scale (weight 1, bias 0, eps 0)."""
+    from nar_bench.nn.group_norm import group_affine
+
+    torch.manual_seed(rows_per_program)
+    x = torch.randn(3, 12, 6, 10) + 50.0 * torch.randn(1, 12, 1, 1)
+    mean, m2, counts = moments_reference(x, rows_per_program)
+    assert mean.shape == m2.shape == (3, len(counts), 12) and counts.sum() == 60
+    scale, shift = group_affine(mean.cuda(), m2.cuda(), 60, rows_per_program, torch.ones(12, device="cuda"),
+                                torch.zeros(12, device="cuda"), None, 4, 0.0)
+    scale, shift = scale[:, ::3].cpu().double(), shift[:, ::3].cpu().double()  # one channel per group
+    grouped = x.view(3, 4, -1).double()
+    torch.testing.assert_close(-shift / scale, grouped.mean(-1), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(1 / scale.square(), grouped.var(-1, unbiased=False), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("channels,groups,rows_per_program,with_input_bias",
                          [(12, 4, 1, False), (12, 4, 7, True), (12, 4, 100, False), (160, 32, 16, True),
                           (640, 32, 9, False)])
